@@ -1,0 +1,225 @@
+"""Running a compiled relevance program: :class:`LRP` and :func:`explain`.
+
+One forward pass (the model's own computation, run node by node, keeping only what the rules need) and one
+relevance pass top-down, one call per node, with the M maps per image as a tensor axis. No Python loop over
+samples or maps and no host synchronisation in either pass.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import steps as S
+from .graph import Program, _ShapeNode, compile_model
+
+OUTPUT_RULES = ("logit", "selective")
+FIRST_LAYER_RULES = ("zb", "epsilon")
+
+_PROGRAMS: weakref.WeakKeyDictionary[nn.Module, Program] = weakref.WeakKeyDictionary()
+
+
+def get_program(model: nn.Module) -> Program:
+    """The compiled relevance program of ``model``, compiled on first use and kept for the model's lifetime.
+
+    Weights, BatchNorm statistics and train/eval mode are read live at every call, so training between calls needs
+    no recompiling. After replacing a submodule, call :func:`clear_cache`.
+    """
+    program = _PROGRAMS.get(model)
+    if program is None:
+        program = compile_model(model)
+        _PROGRAMS[model] = program
+    return program
+
+
+def clear_cache() -> None:
+    """Forget every compiled program (needed only after changing a model's structure)."""
+    _PROGRAMS.clear()
+
+
+BoundsLike = tuple[float | Tensor, float | Tensor] | Sequence[float | Tensor]
+
+
+def _bound_tensor(value: float | Tensor, x: Tensor, which: str) -> Tensor:
+    """A bound as a 0-d tensor (scalar) or expanded to (1, C, H, W) (per channel or per pixel)."""
+    t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+    if t.dim() == 0:
+        return t
+    C = x.shape[1]
+    if t.dim() == 1:
+        if t.shape[0] != C:
+            raise ValueError(f"{which} bound has {t.shape[0]} entries but the input has {C} channels; give one "
+                             "value per channel, shape (C,), or a scalar")
+        t = t.view(1, C, 1, 1)
+    try:
+        return t.expand(1, *x.shape[1:])
+    except RuntimeError as exc:
+        raise ValueError(f"{which} bound of shape {tuple(t.shape)} does not broadcast to the input's "
+                         f"{tuple(x.shape[1:])}; give a scalar or one value per channel, shape (C,)") from exc
+
+
+def _check_input(x: Any, check_finite: bool) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"input must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"input must be a 4-D image batch (B, C, H, W), got shape {tuple(x.shape)}; add a batch "
+                         "axis with x.unsqueeze(0) for a single image")
+    if not x.is_floating_point():
+        raise TypeError(f"input must be a floating-point tensor, got {x.dtype}; convert with x.float()")
+    if check_finite and not bool(torch.isfinite(x).all()):
+        raise ValueError("input contains NaN or Inf values; LRP heatmaps of non-finite inputs are meaningless. "
+                         "Clean the data (torch.nan_to_num) or find where the non-finite values come from")
+
+
+def _check_targets(targets: Tensor, batch: int, num_classes: int) -> None:
+    if targets.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"targets must be an integer (Long) tensor of class indices, got {targets.dtype}")
+    if targets.dim() != 2 or targets.shape[0] != batch:
+        raise ValueError(f"targets must have shape (B, M) = ({batch}, M), one row of M class indices per image, "
+                         f"got {tuple(targets.shape)}; for one class per image use targets.view(-1, 1)")
+    if targets.numel() == 0:
+        raise ValueError("targets is empty: ask for at least one map per image (M >= 1)")
+    if targets.device.type == "cpu":
+        low, high = int(targets.min()), int(targets.max())
+        if low < 0 or high >= num_classes:
+            raise IndexError(f"target class {low if low < 0 else high} is out of range for a model with "
+                             f"{num_classes} classes (valid: 0 .. {num_classes - 1})")
+    else:  # no host sync on accelerators: checked on the device
+        torch._assert_async(((targets >= 0) & (targets < num_classes)).all(), "target class out of range")
+
+
+class LRP:
+    """Layer-wise Relevance Propagation of a classifier, compiled once.
+
+    Parameters
+    ----------
+    model : the classifier: an ``nn.Module`` mapping (B, C, H, W) images to (B, K) logits, built from the layers
+        listed in README (``isnet_kernels.lrp.graph.SUPPORTED``). Traced with ``torch.fx`` at construction;
+        unsupported layers raise :class:`~isnet_kernels.UnsupportedLayerError` here.
+    eps : the stabiliser of every rule, ``stab(z) = z + eps * sign(z)``.
+    first_layer : ``"zb"`` for the Z^B rule on the layers that read the input, ``"epsilon"`` for epsilon there too.
+    bounds : ``(low, high)`` of the input values for Z^B: floats, or tensors of shape (C,) for normalised inputs.
+    check_input : check the input for NaN/Inf (one host synchronisation per call).
+
+    Calling ``lrp(x, targets, output="logit")`` returns ``(logits, heatmaps)``: the model's logits (B, K) and
+    heatmaps (B, M, C, H, W), differentiable w.r.t. the parameters and the input in train and eval mode.
+    """
+
+    def __init__(self, model: nn.Module, *, eps: float = 1e-2, first_layer: str = "zb",
+                 bounds: BoundsLike = (0.0, 1.0), check_input: bool = True):
+        if first_layer not in FIRST_LAYER_RULES:
+            raise ValueError(f"first_layer must be one of {FIRST_LAYER_RULES}, got {first_layer!r}")
+        if not eps >= 0:
+            raise ValueError(f"eps must be a non-negative number, got {eps}")
+        if len(bounds) != 2:
+            raise ValueError(f"bounds must be (low, high), got {bounds!r}")
+        self.model = model
+        self.eps, self.first_layer, self.bounds = float(eps), first_layer, tuple(bounds)
+        self.check_input = check_input
+        self.program = get_program(model)
+
+    def __repr__(self) -> str:
+        return (f"LRP({type(self.model).__name__}, eps={self.eps}, first_layer={self.first_layer!r}, "
+                f"steps={len(self.program.steps)})")
+
+    def _config(self, x: Tensor) -> S.RuleConfig:
+        cfg = S.RuleConfig(self.eps, self.first_layer)
+        if self.first_layer == "zb":
+            cfg.low = _bound_tensor(self.bounds[0], x, "low")
+            cfg.high = _bound_tensor(self.bounds[1], x, "high")
+        return cfg
+
+    def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        """Run the model's forward, returning the logits and what the relevance pass needs, per step."""
+        program = self.program
+        env: dict[str, Any] = {program.input_name: x}
+        saved: dict[str, Any] = {}
+        last_use = program.last_use
+        for i, step in enumerate(program.steps):
+            if isinstance(step, _ShapeNode):
+                env[step.name] = step.fn(env)
+            else:
+                env[step.name], saved[step.name] = step.forward(env)
+            for name in step.inputs:  # free activations no later node reads (the saved ones stay referenced)
+                if last_use.get(name) == i and name != program.output_name:
+                    env.pop(name, None)
+        return env[program.output_name], saved
+
+    def relevance(self, saved: dict[str, Any], targets: Tensor, output: str, cfg: S.RuleConfig) -> Tensor:
+        """The relevance pass: from the output rule at the logits down to the input, (B, M, C, H, W)."""
+        program = self.program
+        start = program.logits_step
+        R: dict[str, Tensor] = {start.inputs[0]: start.start(saved[start.name], targets, output, cfg)}
+        begin = program.steps.index(start)
+        for step in reversed(program.steps[:begin]):
+            if isinstance(step, _ShapeNode):
+                continue
+            r = R.pop(step.name, None)
+            if r is None:
+                continue
+            for name, part in zip(step.inputs, step.relevance(r, saved[step.name], cfg)):
+                if part is not None:
+                    R[name] = part if name not in R else R[name] + part
+        return R[program.input_name]
+
+    def __call__(self, x: Tensor, targets: Tensor | str, output: str = "logit") -> tuple[Tensor, Tensor]:
+        """Logits (B, K) and heatmaps (B, M, C, H, W) of ``targets``: a LongTensor (B, M) or ``"all"`` (M = K)."""
+        _check_input(x, self.check_input)
+        if output not in OUTPUT_RULES:
+            raise ValueError(f"output must be one of {OUTPUT_RULES}, got {output!r}")
+        if isinstance(targets, str) and targets != "all":
+            raise ValueError(f"targets must be a LongTensor (B, M) or 'all', got {targets!r}")
+        if not isinstance(targets, (Tensor, str)):
+            raise TypeError(f"targets must be a LongTensor (B, M) or 'all', got {type(targets).__name__}")
+        logits, saved = self.forward(x)
+        B, K = logits.shape[0], logits.shape[-1]
+        if isinstance(targets, str):
+            targets = torch.arange(K, device=x.device).expand(B, K)
+        else:
+            _check_targets(targets, B, K)
+            targets = targets.to(device=x.device, dtype=torch.long)
+        heatmaps = self.relevance(saved, targets, output, self._config(x))
+        return logits, heatmaps
+
+
+def explain(model: nn.Module, x: Tensor, target: int | Tensor | None = None, *, eps: float = 1e-2,
+            first_layer: str = "zb", bounds: BoundsLike = (0.0, 1.0), output: str = "logit") -> Tensor:
+    """The LRP heatmap of one class per image, (B, C, H, W).
+
+    Parameters
+    ----------
+    model : a classifier the engine supports (see :class:`LRP`); its compiled program is kept, so repeated calls
+        cost no tracing.
+    x : (B, C, H, W) input batch.
+    target : the class to explain: an int (the same for every image), a LongTensor (B,), or None for each
+        image's predicted class (the argmax logit).
+    eps, first_layer, bounds : as for :class:`LRP`.
+    output : ``"logit"`` (relevance starts as the logit's value) or ``"selective"`` (the class-contrastive rule
+        of the Faster ISNet).
+    """
+    lrp = LRP(model, eps=eps, first_layer=first_layer, bounds=bounds)
+    _check_input(x, True)
+    if output not in OUTPUT_RULES:
+        raise ValueError(f"output must be one of {OUTPUT_RULES}, got {output!r}")
+    logits, saved = lrp.forward(x)
+    B, K = logits.shape[0], logits.shape[-1]
+    if target is None:
+        targets = logits.detach().argmax(-1, keepdim=True)
+    elif isinstance(target, bool) or not isinstance(target, (int, Tensor)):
+        raise TypeError(f"target must be an int, a LongTensor of shape (B,), or None, got {type(target).__name__}")
+    elif isinstance(target, int):
+        targets = torch.full((B, 1), target, dtype=torch.long, device=x.device)
+        _check_targets(targets, B, K)
+    else:
+        if target.dim() == 0:
+            target = target.expand(B)
+        if target.dim() != 1 or target.shape[0] != B:
+            raise ValueError(f"target must be an int or a LongTensor of shape (B,) = ({B},), got shape "
+                             f"{tuple(target.shape)}")
+        targets = target.to(x.device).view(B, 1)
+        _check_targets(targets, B, K)
+    return lrp.relevance(saved, targets.long(), output, lrp._config(x))[:, 0]

@@ -1,0 +1,39 @@
+"""Relevance ops: one module per rule, each with a plain-PyTorch ``reference_*`` implementation.
+
+Every op takes relevance with a map axis, shape (B, M, ...), and activations without it, shape (B, ...).
+All are differentiable by ordinary autograd, so a loss on a heatmap trains the model.
+"""
+
+from .batchnorm import fold_batchnorm, reference_batchnorm_epsilon, rule_preactivation
+from .concat import reference_concat_split
+from .conv import conv2d_transpose, conv_transpose_output_padding, reference_conv_epsilon, reference_linear_epsilon
+from .output import reference_logit_output, reference_selective_output, selective_relevance
+from .pool import reference_adaptive_avgpool, reference_avgpool, reference_maxpool, reference_mean
+from .residual import reference_residual_split
+from .stabilize import stabilize
+from .zbox import reference_conv_zbox, reference_linear_zbox
+from .zplus import reference_conv_zplus, reference_linear_zplus
+
+__all__ = [
+    "conv2d_transpose",
+    "conv_transpose_output_padding",
+    "fold_batchnorm",
+    "reference_adaptive_avgpool",
+    "reference_avgpool",
+    "reference_batchnorm_epsilon",
+    "reference_concat_split",
+    "reference_conv_epsilon",
+    "reference_conv_zbox",
+    "reference_conv_zplus",
+    "reference_linear_epsilon",
+    "reference_linear_zbox",
+    "reference_linear_zplus",
+    "reference_logit_output",
+    "reference_maxpool",
+    "reference_mean",
+    "reference_residual_split",
+    "reference_selective_output",
+    "rule_preactivation",
+    "selective_relevance",
+    "stabilize",
+]

@@ -1,0 +1,74 @@
+"""BatchNorm under the LRP rules (ISNET.md §2 "BatchNorm").
+
+A BatchNorm after a convolution or linear layer is folded into it:
+
+    W' = W * gamma / sigma,    b' = gamma * (b - mu) / sigma + beta,    sigma = sqrt(var + eps_bn),
+
+with ``mu, var`` the statistics the BatchNorm normalised with in this forward pass (train mode: the batch's,
+biased variance; eval mode: the running ones). ``gamma`` keeps its gradient; ``beta``, ``b`` and the
+statistics are detached, so the rule's pre-activation behaves as ``z = gamma * xhat + const`` with ``xhat`` a
+function of the layer input and ``W`` only. The rule reads ``z``'s value from the forward pass and gives it
+exactly that gradient (:func:`rule_preactivation`), so no convolution is recomputed.
+
+A BatchNorm with no linear layer before it (DenseNet's pre-activation norms) is itself a linear layer with
+diagonal weight ``gamma / sigma`` and takes the epsilon rule (:func:`reference_batchnorm_epsilon`).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .stabilize import stabilize
+
+
+def _per_channel(v: Tensor, ndim: int) -> Tensor:
+    """View a (C,) vector so that it broadcasts over the channel axis (1) of an ``ndim``-d activation."""
+    return v.view(-1, *([1] * (ndim - 2)))
+
+
+def batchnorm_scale(gamma: Tensor | None, invstd: Tensor) -> Tensor:
+    """``gamma / sigma`` with the statistics detached and ``gamma`` live (``gamma = 1`` when not affine)."""
+    invstd = invstd.detach()
+    return invstd if gamma is None else gamma * invstd
+
+
+def fold_batchnorm(
+    weight: Tensor, bias: Tensor | None, gamma: Tensor | None, beta: Tensor | None, mean: Tensor, invstd: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Fold a BatchNorm into the preceding layer: returns ``(W', b')`` with the rule's detach semantics."""
+    scale = batchnorm_scale(gamma, invstd)
+    w = weight * scale.view(-1, *([1] * (weight.dim() - 1)))
+    shifted = -mean.detach() if bias is None else bias.detach() - mean.detach()
+    b = scale * shifted
+    if beta is not None:
+        b = b + beta.detach()
+    return w, b
+
+
+def rule_preactivation(
+    x0: Tensor, bias: Tensor | None, gamma: Tensor | None = None, beta: Tensor | None = None,
+    mean: Tensor | None = None, invstd: Tensor | None = None,
+) -> Tensor:
+    """The pre-activation ``z`` the rules divide by, with the rule's gradient.
+
+    ``x0`` is the linear layer's output without its bias (live). Without BatchNorm, ``z = x0 + b`` with ``b``
+    detached; with it, ``z = gamma * (x0 + b - mu) / sigma + beta`` with only ``x0`` and ``gamma`` live.
+    Its value is the forward pass's BatchNorm output.
+    """
+    if mean is None:
+        return x0 if bias is None else x0 + _per_channel(bias.detach(), x0.dim())
+    shift = -mean.detach() if bias is None else bias.detach() - mean.detach()
+    z = (x0 + _per_channel(shift, x0.dim())) * _per_channel(batchnorm_scale(gamma, invstd), x0.dim())
+    return z if beta is None else z + _per_channel(beta.detach(), x0.dim())
+
+
+def reference_batchnorm_epsilon(
+    R: Tensor, a: Tensor, z: Tensor, gamma: Tensor | None, invstd: Tensor, eps: float = 1e-2,
+) -> Tensor:
+    """Epsilon rule through a standalone BatchNorm (diagonal weights ``gamma / sigma``).
+
+    ``R`` (B, M, C, ...); ``a`` the BatchNorm input (B, C, ...); ``z`` its pre-activation with the rule's
+    gradient (:func:`rule_preactivation` with ``x0 = a`` and no bias): ``R_in = a * (gamma/sigma) * R / stab(z)``.
+    """
+    scale = _per_channel(batchnorm_scale(gamma, invstd), a.dim())
+    return (a * scale).unsqueeze(1) * (R / stabilize(z, eps).unsqueeze(1))
