@@ -8,7 +8,9 @@ the bias detached) and zero padding:
     R_in = (x - l) * conv_transpose(s, W+) + (x - h) * conv_transpose(s, W-)
 
 ``z`` is the layer's own pre-activation from the forward pass. ``conv(l, W+)`` convolves the constant bound
-image (zero padded like the input), so it is computed once at batch size 1. The bias terms follow the authors'
+image (zero padded like the input), so it is computed once at batch size 1. ``bias`` is used as given: the
+engine passes it with the rule's semantics (the layer's own bias detached; a folded BatchNorm's ``b'`` keeps
+the gradient of ``gamma``). The bias terms follow the authors'
 reference code (``l * b+`` and ``h * b-``): the bias counts as an input in ``[l, h]``. With per-channel bounds
 the bias's own bounds are ``l_b = min(l)`` and ``h_b = max(h)``, which equals the scalar rule when all channels
 share their bounds.
@@ -39,9 +41,8 @@ def reference_conv_zbox(
     z_low = F.conv2d(low_img, w_pos, None, stride, padding, dilation, groups)
     z_high = F.conv2d(high_img, w_neg, None, stride, padding, dilation, groups)
     if bias is not None:
-        b = bias.detach()
-        z_low = z_low + low.amin() * b.clamp(min=0).view(-1, 1, 1)
-        z_high = z_high + high.amax() * b.clamp(max=0).view(-1, 1, 1)
+        z_low = z_low + low.amin() * bias.clamp(min=0).view(-1, 1, 1)
+        z_high = z_high + high.amax() * bias.clamp(max=0).view(-1, 1, 1)
     s = (R / stabilize(z - z_low - z_high, eps).unsqueeze(1)).flatten(0, 1)
     c_pos = conv2d_transpose(s, w_pos, a.shape[-2:], stride, padding, dilation, groups).unflatten(0, (B, M))
     c_neg = conv2d_transpose(s, w_neg, a.shape[-2:], stride, padding, dilation, groups).unflatten(0, (B, M))
@@ -57,8 +58,7 @@ def reference_linear_zbox(
     low_vec, high_vec = low.expand(1, a.shape[1]), high.expand(1, a.shape[1])
     z_low, z_high = low_vec @ w_pos.t(), high_vec @ w_neg.t()
     if bias is not None:
-        b = bias.detach()
-        z_low = z_low + low.amin() * b.clamp(min=0)
-        z_high = z_high + high.amax() * b.clamp(max=0)
+        z_low = z_low + low.amin() * bias.clamp(min=0)
+        z_high = z_high + high.amax() * bias.clamp(max=0)
     s = R / stabilize(z - z_low - z_high, eps).unsqueeze(1)
     return (a - low_vec).unsqueeze(1) * (s @ w_pos) + (a - high_vec).unsqueeze(1) * (s @ w_neg)

@@ -2,7 +2,8 @@
 
     z+ = W+ a + b+,    s = R / stab(z+),    R_in = a * (W+)^T s,
 
-with ``W+ = max(W, 0)``, ``b+ = max(b, 0)`` (detached, like every bias of a rule). Meant for layers whose
+with ``W+ = max(W, 0)``, ``b+ = max(b, 0)`` (``b`` used as given: callers pass it with the rule's detach
+semantics, as :mod:`isnet_kernels.ops.zbox` describes). Meant for layers whose
 input ``a`` is non-negative (after a ReLU). ``z+`` is not a forward quantity, so it is computed here.
 """
 
@@ -22,7 +23,7 @@ def reference_conv_zplus(
     """z+ rule through a convolution. Shapes as in :func:`reference_conv_epsilon`."""
     B, M = R.shape[:2]
     w_pos = weight.clamp(min=0)
-    b_pos = None if bias is None else bias.detach().clamp(min=0)
+    b_pos = None if bias is None else bias.clamp(min=0)
     z = F.conv2d(a, w_pos, b_pos, stride, padding, dilation, groups)
     s = R / stabilize(z, eps).unsqueeze(1)
     c = conv2d_transpose(s.flatten(0, 1), w_pos, a.shape[-2:], stride, padding, dilation, groups)
@@ -34,6 +35,6 @@ def reference_linear_zplus(R: Tensor, a: Tensor, weight: Tensor, bias: Tensor | 
     w_pos = weight.clamp(min=0)
     z = a @ w_pos.t()
     if bias is not None:
-        z = z + bias.detach().clamp(min=0)
+        z = z + bias.clamp(min=0)
     s = R / stabilize(z, eps).unsqueeze(1)
     return a.unsqueeze(1) * (s @ w_pos)

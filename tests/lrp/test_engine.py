@@ -1,0 +1,305 @@
+"""The LRP engine on whole models: conservation, batch consistency, forms, gradients, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import isnet_kernels as ik
+from isnet_kernels.lrp import engine, get_program
+from isnet_kernels.lrp import steps as S
+
+from .models import EveryLayer, FunctionalForm, MethodForm, ModuleForm
+
+
+def _randomize_bn(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            with torch.no_grad():
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+
+
+def _zero_biases(model: nn.Module) -> None:
+    with torch.no_grad():
+        for m in model.modules():
+            if getattr(m, "bias", None) is not None:
+                m.bias.zero_()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.zero_()
+
+
+@pytest.mark.parametrize("first_layer", ["zb", "epsilon"])
+@pytest.mark.parametrize("output_layer", ["every", "module"])
+def test_conservation(first_layer, output_layer):
+    """With eps -> 0 and zero biases, the input relevance sums to the explained logit."""
+    model = (EveryLayer() if output_layer == "every" else ModuleForm()).double().eval()
+    _randomize_bn(model)
+    _zero_biases(model)
+    x = torch.rand(3, 3, 11, 11, dtype=torch.double)
+    lrp = ik.LRP(model, eps=1e-12, first_layer=first_layer, bounds=(0.0, 1.0))
+    targets = torch.tensor([[0, 1], [2, 3], [1, 1]]) % 3
+    logits, maps = lrp(x, targets)
+    explained = logits.gather(1, targets)
+    torch.testing.assert_close(maps.sum((2, 3, 4)), explained, rtol=1e-8, atol=1e-10)
+
+
+def test_batch_consistency():
+    """A batch's heatmaps equal each sample's computed alone (eval mode)."""
+    model = EveryLayer().double().eval()
+    _randomize_bn(model)
+    x = torch.rand(4, 3, 10, 10, dtype=torch.double)
+    targets = torch.tensor([[0, 3], [1, 2], [2, 1], [3, 0]])
+    lrp = ik.LRP(model)
+    _, batch = lrp(x, targets)
+    for i in range(4):
+        _, alone = lrp(x[i:i + 1], targets[i:i + 1])
+        torch.testing.assert_close(batch[i:i + 1], alone, rtol=1e-12, atol=1e-14)
+
+
+def test_all_targets_equal_single_targets():
+    model = ModuleForm().double().eval()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.double)
+    lrp = ik.LRP(model)
+    logits, maps = lrp(x, "all")
+    assert maps.shape == (2, 3, 3, 8, 8)
+    for k in range(3):
+        single = ik.explain(model, x, k)
+        torch.testing.assert_close(maps[:, k], single, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(ik.explain(model, x), maps[torch.arange(2), logits.argmax(1)], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("form", [FunctionalForm, MethodForm])
+def test_functional_forms_match_module_form(form):
+    """F.relu (in place), +=, torch.add, torch.cat, torch.flatten, view(x.size(0), -1), x.mean: same maps."""
+    torch.manual_seed(1)
+    reference = ModuleForm().double().eval()
+    other = form().double().eval()
+    other.load_state_dict(reference.state_dict())
+    x = torch.rand(2, 3, 8, 8, dtype=torch.double)
+    torch.testing.assert_close(other(x), reference(x))
+    for output in ("logit", "selective"):
+        a = ik.explain(reference, x, output=output)
+        b = ik.explain(other, x, output=output)
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+        assert a.abs().sum() > 0
+
+
+def test_logits_equal_model_output_and_train_mode_updates_running_stats():
+    model = EveryLayer().double().train()
+    reference = EveryLayer().double().train()
+    reference.load_state_dict(model.state_dict())
+    x = torch.rand(3, 3, 9, 9, dtype=torch.double)
+    torch.manual_seed(5)
+    logits, _ = ik.LRP(model)(x, torch.zeros(3, 1, dtype=torch.long))
+    torch.manual_seed(5)
+    expected = reference(x)
+    torch.testing.assert_close(logits, expected)
+    for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=f"buffer {name} differs after a forward")
+
+
+def _swap_parameters(model: nn.Module, params: list[nn.Parameter], values: tuple[torch.Tensor, ...]) -> list:
+    """Put ``values`` in place of ``params`` inside ``model``; return what to restore."""
+    swapped = []
+    for m in model.modules():
+        for name, q in list(m._parameters.items()):
+            for p, v in zip(params, values):
+                if q is p:
+                    swapped.append((m, name, q))
+                    m._parameters[name] = v
+    return swapped
+
+
+def _gradcheck_model(train: bool, monkeypatch) -> None:
+    torch.manual_seed(0)
+    model = EveryLayer().double().train(train)
+    _randomize_bn(model)
+    x = torch.rand(3, 3, 9, 9, dtype=torch.double)
+    targets = torch.tensor([[0, 2], [1, 3], [3, 0]])
+    params = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm1d,
+                                                                  nn.BatchNorm2d))]
+    lrp = ik.LRP(model, first_layer="zb", bounds=(-0.5, 1.5), check_input=False)
+    if train:
+        # The rule detaches the batch statistics: hold them at their values at the checked point, so that finite
+        # differences see the function whose gradient the rule defines. The forward's BatchNorm stays live.
+        real = S.batch_norm_forward
+        fixed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def capture(bn, inp):
+            y, mean, invstd = real(bn, inp)
+            fixed[id(bn)] = (mean.detach().clone(), invstd.detach().clone())
+            return y, mean, invstd
+
+        monkeypatch.setattr(S, "batch_norm_forward", capture)
+        torch.manual_seed(3)
+        lrp(x, targets)
+        monkeypatch.setattr(S, "batch_norm_forward", lambda bn, inp: (real(bn, inp)[0], *fixed[id(bn)]))
+    weight = torch.linspace(-1, 1, 3 * 2 * 3 * 9 * 9, dtype=torch.double).view(3, 2, 3, 9, 9)
+
+    def loss(inp, *values):
+        swapped = _swap_parameters(model, params, values)
+        try:
+            torch.manual_seed(3)  # the same dropout mask at every evaluation
+            _, maps = lrp(inp, targets)
+        finally:
+            for m, name, q in swapped:
+                m._parameters[name] = q
+        return (maps * weight).sum()
+
+    values = [p.detach().clone().requires_grad_() for p in params]
+    inp = x.clone().requires_grad_()
+    assert torch.autograd.gradcheck(loss, (inp, *values), eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_gradcheck_every_layer(train, monkeypatch):
+    """Gradients of a loss on the heatmaps w.r.t. weights, BatchNorm gamma and the input (float64)."""
+    _gradcheck_model(train, monkeypatch)
+
+
+def test_heatmap_loss_trains_parameters():
+    model = EveryLayer().train()
+    lrp = ik.LRP(model)
+    x = torch.rand(4, 3, 9, 9)
+    _, maps = lrp(x, torch.zeros(4, 1, dtype=torch.long), output="selective")
+    maps.abs().sum().backward()
+    for name, p in model.named_parameters():
+        if name.endswith("weight"):
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_explain_caches_compiled_program(monkeypatch):
+    model = ModuleForm().eval()
+    calls = []
+    real = engine.compile_model
+    monkeypatch.setattr(engine, "compile_model", lambda m: calls.append(m) or real(m))
+    engine.clear_cache()
+    x = torch.rand(2, 3, 8, 8)
+    first = ik.explain(model, x)
+    with torch.no_grad():
+        model.fc.weight.mul_(2)  # weights are read live
+    second = ik.explain(model, x)
+    assert len(calls) == 1
+    assert not torch.allclose(second, first)
+    engine.clear_cache()
+    fresh = ik.explain(model, x)  # a newly compiled program sees the same, changed weights
+    assert len(calls) == 2
+    torch.testing.assert_close(second, fresh, rtol=0, atol=0)
+
+
+def test_saved_activations_are_the_forward_tensors():
+    """The forward keeps references to the activations the rules read: no copies."""
+    model = ModuleForm().eval()
+    lrp = ik.LRP(model)
+    program = get_program(model)
+    x = torch.rand(2, 3, 8, 8)
+    outputs = {}
+    for step in program.steps:
+        if isinstance(step, S.Step):
+            real = step.forward
+
+            def wrapped(env, real=real, name=step.name):
+                out, saved = real(env)
+                outputs[name] = out
+                return out, saved
+
+            step.forward = wrapped
+    try:
+        _, saved = lrp.forward(x)
+    finally:
+        for step in program.steps:
+            step.__dict__.pop("forward", None)
+    for step in program.steps:
+        if isinstance(step, S.LinearBlock):
+            source = step.inputs[0]
+            expected = x if source == program.input_name else outputs[source]
+            assert saved[step.name][0] is expected
+
+
+# --- errors ------------------------------------------------------------------------------------------------------
+
+
+class WithSigmoid(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sigmoid())
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+
+
+def test_unsupported_layer_names_node_path_and_type():
+    with pytest.raises(ik.UnsupportedLayerError) as err:
+        ik.LRP(WithSigmoid())
+    msg = str(err.value)
+    assert "features.1" in msg and "Sigmoid" in msg and "Supported:" in msg
+
+
+class Multiplies(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(12, 2)
+
+    def forward(self, x):
+        return self.fc((x * 2).flatten(1))
+
+
+def test_unsupported_function_is_named():
+    with pytest.raises(ik.UnsupportedLayerError, match="mul"):
+        ik.LRP(Multiplies())
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(12, 2)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            x = x * 1
+        return self.fc(x.flatten(1))
+
+
+def test_untraceable_model_is_a_clear_error():
+    with pytest.raises(ik.UnsupportedLayerError, match="could not trace"):
+        ik.LRP(DataDependent())
+
+
+def test_logits_not_from_linear():
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(ik.UnsupportedLayerError, match="logits must be produced by an nn.Linear"):
+        ik.LRP(model)
+
+
+def test_bad_inputs_and_targets():
+    model = ModuleForm().eval()
+    lrp = ik.LRP(model)
+    x = torch.rand(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="4-D"):
+        ik.explain(model, x[0])
+    with pytest.raises(ValueError, match="NaN"):
+        ik.explain(model, torch.full_like(x, float("nan")))
+    with pytest.raises(ValueError, match="NaN"):
+        lrp(x.masked_fill(x > 0.5, float("inf")), torch.zeros(2, 1, dtype=torch.long))
+    with pytest.raises(IndexError, match="out of range"):
+        ik.explain(model, x, 3)
+    with pytest.raises(IndexError, match="out of range"):
+        lrp(x, torch.tensor([[0], [-1]]))
+    with pytest.raises(ValueError, match=r"shape \(B, M\)"):
+        lrp(x, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"shape \(B,\)"):
+        ik.explain(model, x, torch.tensor([0, 1, 2]))
+    with pytest.raises(TypeError, match="integer"):
+        lrp(x, torch.zeros(2, 1))
+    with pytest.raises(ValueError, match="output must be"):
+        lrp(x, "all", output="softmax")
+    with pytest.raises(ValueError, match="first_layer"):
+        ik.LRP(model, first_layer="zplus")
+    with pytest.raises(ValueError, match="channels"):
+        ik.explain(model, x, bounds=(torch.zeros(2), torch.ones(2)))
