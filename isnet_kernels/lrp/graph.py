@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from ..errors import UnsupportedLayerError
 from . import steps as S
@@ -100,10 +100,6 @@ def trace(model: nn.Module) -> fx.GraphModule:
             "model whose forward has no data-dependent Python control flow (if/for on tensor values) and calls only "
             f"traceable operations. Supported: {SUPPORTED}."
         ) from exc
-
-
-def _lookup(name: str) -> Callable[[dict[str, Any]], Any]:
-    return lambda env: env[name]
 
 
 def _arg_fn(arg: Any) -> Callable[[dict[str, Any]], Any]:
@@ -260,7 +256,7 @@ def _make_step(node: fx.Node, modules: dict[str, nn.Module], shape_nodes: set[st
             if conv_node is not None:
                 layer = modules[conv_node.target]
                 _check_layer(conv_node, layer, modules)
-                return S.LinearBlock(name, single_of(conv_node, shape_nodes, modules), layer, mod)
+                return S.LinearBlock(name, _single_of(conv_node, shape_nodes, modules), layer, mod)
             return S.BatchNormStep(name, single(), mod)
         if isinstance(mod, (nn.Conv2d, nn.Linear)):
             _check_layer(node, mod, modules)
@@ -359,7 +355,7 @@ def _make_step(node: fx.Node, modules: dict[str, nn.Module], shape_nodes: set[st
     raise _unsupported(node, modules, "no relevance rule for this operation")
 
 
-def single_of(node: fx.Node, shape_nodes: set[str], modules: dict[str, nn.Module]) -> str:
+def _single_of(node: fx.Node, shape_nodes: set[str], modules: dict[str, nn.Module]) -> str:
     tensors = _tensor_inputs(node, shape_nodes)
     if len(tensors) != 1:
         raise _unsupported(node, modules, f"expected one tensor input, found {len(tensors)}")
