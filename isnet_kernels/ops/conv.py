@@ -36,7 +36,7 @@ def conv_transpose_output_padding(
     result = []
     for n, o, k, s, p, d in zip(input_size, output_size, kernel_size, stride, padding, dilation):
         op = n - ((o - 1) * s - 2 * p + d * (k - 1) + 1)
-        if not 0 <= op < max(s, d):
+        if not 0 <= op < s:
             raise ValueError(f"input size {n} cannot map to output size {o} with kernel {k}, stride {s}, "
                              f"padding {p}, dilation {d}")
         result.append(op)
