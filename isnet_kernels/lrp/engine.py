@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,25 +21,37 @@ from .graph import Program, _ShapeNode, compile_model
 OUTPUT_RULES = ("logit", "selective")
 FIRST_LAYER_RULES = ("zb", "epsilon")
 
-_PROGRAMS: weakref.WeakKeyDictionary[nn.Module, Program] = weakref.WeakKeyDictionary()
+_PROGRAMS: weakref.WeakKeyDictionary[nn.Module, dict[bool, Program]] = weakref.WeakKeyDictionary()
 
 
 def get_program(model: nn.Module) -> Program:
     """The compiled relevance program of ``model``, compiled on first use and kept for the model's lifetime.
 
-    Weights, BatchNorm statistics and train/eval mode are read live at every call, so training between calls needs
-    no recompiling. After replacing a submodule, call :func:`clear_cache`.
+    Weights, BatchNorm statistics and the train/eval mode of modules are read live at every call, so training
+    between calls needs no recompiling. A forward that reads ``self.training`` itself (``F.dropout(x, p,
+    self.training)``) is traced with the value it had, so one program is kept per mode of the root module.
+    After replacing a submodule, call :func:`clear_cache`.
     """
-    program = _PROGRAMS.get(model)
+    per_mode = _PROGRAMS.get(model)
+    if per_mode is None:
+        per_mode = _PROGRAMS[model] = {}
+    program = per_mode.get(model.training)
     if program is None:
-        program = compile_model(model)
-        _PROGRAMS[model] = program
+        program = per_mode[model.training] = compile_model(model)
     return program
 
 
 def clear_cache() -> None:
     """Forget every compiled program (needed only after changing a model's structure)."""
     _PROGRAMS.clear()
+
+
+@dataclass
+class ForwardState:
+    """What a forward pass leaves for the relevance pass: the program that ran and each step's saved tensors."""
+
+    program: Program
+    saved: dict[str, Any]
 
 
 BoundsLike = tuple[float | Tensor, float | Tensor] | Sequence[float | Tensor]
@@ -120,7 +133,12 @@ class LRP:
         self.model = model
         self.eps, self.first_layer, self.bounds = float(eps), first_layer, tuple(bounds)
         self.check_input = check_input
-        self.program = get_program(model)
+        get_program(model)  # compile now, so that unsupported layers fail here
+
+    @property
+    def program(self) -> Program:
+        """The compiled program for the model's current train/eval mode."""
+        return get_program(self.model)
 
     def __repr__(self) -> str:
         return (f"LRP({type(self.model).__name__}, eps={self.eps}, first_layer={self.first_layer!r}, "
@@ -133,8 +151,8 @@ class LRP:
             cfg.high = _bound_tensor(self.bounds[1], x, "high")
         return cfg
 
-    def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Any]]:
-        """Run the model's forward, returning the logits and what the relevance pass needs, per step."""
+    def forward(self, x: Tensor) -> tuple[Tensor, ForwardState]:
+        """Run the model's forward, returning the logits and what the relevance pass needs."""
         program = self.program
         env: dict[str, Any] = {program.input_name: x}
         saved: dict[str, Any] = {}
@@ -147,11 +165,11 @@ class LRP:
             for name in step.inputs:  # free activations no later node reads (the saved ones stay referenced)
                 if last_use.get(name) == i and name != program.output_name:
                     env.pop(name, None)
-        return env[program.output_name], saved
+        return env[program.output_name], ForwardState(program, saved)
 
-    def relevance(self, saved: dict[str, Any], targets: Tensor, output: str, cfg: S.RuleConfig) -> Tensor:
+    def relevance(self, state: ForwardState, targets: Tensor, output: str, cfg: S.RuleConfig) -> Tensor:
         """The relevance pass: from the output rule at the logits down to the input, (B, M, C, H, W)."""
-        program = self.program
+        program, saved = state.program, state.saved
         start = program.logits_step
         R: dict[str, Tensor] = {start.inputs[0]: start.start(saved[start.name], targets, output, cfg)}
         begin = program.steps.index(start)
@@ -175,14 +193,14 @@ class LRP:
             raise ValueError(f"targets must be a LongTensor (B, M) or 'all', got {targets!r}")
         if not isinstance(targets, (Tensor, str)):
             raise TypeError(f"targets must be a LongTensor (B, M) or 'all', got {type(targets).__name__}")
-        logits, saved = self.forward(x)
+        logits, state = self.forward(x)
         B, K = logits.shape[0], logits.shape[-1]
         if isinstance(targets, str):
             targets = torch.arange(K, device=x.device).expand(B, K)
         else:
             _check_targets(targets, B, K)
             targets = targets.to(device=x.device, dtype=torch.long)
-        heatmaps = self.relevance(saved, targets, output, self._config(x))
+        heatmaps = self.relevance(state, targets, output, self._config(x))
         return logits, heatmaps
 
 
@@ -205,7 +223,7 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | None = None, *, 
     _check_input(x, True)
     if output not in OUTPUT_RULES:
         raise ValueError(f"output must be one of {OUTPUT_RULES}, got {output!r}")
-    logits, saved = lrp.forward(x)
+    logits, state = lrp.forward(x)
     B, K = logits.shape[0], logits.shape[-1]
     if target is None:
         targets = logits.detach().argmax(-1, keepdim=True)
@@ -222,4 +240,4 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | None = None, *, 
                              f"{tuple(target.shape)}")
         targets = target.to(x.device).view(B, 1)
         _check_targets(targets, B, K)
-    return lrp.relevance(saved, targets.long(), output, lrp._config(x))[:, 0]
+    return lrp.relevance(state, targets.long(), output, lrp._config(x))[:, 0]

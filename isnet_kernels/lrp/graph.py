@@ -266,7 +266,8 @@ def _make_step(node: fx.Node, modules: dict[str, nn.Module], shape_nodes: set[st
             step.is_relu = True
             return step
         if isinstance(mod, (nn.Dropout, nn.Dropout2d)):
-            return S.PassStep(name, single(), lambda x, m=mod: F.dropout(x, m.p, m.training))
+            fn = F.dropout2d if isinstance(mod, nn.Dropout2d) else F.dropout
+            return S.PassStep(name, single(), lambda x, m=mod: fn(x, m.p, m.training))  # never in place
         if isinstance(mod, nn.Identity):
             return S.PassStep(name, single(), lambda x: x)
         if isinstance(mod, nn.Flatten):
@@ -310,7 +311,7 @@ def _make_step(node: fx.Node, modules: dict[str, nn.Module], shape_nodes: set[st
         if target in _DROPOUT_FUNCS:
             b = _bind(node.args, node.kwargs, ["input", "p", "training"], {"p": 0.5, "training": True})
             p, training = b["p"], b["training"]
-            return S.PassStep(name, single(), lambda x: F.dropout(x, p, training))
+            return S.PassStep(name, single(), lambda x: target(x, p, training))  # never in place
         if target is F.max_pool2d:
             b = _bind(node.args, node.kwargs, _MAXPOOL_ARGS, {"stride": None, "padding": 0, "dilation": 1,
                                                               "ceil_mode": False, "return_indices": False})

@@ -19,6 +19,7 @@ class EveryLayer(nn.Module):
         self.norm = nn.BatchNorm2d(6)  # standalone, after a concatenation
         self.grouped = nn.Conv2d(6, 4, 3, stride=2, padding=1, groups=2)
         self.avg = nn.AvgPool2d(2, stride=1)
+        self.drop2d = nn.Dropout2d(0.25)
         self.adaptive = nn.AdaptiveAvgPool2d((2, 2))
         self.maxpool2 = nn.AdaptiveMaxPool2d((2, 2))
         self.head = nn.Sequential(nn.Linear(32, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Dropout(0.3), nn.Identity())
@@ -32,9 +33,9 @@ class EveryLayer(nn.Module):
         y = F.relu(y)
         y = torch.cat([y, self.side(y)], dim=1)
         y = F.relu(self.norm(y), inplace=True)
-        y = self.avg(self.grouped(y))
+        y = self.drop2d(self.avg(self.grouped(y)))
         y = torch.cat([self.adaptive(y), self.maxpool2(y)], 1)
-        y = y.view(y.size(0), -1)
+        y = F.dropout(y.view(y.size(0), -1), 0.1, self.training)
         return self.fc(self.head(y))
 
 

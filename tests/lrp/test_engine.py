@@ -198,7 +198,7 @@ def test_saved_activations_are_the_forward_tensors():
     lrp = ik.LRP(model)
     program = get_program(model)
     x = torch.rand(2, 3, 8, 8)
-    outputs = {}
+    outputs: dict[str, torch.Tensor] = {}
     for step in program.steps:
         if isinstance(step, S.Step):
             real = step.forward
@@ -210,7 +210,8 @@ def test_saved_activations_are_the_forward_tensors():
 
             step.forward = wrapped
     try:
-        _, saved = lrp.forward(x)
+        _, state = lrp.forward(x)
+        saved = state.saved
     finally:
         for step in program.steps:
             step.__dict__.pop("forward", None)
@@ -303,3 +304,25 @@ def test_bad_inputs_and_targets():
         ik.LRP(model, first_layer="zplus")
     with pytest.raises(ValueError, match="channels"):
         ik.explain(model, x, bounds=(torch.zeros(2), torch.ones(2)))
+
+
+class ReadsTrainingFlag(ModuleForm):
+    """A forward that reads ``self.training`` itself: fx freezes it at trace time."""
+
+    def forward(self, x):
+        a = F.dropout(self.relu1(self.conv1(x)), 0.5, self.training)
+        return self.fc(torch.cat([a, a], 1).mean((2, 3)))
+
+
+def test_mode_switch_after_compiling_follows_the_model():
+    model = ReadsTrainingFlag().eval()
+    x = torch.rand(3, 3, 8, 8)
+    lrp = ik.LRP(model)
+    torch.testing.assert_close(lrp(x, "all")[0], model(x))
+    model.train()
+    torch.manual_seed(0)
+    logits, _ = lrp(x, "all")
+    torch.manual_seed(0)
+    torch.testing.assert_close(logits, model(x))
+    model.eval()
+    torch.testing.assert_close(lrp(x, "all")[0], model(x))

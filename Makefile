@@ -1,0 +1,55 @@
+# isnet-kernels: developer entry points. Every target uses the project's own virtualenv (.venv), created on
+# first use, so `make demo` and `make test` work on a fresh clone with only python3 and make installed.
+
+PYTHON3 ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip
+# The CPU build of torch that this project is developed against. Pinned everywhere: an unpinned torch would
+# pull a different (CUDA) build.
+TORCH   := torch==2.13.0
+TRITON  := triton==3.7.1
+STAMP   := $(VENV)/.installed
+BENCH_JSON ?= benchmarks/results/latest.json
+
+.PHONY: help venv demo test lint bench clean
+
+help:
+	@echo "make venv   create $(VENV) and install the package with its test dependencies"
+	@echo "make demo   train a small CNN on handwritten digits and write demo/heatmaps.png"
+	@echo "make test   run the test suite (tests/, Triton kernels in interpreter mode)"
+	@echo "make lint   ruff check ."
+	@echo "make bench  run benchmarks/ and write $(BENCH_JSON)"
+	@echo "make clean  remove $(VENV), build outputs and caches"
+
+venv: $(STAMP)
+
+# Rebuilt only when the packaging files change; delete $(STAMP) to force a reinstall.
+$(STAMP): pyproject.toml setup.py
+	@test -x $(PY) || $(PYTHON3) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install $(TORCH) setuptools wheel
+	$(PIP) install --no-build-isolation -e '.[test]' $(TORCH)
+	$(PIP) install $(TRITON) $(TORCH)
+	$(PIP) install --no-deps zennit
+	@touch $@
+
+demo: venv
+	$(PY) python/explain_digits.py --out demo/
+
+# pytest exits with 5 when no test ran; make treats any non-zero status as a failure, this just says why.
+test: venv
+	TRITON_INTERPRET=1 $(PY) -m pytest -q tests --ignore=benchmarks; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: no test ran (pytest exit code 5)" >&2; fi; \
+	exit $$rc
+
+lint: venv
+	$(PY) -m ruff check .
+
+bench: venv
+	@mkdir -p $(dir $(BENCH_JSON))
+	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-json=$(BENCH_JSON)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .benchmarks
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

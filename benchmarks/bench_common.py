@@ -1,0 +1,175 @@
+"""What the explain benchmarks time: the models, the inputs and the three heatmap methods, shared by
+``test_bench_explain.py`` (timing) and ``memprobe.py`` (peak memory, one fresh process per measurement).
+
+Methods, all for one class per image (the logit of ``target``), float32, eval mode:
+
+* ``isnet_kernels``: ``isnet_kernels.explain(model, x, target)``: epsilon 1e-2 everywhere, Z^B with bounds
+  (0, 1) on the first layer, BatchNorm folded, relevance starts as the target logit.
+* ``input_gradient``: forward + ``torch.autograd.grad(logits.gather(1, t).sum(), x)``, the cheapest backward
+  pass of the same model (the floor any gradient-based explainer pays).
+* ``zennit``: zennit 0.5.1 with matched rules: BatchNorm merged into the preceding Conv2d
+  (``SequentialMergeBatchNorm``, inside ``zennit.torchvision.ResNetCanonizer`` for the ResNet, whose block
+  canonizer also turns the residual add into a ``zennit.layer.Sum``); ``Epsilon(1e-2)`` on every Conv2d, Linear,
+  max/average pool and ``Sum``; ``ZBox(0, 1, stabilizer=1e-2)`` on the first convolution (``isnet_kernels``
+  stabilises its Z^B denominator with the same eps; zennit's default would be 1e-6); relevance starts as
+  ``one_hot(target) * logits`` (``grad_outputs`` of ``torch.autograd.grad``). The composite is registered once,
+  outside the timed region (like ``isnet_kernels``' compiled program, which is cached per model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import sys
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+BATCH = 16
+SIZE = 64
+NUM_CLASSES = 10
+EPS = 1e-2
+BOUNDS = (0.0, 1.0)
+THREADS = 2
+METHODS = ("isnet_kernels", "input_gradient", "zennit")
+
+
+def install_torchvision_stubs() -> None:
+    """zennit imports ``torchvision.models.resnet`` at import time, and torchvision does not import beside this
+    torch: put stand-in modules in ``sys.modules`` whose ``BasicBlock``/``Bottleneck`` are the model zoo's
+    (torchvision-compatible) blocks, so that zennit's ResNet canonizers match them. No-op if torchvision (real or
+    stubbed) is already importable."""
+    if "torchvision.models.resnet" in sys.modules:
+        return
+    try:
+        import torchvision.models.resnet  # noqa: F401
+
+        return
+    except Exception:  # not installed, or built for another torch
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+    from isnet_kernels.models.resnet import BasicBlock, Bottleneck
+
+    tv = types.ModuleType("torchvision")
+    models = types.ModuleType("torchvision.models")
+    resnet = types.ModuleType("torchvision.models.resnet")
+    resnet.BasicBlock, resnet.Bottleneck = BasicBlock, Bottleneck
+    models.resnet, tv.models = resnet, models
+    sys.modules.update({"torchvision": tv, "torchvision.models": models, "torchvision.models.resnet": resnet})
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A benchmarked model: how to build it and what zennit needs to know about it."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    first_layer: str  # module name of the input-reading convolution (Z^B / ZBox)
+    description: str
+
+
+def _resnet18() -> nn.Module:
+    from isnet_kernels.models import resnet18
+
+    return resnet18(num_classes=NUM_CLASSES, width=64, small_input=False)
+
+
+def _vgg11_bn() -> nn.Module:
+    from isnet_kernels.models import vgg11
+
+    return vgg11(batch_norm=True, num_classes=NUM_CLASSES, width=64, hidden=512, pool_size=1)
+
+
+MODELS: dict[str, ModelSpec] = {
+    "resnet18": ModelSpec("resnet18", _resnet18, "conv1",
+                          "ResNet-18, torchvision layout (width 64, 7x7 stem + max-pool), 10 classes"),
+    "vgg11_bn": ModelSpec("vgg11_bn", _vgg11_bn, "features.0",
+                          "VGG-11 with BatchNorm (width 64, hidden 512, pool_size 1), 10 classes"),
+}
+
+
+def make_model(name: str) -> nn.Module:
+    """The model ``name`` with a fixed random initialisation, in eval mode, float32."""
+    torch.manual_seed(0)
+    return MODELS[name].build().float().eval()
+
+
+def make_inputs() -> tuple[Tensor, Tensor]:
+    """A fixed batch: images (BATCH, 3, SIZE, SIZE) uniform in [0, 1] (the Z^B box) and targets (BATCH,)."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(BATCH, 3, SIZE, SIZE, generator=gen)
+    target = torch.randint(0, NUM_CLASSES, (BATCH,), generator=gen)
+    return x, target
+
+
+def _zennit_composite(first_layer: str, resnet: bool):
+    install_torchvision_stubs()
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.core import Composite
+    from zennit.layer import Sum
+    from zennit.rules import Epsilon, ZBox
+    from zennit.torchvision import ResNetCanonizer
+
+    epsilon_types = (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, Sum)
+
+    def module_map(ctx, name, module):
+        if name == first_layer:
+            return ZBox(low=BOUNDS[0], high=BOUNDS[1], stabilizer=EPS)  # isnet_kernels stabilises Z^B with eps too
+        if isinstance(module, epsilon_types):
+            return Epsilon(epsilon=EPS)
+        return None  # ReLU, Dropout, merged BatchNorm, containers: relevance passes as the gradient
+
+    canonizers = [ResNetCanonizer()] if resnet else [SequentialMergeBatchNorm()]
+    return Composite(module_map=module_map, canonizers=canonizers)
+
+
+def make_method(method: str, model_name: str, model: nn.Module, x: Tensor, target: Tensor,
+                stack: contextlib.ExitStack) -> Callable[[], Tensor]:
+    """A no-argument function computing the (B, C, H, W) heatmap (or input gradient) of ``method``.
+
+    Set-up that is not part of a call (zennit's canonizers and hooks) is entered on ``stack``; close it after
+    timing. zennit works on a deep copy, since its canonizers edit the model in place.
+    """
+    import isnet_kernels
+
+    if method == "isnet_kernels":
+        def run() -> Tensor:
+            return isnet_kernels.explain(model, x, target, eps=EPS, first_layer="zb", bounds=BOUNDS)
+
+        return run
+
+    idx = target.view(-1, 1)
+    if method == "input_gradient":
+        xg = x.detach().clone().requires_grad_(True)
+
+        def run() -> Tensor:
+            logits = model(xg)
+            (grad,) = torch.autograd.grad(logits.gather(1, idx).sum(), xg)
+            return grad
+
+        return run
+
+    if method == "zennit":
+        zmodel = copy.deepcopy(model)
+        composite = _zennit_composite(MODELS[model_name].first_layer, resnet=model_name.startswith("resnet"))
+        modified = stack.enter_context(composite.context(zmodel))
+        xz = x.detach().clone().requires_grad_(True)
+
+        def run() -> Tensor:
+            out = modified(xz)
+            grad_out = torch.zeros_like(out).scatter_(1, idx, out.gather(1, idx)).detach()
+            (relevance,) = torch.autograd.grad(out, xz, grad_outputs=grad_out)
+            return relevance
+
+        return run
+
+    raise ValueError(f"unknown method {method!r}; valid: {METHODS}")
+
+
+def rel_err(ours: Tensor, ref: Tensor) -> float:
+    """``max |ours - ref| / max |ref|``."""
+    ours, ref = ours.detach(), ref.detach()
+    return float((ours - ref).abs().max() / ref.abs().max().clamp_min(1e-30))

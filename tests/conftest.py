@@ -1,0 +1,76 @@
+"""Shared test set-up: Triton's CPU interpreter, torchvision stubs for zennit, a fixed seed, one thread.
+
+``TRITON_INTERPRET`` must be set before any ``@triton.jit`` function is defined, so it is set here, before
+anything else is imported. zennit imports ``torchvision.models.resnet`` at import time, and PyPI's torchvision
+does not work with the pinned torch, so when torchvision cannot be imported, small stand-in modules are put
+in ``sys.modules`` first (zennit only needs ``BasicBlock`` and ``Bottleneck`` from it).
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import sys  # noqa: E402
+import types  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)  # the tests use tiny tensors: threads only add overhead
+
+
+def _install_torchvision_stubs() -> None:
+    """Put stand-ins for ``torchvision``, ``torchvision.models``, ``torchvision.models.resnet`` in sys.modules."""
+    try:
+        import torchvision  # noqa: F401
+
+        return
+    except Exception:  # not installed, or built for another torch
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+
+    try:
+        from isnet_kernels.models.resnet import BasicBlock, Bottleneck
+    except Exception:  # the model zoo is not importable (yet): zennit only needs the names to exist
+
+        class BasicBlock(torch.nn.Module):  # type: ignore[no-redef]
+            """Stand-in for ``torchvision.models.resnet.BasicBlock``."""
+
+        class Bottleneck(torch.nn.Module):  # type: ignore[no-redef]
+            """Stand-in for ``torchvision.models.resnet.Bottleneck``."""
+
+    tv = types.ModuleType("torchvision")
+    tv.__dict__["__isnet_kernels_stub__"] = True
+    models = types.ModuleType("torchvision.models")
+    resnet = types.ModuleType("torchvision.models.resnet")
+    resnet.BasicBlock = BasicBlock
+    resnet.Bottleneck = Bottleneck
+    models.resnet = resnet
+    tv.models = models
+    sys.modules["torchvision"] = tv
+    sys.modules["torchvision.models"] = models
+    sys.modules["torchvision.models.resnet"] = resnet
+
+
+_install_torchvision_stubs()
+
+
+@pytest.fixture(autouse=True)
+def seed() -> None:
+    """Every test starts from the same random state."""
+    torch.manual_seed(0)
+
+
+# A run in which no test executed (all deselected or skipped) must not pass silently.
+_executed = 0
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    global _executed
+    if report.when == "call":
+        _executed += 1
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if exitstatus == 0 and _executed == 0 and not session.config.option.collectonly:
+        session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
