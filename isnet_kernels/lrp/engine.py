@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import dispatch
 from . import steps as S
 from .graph import Program, _ShapeNode, compile_model
 
@@ -117,13 +118,15 @@ class LRP:
     first_layer : ``"zb"`` for the Z^B rule on the layers that read the input, ``"epsilon"`` for epsilon there too.
     bounds : ``(low, high)`` of the input values for Z^B: floats, or tensors of shape (C,) for normalised inputs.
     check_input : check the input for NaN/Inf (one host synchronisation per call).
+    backend : ``"auto"`` (default; or ``$ISNET_KERNELS_BACKEND``), ``"reference"``, ``"cpp"`` or ``"triton"``:
+        which kernels compute the relevance ops (see :mod:`isnet_kernels.dispatch`).
 
     Calling ``lrp(x, targets, output="logit")`` returns ``(logits, heatmaps)``: the model's logits (B, K) and
     heatmaps (B, M, C, H, W), differentiable w.r.t. the parameters and the input in train and eval mode.
     """
 
     def __init__(self, model: nn.Module, *, eps: float = 1e-2, first_layer: str = "zb",
-                 bounds: BoundsLike = (0.0, 1.0), check_input: bool = True):
+                 bounds: BoundsLike = (0.0, 1.0), check_input: bool = True, backend: str | None = None):
         if first_layer not in FIRST_LAYER_RULES:
             raise ValueError(f"first_layer must be one of {FIRST_LAYER_RULES}, got {first_layer!r}")
         if not eps >= 0:
@@ -133,6 +136,9 @@ class LRP:
         self.model = model
         self.eps, self.first_layer, self.bounds = float(eps), first_layer, tuple(bounds)
         self.check_input = check_input
+        if backend is not None and backend not in dispatch.BACKENDS:
+            raise ValueError(f"backend must be one of {dispatch.BACKENDS}, got {backend!r}")
+        self.backend = backend
         get_program(model)  # compile now, so that unsupported layers fail here
 
     @property
@@ -145,7 +151,8 @@ class LRP:
                 f"steps={len(self.program.steps)})")
 
     def _config(self, x: Tensor) -> S.RuleConfig:
-        cfg = S.RuleConfig(self.eps, self.first_layer)
+        cfg = S.RuleConfig(self.eps, self.first_layer, prims=dispatch.primitives(dispatch.resolve(self.backend,
+                                                                                                x.device)))
         if self.first_layer == "zb":
             cfg.low = _bound_tensor(self.bounds[0], x, "low")
             cfg.high = _bound_tensor(self.bounds[1], x, "high")
@@ -205,8 +212,12 @@ class LRP:
 
 
 def explain(model: nn.Module, x: Tensor, target: int | Tensor | None = None, *, eps: float = 1e-2,
-            first_layer: str = "zb", bounds: BoundsLike = (0.0, 1.0), output: str = "logit") -> Tensor:
+            first_layer: str = "zb", bounds: BoundsLike = (0.0, 1.0), output: str = "logit",
+            backend: str | None = None) -> Tensor:
     """The LRP heatmap of one class per image, (B, C, H, W).
+
+    An inference call: nothing is recorded for autograd and the result carries no graph. To train through
+    heatmaps, use :class:`LRP`, whose heatmaps are differentiable.
 
     Parameters
     ----------
@@ -218,11 +229,17 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | None = None, *, 
     eps, first_layer, bounds : as for :class:`LRP`.
     output : ``"logit"`` (relevance starts as the logit's value) or ``"selective"`` (the class-contrastive rule
         of the Faster ISNet).
+    backend : as for :class:`LRP`.
     """
-    lrp = LRP(model, eps=eps, first_layer=first_layer, bounds=bounds)
+    lrp = LRP(model, eps=eps, first_layer=first_layer, bounds=bounds, backend=backend)
     _check_input(x, True)
     if output not in OUTPUT_RULES:
         raise ValueError(f"output must be one of {OUTPUT_RULES}, got {output!r}")
+    with torch.no_grad():
+        return _explain(lrp, x, target, output)
+
+
+def _explain(lrp: LRP, x: Tensor, target: int | Tensor | None, output: str) -> Tensor:
     logits, state = lrp.forward(x)
     B, K = logits.shape[0], logits.shape[-1]
     if target is None:

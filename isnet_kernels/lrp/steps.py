@@ -27,6 +27,7 @@ class RuleConfig:
     first_layer: str  # "zb" or "epsilon"
     low: Tensor | None = None  # bounds broadcast to (1, C, H, W) of the input, for Z^B
     high: Tensor | None = None
+    prims: ops.TorchPrimitives | None = None  # the backend's kernels; None: the autograd reference ops
 
 
 def batch_norm_forward(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -94,6 +95,9 @@ class LinearBlock(Step):
         if self.is_conv:
             self.stride, self.dilation = _pair(layer.stride), _pair(layer.dilation)
             self.padding, self.groups = conv_padding(layer), layer.groups
+            self.geom = ops.Geometry(False, self.stride, self.padding, self.dilation, self.groups)
+        else:
+            self.geom = ops.Geometry(linear=True)
 
     def forward(self, env: dict[str, Any]) -> tuple[Tensor, Any]:
         args = [env[n] for n in self.inputs]
@@ -126,14 +130,8 @@ class LinearBlock(Step):
         if self.first and cfg.first_layer == "zb":
             low = cfg.low.reshape(1, *a.shape[1:]) if cfg.low.dim() > 0 else cfg.low
             high = cfg.high.reshape(1, *a.shape[1:]) if cfg.high.dim() > 0 else cfg.high
-            if self.is_conv:
-                return [ops.reference_conv_zbox(R, a, z, w, b, low, high, self.stride, self.padding, self.dilation,
-                                                 self.groups, cfg.eps)]
-            return [ops.reference_linear_zbox(R, a, z, w, b, low, high, cfg.eps)]
-        if self.is_conv:
-            return [ops.reference_conv_epsilon(R, a, z, w, self.stride, self.padding, self.dilation, self.groups,
-                                               cfg.eps)]
-        return [ops.reference_linear_epsilon(R, a, z, w, cfg.eps)]
+            return [ops.zbox(R, a, z, w, b, low, high, self.geom, cfg.eps, cfg.prims)]
+        return [ops.epsilon(R, a, z, w, self.geom, cfg.eps, cfg.prims)]
 
     def start(self, saved: Any, targets: Tensor, rule: str, cfg: RuleConfig) -> Tensor:
         """Relevance at this (logit-producing, linear) layer's input for the output rule ``rule``."""
@@ -159,7 +157,7 @@ class BatchNormStep(Step):
     def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> list[Tensor]:
         a, mean, invstd = saved
         z = ops.rule_preactivation(a, None, self.bn.weight, self.bn.bias, mean, invstd)
-        return [ops.reference_batchnorm_epsilon(R, a, z, self.bn.weight, invstd, cfg.eps)]
+        return [ops.batchnorm_epsilon(R, a, z, self.bn.weight, invstd, cfg.eps, cfg.prims)]
 
 
 class PassStep(Step):
@@ -210,7 +208,7 @@ class MaxPoolStep(Step):
 
     def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> list[Tensor]:
         out, indices, size = saved
-        return [ops.reference_maxpool(R, out, indices, size, cfg.eps)]
+        return [ops.maxpool(R, out, indices, size, cfg.eps, cfg.prims)]
 
 
 class AvgPoolStep(Step):
@@ -233,8 +231,8 @@ class AvgPoolStep(Step):
 
     def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> list[Tensor]:
         a, out = saved
-        return [ops.reference_avgpool(R, a, out, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                                      self.count_include_pad, self.divisor_override, cfg.eps)]
+        return [ops.avgpool(R, a, out, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                            self.count_include_pad, self.divisor_override, cfg.eps, cfg.prims)]
 
 
 class AdaptiveAvgPoolStep(Step):
@@ -249,7 +247,7 @@ class AdaptiveAvgPoolStep(Step):
         return out, (args[0], out)
 
     def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> list[Tensor]:
-        return [ops.reference_adaptive_avgpool(R, *saved, eps=cfg.eps)]
+        return [ops.adaptive_avgpool(R, *saved, eps=cfg.eps, prims=cfg.prims)]
 
 
 class MeanStep(Step):
@@ -269,7 +267,7 @@ class MeanStep(Step):
 
     def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> list[Tensor]:
         a, out, dims = saved
-        return [ops.reference_mean(R, a, out, dims, cfg.eps)]
+        return [ops.mean(R, a, out, dims, cfg.eps, cfg.prims)]
 
 
 class AddStep(Step):
@@ -288,7 +286,7 @@ class AddStep(Step):
         return y, (x, f, y)
 
     def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> tuple[Tensor, Tensor]:
-        return ops.reference_residual_split(R, *saved, eps=cfg.eps)
+        return ops.residual_split(R, *saved, eps=cfg.eps, prims=cfg.prims)
 
 
 class CatStep(Step):

@@ -2,19 +2,52 @@
 
 Every op takes relevance with a map axis, shape (B, M, ...), and activations without it, shape (B, ...).
 All are differentiable by ordinary autograd, so a loss on a heatmap trains the model.
+
+
+Each op also has a functional entry point (``epsilon``, ``zbox``, ``maxpool``, ...) that runs the reference
+when given no primitives, or a ``torch.autograd.Function`` with a hand-written backward on a backend's
+primitives (:mod:`isnet_kernels.ops.primitives`).
 """
 
-from .batchnorm import fold_batchnorm, reference_batchnorm_epsilon, rule_preactivation
+from .batchnorm import batchnorm_epsilon, fold_batchnorm, reference_batchnorm_epsilon, rule_preactivation
 from .concat import reference_concat_split
-from .conv import conv2d_transpose, conv_transpose_output_padding, reference_conv_epsilon, reference_linear_epsilon
+from .conv import EpsilonFunction, epsilon, reference_conv_epsilon, reference_linear_epsilon
+from .geometry import Geometry, conv2d_transpose, conv_transpose_output_padding
 from .output import reference_logit_output, reference_selective_output, selective_relevance
-from .pool import reference_adaptive_avgpool, reference_avgpool, reference_maxpool, reference_mean
-from .residual import reference_residual_split
+from .pool import (
+    LinearPoolFunction,
+    MaxPoolFunction,
+    adaptive_avgpool,
+    avgpool,
+    maxpool,
+    mean,
+    reference_adaptive_avgpool,
+    reference_avgpool,
+    reference_maxpool,
+    reference_mean,
+)
+from .primitives import TorchPrimitives
+from .residual import ResidualFunction, reference_residual_split, residual_split
 from .stabilize import stabilize
-from .zbox import reference_conv_zbox, reference_linear_zbox
+from .zbox import ZBoxFunction, reference_conv_zbox, reference_linear_zbox, zbox
 from .zplus import reference_conv_zplus, reference_linear_zplus
 
 __all__ = [
+    "EpsilonFunction",
+    "Geometry",
+    "LinearPoolFunction",
+    "MaxPoolFunction",
+    "ResidualFunction",
+    "TorchPrimitives",
+    "ZBoxFunction",
+    "adaptive_avgpool",
+    "avgpool",
+    "batchnorm_epsilon",
+    "epsilon",
+    "maxpool",
+    "mean",
+    "residual_split",
+    "zbox",
     "conv2d_transpose",
     "conv_transpose_output_padding",
     "fold_batchnorm",

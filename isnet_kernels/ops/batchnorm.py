@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .primitives import TorchPrimitives
 from .stabilize import stabilize
 
 
@@ -72,3 +73,21 @@ def reference_batchnorm_epsilon(
     """
     scale = _per_channel(batchnorm_scale(gamma, invstd), a.dim())
     return (a * scale).unsqueeze(1) * (R / stabilize(z, eps).unsqueeze(1))
+
+
+def batchnorm_epsilon(R: Tensor, a: Tensor, z: Tensor, gamma: Tensor | None, invstd: Tensor, eps: float = 1e-2,
+                      prims: TorchPrimitives | None = None) -> Tensor:
+    """Epsilon rule through a standalone BatchNorm, on a backend's primitives or (``prims`` None) the reference.
+
+    With ``a' = a * gamma / sigma`` (autograd, batch-sized) it is the linear-pool rule with ``P = identity``.
+    """
+    if prims is None:
+        return reference_batchnorm_epsilon(R, a, z, gamma, invstd, eps)
+    from .pool import LinearPoolFunction
+
+    scaled = a * _per_channel(batchnorm_scale(gamma, invstd), a.dim())
+    return LinearPoolFunction.apply(R, scaled, z, _identity, _identity, eps, prims)
+
+
+def _identity(t: Tensor) -> Tensor:
+    return t

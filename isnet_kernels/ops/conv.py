@@ -12,51 +12,17 @@ The map axis M is folded into the batch for the transposed convolution; ``a`` an
 
 from __future__ import annotations
 
-import torch.nn.functional as F
+from typing import Any
+
+import torch
 from torch import Tensor
 
+from .geometry import Geometry, Pair, conv2d_transpose, conv_transpose_output_padding
+from .primitives import TorchPrimitives
 from .stabilize import stabilize
 
-Pair = tuple[int, int]
-
-
-def _pair(v: int | tuple[int, ...]) -> Pair:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
-def conv_transpose_output_padding(
-    input_size: tuple[int, int], output_size: tuple[int, int], kernel_size: Pair, stride: Pair, padding: Pair,
-    dilation: Pair,
-) -> Pair:
-    """The ``output_padding`` that makes ``conv_transpose2d`` return exactly ``input_size``.
-
-    A convolution maps size ``n`` to ``o = floor((n + 2p - d(k-1) - 1) / s) + 1``; its transpose returns
-    ``(o-1)s - 2p + d(k-1) + 1 + output_padding``, so ``output_padding`` is the remainder the floor dropped.
-    """
-    result = []
-    for n, o, k, s, p, d in zip(input_size, output_size, kernel_size, stride, padding, dilation):
-        op = n - ((o - 1) * s - 2 * p + d * (k - 1) + 1)
-        if not 0 <= op < s:
-            raise ValueError(f"input size {n} cannot map to output size {o} with kernel {k}, stride {s}, "
-                             f"padding {p}, dilation {d}")
-        result.append(op)
-    return result[0], result[1]
-
-
-def conv2d_transpose(
-    s: Tensor, weight: Tensor, input_size: tuple[int, int], stride: Pair = (1, 1), padding: Pair = (0, 0),
-    dilation: Pair = (1, 1), groups: int = 1,
-) -> Tensor:
-    """The adjoint of ``F.conv2d(., weight, None, stride, padding, dilation, groups)`` applied to ``s``.
-
-    ``s`` is (N, Co, Ho, Wo); the result is (N, Ci, *input_size).
-    """
-    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
-    kernel = (weight.shape[-2], weight.shape[-1])
-    out_pad = conv_transpose_output_padding(tuple(input_size), (s.shape[-2], s.shape[-1]), kernel, stride, padding,
-                                            dilation)
-    return F.conv_transpose2d(s, weight, None, stride, padding, out_pad, groups, dilation)
-
+__all__ = ["EpsilonFunction", "conv2d_transpose", "conv_transpose_output_padding", "epsilon",
+           "reference_conv_epsilon", "reference_linear_epsilon"]
 
 def reference_conv_epsilon(
     R: Tensor, a: Tensor, z: Tensor, weight: Tensor, stride: Pair = (1, 1), padding: Pair = (0, 0),
@@ -84,3 +50,59 @@ def reference_linear_epsilon(R: Tensor, a: Tensor, z: Tensor, weight: Tensor, ep
     """
     s = R / stabilize(z, eps).unsqueeze(1)
     return a.unsqueeze(1) * (s @ weight)
+
+
+class EpsilonFunction(torch.autograd.Function):
+    """Epsilon rule through a conv or linear layer with a hand-written backward (KERNELS.md).
+
+    Forward: ``s = R / t``, ``c = W^T s``, ``R_in = a * c`` with ``t = stab(z)``. Backward, given
+    ``G = dL/dR_in``: ``U = G * a``, ``dL/da = sum_M G * c``; ``V = W U``; ``dL/dW = weight_grad(U, s)``;
+    ``dL/dR = V / t``, ``dL/dz = -sum_M V * s / t``. Every elementwise step is one primitive of the backend
+    (one pass over memory); the contractions are the backend's (ATen for ``cpp``). ``s`` is recomputed in the
+    backward from ``R`` and ``z`` (one cheap pass) instead of being stored.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, R: Tensor, a: Tensor, z: Tensor, weight: Tensor, geom: Geometry, eps: float,
+                prims: TorchPrimitives) -> Tensor:
+        B, M = R.shape[:2]
+        need_c = ctx.needs_input_grad[1]
+        R_, z_, a_ = R.contiguous(), z.contiguous(), a.contiguous()
+        fused = getattr(prims, "conv_epsilon_forward", None)
+        if fused is not None and not geom.linear:
+            R_in, c = fused(R_, a_, z_, weight, tuple(a.shape[-2:]), geom, eps, need_c)
+        else:
+            s = prims.stab_divide(R_.view(B, M, -1), z_.view(B, -1), eps)
+            c = prims.transpose(s.view(B * M, *z.shape[1:]), weight, tuple(a.shape[2:]), geom)
+            R_in = prims.mul_activation(c.view(B, M, -1), a_.view(B, -1)).view(B, M, *a.shape[1:])
+        ctx.save_for_backward(R_, a_, z_, weight, c if need_c else None)
+        ctx.geom, ctx.eps, ctx.prims = geom, eps, prims
+        return R_in
+
+    @staticmethod
+    def backward(ctx: Any, G: Tensor) -> tuple[Tensor | None, ...]:
+        R, a, z, weight, c = ctx.saved_tensors
+        geom, eps, prims = ctx.geom, ctx.eps, ctx.prims
+        B, M = R.shape[:2]
+        s = prims.stab_divide(R.view(B, M, -1), z.view(B, -1), eps)
+        U, dA = prims.epsilon_backward_input(G.contiguous().view(B, M, -1), a.view(B, -1),
+                                             None if c is None else c.view(B, M, -1))
+        U = U.view(B * M, *a.shape[1:])
+        dW = prims.weight_grad(U, s.view(B * M, *z.shape[1:]), weight, geom) if ctx.needs_input_grad[3] else None
+        dR = dZ = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
+            V = prims.forward_map(U, weight, geom)
+            dR, dZ = prims.epsilon_backward_stab(V.view(B, M, -1), s, z.view(B, -1), eps)
+            dR, dZ = dR.view(R.shape), dZ.view(z.shape)
+        return dR, None if dA is None else dA.view(a.shape), dZ, dW, None, None, None
+
+
+def epsilon(R: Tensor, a: Tensor, z: Tensor, weight: Tensor, geom: Geometry, eps: float,
+            prims: TorchPrimitives | None = None) -> Tensor:
+    """Epsilon rule through a conv (``geom.linear`` False) or linear layer, on a backend's primitives
+    (``prims``), or on the autograd reference when ``prims`` is None."""
+    if prims is None:
+        if geom.linear:
+            return reference_linear_epsilon(R, a, z, weight, eps)
+        return reference_conv_epsilon(R, a, z, weight, geom.stride, geom.padding, geom.dilation, geom.groups, eps)
+    return EpsilonFunction.apply(R, a, z, weight, geom, eps, prims)

@@ -12,11 +12,14 @@ the output size; where it is (global pooling included) this equals a pool with `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from .primitives import TorchPrimitives
 from .stabilize import stabilize
 
 
@@ -71,3 +74,113 @@ def reference_mean(R: Tensor, a: Tensor, z: Tensor, dims: Sequence[int], eps: fl
     for d in dims:
         count *= a.shape[d]
     return a.unsqueeze(1) * (s / count)
+
+
+class MaxPoolFunction(torch.autograd.Function):
+    """Winner-take-all through a max-pool with a hand-written backward.
+
+    Forward: ``R_in = scatter_add_idx(R * z / t)``. Backward, given ``G``: ``g = gather_idx(G)``,
+    ``dR = g * z / t``, ``dz = sum_M g * R * eps * sign(z) / t^2`` (``z`` is the pool output; its gradient reaches
+    the winners through the pool's own backward).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, R: Tensor, z: Tensor, indices: Tensor, input_size: tuple[int, int], eps: float,
+                prims: TorchPrimitives) -> Tensor:
+        B, M, C = R.shape[:3]
+        R_, z_, idx = R.contiguous().view(B, M, C, -1), z.contiguous().view(B, C, -1), indices.contiguous()
+        idx = idx.view(B, C, -1)
+        out = prims.maxpool_forward(R_, z_, idx, input_size[0] * input_size[1], eps)
+        ctx.save_for_backward(R_, z_, idx)
+        ctx.shapes, ctx.eps, ctx.prims = (R.shape, z.shape), eps, prims
+        return out.view(B, M, C, *input_size)
+
+    @staticmethod
+    def backward(ctx: Any, G: Tensor) -> tuple[Tensor | None, ...]:
+        R, z, idx = ctx.saved_tensors
+        B, M, C = R.shape[:3]
+        dR, dz = ctx.prims.maxpool_backward(G.contiguous().view(B, M, C, -1), R, z, idx, ctx.eps)
+        return dR.view(ctx.shapes[0]), dz.view(ctx.shapes[1]), None, None, None, None
+
+
+def maxpool(R: Tensor, z: Tensor, indices: Tensor, input_size: tuple[int, int], eps: float,
+            prims: TorchPrimitives | None = None) -> Tensor:
+    """Winner-take-all through a max-pool, on a backend's primitives or (``prims`` None) the reference."""
+    if prims is None:
+        return reference_maxpool(R, z, indices, input_size, eps)
+    return MaxPoolFunction.apply(R, z, indices, tuple(input_size), eps, prims)
+
+
+class LinearPoolFunction(torch.autograd.Function):
+    """Epsilon rule through a fixed linear map ``P`` (average pooling, a mean, a diagonal BatchNorm scale).
+
+    Forward: ``R_in = a * P^T (R / t)``. Backward: ``U = G a``, ``dA = sum_M G c``; ``V = P U``; ``dR = V / t``,
+    ``dz = -sum_M V s / t``. ``adjoint`` applies ``P^T`` to (B*M, ...) tensors, ``apply`` applies ``P``; both
+    are ATen's pooling kernels and their backwards (exact, any option), or the identity.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, R: Tensor, a: Tensor, z: Tensor, adjoint: Callable[[Tensor], Tensor],
+                apply: Callable[[Tensor], Tensor], eps: float, prims: TorchPrimitives) -> Tensor:
+        B, M = R.shape[:2]
+        R_, a_, z_ = R.contiguous(), a.contiguous(), z.contiguous()
+        s = prims.stab_divide(R_.view(B, M, -1), z_.view(B, -1), eps)
+        c = adjoint(s.view(B * M, *z.shape[1:])).contiguous().view(B, M, -1)
+        R_in = prims.mul_activation(c, a_.view(B, -1))
+        ctx.save_for_backward(R_, a_, z_, c if ctx.needs_input_grad[1] else None)
+        ctx.pool_fn, ctx.eps, ctx.prims = apply, eps, prims
+        return R_in.view(B, M, *a.shape[1:])
+
+    @staticmethod
+    def backward(ctx: Any, G: Tensor) -> tuple[Tensor | None, ...]:
+        R, a, z, c = ctx.saved_tensors
+        B, M = R.shape[:2]
+        prims, eps = ctx.prims, ctx.eps
+        U, dA = prims.epsilon_backward_input(G.contiguous().view(B, M, -1), a.view(B, -1), c)
+        V = ctx.pool_fn(U.view(B * M, *a.shape[1:])).contiguous().view(B, M, -1)
+        s = prims.stab_divide(R.view(B, M, -1), z.view(B, -1), eps)
+        dR, dZ = prims.epsilon_backward_stab(V, s, z.view(B, -1), eps)
+        return dR.view(R.shape), None if dA is None else dA.view(a.shape), dZ.view(z.shape), None, None, None, None
+
+
+def avgpool(R: Tensor, a: Tensor, z: Tensor, kernel_size: Sequence[int], stride: Sequence[int],
+            padding: Sequence[int], ceil_mode: bool = False, count_include_pad: bool = True,
+            divisor_override: int | None = None, eps: float = 1e-2, prims: TorchPrimitives | None = None) -> Tensor:
+    """Epsilon rule through ``avg_pool2d``, on a backend's primitives or (``prims`` None) the reference."""
+    if prims is None:
+        return reference_avgpool(R, a, z, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                 divisor_override, eps)
+    n = R.shape[0] * R.shape[1]
+    args = (list(kernel_size), list(stride), list(padding), ceil_mode, count_include_pad, divisor_override)
+    return LinearPoolFunction.apply(
+        R, a, z, lambda s: torch.ops.aten.avg_pool2d_backward(s, _shape_like(a, n), *args),
+        lambda u: torch.nn.functional.avg_pool2d(u, *args), eps, prims)
+
+
+def adaptive_avgpool(R: Tensor, a: Tensor, z: Tensor, eps: float = 1e-2,
+                     prims: TorchPrimitives | None = None) -> Tensor:
+    """Epsilon rule through ``adaptive_avg_pool2d``, on a backend's primitives or the reference."""
+    if prims is None:
+        return reference_adaptive_avgpool(R, a, z, eps)
+    n, out = R.shape[0] * R.shape[1], tuple(z.shape[-2:])
+    return LinearPoolFunction.apply(
+        R, a, z, lambda s: torch.ops.aten._adaptive_avg_pool2d_backward(s, _shape_like(a, n)),
+        lambda u: torch.nn.functional.adaptive_avg_pool2d(u, out), eps, prims)
+
+
+def mean(R: Tensor, a: Tensor, z: Tensor, dims: Sequence[int], eps: float = 1e-2,
+         prims: TorchPrimitives | None = None) -> Tensor:
+    """Epsilon rule through a mean over ``dims``, on a backend's primitives or the reference."""
+    if prims is None:
+        return reference_mean(R, a, z, dims, eps)
+    keep = [1 if d in dims else size for d, size in enumerate(a.shape)][1:]
+    count = math.prod(a.shape[d] for d in dims)
+    shifted = list(dims)  # the axes of a (B, ...) tensor are those of the (B*M, ...) ones too
+
+    def adjoint(s: Tensor) -> Tensor:
+        return (s.reshape(s.shape[0], *keep) / count).expand(s.shape[0], *a.shape[1:])
+
+    def apply(u: Tensor) -> Tensor:
+        return u.mean(shifted, keepdim=True).reshape(u.shape[0], *z.shape[1:])
+
+    return LinearPoolFunction.apply(R, a, z, adjoint, apply, eps, prims)

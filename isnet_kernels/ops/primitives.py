@@ -15,12 +15,12 @@ All inputs are contiguous and of one floating dtype; reductions over M accumulat
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .geometry import Geometry, conv2d_transpose
 from .stabilize import stabilize
 
 
@@ -35,17 +35,6 @@ def new_output(shape: tuple[int, ...], like: Tensor, dtype: torch.dtype | None =
     if poisoning():
         return torch.full(shape, float("nan"), dtype=dtype or like.dtype, device=like.device)
     return torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """How a linear layer maps its input: a 2-d convolution's parameters, or ``linear`` for ``nn.Linear``."""
-
-    linear: bool = False
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
-    groups: int = 1
 
 
 class TorchPrimitives:
@@ -102,7 +91,7 @@ class TorchPrimitives:
         g = G.gather(3, indices.unsqueeze(1).expand(B, M, C, Lo))
         t = stabilize(z, eps)
         dR = g * (z / t).unsqueeze(1)
-        dz = (g * R).sum(1) * (torch.where(z >= 0, eps, -eps) / (t * t))
+        dz = (g * R).sum(1) * (torch.where(z >= 0, z.new_tensor(eps), z.new_tensor(-eps)) / (t * t))
         return dR, dz
 
     # --- contractions ------------------------------------------------------------------------------------------
@@ -110,8 +99,6 @@ class TorchPrimitives:
         """``W^T s``: s (N', Co, Ho, Wo) -> (N', Ci, H, W), or (N', K) -> (N', F) for linear."""
         if geom.linear:
             return s @ weight
-        from .conv import conv2d_transpose
-
         return conv2d_transpose(s, weight, input_size, geom.stride, geom.padding, geom.dilation, geom.groups)
 
     def forward_map(self, U: Tensor, weight: Tensor, geom: Geometry) -> Tensor:
@@ -126,4 +113,4 @@ class TorchPrimitives:
             return s.t() @ U
         return torch.ops.aten.convolution_backward(
             s, U, weight, None, list(geom.stride), list(geom.padding), list(geom.dilation), False, [0, 0],
-            geom.groups, [False, False, True])[2]
+            geom.groups, [False, True, False])[1]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .conv import Pair, conv2d_transpose
+from .geometry import Pair, conv2d_transpose
 from .stabilize import stabilize
 
 
