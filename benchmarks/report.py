@@ -6,10 +6,10 @@ Usage (from the repository root)::
     python benchmarks/report.py path/to/run.json ...  # given files
 
 Prints, per JSON file, the machine (CPU, core count, torch version, threads, load average) and one markdown table
-per model (pytest-benchmark group): method, median and IQR of the wall-clock time per call in ms, rounds, the ratio
-to the input-gradient median, the ratio to ``isnet_kernels``' median (for zennit: zennit / ours) and, if measured,
-the peak extra RSS of one call. Writes the same markdown to ``benchmarks/results/explain.md`` and a bar plot
-(median, with q1..q3 as error bars) to ``benchmarks/results/explain.png``.
+per model (pytest-benchmark group): method, median, IQR and minimum of the wall-clock time per call in ms, rounds,
+the ratio to the input-gradient median, the ratio to ``isnet_kernels``' median (for zennit: zennit / ours) and,
+if measured, the peak extra RSS of one call. Writes the same markdown to ``benchmarks/results/explain.md`` and a
+bar plot (median, with q1..q3 as error bars) to ``benchmarks/results/explain.png``.
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ def group_table(benches: dict[str, dict]) -> list[str]:
     base = benches.get(BASELINE, {}).get("stats", {}).get("median")
     ours = benches.get(OURS, {}).get("stats", {}).get("median")
     has_mem = any("peak_extra_mib" in b.get("extra_info", {}) for b in benches.values())
-    head = "| method | median (ms) | IQR (ms) | rounds | / input gradient | / isnet_kernels |"
-    rule = "|---|---:|---:|---:|---:|---:|"
+    head = "| method | median (ms) | IQR (ms) | min (ms) | rounds | / input gradient | / isnet_kernels |"
+    rule = "|---|---:|---:|---:|---:|---:|---:|"
     if has_mem:
         head += " peak extra RSS (MiB) |"
         rule += "---:|"
@@ -78,7 +78,7 @@ def group_table(benches: dict[str, dict]) -> list[str]:
     for method, b in benches.items():
         s = b["stats"]
         med = s["median"]
-        row = (f"| {method} | {med * 1e3:.1f} | {s['iqr'] * 1e3:.1f} | {s['rounds']} | "
+        row = (f"| {method} | {med * 1e3:.1f} | {s['iqr'] * 1e3:.1f} | {s['min'] * 1e3:.1f} | {s['rounds']} | "
                f"{_fmt(med / base if base else None, '.2f')}x | {_fmt(med / ours if ours else None, '.2f')}x |")
         if has_mem:
             row += f" {_fmt(b.get('extra_info', {}).get('peak_extra_mib'))} |"
@@ -88,6 +88,12 @@ def group_table(benches: dict[str, dict]) -> list[str]:
         lines.append("")
         lines.append(f"zennit / isnet_kernels (medians): **{zennit / ours:.2f}x**; isnet_kernels / input gradient: "
                      f"**{_fmt(ours / base if base else None, '.2f')}x**")
+        info = benches["zennit"].get("extra_info", {})
+        if "rel_err_vs_isnet_kernels" in info:
+            lines.append("")
+            lines.append(f"Heatmap agreement zennit vs isnet_kernels: max |diff| / max |ours| = "
+                         f"{info['rel_err_vs_isnet_kernels']:.1e}, cosine similarity "
+                         f"{info.get('cosine_vs_isnet_kernels', float('nan')):.6f}")
     return lines
 
 
