@@ -46,9 +46,10 @@ def triton_status() -> tuple[bool, str]:
 
 def backend_status() -> dict[str, tuple[bool, str]]:
     """Every backend's availability and reason, e.g. ``{"cpp": (False, "not built: ...")}``."""
-    return {"reference": (True, "plain PyTorch ops under autograd, always available"),
-            "torch": (True, "hand-written backwards on plain-PyTorch primitives, always available"),
-            "cpp": cpp_status(), "triton": triton_status()}
+    status = {"reference": (True, "plain PyTorch ops under autograd, always available"),
+              "torch": (True, "hand-written backwards on plain-PyTorch primitives, always available"),
+              "cpp": cpp_status(), "triton": triton_status()}
+    return {name: (ok, why or ("ready" if ok else "unknown reason")) for name, (ok, why) in status.items()}
 
 
 def resolve(backend: str | None, device: torch.device) -> str:

@@ -100,27 +100,30 @@ class LinearBlock(Step):
             self.geom = ops.Geometry(linear=True)
 
     def forward(self, env: dict[str, Any]) -> tuple[Tensor, Any]:
-        args = [env[n] for n in self.inputs]
-        (a,) = args
+        a = env[self.inputs[0]]
         layer = self.layer
         if self.is_conv:
             x0 = F.conv2d(a, layer.weight, None, self.stride, self.padding, self.dilation, self.groups)
         else:
             x0 = F.linear(a, layer.weight)
         x = x0 if layer.bias is None else x0 + layer.bias.view(-1, *([1] * (x0.dim() - 2)))
-        if self.bn is None:
-            return x, (a, x0, None, None)
-        y, mean, invstd = batch_norm_forward(self.bn, x)
-        return y, (a, x0, mean, invstd)
+        mean = invstd = None
+        y = x if self.bn is None else None
+        if self.bn is not None:
+            y, mean, invstd = batch_norm_forward(self.bn, x)
+        if torch.is_grad_enabled():
+            return y, (a, x0, mean, invstd, None)
+        return y, (a, None, mean, invstd, y)  # no gradient will be asked for: z is the forward's own output
 
     def folded(self, saved: Any) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(z, W', b')``: the rule pre-activation and the folded weight and (detached) bias."""
-        a, x0, mean, invstd = saved
+        a, x0, mean, invstd, y = saved
         w, b = self.layer.weight, self.layer.bias
         if self.bn is None:
-            return ops.rule_preactivation(x0, b), w, None if b is None else b.detach()
+            z = y if y is not None else ops.rule_preactivation(x0, b)
+            return z, w, None if b is None else b.detach()
         gamma, beta = self.bn.weight, self.bn.bias
-        z = ops.rule_preactivation(x0, b, gamma, beta, mean, invstd)
+        z = y if y is not None else ops.rule_preactivation(x0, b, gamma, beta, mean, invstd)
         w, b = ops.fold_batchnorm(w, b, gamma, beta, mean, invstd)
         return z, w, b
 

@@ -67,7 +67,7 @@ def test_conv_epsilon_function(backend, case, M):
         [R, a, z, weight], ["R", "a", "z", "weight"])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
 def test_linear_epsilon_function_gradcheck(backend):
     geom = ops.Geometry(linear=True)
     a = torch.rand(3, 5, dtype=torch.double, requires_grad=True)
@@ -168,9 +168,12 @@ def test_residual_function(backend):
         torch.testing.assert_close(zero if a is None else a, zero if b is None else b)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])  # interpreted Triton: too slow
 def test_functions_gradcheck(backend):
-    """gradcheck of the hand-written backwards (float64), conv with stride and groups, maxpool, residual."""
+    """gradcheck of the hand-written backwards (float64), conv with stride and groups, maxpool, residual.
+
+    The backwards are the same code on every backend; Triton's kernels are checked against the torch
+    primitives and, above, through ``_check_against_reference``'s gradients."""
     prims = _prims(backend)
     geom = ops.Geometry(False, (2, 2), (1, 1), (1, 1), 2)
     a = torch.rand(2, 4, 7, 7, dtype=torch.double, requires_grad=True)
