@@ -1,0 +1,74 @@
+"""Helpers shared by the Triton kernels: the stabiliser, dtypes, ``eps`` passing and launch settings.
+
+Triton passes a Python ``float`` kernel argument as float32, which would round ``eps`` to 24 bits and break
+float64 results at the 1e-10 level. So ``eps`` travels as two float32 scalars, ``eps_hi = fp32(eps)`` and
+``eps_lo = fp32(eps - eps_hi)``, and kernels rebuild it in their compute dtype as ``eps_hi + eps_lo`` (exact to
+about 48 bits in float64; equal to ``fp32(eps)``, which is what PyTorch uses, in float32).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels on the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def eps_parts(eps: float) -> tuple[float, float]:
+    """Split ``eps`` into two float32-representable parts whose float64 sum is ``eps`` to about 48 bits."""
+    hi = float(np.float32(eps))
+    return hi, float(np.float32(eps - hi))
+
+
+def compute_dtype(dtype: torch.dtype) -> tl.dtype:
+    """The dtype kernels compute and accumulate in: float64 for float64 data, float32 otherwise."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_floating(*tensors: torch.Tensor) -> torch.dtype:
+    """The common dtype of ``tensors``: one of :data:`SUPPORTED_DTYPES`, all equal, all on one device."""
+    dtype, device = tensors[0].dtype, tensors[0].device
+    if dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"triton kernels support {SUPPORTED_DTYPES}, got {dtype}")
+    for t in tensors[1:]:
+        if t.dtype != dtype or t.device != device:
+            raise TypeError(f"all inputs must share dtype and device: {dtype} on {device} against {t.dtype} on "
+                            f"{t.device}")
+    return dtype
+
+
+MAX_FUSED_SIZE = 4096
+
+
+def calculate_settings(n: int) -> tuple[int, int]:
+    """``(BLOCK_SIZE, num_warps)`` for a one-dimensional elementwise pass over rows of ``n`` elements.
+
+    Under the interpreter blocks are up to 256 wide: numpy vectorises a block and programs run one at a time, so
+    wide blocks are fast, yet rows of more than 256 elements still exercise the column-block indexing.
+    """
+    if interpreting():
+        return max(16, min(triton.next_power_of_2(n), 256)), 1
+    block = max(128, min(triton.next_power_of_2(n), 1024))
+    return block, 4 if block <= 512 else 8
+
+
+@triton.jit
+def stabilize(z, eps):
+    """``stab(z) = z + eps * sign(z)`` with ``sign(0) = +1`` (NaN goes to ``z - eps``, as in PyTorch's reference)."""
+    return tl.where(z >= 0, z + eps, z - eps)
+
+
+@triton.jit
+def rebuild_eps(eps_hi, eps_lo, COMPUTE_DTYPE: tl.constexpr):
+    """``eps`` in the compute dtype from its two float32 parts (see :func:`eps_parts`)."""
+    return tl.cast(eps_hi, COMPUTE_DTYPE) + tl.cast(eps_lo, COMPUTE_DTYPE)
