@@ -1,0 +1,111 @@
+// What the kernel translation units (kernels.cpp, kernels_avx2.cpp) and the operator one (isnet_kernels.cpp) share:
+// sizes, block constants, and the declarations of the loop nests of kernels.inc, which are compiled once per
+// instruction set: isnet_kernels::base for the compiler's baseline target (SSE2 on x86-64) and, with GCC on
+// x86-64, isnet_kernels::avx2 for AVX2 + FMA + F16C. Light headers only: the kernels never see an at::Tensor.
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/FunctionRef.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define ISNET_KERNELS_AVX2 1
+#else
+#define ISNET_KERNELS_AVX2 0
+#endif
+
+// Before an inner loop whose output rows never overlap its input rows: vectorise without a runtime alias check.
+#if defined(__clang__)
+#define ISNET_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#elif defined(__GNUC__)
+#define ISNET_IVDEP _Pragma("GCC ivdep")
+#else
+#define ISNET_IVDEP
+#endif
+
+namespace isnet_kernels {
+
+// Contiguous activation elements per task, for all M maps: the block's accumulators stay in L1.
+constexpr int64_t kBlock = 512;
+
+// Elements per parallel task below which threads cost more than they save (ATen's at::internal::GRAIN_SIZE).
+constexpr int64_t kGrainSize = 32768;
+
+// Flattened sizes of a map tensor (B, M, N) and its activation (B, N).
+struct MapSizes {
+  int64_t B, M, N;
+};
+
+// Max-pool sizes: maps (B, M, C, Lo); z and indices (B, C, Lo) index planes of `length` input elements.
+struct PoolSizes {
+  int64_t B, M, C, Lo, length;
+};
+
+// at::parallel_for behind one non-template function (defined in isnet_kernels.cpp): its OpenMP region is compiled
+// once, not once per kernel, dtype and instruction set, and the kernel files need no ATen/Parallel.h.
+void parallel_for(int64_t begin, int64_t end, int64_t grain, c10::function_ref<void(int64_t, int64_t)> f);
+
+// Raises for the first of `count` indices outside [0, length) (defined in isnet_kernels.cpp).
+[[noreturn]] void bad_index(const char* op, const int64_t* indices, int64_t count, int64_t length);
+
+// The loop nests of kernels.inc; arguments as the operators of isnet_kernels.cpp.
+#define ISNET_DECLARE_KERNELS                                                                                      \
+  template <typename scalar_t>                                                                                     \
+  void stab_divide_kernel(const scalar_t* R, const scalar_t* z, scalar_t* s, MapSizes n, double eps);              \
+  template <typename scalar_t>                                                                                     \
+  void mul_activation_kernel(const scalar_t* c, const scalar_t* a, scalar_t* out, MapSizes n);                     \
+  template <typename scalar_t>                                                                                     \
+  void epsilon_backward_input_kernel(const scalar_t* G, const scalar_t* a, const scalar_t* c, scalar_t* U,         \
+                                     scalar_t* dA, MapSizes n);                                                    \
+  template <typename scalar_t>                                                                                     \
+  void epsilon_backward_stab_kernel(const scalar_t* V, const scalar_t* s, const scalar_t* z, scalar_t* dR,         \
+                                    scalar_t* dZ, MapSizes n, double eps);                                         \
+  template <typename scalar_t>                                                                                     \
+  void residual_forward_kernel(const scalar_t* R, const scalar_t* x, const scalar_t* f, const scalar_t* y,         \
+                               scalar_t* Rx, scalar_t* Rf, MapSizes n, double eps);                                \
+  template <typename scalar_t>                                                                                     \
+  void residual_backward_kernel(const scalar_t* Gx, const scalar_t* Gf, const scalar_t* R, const scalar_t* x,      \
+                                const scalar_t* f, const scalar_t* y, scalar_t* dR, scalar_t* dx, scalar_t* df,    \
+                                scalar_t* dy, MapSizes n, double eps);                                             \
+  template <typename scalar_t>                                                                                     \
+  void maxpool_forward_kernel(const scalar_t* R, const scalar_t* z, const int64_t* indices, scalar_t* out,         \
+                              PoolSizes p, double eps);                                                            \
+  template <typename scalar_t>                                                                                     \
+  void maxpool_backward_kernel(const scalar_t* G, const scalar_t* R, const scalar_t* z, const int64_t* indices,    \
+                               scalar_t* dR, scalar_t* dz, PoolSizes p, double eps);
+
+// Explicit instantiations of every loop nest for element type T (in the kernel translation units).
+#define ISNET_INSTANTIATE_KERNELS(T)                                                                               \
+  template void stab_divide_kernel<T>(const T*, const T*, T*, MapSizes, double);                                   \
+  template void mul_activation_kernel<T>(const T*, const T*, T*, MapSizes);                                        \
+  template void epsilon_backward_input_kernel<T>(const T*, const T*, const T*, T*, T*, MapSizes);                  \
+  template void epsilon_backward_stab_kernel<T>(const T*, const T*, const T*, T*, T*, MapSizes, double);           \
+  template void residual_forward_kernel<T>(const T*, const T*, const T*, const T*, T*, T*, MapSizes, double);      \
+  template void residual_backward_kernel<T>(const T*, const T*, const T*, const T*, const T*, const T*, T*, T*, T*, \
+                                            T*, MapSizes, double);                                                 \
+  template void maxpool_forward_kernel<T>(const T*, const T*, const int64_t*, T*, PoolSizes, double);              \
+  template void maxpool_backward_kernel<T>(const T*, const T*, const T*, const int64_t*, T*, T*, PoolSizes, double);
+
+#define ISNET_INSTANTIATE_ALL_KERNELS \
+  ISNET_INSTANTIATE_KERNELS(float)    \
+  ISNET_INSTANTIATE_KERNELS(double)   \
+  ISNET_INSTANTIATE_KERNELS(c10::Half) \
+  ISNET_INSTANTIATE_KERNELS(c10::BFloat16)
+
+namespace base {
+ISNET_DECLARE_KERNELS
+}  // namespace base
+
+#if ISNET_KERNELS_AVX2
+namespace avx2 {
+ISNET_DECLARE_KERNELS
+}  // namespace avx2
+#endif
+
+}  // namespace isnet_kernels

@@ -1,0 +1,157 @@
+"""The ``cpp`` backend: compiled CPU kernels for the elementwise relevance primitives (KERNELS.md).
+
+The C++ sources in ``csrc/cpu`` build the optional extension ``isnet_kernels._C``; importing it registers the
+operators ``torch.ops.isnet_kernels.*`` with PyTorch's dispatcher (CPU kernels only). Each is one fused pass over
+memory with the M maps' loop inside the loop over activation elements, reductions over M accumulated in at least
+float32, parallel over ``at::parallel_for``'s threads (``torch.set_num_threads``). Semantics and argument order
+are :class:`~isnet_kernels.ops.primitives.TorchPrimitives`'; dtypes float32, float64, float16, bfloat16.
+
+This module registers a fake (meta) kernel for every operator, so ``torch.compile`` can trace them, and provides
+:class:`CppPrimitives`; the contractions (convolutions, matmuls) stay ATen's. :func:`available` says whether the
+extension is built, and how to build it when it is not.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .errors import BackendUnavailableError
+from .ops.primitives import TorchPrimitives
+
+__all__ = ["OPS", "CppPrimitives", "available"]
+
+#: The operators of ``torch.ops.isnet_kernels`` (schemas in ``csrc/cpu/isnet_kernels.cpp``).
+OPS = ("stab_divide", "mul_activation", "epsilon_backward_input", "epsilon_backward_stab", "residual_forward",
+       "residual_backward", "maxpool_forward", "maxpool_backward")
+
+_BUILD_HINT = ("run `pip install --no-build-isolation -e .` in the source tree with a C++ compiler (g++ or clang++) "
+               "and without ISNET_KERNELS_NO_EXT=1")
+_status: tuple[bool, str] | None = None
+_fakes_registered = False
+
+
+def available() -> tuple[bool, str]:
+    """Whether the compiled extension loads: ``(True, "")``, or ``(False, reason)`` saying why and how to fix it."""
+    global _status
+    if _status is None:
+        _status = _load()
+    return _status
+
+
+def _load() -> tuple[bool, str]:
+    try:
+        from . import _C  # noqa: F401  (loading the library registers the operators)
+    except ModuleNotFoundError:
+        return False, f"the compiled extension isnet_kernels._C is not built: {_BUILD_HINT}"
+    except ImportError as exc:  # built, but for another torch or Python, or a missing shared library
+        return False, (f"the compiled extension isnet_kernels._C failed to load ({exc}); it was probably built "
+                       f"against another torch or Python: rebuild it ({_BUILD_HINT})")
+    missing = [name for name in OPS if not hasattr(torch.ops.isnet_kernels, name)]
+    if missing:
+        return False, f"isnet_kernels._C is out of date (no operator {', '.join(missing)}): rebuild it ({_BUILD_HINT})"
+    _register_fakes()
+    return True, ""
+
+
+def _register_fakes() -> None:
+    """Fake (meta) kernels: output shapes and dtypes without computing, for torch.compile and FakeTensor."""
+    global _fakes_registered
+    if _fakes_registered:
+        return
+    _fakes_registered = True
+
+    def activation_like(map_: Tensor) -> tuple[int, ...]:
+        torch._check(map_.dim() >= 2, lambda: f"expected a map tensor (B, M, *S), got shape {tuple(map_.shape)}")
+        return (map_.shape[0], *map_.shape[2:])
+
+    @torch.library.register_fake("isnet_kernels::stab_divide")
+    def _(R: Tensor, z: Tensor, eps: float) -> Tensor:
+        return R.new_empty(R.shape)
+
+    @torch.library.register_fake("isnet_kernels::mul_activation")
+    def _(c: Tensor, a: Tensor) -> Tensor:
+        return c.new_empty(c.shape)
+
+    @torch.library.register_fake("isnet_kernels::epsilon_backward_input")
+    def _(G: Tensor, a: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        return G.new_empty(G.shape), G.new_empty(activation_like(G))
+
+    @torch.library.register_fake("isnet_kernels::epsilon_backward_stab")
+    def _(V: Tensor, s: Tensor, z: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+        return V.new_empty(V.shape), V.new_empty(activation_like(V))
+
+    @torch.library.register_fake("isnet_kernels::residual_forward")
+    def _(R: Tensor, x: Tensor, f: Tensor, y: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+        return R.new_empty(R.shape), R.new_empty(R.shape)
+
+    @torch.library.register_fake("isnet_kernels::residual_backward")
+    def _(Gx: Tensor, Gf: Tensor, R: Tensor, x: Tensor, f: Tensor, y: Tensor,
+          eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        shape = activation_like(R)
+        return R.new_empty(R.shape), R.new_empty(shape), R.new_empty(shape), R.new_empty(shape)
+
+    @torch.library.register_fake("isnet_kernels::maxpool_forward")
+    def _(R: Tensor, z: Tensor, indices: Tensor, length: int, eps: float) -> Tensor:
+        torch._check(R.dim() == 4, lambda: f"R must have shape (B, M, C, Lo), got {tuple(R.shape)}")
+        return R.new_empty((R.shape[0], R.shape[1], R.shape[2], length))
+
+    @torch.library.register_fake("isnet_kernels::maxpool_backward")
+    def _(G: Tensor, R: Tensor, z: Tensor, indices: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+        torch._check(R.dim() == 4, lambda: f"R must have shape (B, M, C, Lo), got {tuple(R.shape)}")
+        return R.new_empty(R.shape), R.new_empty((R.shape[0], R.shape[2], R.shape[3]))
+
+
+class CppPrimitives(TorchPrimitives):
+    """Primitives on the compiled CPU kernels; the contractions stay PyTorch's (inherited).
+
+    Inputs must be CPU tensors of one floating dtype (float32, float64, float16, bfloat16); non-contiguous inputs
+    are made contiguous first. Raises :class:`~isnet_kernels.errors.BackendUnavailableError` when the extension
+    is not built.
+    """
+
+    name = "cpp"
+
+    def __init__(self) -> None:
+        ok, why = available()
+        if not ok:
+            raise BackendUnavailableError(f"backend 'cpp' is not available: {why}")
+
+    def stab_divide(self, R: Tensor, z: Tensor, eps: float) -> Tensor:
+        return torch.ops.isnet_kernels.stab_divide(R.contiguous(), z.contiguous(), float(eps))
+
+    def mul_activation(self, c: Tensor, a: Tensor) -> Tensor:
+        return torch.ops.isnet_kernels.mul_activation(c.contiguous(), a.contiguous())
+
+    def epsilon_backward_input(self, G: Tensor, a: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        if c is None:  # U = G * a alone
+            return self.mul_activation(G, a), None
+        U, dA = torch.ops.isnet_kernels.epsilon_backward_input(G.contiguous(), a.contiguous(), c.contiguous())
+        return U, dA
+
+    def epsilon_backward_stab(self, V: Tensor, s: Tensor, z: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+        dR, dZ = torch.ops.isnet_kernels.epsilon_backward_stab(V.contiguous(), s.contiguous(), z.contiguous(),
+                                                               float(eps))
+        return dR, dZ
+
+    def residual_forward(self, R: Tensor, x: Tensor, f: Tensor, y: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+        Rx, Rf = torch.ops.isnet_kernels.residual_forward(R.contiguous(), x.contiguous(), f.contiguous(),
+                                                          y.contiguous(), float(eps))
+        return Rx, Rf
+
+    def residual_backward(self, Gx: Tensor, Gf: Tensor, R: Tensor, x: Tensor, f: Tensor, y: Tensor,
+                          eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        dR, dx, df, dy = torch.ops.isnet_kernels.residual_backward(
+            Gx.contiguous(), Gf.contiguous(), R.contiguous(), x.contiguous(), f.contiguous(), y.contiguous(),
+            float(eps))
+        return dR, dx, df, dy
+
+    def maxpool_forward(self, R: Tensor, z: Tensor, indices: Tensor, length: int, eps: float) -> Tensor:
+        return torch.ops.isnet_kernels.maxpool_forward(R.contiguous(), z.contiguous(), indices.contiguous(),
+                                                       int(length), float(eps))
+
+    def maxpool_backward(self, G: Tensor, R: Tensor, z: Tensor, indices: Tensor,
+                         eps: float) -> tuple[Tensor, Tensor]:
+        dR, dz = torch.ops.isnet_kernels.maxpool_backward(G.contiguous(), R.contiguous(), z.contiguous(),
+                                                          indices.contiguous(), float(eps))
+        return dR, dz
