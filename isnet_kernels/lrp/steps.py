@@ -134,6 +134,12 @@ class LinearBlock(Step):
             low = cfg.low.reshape(1, *a.shape[1:]) if cfg.low.dim() > 0 else cfg.low
             high = cfg.high.reshape(1, *a.shape[1:]) if cfg.high.dim() > 0 else cfg.high
             return [ops.zbox(R, a, z, w, b, low, high, self.geom, cfg.eps, cfg.prims)]
+        if cfg.prims is not None and self.bn is not None and self.layer.weight.numel() > R.numel():
+            # W'^T (R / t) = W^T (R gamma/sigma / t): scaling the (small) relevance costs less than folding the
+            # (large) weight; the same value and gradient.
+            scale = ops.batchnorm.batchnorm_scale(self.bn.weight, saved[3])
+            R = R * scale.view(-1, *([1] * (R.dim() - 3)))
+            w = self.layer.weight
         return [ops.epsilon(R, a, z, w, self.geom, cfg.eps, cfg.prims)]
 
     def start(self, saved: Any, targets: Tensor, rule: str, cfg: RuleConfig) -> Tensor:

@@ -86,8 +86,12 @@ class ZBoxFunction(torch.autograd.Function):
         a_low, a_high = a_low.contiguous(), a_high.contiguous()
         s = prims.stab_divide(R_.view(B, M, -1), z_.view(B, -1), eps).view(B * M, *z_box.shape[1:])
         size = tuple(a_low.shape[2:])
-        c_pos = prims.transpose(s, w_pos, size, geom).view(B, M, -1)
-        c_neg = prims.transpose(s, w_neg, size, geom).view(B, M, -1)
+        if _stackable(geom):  # one transposed convolution for both signs: W+ and W- stacked on the input axis
+            c = prims.transpose(s, torch.cat([w_pos, w_neg], 1), size, geom)
+            c_pos, c_neg = (part.contiguous().view(B, M, -1) for part in c.chunk(2, 1))
+        else:
+            c_pos = prims.transpose(s, w_pos, size, geom).view(B, M, -1)
+            c_neg = prims.transpose(s, w_neg, size, geom).view(B, M, -1)
         R_in = prims.mul_activation(c_pos, a_low.view(B, -1)) + prims.mul_activation(c_neg, a_high.view(B, -1))
         keep = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         ctx.save_for_backward(R_, a_low, a_high, z_, w_pos, w_neg, c_pos if keep else None, c_neg if keep else None)
@@ -105,13 +109,26 @@ class ZBoxFunction(torch.autograd.Function):
         U_neg, dA_high = prims.epsilon_backward_input(G, a_high.view(B, -1), c_neg)
         U_pos, U_neg = U_pos.view(B * M, *a_low.shape[1:]), U_neg.view(B * M, *a_low.shape[1:])
         s4 = s.view(B * M, *z_box.shape[1:])
-        dW_pos = prims.weight_grad(U_pos, s4, w_pos, geom) if ctx.needs_input_grad[4] else None
-        dW_neg = prims.weight_grad(U_neg, s4, w_neg, geom) if ctx.needs_input_grad[5] else None
-        V = prims.forward_map(U_pos, w_pos, geom) + prims.forward_map(U_neg, w_neg, geom)
+        if _stackable(geom):  # one convolution and one weight gradient for both signs
+            U = torch.cat([U_pos, U_neg], 1)
+            w = torch.cat([w_pos, w_neg], 1)
+            V = prims.forward_map(U, w, geom)
+            dW_pos = dW_neg = None
+            if ctx.needs_input_grad[4] or ctx.needs_input_grad[5]:
+                dW_pos, dW_neg = prims.weight_grad(U, s4, w, geom).chunk(2, 1)
+        else:
+            dW_pos = prims.weight_grad(U_pos, s4, w_pos, geom) if ctx.needs_input_grad[4] else None
+            dW_neg = prims.weight_grad(U_neg, s4, w_neg, geom) if ctx.needs_input_grad[5] else None
+            V = prims.forward_map(U_pos, w_pos, geom) + prims.forward_map(U_neg, w_neg, geom)
         dR, dZ = prims.epsilon_backward_stab(V.view(B, M, -1), s, z_box.view(B, -1), eps)
         return (dR.view(R.shape), None if dA_low is None else dA_low.view(a_low.shape),
                 None if dA_high is None else dA_high.view(a_high.shape), dZ.view(z_box.shape), dW_pos, dW_neg,
                 None, None, None)
+
+
+def _stackable(geom: Geometry) -> bool:
+    """Whether W+ and W- can be stacked into one layer along the input axis (not across conv groups)."""
+    return geom.linear or geom.groups == 1
 
 
 def zbox(R: Tensor, a: Tensor, z: Tensor, weight: Tensor, bias: Tensor | None, low: Tensor, high: Tensor,
