@@ -10,49 +10,15 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import sys  # noqa: E402
-import types  # noqa: E402
-
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+from isnet_kernels._torchvision_stub import install_torchvision_stub  # noqa: E402
 
 torch.set_num_threads(1)  # the tests use tiny tensors: threads only add overhead
 
 
-def _install_torchvision_stubs() -> None:
-    """Put stand-ins for ``torchvision``, ``torchvision.models``, ``torchvision.models.resnet`` in sys.modules."""
-    try:
-        import torchvision  # noqa: F401
-
-        return
-    except Exception:  # not installed, or built for another torch
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-
-    try:
-        from isnet_kernels.models.resnet import BasicBlock, Bottleneck
-    except Exception:  # the model zoo is not importable (yet): zennit only needs the names to exist
-
-        class BasicBlock(torch.nn.Module):  # type: ignore[no-redef]
-            """Stand-in for ``torchvision.models.resnet.BasicBlock``."""
-
-        class Bottleneck(torch.nn.Module):  # type: ignore[no-redef]
-            """Stand-in for ``torchvision.models.resnet.Bottleneck``."""
-
-    tv = types.ModuleType("torchvision")
-    tv.__dict__["__isnet_kernels_stub__"] = True
-    models = types.ModuleType("torchvision.models")
-    resnet = types.ModuleType("torchvision.models.resnet")
-    resnet.BasicBlock = BasicBlock
-    resnet.Bottleneck = Bottleneck
-    models.resnet = resnet
-    tv.models = models
-    sys.modules["torchvision"] = tv
-    sys.modules["torchvision.models"] = models
-    sys.modules["torchvision.models.resnet"] = resnet
-
-
-_install_torchvision_stubs()
+install_torchvision_stub()
 
 
 @pytest.fixture(autouse=True)

@@ -27,37 +27,20 @@ What this module adds to stock zennit, and why:
 from __future__ import annotations
 
 import copy
-import sys
 import types
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from isnet_kernels._torchvision_stub import install_torchvision_stub
 from isnet_kernels.models.densenet import DenseNet
 from isnet_kernels.models.resnet import BasicBlock, Bottleneck
 
 
 def _ensure_torchvision() -> None:
-    """zennit imports ``torchvision.models.resnet`` at import time; put stand-ins there if torchvision is unusable.
-
-    ``tests/conftest.py`` normally does this first; this keeps the module importable on its own.
-    """
-    if "torchvision" in sys.modules:
-        return
-    try:
-        import torchvision  # noqa: F401
-
-        return
-    except Exception:  # not installed, or built for another torch
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-    tv = types.ModuleType("torchvision")
-    models = types.ModuleType("torchvision.models")
-    resnet = types.ModuleType("torchvision.models.resnet")
-    resnet.BasicBlock, resnet.Bottleneck = BasicBlock, Bottleneck
-    models.resnet, tv.models = resnet, models
-    sys.modules.update({"torchvision": tv, "torchvision.models": models, "torchvision.models.resnet": resnet})
+    """zennit imports ``torchvision.models.resnet`` at import time; put stand-ins there if torchvision is unusable."""
+    install_torchvision_stub()
 
 
 _ensure_torchvision()
