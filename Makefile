@@ -25,7 +25,7 @@ help:
 venv: $(STAMP)
 
 # Rebuilt only when the packaging files change; delete $(STAMP) to force a reinstall.
-$(STAMP): pyproject.toml setup.py
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/cpu/*)
 	@test -x $(PY) || $(PYTHON3) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install $(TORCH) setuptools wheel

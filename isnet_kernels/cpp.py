@@ -4,7 +4,10 @@ The C++ sources in ``csrc/cpu`` build the optional extension ``isnet_kernels._C`
 operators ``torch.ops.isnet_kernels.*`` with PyTorch's dispatcher (CPU kernels only). Each is one fused pass over
 memory with the M maps' loop inside the loop over activation elements, reductions over M accumulated in at least
 float32, parallel over ``at::parallel_for``'s threads (``torch.set_num_threads``). Semantics and argument order
-are :class:`~isnet_kernels.ops.primitives.TorchPrimitives`'; dtypes float32, float64, float16, bfloat16.
+are :class:`~isnet_kernels.ops.primitives.TorchPrimitives`'; dtypes float32, float64, float16, bfloat16. The loops
+are built twice, for the compiler's baseline target and (GCC on x86-64) for AVX2 + FMA + F16C; each call runs the
+AVX2 build when the CPU has it (``isnet_kernels._C.CPU_CAPABILITY``) unless ``ISNET_KERNELS_CPU=default`` (or
+torch's ``ATEN_CPU_CAPABILITY=default``) asks for the baseline one.
 
 This module registers a fake (meta) kernel for every operator, so ``torch.compile`` can trace them, and provides
 :class:`CppPrimitives`; the contractions (convolutions, matmuls) stay ATen's. :func:`available` says whether the
