@@ -1,10 +1,17 @@
-"""What the explain benchmarks time: the models, the inputs and the three heatmap methods, shared by
-``test_bench_explain.py`` (timing) and ``memprobe.py`` (peak memory, one fresh process per measurement).
+"""What the benchmarks time: the device, the backends, the models, the inputs and the heatmap methods, shared by
+``test_bench_explain.py`` (timing), ``memprobe.py`` (peak memory, one fresh process per measurement),
+``test_bench_training.py`` and ``test_bench_ops.py``.
+
+Device: ``$BENCH_DEVICE`` (default ``cpu``; ``cuda`` on a GPU machine, see ``run_gpu.sh``). Backends:
+``$BENCH_BACKENDS`` (comma-separated) or, by default, ``reference`` plus the device's fused backend when it can
+run (``cpp`` on CPU, ``triton`` on CUDA).
 
 Methods, all for one class per image (the logit of ``target``), float32, eval mode:
 
-* ``isnet_kernels``: ``isnet_kernels.explain(model, x, target)``: epsilon 1e-2 everywhere, Z^B with bounds
-  (0, 1) on the first layer, BatchNorm folded, relevance starts as the target logit.
+* ``explain(<backend>)``: ``isnet_kernels.explain(model, x, target, backend=<backend>)``: epsilon 1e-2
+  everywhere, Z^B with bounds (0, 1) on the first layer, BatchNorm folded, relevance starts as the target logit;
+  an inference call (``explain`` runs under ``torch.no_grad``). ``isnet_kernels`` (the name of earlier runs) is
+  the same with the default backend (``auto``).
 * ``input_gradient``: forward + ``torch.autograd.grad(logits.gather(1, t).sum(), x)``, the cheapest backward
   pass of the same model (the floor any gradient-based explainer pays).
 * ``zennit``: zennit 0.5.1 with matched rules: BatchNorm merged into the preceding Conv2d
@@ -20,6 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
+import re
 import sys
 import types
 from collections.abc import Callable
@@ -34,7 +43,66 @@ NUM_CLASSES = 10
 EPS = 1e-2
 BOUNDS = (0.0, 1.0)
 THREADS = 2
-METHODS = ("isnet_kernels", "input_gradient", "zennit")
+DEVICE = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
+FUSED = {"cpu": "cpp", "cuda": "triton"}  # the device's compiled backend
+
+
+def backend_available(name: str, device: torch.device = DEVICE) -> bool:
+    """Whether ``isnet_kernels`` backend ``name`` can run tensors on ``device``."""
+    from isnet_kernels import dispatch
+
+    try:
+        dispatch.resolve(name, device)
+        return True
+    except Exception:
+        return False
+
+
+def backends(with_torch: bool = False) -> list[str]:
+    """The backends to time: ``$BENCH_BACKENDS``, else reference (+ torch) + the device's fused one if it runs."""
+    env = os.environ.get("BENCH_BACKENDS")
+    if env:
+        return [b for b in env.split(",") if b]
+    names = ["reference"] + (["torch"] if with_torch else [])
+    fused = FUSED.get(DEVICE.type)
+    if fused and backend_available(fused):
+        names.append(fused)
+    return names
+
+
+def explain_method(backend: str) -> str:
+    return f"explain({backend})"
+
+
+METHODS = (*[explain_method(b) for b in backends()], "input_gradient", "zennit")
+#: The method the others are checked against: the plain-PyTorch reference.
+REFERENCE_METHOD = explain_method("reference")
+
+
+def synchronize() -> None:
+    """Wait for queued device work (timings on CUDA must include it); no-op on CPU."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
+def timed(fn: Callable[[], Tensor]) -> Callable[[], Tensor]:
+    """``fn`` followed by a device synchronisation (on CPU: ``fn`` itself)."""
+    if DEVICE.type != "cuda":
+        return fn
+
+    def run() -> Tensor:
+        out = fn()
+        torch.cuda.synchronize(DEVICE)
+        return out
+
+    return run
+
+
+def describe_device() -> str:
+    """``cpu (2 threads)`` or the GPU's name."""
+    if DEVICE.type == "cuda":
+        return torch.cuda.get_device_name(DEVICE)
+    return f"cpu, {THREADS} threads"
 
 
 def install_torchvision_stubs() -> None:
@@ -92,17 +160,18 @@ MODELS: dict[str, ModelSpec] = {
 
 
 def make_model(name: str) -> nn.Module:
-    """The model ``name`` with a fixed random initialisation, in eval mode, float32."""
+    """The model ``name`` with a fixed random initialisation, in eval mode, float32, on ``DEVICE``."""
     torch.manual_seed(0)
-    return MODELS[name].build().float().eval()
+    return MODELS[name].build().float().eval().to(DEVICE)
 
 
 def make_inputs() -> tuple[Tensor, Tensor]:
-    """A fixed batch: images (BATCH, 3, SIZE, SIZE) uniform in [0, 1] (the Z^B box) and targets (BATCH,)."""
+    """A fixed batch on ``DEVICE``: images (BATCH, 3, SIZE, SIZE) uniform in [0, 1] (the Z^B box) and targets
+    (BATCH,)."""
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(BATCH, 3, SIZE, SIZE, generator=gen)
     target = torch.randint(0, NUM_CLASSES, (BATCH,), generator=gen)
-    return x, target
+    return x.to(DEVICE), target.to(DEVICE)
 
 
 def _zennit_composite(first_layer: str, resnet: bool):
@@ -131,13 +200,17 @@ def make_method(method: str, model_name: str, model: nn.Module, x: Tensor, targe
     """A no-argument function computing the (B, C, H, W) heatmap (or input gradient) of ``method``.
 
     Set-up that is not part of a call (zennit's canonizers and hooks) is entered on ``stack``; close it after
-    timing. zennit works on a deep copy, since its canonizers edit the model in place.
+    timing. zennit works on a deep copy, since its canonizers edit the model in place. The function does not
+    synchronise the device: wrap it in :func:`timed` to time it.
     """
     import isnet_kernels
 
-    if method == "isnet_kernels":
+    match = re.fullmatch(r"explain\((\w+)\)", method)
+    if method == "isnet_kernels" or match:
+        backend = match.group(1) if match else None
+
         def run() -> Tensor:
-            return isnet_kernels.explain(model, x, target, eps=EPS, first_layer="zb", bounds=BOUNDS)
+            return isnet_kernels.explain(model, x, target, eps=EPS, first_layer="zb", bounds=BOUNDS, backend=backend)
 
         return run
 
@@ -166,7 +239,7 @@ def make_method(method: str, model_name: str, model: nn.Module, x: Tensor, targe
 
         return run
 
-    raise ValueError(f"unknown method {method!r}; valid: {METHODS}")
+    raise ValueError(f"unknown method {method!r}; valid: {METHODS} (or explain(<backend>), isnet_kernels)")
 
 
 def rel_err(ours: Tensor, ref: Tensor) -> float:

@@ -1,6 +1,7 @@
 """Benchmark set-up: two intra-op threads, torchvision stand-ins for zennit, and the machine's state in the JSON.
 
-Run from the repository root: ``python -m pytest benchmarks -q --benchmark-json=benchmarks/results/explain.json``.
+Run from the repository root, one suite per JSON file (see README.md), e.g.
+``python -m pytest benchmarks/test_bench_explain.py -q --benchmark-json=benchmarks/results/explain.json``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ def pytest_benchmark_update_machine_info(config, machine_info) -> None:
         except Exception:
             zennit_version = None
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    try:
+        from isnet_kernels import dispatch
+
+        backend_status = {name: ok for name, (ok, _) in dispatch.backend_status().items()}
+    except Exception:
+        backend_status = None
+    cuda = bench_common.DEVICE.type == "cuda"
     machine_info["bench"] = {
         "cpu_count": os.cpu_count(),
         "cpu_affinity": affinity,
@@ -60,4 +68,8 @@ def pytest_benchmark_update_machine_info(config, machine_info) -> None:
         "batch": bench_common.BATCH,
         "image_size": bench_common.SIZE,
         "dtype": "float32",
+        "device": str(bench_common.DEVICE),
+        "device_name": bench_common.describe_device(),
+        "cuda_version": torch.version.cuda if cuda else None,
+        "backends_available": backend_status,
     }

@@ -14,6 +14,10 @@ To make RSS follow PyTorch's CPU tensors closely, :func:`run_probe` starts the p
 with its own ``mmap`` and returns it on free, instead of reusing freed heap memory left over from the warm-up
 (which would hide part of the peak). Allocations below 64 KiB and any memory kept by oneDNN's caches are not
 separated out. Linux only; on other systems (or if ``clear_refs`` is not writable) the fields are ``null``.
+
+With ``BENCH_DEVICE=cuda`` the same fields come from PyTorch's CUDA caching allocator instead (bytes of tensors
+allocated, not resident pages): ``torch.cuda.reset_peak_memory_stats`` before the measured call and
+``max_memory_allocated - memory_allocated(loaded)`` after it; ``"memory": "cuda_allocated"`` says so.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ def probe(model_name: str, method: str) -> dict[str, float | None]:
     bc.install_torchvision_stubs()
     model = bc.make_model(model_name)
     x, target = bc.make_inputs()
+    if bc.DEVICE.type == "cuda":
+        return _probe_cuda(bc, model_name, method, model, x, target)
     with contextlib.ExitStack() as stack:
         fn = bc.make_method(method, model_name, model, x, target, stack)
         if not os.path.exists("/proc/self/status"):
@@ -75,6 +81,26 @@ def probe(model_name: str, method: str) -> dict[str, float | None]:
     mib = 1024.0
     return {"peak_extra_mib": (peak - loaded) / mib, "retained_mib": (before - loaded) / mib,
             "loaded_rss_mib": loaded / mib, "peak_rss_mib": peak / mib}
+
+
+def _probe_cuda(bc, model_name, method, model, x, target) -> dict[str, float | str | None]:
+    """The CUDA counterpart of :func:`probe`: the caching allocator's peak of allocated bytes."""
+    import torch
+
+    mib = 2.0**20
+    with contextlib.ExitStack() as stack:
+        fn = bc.timed(bc.make_method(method, model_name, model, x, target, stack))
+        gc.collect()
+        loaded = torch.cuda.memory_allocated(bc.DEVICE)
+        fn()
+        gc.collect()
+        before = torch.cuda.memory_allocated(bc.DEVICE)
+        torch.cuda.reset_peak_memory_stats(bc.DEVICE)
+        out = fn()
+        peak = torch.cuda.max_memory_allocated(bc.DEVICE)
+        del out
+    return {"peak_extra_mib": (peak - loaded) / mib, "retained_mib": (before - loaded) / mib,
+            "loaded_rss_mib": loaded / mib, "peak_rss_mib": peak / mib, "memory": "cuda_allocated"}
 
 
 def run_probe(model_name: str, method: str, timeout: float = 300.0) -> dict[str, float | None]:
