@@ -29,8 +29,6 @@ import contextlib
 import copy
 import os
 import re
-import sys
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -106,27 +104,10 @@ def describe_device() -> str:
 
 
 def install_torchvision_stubs() -> None:
-    """zennit imports ``torchvision.models.resnet`` at import time, and torchvision does not import beside this
-    torch: put stand-in modules in ``sys.modules`` whose ``BasicBlock``/``Bottleneck`` are the model zoo's
-    (torchvision-compatible) blocks, so that zennit's ResNet canonizers match them. No-op if torchvision (real or
-    stubbed) is already importable."""
-    if "torchvision.models.resnet" in sys.modules:
-        return
-    try:
-        import torchvision.models.resnet  # noqa: F401
+    """zennit imports torchvision, which does not import beside this torch: use the package's stand-ins."""
+    from isnet_kernels._torchvision_stub import install_torchvision_stub
 
-        return
-    except Exception:  # not installed, or built for another torch
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-    from isnet_kernels.models.resnet import BasicBlock, Bottleneck
-
-    tv = types.ModuleType("torchvision")
-    models = types.ModuleType("torchvision.models")
-    resnet = types.ModuleType("torchvision.models.resnet")
-    resnet.BasicBlock, resnet.Bottleneck = BasicBlock, Bottleneck
-    models.resnet, tv.models = resnet, models
-    sys.modules.update({"torchvision": tv, "torchvision.models": models, "torchvision.models.resnet": resnet})
+    install_torchvision_stub()
 
 
 @dataclass(frozen=True)
