@@ -30,7 +30,7 @@ from .primitives import TorchPrimitives
 from .residual import ResidualFunction, reference_residual_split, residual_split
 from .stabilize import stabilize
 from .zbox import ZBoxFunction, reference_conv_zbox, reference_linear_zbox, zbox
-from .zplus import reference_conv_zplus, reference_linear_zplus
+from .zplus import reference_conv_zplus, reference_linear_zplus, zplus
 
 __all__ = [
     "EpsilonFunction",
@@ -48,6 +48,7 @@ __all__ = [
     "mean",
     "residual_split",
     "zbox",
+    "zplus",
     "conv2d_transpose",
     "conv_transpose_output_padding",
     "fold_batchnorm",

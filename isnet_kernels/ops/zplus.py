@@ -12,7 +12,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .geometry import Pair, conv2d_transpose
+from .conv import EpsilonFunction
+from .geometry import Geometry, Pair, conv2d_transpose
+from .primitives import TorchPrimitives
 from .stabilize import stabilize
 
 
@@ -38,3 +40,22 @@ def reference_linear_zplus(R: Tensor, a: Tensor, weight: Tensor, bias: Tensor | 
         z = z + bias.clamp(min=0)
     s = R / stabilize(z, eps).unsqueeze(1)
     return a.unsqueeze(1) * (s @ w_pos)
+
+
+def zplus(R: Tensor, a: Tensor, weight: Tensor, bias: Tensor | None, geom: Geometry, eps: float = 1e-2,
+          prims: TorchPrimitives | None = None) -> Tensor:
+    """z+ rule through a conv or linear layer, on a backend's primitives or (``prims`` None) the reference.
+
+    It is the epsilon rule of the layer ``(W+, b+)``: ``z+`` is computed by autograd (it is not a forward
+    quantity), then :class:`~isnet_kernels.ops.conv.EpsilonFunction` propagates with ``W+``.
+    """
+    if prims is None:
+        if geom.linear:
+            return reference_linear_zplus(R, a, weight, bias, eps)
+        return reference_conv_zplus(R, a, weight, bias, geom.stride, geom.padding, geom.dilation, geom.groups, eps)
+    w_pos = weight.clamp(min=0)
+    b_pos = None if bias is None else bias.clamp(min=0)
+    z = prims.forward_map(a, w_pos, geom)
+    if b_pos is not None:
+        z = z + b_pos.view(-1, *([1] * (z.dim() - 2)))
+    return EpsilonFunction.apply(R, a, z, w_pos, geom, eps, prims)

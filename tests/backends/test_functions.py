@@ -190,3 +190,21 @@ def test_functions_gradcheck(backend):
     ys = _away_from_zero(xs.detach() + fs.detach()).requires_grad_()
     Rs = torch.randn(2, 2, 3, 4, 4, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(lambda *t: ops.residual_split(*t, 0.1, prims), (Rs, xs, fs, ys))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("linear", [False, True])
+def test_zplus_on_backends(backend, linear):
+    prims = _prims(backend)
+    if linear:
+        geom = ops.Geometry(linear=True)
+        a, w = torch.rand(2, 6, dtype=torch.double), torch.randn(3, 6, dtype=torch.double)
+        R = torch.randn(2, 2, 3, dtype=torch.double)
+    else:
+        geom = ops.Geometry(False, (2, 2), (1, 1), (1, 1), 1)
+        a, w = torch.rand(2, 3, 7, 8, dtype=torch.double), torch.randn(4, 3, 3, 3, dtype=torch.double)
+        R = torch.randn(2, 2, 4, 4, 4, dtype=torch.double)
+    b = torch.randn(w.shape[0], dtype=torch.double)
+    _check_against_reference(lambda R, a, w, b: ops.zplus(R, a, w, b, geom, 0.1, prims),
+                             lambda R, a, w, b: ops.zplus(R, a, w, b, geom, 0.1, None), [R, a, w, b],
+                             ["R", "a", "weight", "bias"])
