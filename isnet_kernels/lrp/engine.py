@@ -179,8 +179,7 @@ class LRP:
         program, saved = state.program, state.saved
         start = program.logits_step
         R: dict[str, Tensor] = {start.inputs[0]: start.start(saved[start.name], targets, output, cfg)}
-        begin = program.steps.index(start)
-        for step in reversed(program.steps[:begin]):
+        for step in reversed(program.steps[:program.logits_index]):
             if isinstance(step, _ShapeNode):
                 continue
             r = R.pop(step.name, None)

@@ -48,6 +48,7 @@ class Program:
     input_name: str
     output_name: str  # the node whose value the model returns
     logits_step: S.LinearBlock  # the layer whose output rule starts the relevance pass
+    logits_index: int  # its position in ``steps``: the relevance pass walks the steps before it
     steps: list[Any]  # S.Step or _ShapeNode, forward order
     last_use: dict[str, int] = field(default_factory=dict)  # node name -> index of its last forward reader
 
@@ -198,7 +199,7 @@ def compile_model(model: nn.Module) -> Program:
     for step in steps:
         if isinstance(step, S.LinearBlock) and _reads_input(step.inputs[0], by_name, input_name):
             step.first = True
-    program = Program(gm, input_name, out_arg.name, logits_step, steps)
+    program = Program(gm, input_name, out_arg.name, logits_step, steps.index(logits_step), steps)
     for i, step in enumerate(steps):
         for name in step.inputs:
             program.last_use[name] = i
@@ -241,12 +242,9 @@ def _make_step(node: fx.Node, modules: dict[str, nn.Module], shape_nodes: set[st
     """Turn one traced node into its relevance step, or raise UnsupportedLayerError."""
     tensors = _tensor_inputs(node, shape_nodes)
     name = node.name
-    first = tensors[0].name if tensors else None
 
     def single() -> str:
-        if len(tensors) != 1:
-            raise _unsupported(node, modules, f"expected one tensor input, found {len(tensors)}")
-        return first
+        return _single_of(node, shape_nodes, modules)
 
     if node.op == "call_module":
         mod = modules[node.target]
@@ -271,7 +269,8 @@ def _make_step(node: fx.Node, modules: dict[str, nn.Module], shape_nodes: set[st
         if isinstance(mod, nn.Identity):
             return S.PassStep(name, single(), lambda x: x)
         if isinstance(mod, nn.Flatten):
-            return S.ReshapeStep(name, single(), lambda env, m=mod, n=first: m(env[n]))
+            source = single()
+            return S.ReshapeStep(name, source, lambda env: mod(env[source]))
         if isinstance(mod, nn.MaxPool2d):
             if mod.return_indices:
                 raise _unsupported(node, modules, "MaxPool2d(return_indices=True) returns a tuple")
