@@ -4,12 +4,17 @@ Public API
 ----------
 explain(model, x, target=None, *, eps, first_layer, bounds, output) -> (B, C, H, W) heatmaps
 LRP(model, *, eps, first_layer, bounds)(x, targets, output) -> (logits, (B, M, C, H, W) heatmaps)
-UnsupportedLayerError
+ISNet(model, variant="selective", *, eps, first_layer, bounds, deep_supervision, select, generator)
+ISNetLoss(P, d, E, A, B, C1, C2, foreground, d_loss, nonfinite)(output, labels, masks) -> ISNetLossOutput
+tune_cut(isnet, loader, *, epochs) -> CutResult (C1, C2)
+UnsupportedLayerError, BackendUnavailableError
 """
 
 from .errors import BackendUnavailableError, UnsupportedLayerError
+from .isnet import ISNet, ISNetLoss, ISNetLossOutput, ISNetOutput, tune_cut
 from .lrp import LRP, explain
 
 __version__ = "0.1.0"
 
-__all__ = ["LRP", "BackendUnavailableError", "UnsupportedLayerError", "__version__", "explain"]
+__all__ = ["LRP", "BackendUnavailableError", "ISNet", "ISNetLoss", "ISNetLossOutput", "ISNetOutput",
+           "UnsupportedLayerError", "__version__", "explain", "tune_cut"]

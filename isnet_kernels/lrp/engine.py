@@ -19,7 +19,8 @@ from .. import dispatch
 from . import steps as S
 from .graph import Program, _ShapeNode, compile_model
 
-OUTPUT_RULES = ("logit", "selective")
+OUTPUT_RULES = ("logit", "selective", "all")
+HIDDEN_RULES = ("epsilon", "zplus")
 FIRST_LAYER_RULES = ("zb", "epsilon")
 
 _PROGRAMS: weakref.WeakKeyDictionary[nn.Module, dict[bool, Program]] = weakref.WeakKeyDictionary()
@@ -150,8 +151,8 @@ class LRP:
         return (f"LRP({type(self.model).__name__}, eps={self.eps}, first_layer={self.first_layer!r}, "
                 f"steps={len(self.program.steps)})")
 
-    def _config(self, x: Tensor) -> S.RuleConfig:
-        cfg = S.RuleConfig(self.eps, self.first_layer, prims=dispatch.primitives(dispatch.resolve(self.backend,
+    def _config(self, x: Tensor, rule: str = "epsilon") -> S.RuleConfig:
+        cfg = S.RuleConfig(self.eps, self.first_layer, rule, prims=dispatch.primitives(dispatch.resolve(self.backend,
                                                                                                 x.device)))
         if self.first_layer == "zb":
             cfg.low = _bound_tensor(self.bounds[0], x, "low")
@@ -174,45 +175,71 @@ class LRP:
                     env.pop(name, None)
         return env[program.output_name], ForwardState(program, saved)
 
-    def relevance(self, state: ForwardState, targets: Tensor, output: str, cfg: S.RuleConfig) -> Tensor:
+    def relevance(self, state: ForwardState, targets: Tensor | None, output: str, cfg: S.RuleConfig) -> Tensor:
         """The relevance pass: from the output rule at the logits down to the input, (B, M, C, H, W)."""
+        return self.relevance_at(state, targets, output, cfg)[0]
+
+    def relevance_at(self, state: ForwardState, targets: Tensor | None, output: str, cfg: S.RuleConfig,
+                     capture: Sequence[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
+        """The relevance pass, also returning the relevance at the steps named in ``capture`` (their outputs'
+        relevance, all contributions summed), by step name."""
         program, saved = state.program, state.saved
         start = program.logits_step
         R: dict[str, Tensor] = {start.inputs[0]: start.start(saved[start.name], targets, output, cfg)}
+        wanted = set(capture)
+        captured: dict[str, Tensor] = {}
         for step in reversed(program.steps[:program.logits_index]):
             if isinstance(step, _ShapeNode):
                 continue
             r = R.pop(step.name, None)
             if r is None:
                 continue
+            if step.name in wanted:
+                captured[step.name] = r
             for name, part in zip(step.inputs, step.relevance(r, saved[step.name], cfg)):
                 if part is not None:
                     R[name] = part if name not in R else R[name] + part
-        return R[program.input_name]
+        missing = wanted - captured.keys()
+        if missing:
+            raise ValueError(f"no relevance reached step(s) {sorted(missing)}: they are not between the input and "
+                             "the logits layer")
+        return R[program.input_name], captured
 
-    def __call__(self, x: Tensor, targets: Tensor | str, output: str = "logit") -> tuple[Tensor, Tensor]:
-        """Logits (B, K) and heatmaps (B, M, C, H, W) of ``targets``: a LongTensor (B, M) or ``"all"`` (M = K)."""
+    def __call__(self, x: Tensor, targets: Tensor | str | None, output: str = "logit",
+                 rule: str = "epsilon") -> tuple[Tensor, Tensor]:
+        """Logits (B, K) and heatmaps (B, M, C, H, W).
+
+        ``targets``: a LongTensor (B, M) of classes to explain, or ``"all"`` (M = K maps, one per class); with
+        ``output="all"`` (one map explaining all logits together) it is ignored and may be None. ``rule`` is the
+        hidden layers' rule: ``"epsilon"`` or ``"zplus"`` (z+, with positive weights; meant for non-negative
+        layer inputs, as after ReLUs).
+        """
         _check_input(x, self.check_input)
         if output not in OUTPUT_RULES:
             raise ValueError(f"output must be one of {OUTPUT_RULES}, got {output!r}")
-        if isinstance(targets, str) and targets != "all":
-            raise ValueError(f"targets must be a LongTensor (B, M) or 'all', got {targets!r}")
-        if not isinstance(targets, (Tensor, str)):
-            raise TypeError(f"targets must be a LongTensor (B, M) or 'all', got {type(targets).__name__}")
+        if rule not in HIDDEN_RULES:
+            raise ValueError(f"rule must be one of {HIDDEN_RULES}, got {rule!r}")
+        if output != "all":
+            if isinstance(targets, str) and targets != "all":
+                raise ValueError(f"targets must be a LongTensor (B, M) or 'all', got {targets!r}")
+            if not isinstance(targets, (Tensor, str)):
+                raise TypeError(f"targets must be a LongTensor (B, M) or 'all', got {type(targets).__name__}")
         logits, state = self.forward(x)
         B, K = logits.shape[0], logits.shape[-1]
-        if isinstance(targets, str):
+        if output == "all":
+            targets = None
+        elif isinstance(targets, str):
             targets = torch.arange(K, device=x.device).expand(B, K)
         else:
             _check_targets(targets, B, K)
             targets = targets.to(device=x.device, dtype=torch.long)
-        heatmaps = self.relevance(state, targets, output, self._config(x))
+        heatmaps = self.relevance(state, targets, output, self._config(x, rule))
         return logits, heatmaps
 
 
 def explain(model: nn.Module, x: Tensor, target: int | Tensor | None = None, *, eps: float = 1e-2,
             first_layer: str = "zb", bounds: BoundsLike = (0.0, 1.0), output: str = "logit",
-            backend: str | None = None) -> Tensor:
+            rule: str = "epsilon", backend: str | None = None) -> Tensor:
     """The LRP heatmap of one class per image, (B, C, H, W).
 
     An inference call: nothing is recorded for autograd and the result carries no graph. To train through
@@ -226,21 +253,26 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | None = None, *, 
     target : the class to explain: an int (the same for every image), a LongTensor (B,), or None for each
         image's predicted class (the argmax logit).
     eps, first_layer, bounds : as for :class:`LRP`.
-    output : ``"logit"`` (relevance starts as the logit's value) or ``"selective"`` (the class-contrastive rule
-        of the Faster ISNet).
+    output : ``"logit"`` (relevance starts as the logit's value), ``"selective"`` (the class-contrastive rule
+        of the Faster ISNet) or ``"all"`` (all logits together, at their values; ``target`` is ignored).
+    rule : the hidden layers' rule, ``"epsilon"`` or ``"zplus"`` (the dual ISNet's z+ map).
     backend : as for :class:`LRP`.
     """
     lrp = LRP(model, eps=eps, first_layer=first_layer, bounds=bounds, backend=backend)
     _check_input(x, True)
     if output not in OUTPUT_RULES:
         raise ValueError(f"output must be one of {OUTPUT_RULES}, got {output!r}")
+    if rule not in HIDDEN_RULES:
+        raise ValueError(f"rule must be one of {HIDDEN_RULES}, got {rule!r}")
     with torch.no_grad():
-        return _explain(lrp, x, target, output)
+        return _explain(lrp, x, target, output, rule)
 
 
-def _explain(lrp: LRP, x: Tensor, target: int | Tensor | None, output: str) -> Tensor:
+def _explain(lrp: LRP, x: Tensor, target: int | Tensor | None, output: str, rule: str) -> Tensor:
     logits, state = lrp.forward(x)
     B, K = logits.shape[0], logits.shape[-1]
+    if output == "all":
+        return lrp.relevance(state, None, output, lrp._config(x, rule))[:, 0]
     if target is None:
         targets = logits.detach().argmax(-1, keepdim=True)
     elif isinstance(target, bool) or not isinstance(target, (int, Tensor)):
@@ -256,4 +288,4 @@ def _explain(lrp: LRP, x: Tensor, target: int | Tensor | None, output: str) -> T
                              f"{tuple(target.shape)}")
         targets = target.to(x.device).view(B, 1)
         _check_targets(targets, B, K)
-    return lrp.relevance(state, targets.long(), output, lrp._config(x))[:, 0]
+    return lrp.relevance(state, targets.long(), output, lrp._config(x, rule))[:, 0]

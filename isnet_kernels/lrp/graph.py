@@ -387,3 +387,27 @@ def _mean_step(node: fx.Node, modules: dict[str, nn.Module], input_name: str, ar
     if any(d == 0 for d in dims):
         raise _unsupported(node, modules, "mean over the batch axis")
     return S.MeanStep(node.name, input_name, dims, bool(keepdim))
+
+
+def module_output(program: Program, module_name: str) -> str:
+    """The name of the program step whose value is the output of submodule ``module_name`` (e.g. ``"layer2"``):
+    the last node traced inside that module. Its relevance is the relevance at the module's output."""
+    step_names = {s.name for s in program.steps if not isinstance(s, _ShapeNode)}
+    found = None
+    for node in program.graph_module.graph.nodes:
+        if node.op in ("placeholder", "output"):
+            continue
+        paths = {key.split("@")[0] for key in node.meta.get("nn_module_stack", {})}
+        if node.op == "call_module":
+            paths.add(str(node.target))
+        if module_name in paths:
+            found = node.name
+    if found is None:
+        names = sorted({key.split("@")[0] for n in program.graph_module.graph.nodes
+                        for key in n.meta.get("nn_module_stack", {})})
+        raise ValueError(f"no module named '{module_name}' runs in the model's forward; module names here: "
+                         f"{', '.join(names[:40])}{' ...' if len(names) > 40 else ''}")
+    if found not in step_names:
+        raise ValueError(f"module '{module_name}' ends in node '{found}', which carries no relevance of its own (a "
+                         "layer folded into a following BatchNorm); supervise the module that contains both")
+    return found

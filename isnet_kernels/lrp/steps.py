@@ -25,6 +25,7 @@ class RuleConfig:
 
     eps: float
     first_layer: str  # "zb" or "epsilon"
+    rule: str = "epsilon"  # the hidden layers' rule: "epsilon" or "zplus" (the dual ISNet's z+ map)
     low: Tensor | None = None  # bounds broadcast to (1, C, H, W) of the input, for Z^B
     high: Tensor | None = None
     prims: ops.TorchPrimitives | None = None  # the backend's kernels; None: the autograd reference ops
@@ -134,6 +135,8 @@ class LinearBlock(Step):
             low = cfg.low.reshape(1, *a.shape[1:]) if cfg.low.dim() > 0 else cfg.low
             high = cfg.high.reshape(1, *a.shape[1:]) if cfg.high.dim() > 0 else cfg.high
             return [ops.zbox(R, a, z, w, b, low, high, self.geom, cfg.eps, cfg.prims)]
+        if cfg.rule == "zplus":
+            return [ops.zplus(R, a, w, b, self.geom, cfg.eps, cfg.prims)]
         if cfg.prims is not None and self.bn is not None and self.layer.weight.numel() > R.numel():
             # W'^T (R / t) = W^T (R gamma/sigma / t): scaling the (small) relevance costs less than folding the
             # (large) weight; the same value and gradient.
@@ -142,10 +145,19 @@ class LinearBlock(Step):
             w = self.layer.weight
         return [ops.epsilon(R, a, z, w, self.geom, cfg.eps, cfg.prims)]
 
-    def start(self, saved: Any, targets: Tensor, rule: str, cfg: RuleConfig) -> Tensor:
-        """Relevance at this (logit-producing, linear) layer's input for the output rule ``rule``."""
+    def start(self, saved: Any, targets: Tensor | None, rule: str, cfg: RuleConfig) -> Tensor:
+        """Relevance at this (logit-producing, linear) layer's input for the output rule ``rule``.
+
+        ``"all"`` explains all logits together (one map, R_out = the logit vector); under the z+ rule the logits
+        are those of the positive layer, ``z+ = a W'+^T + b'+``.
+        """
         a = saved[0]
-        z, w, _ = self.folded(saved)
+        z, w, b = self.folded(saved)
+        if rule == "all":
+            if cfg.rule == "zplus":
+                w = w.clamp(min=0)
+                z = F.linear(a, w, None if b is None else b.clamp(min=0))
+            return ops.all_logits_output(a, z, w, cfg.eps)
         if rule == "selective":
             return ops.reference_selective_output(a, z, w, targets, cfg.eps)
         return ops.reference_logit_output(a, z, w, targets, cfg.eps)
@@ -165,6 +177,15 @@ class BatchNormStep(Step):
 
     def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> list[Tensor]:
         a, mean, invstd = saved
+        if cfg.rule == "zplus":  # diagonal weights: W+ = max(gamma / sigma, 0), b+ = max(beta - mu gamma / sigma, 0)
+            scale = ops.batchnorm.batchnorm_scale(self.bn.weight, invstd)
+            shift = -mean.detach() * scale.detach()
+            if self.bn.bias is not None:
+                shift = shift + self.bn.bias.detach()
+            w_pos, b_pos = scale.clamp(min=0), shift.clamp(min=0)
+            view = (-1, *([1] * (a.dim() - 2)))
+            z = a * w_pos.view(view) + b_pos.view(view)
+            return [a.unsqueeze(1) * w_pos.view(view) * R / ops.stabilize(z, cfg.eps).unsqueeze(1)]
         z = ops.rule_preactivation(a, None, self.bn.weight, self.bn.bias, mean, invstd)
         return [ops.batchnorm_epsilon(R, a, z, self.bn.weight, invstd, cfg.eps, cfg.prims)]
 
@@ -295,6 +316,10 @@ class AddStep(Step):
         return y, (x, f, y)
 
     def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> tuple[Tensor, Tensor]:
+        if cfg.rule == "zplus":  # the positive parts of the summands: R_x = x+ / stab(x+ + f+) R
+            x, f, _ = saved
+            x, f = x.clamp(min=0), f.clamp(min=0)
+            return ops.residual_split(R, x, f, x + f, eps=cfg.eps, prims=cfg.prims)
         return ops.residual_split(R, *saved, eps=cfg.eps, prims=cfg.prims)
 
 

@@ -13,7 +13,7 @@ from .batchnorm import batchnorm_epsilon, fold_batchnorm, reference_batchnorm_ep
 from .concat import reference_concat_split
 from .conv import EpsilonFunction, epsilon, reference_conv_epsilon, reference_linear_epsilon
 from .geometry import Geometry, conv2d_transpose, conv_transpose_output_padding
-from .output import reference_logit_output, reference_selective_output, selective_relevance
+from .output import all_logits_output, reference_logit_output, reference_selective_output, selective_relevance
 from .pool import (
     LinearPoolFunction,
     MaxPoolFunction,
@@ -33,6 +33,7 @@ from .zbox import ZBoxFunction, reference_conv_zbox, reference_linear_zbox, zbox
 from .zplus import reference_conv_zplus, reference_linear_zplus, zplus
 
 __all__ = [
+    "all_logits_output",
     "EpsilonFunction",
     "Geometry",
     "LinearPoolFunction",

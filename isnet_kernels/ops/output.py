@@ -53,3 +53,12 @@ def reference_selective_output(a: Tensor, z: Tensor, weight: Tensor, targets: Te
     s = -q
     s = s.scatter_add(2, targets.unsqueeze(-1), q.sum(-1, keepdim=True))
     return a.unsqueeze(1) * (s @ weight)
+
+
+def all_logits_output(a: Tensor, z: Tensor, weight: Tensor, eps: float = 1e-2) -> Tensor:
+    """Relevance at the last linear layer's input when all logits are explained together (the dual ISNet):
+    ``R_out = z`` (every logit at its value, one map), then epsilon: ``R_in = a * ((z / stab(z)) @ W)``.
+
+    ``a`` (B, F), ``z`` (B, K), ``weight`` (K, F). Returns (B, 1, F).
+    """
+    return (a * ((z / stabilize(z, eps)) @ weight)).unsqueeze(1)

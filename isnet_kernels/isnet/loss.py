@@ -1,0 +1,286 @@
+"""The ISNet loss: cross-entropy plus the heatmap loss of ISNET.md §4 (``LRPLossCEValleysGWRP``).
+
+Heatmaps ``H`` (B, M, C, h, w), mask (1 = foreground) resized to (h, w) by adaptive average pooling and binarised
+with ``!= 0`` (a cell is background only if it holds no foreground at all).
+
+Global weighted ranked pooling, ``GWRP_d(v) = sum_i d^i v_(i) / sum_i d^i`` over ``v`` sorted descending (d = 0
+is the max, d = 1 the mean), with the weights precomputed once per length.
+
+Background term, per image b and map m::
+
+    Hn = |H| / (mean of |H| over the foreground elements + 1e-10)
+    S_c = GWRP_d(Hn_c * (1 - mask))                    per channel c, over the h*w positions
+    L_bkg = mean_{m, c} -log(1 - min(S_c / (S_c + E), 1 - 1e-7))
+
+Foreground term on the raw map: ``F = sum(|H| * mask)`` per (b, m); left ``(min(F / C1, 1) - 1)^2`` (too little
+relevance inside the mask), right ``((max(F, C2) - C2) / C1)^2`` ("l2"), or, "hybrid" (Faster ISNet), that l2
+term while ``F <= C1 + C2`` (tested on a detached value) and ``F - C1 - C2 + 1`` beyond (the same value and slope
+1/C1 * 2 at the seam: no exploding gradient for very large maps). ``L_fg = mean_m(left + right)``.
+
+``L_heat = mean_b(A * L_bkg + B * L_fg)`` and ``L = (1 - P) * CE(logits, y) + P * L_heat``. With deep
+supervision the heatmap losses of the input and of each supervised layer are combined by a 1-D GWRP with decay
+``d_loss`` (largest first).
+
+Everything is vectorised over (B, M, C): one sort per call, no Python loop over samples, maps or classes and no
+host synchronisation, except the checks that ``nonfinite`` and ``check_masks`` ask for (documented there).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .output import ISNetOutput
+
+FOREGROUND_RULES = ("hybrid", "l2")
+NONFINITE_POLICIES = ("raise", "skip", "propagate")
+NORM_EPS = 1e-10
+SATURATION = 1 - 1e-7
+
+
+@functools.lru_cache(maxsize=64)
+def _gwrp_weights(n: int, d: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    i = torch.arange(n, dtype=torch.float64)
+    w = torch.ones(1, dtype=torch.float64) if n == 1 else torch.pow(torch.tensor(d, dtype=torch.float64), i)
+    if d == 0:
+        w = (i == 0).double()
+    return (w / w.sum()).to(dtype=dtype, device=device)
+
+
+def gwrp(v: Tensor, d: float) -> Tensor:
+    """Global weighted ranked pooling over the last axis: ``sum_i d^i v_(i) / sum_i d^i``, v sorted descending."""
+    if not 0 <= d <= 1:
+        raise ValueError(f"the GWRP decay d must be in [0, 1] (0: max, 1: mean), got {d}")
+    n = v.shape[-1]
+    ranked = v.sort(dim=-1, descending=True).values
+    return ranked @ _gwrp_weights(n, float(d), v.dtype, v.device)
+
+
+def prepare_mask(masks: Tensor, batch: int, size: tuple[int, int], dtype: torch.dtype, device: torch.device,
+                 check: bool = True) -> Tensor:
+    """Foreground masks as (B, 1, 1, h, w) of 0/1 in ``dtype``: resized by adaptive average pooling, binarised.
+
+    Accepts (B, H, W) or (B, 1, H, W), bool or numeric with values in {0, 1}.
+    """
+    if not isinstance(masks, Tensor):
+        raise TypeError(f"masks must be a torch.Tensor of shape (B, 1, H, W), got {type(masks).__name__}")
+    if masks.dim() == 3:
+        masks = masks.unsqueeze(1)
+    if masks.dim() != 4 or masks.shape[1] != 1:
+        raise ValueError(f"masks must have shape (B, 1, H, W) or (B, H, W), one foreground mask per image, got "
+                         f"{tuple(masks.shape)}; reduce colour masks to one channel, e.g. masks.amax(1, keepdim=True)")
+    if masks.shape[0] != batch:
+        raise ValueError(f"masks hold {masks.shape[0]} images but the batch has {batch}; pass one mask per image, "
+                         "in the same order")
+    if masks.dtype != torch.bool and check:
+        bad = (masks != 0) & (masks != 1)
+        if masks.device.type == "cpu":
+            if bool(bad.any()):
+                values = masks[bad].unique()[:5].tolist()
+                raise ValueError(f"masks must be binary (0 = background, 1 = foreground), found values such as "
+                                 f"{values}; binarise them first, e.g. masks = (masks > 0.5).float()")
+        else:  # no host synchronisation on accelerators: checked on the device
+            torch._assert_async(~bad.any(), "masks must be binary (0 = background, 1 = foreground)")
+    m = masks.to(device=device, dtype=dtype)
+    if tuple(m.shape[-2:]) != tuple(size):
+        m = (F.adaptive_avg_pool2d(m, size) != 0).to(dtype)
+    return m.unsqueeze(1)
+
+
+def _per_map(value: float | Sequence[float] | Tensor, M: int, like: Tensor, name: str) -> Tensor:
+    """A scalar or one value per map, as a tensor broadcasting against (B, M)."""
+    t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if t.dim() == 0:
+        return t
+    if t.dim() != 1 or t.shape[0] != M:
+        raise ValueError(f"{name} must be a number or one value per map ({M} here), got shape {tuple(t.shape)}")
+    return t
+
+
+Cut = float | tuple[float, ...]
+
+
+def _check_cut(value: float | Sequence[float] | dict[str, float | Sequence[float]], name: str
+               ) -> Cut | dict[str, Cut]:
+    """A C1/C2 value: a number, one number per map, or either per level (``{"input": ..., "layer2": ...}``)."""
+    if isinstance(value, dict):
+        if "input" not in value:
+            raise ValueError(f"{name} given per level must include the 'input' level, got levels {list(value)}")
+        return {str(k): _check_cut(v, f"{name}[{k!r}]") for k, v in value.items()}
+    values = [value] if isinstance(value, (int, float)) else list(value)
+    if not values or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"{name} must be positive: a number, one per map, or a dict of those per level; got {value!r}")
+    return float(value) if isinstance(value, (int, float)) else tuple(float(v) for v in values)
+
+
+def _at_level(value: Cut | dict[str, Cut], level: str) -> Cut:
+    if not isinstance(value, dict):
+        return value
+    if level not in value:
+        raise ValueError(f"C1/C2 are given per level but not for '{level}' (levels given: {list(value)})")
+    return value[level]
+
+
+@dataclass
+class HeatmapLossParts:
+    """The heatmap loss of one set of maps: its value and its two terms, each averaged over the batch."""
+
+    heatmap: Tensor
+    background: Tensor
+    foreground: Tensor
+
+
+def heatmap_loss(heatmaps: Tensor, masks: Tensor, *, d: float = 0.9, E: float = 1.0, A: float = 1.0,
+                 B: float = 3.0, C1: float | Sequence[float] | Tensor = 1.0,
+                 C2: float | Sequence[float] | Tensor = 25.0, foreground: str = "hybrid",
+                 check_masks: bool = True) -> HeatmapLossParts:
+    """``L_heat = mean_b(A * L_bkg + B * L_fg)`` of heatmaps (B, M, C, h, w) against foreground masks (module doc).
+
+    ``C1`` and ``C2`` are numbers or one value per map (the dual variant's two maps have their own).
+    """
+    if heatmaps.dim() != 5:
+        raise ValueError(f"heatmaps must have shape (B, M, C, H, W), got {tuple(heatmaps.shape)}")
+    if foreground not in FOREGROUND_RULES:
+        raise ValueError(f"foreground must be one of {FOREGROUND_RULES}, got {foreground!r}")
+    if not E > 0:
+        raise ValueError(f"E must be positive, got {E}")
+    Bsz, M, C, h, w = heatmaps.shape
+    mask = prepare_mask(masks, Bsz, (h, w), heatmaps.dtype, heatmaps.device, check_masks)  # (B, 1, 1, h, w)
+    absH = heatmaps.abs()
+    fg = (absH * mask).sum((2, 3, 4))  # (B, M): F, the raw foreground relevance
+    count = mask.sum((2, 3, 4)) * C  # foreground elements of one map
+    scale = fg / count.clamp(min=1) + NORM_EPS
+    Hn = absH / scale[..., None, None, None]
+    S = gwrp((Hn * (1 - mask)).flatten(-2), d)  # (B, M, C)
+    bkg = -torch.log1p(-(S / (S + E)).clamp(max=SATURATION))
+    bkg = bkg.mean((1, 2))
+    c1, c2 = _per_map(C1, M, fg, "C1"), _per_map(C2, M, fg, "C2")
+    left = ((fg / c1).clamp(max=1) - 1) ** 2
+    right = ((torch.maximum(fg, c2.expand_as(fg)) - c2) / c1) ** 2
+    if foreground == "hybrid":
+        right = torch.where(fg.detach() <= c1 + c2, right, fg - c1 - c2 + 1)
+    fgl = (left + right).mean(1)
+    return HeatmapLossParts((A * bkg + B * fgl).mean(), bkg.mean(), fgl.mean())
+
+
+@dataclass
+class ISNetLossOutput:
+    """The ISNet loss and its parts (batch means).
+
+    ``total = (1 - P) * classification + P * heatmap``; ``heatmap`` combines the levels of deep supervision
+    (``levels``, input first); ``background`` and ``foreground`` are the input-level terms (before A and B).
+    ``finite`` is False when the loss was not finite and ``nonfinite="skip"`` replaced it by a zero loss with no
+    gradient (``optimizer.step()`` then leaves every parameter, and its momentum, unchanged).
+    """
+
+    total: Tensor
+    classification: Tensor
+    heatmap: Tensor
+    background: Tensor
+    foreground: Tensor
+    levels: list[Tensor] = field(default_factory=list)
+    finite: bool = True
+
+    def as_dict(self) -> dict[str, float]:
+        """Plain floats for logging (one host synchronisation)."""
+        parts = {"loss": self.total, "classification": self.classification, "heatmap": self.heatmap,
+                 "background": self.background, "foreground": self.foreground}
+        values = torch.stack([v.detach().to(torch.float64) for v in parts.values()]).tolist()
+        return dict(zip(parts, values))
+
+
+class ISNetLoss(nn.Module):
+    """``L = (1 - P) * CE(logits, y) + P * L_heat`` (ISNET.md §4, defaults from the reference code).
+
+    Parameters
+    ----------
+    P : weight of the heatmap loss (0: a plain classifier's loss).
+    d : GWRP decay of the background term (0: the maximum, 1: the mean).
+    E : background saturation constant in ``S / (S + E)``.
+    A, B : weights of the background and foreground terms.
+    C1, C2 : foreground bounds (see :func:`~isnet_kernels.tune_cut`): numbers, one per map for the dual variant
+        (z+ map first), or a dict of those per level (``"input"`` and each deep-supervision module name), as
+        :func:`~isnet_kernels.tune_cut` returns them.
+    foreground : ``"hybrid"`` (Faster ISNet: linear beyond ``C1 + C2``) or ``"l2"``.
+    d_loss : GWRP decay combining the input's and the deep-supervision layers' heatmap losses (1: their mean).
+    nonfinite : what a non-finite loss does: ``"raise"`` (FloatingPointError, one host synchronisation per call),
+        ``"skip"`` (a zero loss with no gradient and ``finite=False``; one synchronisation) or ``"propagate"``
+        (no check, no synchronisation).
+    check_masks : check that masks are binary (free on CPU masks; an asynchronous device assertion otherwise).
+
+    Call as ``loss(output, labels, masks)`` with the :class:`~isnet_kernels.isnet.output.ISNetOutput` of an ISNet
+    (in training mode, or called with ``heatmaps=True``), labels (B,) and masks (B, 1, H, W) or (B, H, W).
+    Returns an :class:`ISNetLossOutput`.
+    """
+
+    def __init__(self, P: float = 0.7, d: float = 0.9, E: float = 1.0, A: float = 1.0, B: float = 3.0,
+                 C1: float | Sequence[float] | dict = 1.0, C2: float | Sequence[float] | dict = 25.0,
+                 foreground: str = "hybrid",
+                 d_loss: float = 1.0, nonfinite: str = "raise", check_masks: bool = True):
+        super().__init__()
+        if not 0 <= P <= 1:
+            raise ValueError(f"P must be in [0, 1], got {P}")
+        for name, value in (("d", d), ("d_loss", d_loss)):
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if foreground not in FOREGROUND_RULES:
+            raise ValueError(f"foreground must be one of {FOREGROUND_RULES}, got {foreground!r}")
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        self.C1, self.C2 = _check_cut(C1, "C1"), _check_cut(C2, "C2")
+        self.P, self.d, self.E, self.A, self.B = float(P), float(d), float(E), float(A), float(B)
+        self.foreground, self.d_loss, self.nonfinite, self.check_masks = foreground, float(d_loss), nonfinite, \
+            check_masks
+
+    def extra_repr(self) -> str:
+        return (f"P={self.P}, d={self.d}, E={self.E}, A={self.A}, B={self.B}, C1={self.C1}, C2={self.C2}, "
+                f"foreground={self.foreground!r}, d_loss={self.d_loss}, nonfinite={self.nonfinite!r}")
+
+    def heatmap_parts(self, heatmaps: Tensor, masks: Tensor, level: str = "input") -> HeatmapLossParts:
+        """The heatmap loss of one level: ``"input"`` or a supervised module's name (for per-level C1/C2)."""
+        return heatmap_loss(heatmaps, masks, d=self.d, E=self.E, A=self.A, B=self.B, C1=_at_level(self.C1, level),
+                            C2=_at_level(self.C2, level), foreground=self.foreground, check_masks=self.check_masks)
+
+    def forward(self, output: ISNetOutput, labels: Tensor, masks: Tensor) -> ISNetLossOutput:
+        if not isinstance(output, ISNetOutput):
+            raise TypeError(f"the first argument must be the ISNetOutput of an ISNet call, got "
+                            f"{type(output).__name__}")
+        logits = output.logits
+        if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
+            shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+            raise ValueError(f"labels must be a LongTensor of shape (B,) = ({logits.shape[0]},), got {shape}")
+        ce = F.cross_entropy(logits, labels)
+        if self.P == 0:
+            zero = ce.new_zeros(())
+            return self._finish(ISNetLossOutput(ce, ce, zero, zero, zero))
+        if output.heatmaps is None:
+            raise ValueError("the ISNet output carries no heatmaps: call the ISNet in training mode (isnet.train()) "
+                             "or with heatmaps=True")
+        first = self.heatmap_parts(output.heatmaps, masks)
+        levels = [first.heatmap] + [self.heatmap_parts(h, masks, name).heatmap
+                                    for name, h in output.intermediate.items()]
+        heat = levels[0] if len(levels) == 1 else gwrp(torch.stack(levels), self.d_loss)
+        total = (1 - self.P) * ce + self.P * heat
+        return self._finish(ISNetLossOutput(total, ce, heat, first.background, first.foreground, levels))
+
+    def _finish(self, out: ISNetLossOutput) -> ISNetLossOutput:
+        if self.nonfinite == "propagate":
+            return out
+        if bool(torch.isfinite(out.total)):
+            return out
+        if self.nonfinite == "raise":
+            parts = {k: float(v) for k, v in (("classification", out.classification), ("heatmap", out.heatmap),
+                                              ("background", out.background), ("foreground", out.foreground))}
+            raise FloatingPointError(
+                f"the ISNet loss is not finite ({parts}); non-finite logits or heatmaps (a diverging model, a "
+                "too-high learning rate, non-finite inputs). Lower the learning rate, clip gradients, check the "
+                "data, or pass nonfinite='skip' to skip such steps")
+        zero = out.total.new_zeros((), requires_grad=True)
+        return ISNetLossOutput(zero, out.classification.detach(), out.heatmap.detach(), out.background.detach(),
+                               out.foreground.detach(), [v.detach() for v in out.levels], finite=False)
