@@ -1,4 +1,5 @@
-"""The ``cpp`` backend: compiled CPU kernels for the elementwise relevance primitives (KERNELS.md).
+"""The ``cpp`` backend: compiled CPU kernels for the elementwise relevance primitives and the average-pooling
+relevance (KERNELS.md).
 
 The C++ sources in ``csrc/cpu`` build the optional extension ``isnet_kernels._C``; importing it registers the
 operators ``torch.ops.isnet_kernels.*`` with PyTorch's dispatcher (CPU kernels only). Each is one fused pass over
@@ -8,6 +9,11 @@ are :class:`~isnet_kernels.ops.primitives.TorchPrimitives`'; dtypes float32, flo
 are built twice, for the compiler's baseline target and (GCC on x86-64) for AVX2 + FMA + F16C; each call runs the
 AVX2 build when the CPU has it (``isnet_kernels._C.CPU_CAPABILITY``) unless ``ISNET_KERNELS_CPU=default`` (or
 torch's ``ATEN_CPU_CAPABILITY=default``) asks for the baseline one.
+
+Average pooling (``avg_pool2d`` with any options, ``adaptive_avg_pool2d``, a spatial mean) has its own pair of
+kernels beyond TorchPrimitives' set: ``avgpool_forward`` computes ``R_in = a * P^T (R / t)`` in one pass over the
+(B, M, C) planes, ``avgpool_backward`` all three gradients in one pass over the (B, C) planes with the M maps
+inside; :class:`~isnet_kernels.ops.pool.AvgPoolFunction` uses them.
 
 This module registers a fake (meta) kernel for every operator, so ``torch.compile`` can trace them, and provides
 :class:`CppPrimitives`; the contractions (convolutions, matmuls) stay ATen's. :func:`available` says whether the
@@ -20,13 +26,15 @@ import torch
 from torch import Tensor
 
 from .errors import BackendUnavailableError
+from .ops.pool import AvgPoolWindows
 from .ops.primitives import TorchPrimitives
 
 __all__ = ["OPS", "CppPrimitives", "available"]
 
 #: The operators of ``torch.ops.isnet_kernels`` (schemas in ``csrc/cpu/isnet_kernels.cpp``).
 OPS = ("stab_divide", "mul_activation", "epsilon_backward_input", "epsilon_backward_stab", "residual_forward",
-       "residual_backward", "maxpool_forward", "maxpool_backward")
+       "residual_backward", "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward",
+       "adaptive_avgpool_forward", "adaptive_avgpool_backward")
 
 _BUILD_HINT = ("run `pip install --no-build-isolation -e .` in the source tree with a C++ compiler (g++ or clang++) "
                "and without ISNET_KERNELS_NO_EXT=1")
@@ -104,6 +112,34 @@ def _register_fakes() -> None:
         torch._check(R.dim() == 4, lambda: f"R must have shape (B, M, C, Lo), got {tuple(R.shape)}")
         return R.new_empty(R.shape), R.new_empty((R.shape[0], R.shape[2], R.shape[3]))
 
+    def relevance_in(R: Tensor, a: Tensor) -> tuple[int, ...]:
+        torch._check(R.dim() == 5, lambda: f"R must have shape (B, M, C, Ho, Wo), got {tuple(R.shape)}")
+        torch._check(a.dim() == 4, lambda: f"a must have shape (B, C, H, W), got {tuple(a.shape)}")
+        return (R.shape[0], R.shape[1], R.shape[2], a.shape[2], a.shape[3])
+
+    def pool_grads(R: Tensor, a: Tensor, z: Tensor, compute_da: bool) -> tuple[Tensor, Tensor, Tensor]:
+        relevance_in(R, a)
+        return R.new_empty(R.shape), z.new_empty(z.shape), a.new_empty(a.shape if compute_da else (0,))
+
+    @torch.library.register_fake("isnet_kernels::avgpool_forward")
+    def _(R: Tensor, a: Tensor, z: Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
+          ceil_mode: bool, count_include_pad: bool, divisor_override: int | None, eps: float) -> Tensor:
+        return R.new_empty(relevance_in(R, a))
+
+    @torch.library.register_fake("isnet_kernels::avgpool_backward")
+    def _(G: Tensor, R: Tensor, a: Tensor, z: Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
+          ceil_mode: bool, count_include_pad: bool, divisor_override: int | None, eps: float,
+          compute_da: bool) -> tuple[Tensor, Tensor, Tensor]:
+        return pool_grads(R, a, z, compute_da)
+
+    @torch.library.register_fake("isnet_kernels::adaptive_avgpool_forward")
+    def _(R: Tensor, a: Tensor, z: Tensor, eps: float) -> Tensor:
+        return R.new_empty(relevance_in(R, a))
+
+    @torch.library.register_fake("isnet_kernels::adaptive_avgpool_backward")
+    def _(G: Tensor, R: Tensor, a: Tensor, z: Tensor, eps: float, compute_da: bool) -> tuple[Tensor, Tensor, Tensor]:
+        return pool_grads(R, a, z, compute_da)
+
 
 class CppPrimitives(TorchPrimitives):
     """Primitives on the compiled CPU kernels; the contractions stay PyTorch's (inherited).
@@ -158,3 +194,24 @@ class CppPrimitives(TorchPrimitives):
         dR, dz = torch.ops.isnet_kernels.maxpool_backward(G.contiguous(), R.contiguous(), z.contiguous(),
                                                           indices.contiguous(), float(eps))
         return dR, dz
+
+    # --- average pooling, epsilon: one pass each way (used by ops.pool.AvgPoolFunction) ---------------------------
+    def avgpool_forward(self, R: Tensor, a: Tensor, z: Tensor, windows: AvgPoolWindows | None, eps: float) -> Tensor:
+        """``R_in = a * P^T (R / t)``: R (B, M, C, Ho, Wo), a (B, C, H, W), z (B, C, Ho, Wo) -> (B, M, C, H, W).
+        ``windows`` are avg_pool2d's, or None for adaptive_avg_pool2d to (Ho, Wo)."""
+        if windows is None:
+            return torch.ops.isnet_kernels.adaptive_avgpool_forward(R.contiguous(), a.contiguous(), z.contiguous(),
+                                                                    float(eps))
+        return torch.ops.isnet_kernels.avgpool_forward(R.contiguous(), a.contiguous(), z.contiguous(), *windows,
+                                                       float(eps))
+
+    def avgpool_backward(self, G: Tensor, R: Tensor, a: Tensor, z: Tensor, windows: AvgPoolWindows | None,
+                         eps: float, compute_da: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``V = P (G a)``; ``dR = V / t``, ``dz = -sum_M V s / t``, ``da = sum_M G P^T s`` (None unless
+        ``compute_da``), with ``s = R / t``."""
+        args = (G.contiguous(), R.contiguous(), a.contiguous(), z.contiguous())
+        if windows is None:
+            dR, dz, da = torch.ops.isnet_kernels.adaptive_avgpool_backward(*args, float(eps), bool(compute_da))
+        else:
+            dR, dz, da = torch.ops.isnet_kernels.avgpool_backward(*args, *windows, float(eps), bool(compute_da))
+        return dR, dz, da if compute_da else None

@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <tuple>
 
 #include "kernels.h"
@@ -311,6 +312,226 @@ std::tuple<at::Tensor, at::Tensor> maxpool_backward(const at::Tensor& G, const a
   return {dR, dz};
 }
 
+// ---- average pooling (avg_pool2d, adaptive_avg_pool2d), epsilon ------------------------------------------
+
+// lo[i], hi[i]: the windows [lo, hi) covering input i, from the windows' (non-decreasing) starts and ends.
+void cover(PoolAxis& axis) {
+  axis.lo.assign(axis.in, 0);
+  axis.hi.assign(axis.in, 0);
+  int64_t first = 0, past = 0;  // first window ending after i; first window starting after i
+  for (int64_t i = 0; i < axis.in; ++i) {
+    while (first < axis.out && axis.end[first] <= i) {
+      ++first;
+    }
+    while (past < axis.out && axis.start[past] <= i) {
+      ++past;
+    }
+    axis.lo[i] = first;
+    axis.hi[i] = std::max(first, past);
+  }
+}
+
+// avg_pool2d's output size along one axis (ATen's pooling_output_shape, dilation 1): floor or ceil, and with
+// ceil_mode no window that starts in the right padding.
+int64_t pooled_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad, bool ceil_mode) {
+  const int64_t numerator = in + 2 * pad - kernel + (ceil_mode ? stride - 1 : 0);
+  int64_t out = (numerator >= 0 ? numerator / stride : -((-numerator + stride - 1) / stride)) + 1;
+  if (ceil_mode && (out - 1) * stride >= in + pad) {
+    --out;
+  }
+  return out;
+}
+
+// One axis of avg_pool2d, as ATen's kernels compute it; `divisor` gets each window's factor of the divisor (its
+// size with the padding when count_include_pad, else without).
+PoolAxis avg_axis(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t pad, bool count_include_pad,
+                  std::vector<int64_t>& divisor) {
+  PoolAxis axis;
+  axis.in = in;
+  axis.out = out;
+  axis.start.resize(out);
+  axis.end.resize(out);
+  divisor.resize(out);
+  for (int64_t o = 0; o < out; ++o) {
+    const int64_t start = o * stride - pad;
+    const int64_t end = std::min(start + kernel, in + pad);
+    axis.start[o] = std::max<int64_t>(start, 0);
+    axis.end[o] = std::min(end, in);
+    divisor[o] = count_include_pad ? end - start : axis.end[o] - axis.start[o];
+  }
+  cover(axis);
+  return axis;
+}
+
+// One axis of adaptive_avg_pool2d: window o is [floor(o * in / out), ceil((o + 1) * in / out)).
+PoolAxis adaptive_axis(int64_t in, int64_t out, std::vector<int64_t>& divisor) {
+  PoolAxis axis;
+  axis.in = in;
+  axis.out = out;
+  axis.start.resize(out);
+  axis.end.resize(out);
+  divisor.resize(out);
+  for (int64_t o = 0; o < out; ++o) {
+    axis.start[o] = (o / out) * in + ((o % out) * in) / out;
+    axis.end[o] = 1 + ((o + 1) * in - 1) / out;
+    divisor[o] = axis.end[o] - axis.start[o];
+  }
+  cover(axis);
+  return axis;
+}
+
+// weight[oh * Wo + ow] = 1 / divisor: the product of the axes' factors, or divisor_override.
+void set_weights(AvgPoolPlan& plan, const std::vector<int64_t>& dh, const std::vector<int64_t>& dw,
+                 std::optional<int64_t> divisor_override) {
+  plan.weight.resize(plan.h.out * plan.w.out);
+  for (int64_t oh = 0; oh < plan.h.out; ++oh) {
+    for (int64_t ow = 0; ow < plan.w.out; ++ow) {
+      const int64_t divisor = divisor_override.has_value() ? *divisor_override : dh[oh] * dw[ow];
+      plan.weight[oh * plan.w.out + ow] = 1.0 / static_cast<double>(divisor);
+    }
+  }
+}
+
+// Checks R (B, M, C, Ho, Wo), a (B, C, H, W) and z (B, C, Ho, Wo); G, when given, must be (B, M, C, H, W).
+AvgPoolPlan check_avgpool(const char* op, const at::Tensor* G, const at::Tensor& R, const at::Tensor& a,
+                          const at::Tensor& z) {
+  const at::Tensor& first = G != nullptr ? *G : R;
+  if (G != nullptr) {
+    check_tensor(op, "G", *G, first.scalar_type());
+  }
+  check_tensor(op, "R", R, first.scalar_type());
+  check_tensor(op, "a", a, first.scalar_type());
+  check_tensor(op, "z", z, first.scalar_type());
+  TORCH_CHECK(R.dim() == 5, "isnet_kernels::", op, ": R must have shape (B, M, C, Ho, Wo), got ", R.sizes());
+  AvgPoolPlan plan;
+  plan.B = R.size(0);
+  plan.M = R.size(1);
+  plan.C = R.size(2);
+  TORCH_CHECK(a.dim() == 4 && a.size(0) == plan.B && a.size(1) == plan.C, "isnet_kernels::", op,
+              ": a must have shape (B, C, H, W) with (B, C) = (", plan.B, ", ", plan.C, ") to match R of shape ",
+              R.sizes(), ", got ", a.sizes());
+  TORCH_CHECK(a.size(2) > 0 && a.size(3) > 0, "isnet_kernels::", op, ": a must have non-empty planes, got ",
+              a.sizes());
+  TORCH_CHECK(z.dim() == 4 && z.size(0) == plan.B && z.size(1) == plan.C && z.size(2) == R.size(3) &&
+                  z.size(3) == R.size(4),
+              "isnet_kernels::", op, ": z must have shape (B, C, Ho, Wo) = [", plan.B, ", ", plan.C, ", ", R.size(3),
+              ", ", R.size(4), "] to match R of shape ", R.sizes(), ", got ", z.sizes());
+  if (G != nullptr) {
+    TORCH_CHECK(G->dim() == 5 && G->size(0) == plan.B && G->size(1) == plan.M && G->size(2) == plan.C &&
+                    G->size(3) == a.size(2) && G->size(4) == a.size(3),
+                "isnet_kernels::", op, ": G must have shape (B, M, C, H, W) = [", plan.B, ", ", plan.M, ", ", plan.C,
+                ", ", a.size(2), ", ", a.size(3), "] to match R and a, got ", G->sizes());
+  }
+  return plan;
+}
+
+// The plan of avg_pool2d(a, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override), after
+// checking its arguments as ATen does and that z has its output size.
+AvgPoolPlan avgpool_plan(const char* op, const at::Tensor* G, const at::Tensor& R, const at::Tensor& a,
+                         const at::Tensor& z, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                         at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                         std::optional<int64_t> divisor_override) {
+  AvgPoolPlan plan = check_avgpool(op, G, R, a, z);
+  TORCH_CHECK(kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2, "isnet_kernels::", op,
+              ": kernel_size, stride and padding must have two elements each, got ", kernel_size, ", ", stride,
+              " and ", padding);
+  for (int d = 0; d < 2; ++d) {
+    TORCH_CHECK(kernel_size[d] > 0 && stride[d] > 0 && padding[d] >= 0 && padding[d] <= kernel_size[d] / 2,
+                "isnet_kernels::", op, ": expected kernel_size > 0, stride > 0 and 0 <= padding <= kernel_size / 2, "
+                "got kernel_size ", kernel_size, ", stride ", stride, ", padding ", padding);
+  }
+  TORCH_CHECK(!divisor_override.has_value() || *divisor_override != 0, "isnet_kernels::", op,
+              ": divisor_override must be non-zero");
+  const int64_t H = a.size(2), W = a.size(3);
+  const int64_t Ho = pooled_size(H, kernel_size[0], stride[0], padding[0], ceil_mode);
+  const int64_t Wo = pooled_size(W, kernel_size[1], stride[1], padding[1], ceil_mode);
+  TORCH_CHECK(z.size(2) == Ho && z.size(3) == Wo, "isnet_kernels::", op, ": z must have avg_pool2d's output size [",
+              Ho, ", ", Wo, "] for an input of size [", H, ", ", W, "] and these parameters, got ", z.sizes());
+  std::vector<int64_t> dh, dw;
+  plan.h = avg_axis(H, Ho, kernel_size[0], stride[0], padding[0], count_include_pad, dh);
+  plan.w = avg_axis(W, Wo, kernel_size[1], stride[1], padding[1], count_include_pad, dw);
+  set_weights(plan, dh, dw, divisor_override);
+  return plan;
+}
+
+// The plan of adaptive_avg_pool2d(a, z's size). A global pool (output 1 x 1) runs as one row of H * W elements.
+AvgPoolPlan adaptive_avgpool_plan(const char* op, const at::Tensor* G, const at::Tensor& R, const at::Tensor& a,
+                                  const at::Tensor& z) {
+  AvgPoolPlan plan = check_avgpool(op, G, R, a, z);
+  int64_t H = a.size(2), W = a.size(3);
+  const int64_t Ho = z.size(2), Wo = z.size(3);
+  TORCH_CHECK(Ho > 0 && Wo > 0, "isnet_kernels::", op, ": z must have a non-empty output size, got ", z.sizes());
+  if (Ho == 1 && Wo == 1) {
+    W *= H;
+    H = 1;
+  }
+  std::vector<int64_t> dh, dw;
+  plan.h = adaptive_axis(H, Ho, dh);
+  plan.w = adaptive_axis(W, Wo, dw);
+  set_weights(plan, dh, dw, std::nullopt);
+  return plan;
+}
+
+// The operators' shared bodies, given a checked plan. The backward kernel writes dz and da even when M = 0 (sums
+// over no maps); `da` is an empty tensor when not computed.
+at::Tensor avgpool_forward_impl(const at::Tensor& R, const at::Tensor& a, const at::Tensor& z,
+                                const AvgPoolPlan& plan, double eps) {
+  at::Tensor out = new_output({plan.B, plan.M, plan.C, a.size(2), a.size(3)}, R, poisoning());
+  ISNET_DISPATCH(R.scalar_type(), "avgpool_forward", [&] {
+    ISNET_RUN_KERNEL(avgpool_forward_kernel<scalar_t>, R.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(),
+                     z.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), plan, eps);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> avgpool_backward_impl(const at::Tensor& G, const at::Tensor& R,
+                                                                     const at::Tensor& a, const at::Tensor& z,
+                                                                     const AvgPoolPlan& plan, double eps,
+                                                                     bool compute_da) {
+  const bool poison = poisoning();
+  at::Tensor dR = new_output(R.sizes(), R, poison);
+  at::Tensor dz = new_output(z.sizes(), z, poison);
+  at::Tensor da = compute_da ? new_output(a.sizes(), a, poison) : a.new_empty({0});
+  ISNET_DISPATCH(R.scalar_type(), "avgpool_backward", [&] {
+    ISNET_RUN_KERNEL(avgpool_backward_kernel<scalar_t>, G.const_data_ptr<scalar_t>(), R.const_data_ptr<scalar_t>(),
+                     a.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), dR.mutable_data_ptr<scalar_t>(),
+                     dz.mutable_data_ptr<scalar_t>(), compute_da ? da.mutable_data_ptr<scalar_t>() : nullptr, plan,
+                     eps);
+  });
+  return {dR, dz, da};
+}
+
+at::Tensor avgpool_forward(const at::Tensor& R, const at::Tensor& a, const at::Tensor& z, at::IntArrayRef kernel_size,
+                           at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                           std::optional<int64_t> divisor_override, double eps) {
+  constexpr const char* op = "avgpool_forward";
+  const AvgPoolPlan plan = avgpool_plan(op, nullptr, R, a, z, kernel_size, stride, padding, ceil_mode,
+                                        count_include_pad, divisor_override);
+  return avgpool_forward_impl(R, a, z, plan, eps);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> avgpool_backward(
+    const at::Tensor& G, const at::Tensor& R, const at::Tensor& a, const at::Tensor& z, at::IntArrayRef kernel_size,
+    at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+    std::optional<int64_t> divisor_override, double eps, bool compute_da) {
+  constexpr const char* op = "avgpool_backward";
+  const AvgPoolPlan plan = avgpool_plan(op, &G, R, a, z, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                        divisor_override);
+  return avgpool_backward_impl(G, R, a, z, plan, eps, compute_da);
+}
+
+at::Tensor adaptive_avgpool_forward(const at::Tensor& R, const at::Tensor& a, const at::Tensor& z, double eps) {
+  constexpr const char* op = "adaptive_avgpool_forward";
+  return avgpool_forward_impl(R, a, z, adaptive_avgpool_plan(op, nullptr, R, a, z), eps);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_avgpool_backward(const at::Tensor& G, const at::Tensor& R,
+                                                                         const at::Tensor& a, const at::Tensor& z,
+                                                                         double eps, bool compute_da) {
+  constexpr const char* op = "adaptive_avgpool_backward";
+  return avgpool_backward_impl(G, R, a, z, adaptive_avgpool_plan(op, &G, R, a, z), eps, compute_da);
+}
+
 }  // namespace
 }  // namespace isnet_kernels
 
@@ -325,6 +546,17 @@ TORCH_LIBRARY(isnet_kernels, m) {
       "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("maxpool_forward(Tensor R, Tensor z, Tensor indices, int length, float eps) -> Tensor");
   m.def("maxpool_backward(Tensor G, Tensor R, Tensor z, Tensor indices, float eps) -> (Tensor, Tensor)");
+  m.def(
+      "avgpool_forward(Tensor R, Tensor a, Tensor z, int[2] kernel_size, int[2] stride, int[2] padding, "
+      "bool ceil_mode, bool count_include_pad, int? divisor_override, float eps) -> Tensor");
+  m.def(
+      "avgpool_backward(Tensor G, Tensor R, Tensor a, Tensor z, int[2] kernel_size, int[2] stride, int[2] padding, "
+      "bool ceil_mode, bool count_include_pad, int? divisor_override, float eps, bool compute_da) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def("adaptive_avgpool_forward(Tensor R, Tensor a, Tensor z, float eps) -> Tensor");
+  m.def(
+      "adaptive_avgpool_backward(Tensor G, Tensor R, Tensor a, Tensor z, float eps, bool compute_da) "
+      "-> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(isnet_kernels, CPU, m) {
@@ -336,6 +568,10 @@ TORCH_LIBRARY_IMPL(isnet_kernels, CPU, m) {
   m.impl("residual_backward", &isnet_kernels::residual_backward);
   m.impl("maxpool_forward", &isnet_kernels::maxpool_forward);
   m.impl("maxpool_backward", &isnet_kernels::maxpool_backward);
+  m.impl("avgpool_forward", &isnet_kernels::avgpool_forward);
+  m.impl("avgpool_backward", &isnet_kernels::avgpool_backward);
+  m.impl("adaptive_avgpool_forward", &isnet_kernels::adaptive_avgpool_forward);
+  m.impl("adaptive_avgpool_backward", &isnet_kernels::adaptive_avgpool_backward);
 }
 
 static PyModuleDef isnet_kernels_module = {

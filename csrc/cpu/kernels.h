@@ -47,6 +47,22 @@ struct PoolSizes {
   int64_t B, M, C, Lo, length;
 };
 
+// One axis of an average pooling (avg_pool2d or adaptive_avg_pool2d): output o averages the inputs
+// [start[o], end[o]) (clipped to the input), and input i lies in the windows [lo[i], hi[i]) (a contiguous range,
+// possibly empty: window starts and ends never decrease with o).
+struct PoolAxis {
+  int64_t in = 0, out = 0;
+  std::vector<int64_t> start, end, lo, hi;
+};
+
+// The windows of an average pooling of (B, C, H, W) activations to (B, C, Ho, Wo), shared by M relevance maps:
+// separable along H and W, with weight[oh * Wo + ow] = 1 / divisor of each window.
+struct AvgPoolPlan {
+  int64_t B = 0, M = 0, C = 0;
+  PoolAxis h, w;
+  std::vector<double> weight;
+};
+
 // at::parallel_for behind one non-template function (defined in isnet_kernels.cpp): its OpenMP region is compiled
 // once, not once per kernel, dtype and instruction set, and the kernel files need no ATen/Parallel.h.
 void parallel_for(int64_t begin, int64_t end, int64_t grain, c10::function_ref<void(int64_t, int64_t)> f);
@@ -78,7 +94,13 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, c10::function_ref<v
                               PoolSizes p, double eps);                                                            \
   template <typename scalar_t>                                                                                     \
   void maxpool_backward_kernel(const scalar_t* G, const scalar_t* R, const scalar_t* z, const int64_t* indices,    \
-                               scalar_t* dR, scalar_t* dz, PoolSizes p, double eps);
+                               scalar_t* dR, scalar_t* dz, PoolSizes p, double eps);                          \
+  template <typename scalar_t>                                                                                     \
+  void avgpool_forward_kernel(const scalar_t* R, const scalar_t* a, const scalar_t* z, scalar_t* out,              \
+                              const AvgPoolPlan& p, double eps);                                                   \
+  template <typename scalar_t>                                                                                     \
+  void avgpool_backward_kernel(const scalar_t* G, const scalar_t* R, const scalar_t* a, const scalar_t* z,         \
+                               scalar_t* dR, scalar_t* dz, scalar_t* da, const AvgPoolPlan& p, double eps);
 
 // Explicit instantiations of every loop nest for element type T (in the kernel translation units).
 #define ISNET_INSTANTIATE_KERNELS(T)                                                                               \
@@ -90,7 +112,10 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, c10::function_ref<v
   template void residual_backward_kernel<T>(const T*, const T*, const T*, const T*, const T*, const T*, T*, T*, T*, \
                                             T*, MapSizes, double);                                                 \
   template void maxpool_forward_kernel<T>(const T*, const T*, const int64_t*, T*, PoolSizes, double);              \
-  template void maxpool_backward_kernel<T>(const T*, const T*, const T*, const int64_t*, T*, T*, PoolSizes, double);
+  template void maxpool_backward_kernel<T>(const T*, const T*, const T*, const int64_t*, T*, T*, PoolSizes, double); \
+  template void avgpool_forward_kernel<T>(const T*, const T*, const T*, T*, const AvgPoolPlan&, double);           \
+  template void avgpool_backward_kernel<T>(const T*, const T*, const T*, const T*, T*, T*, T*, const AvgPoolPlan&, \
+                                           double);
 
 #define ISNET_INSTANTIATE_ALL_KERNELS \
   ISNET_INSTANTIATE_KERNELS(float)    \

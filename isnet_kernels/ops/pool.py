@@ -8,13 +8,17 @@ epsilon rule ``R_in = a * P^T (R / stab(z))`` with ``P^T`` the exact adjoint of 
 adaptive pooling that adjoint covers the uneven windows PyTorch uses when the input size is not a multiple of
 the output size; where it is (global pooling included) this equals a pool with ``stride = in // out`` and
 ``kernel = in - (out - 1) * stride``.
+
+Backends whose primitives have ``avgpool_forward`` and ``avgpool_backward`` (``cpp``) run average pooling, adaptive
+pooling and a spatial mean through :class:`AvgPoolFunction`: one fused kernel each way. The others run
+:class:`LinearPoolFunction`: ATen's pooling (or its adjoint) between two fused elementwise passes.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -143,6 +147,63 @@ class LinearPoolFunction(torch.autograd.Function):
         return dR.view(R.shape), None if dA is None else dA.view(a.shape), dZ.view(z.shape), None, None, None, None
 
 
+class AvgPoolWindows(NamedTuple):
+    """The windows of ``avg_pool2d`` (two-element kernel size, stride and padding, as ATen's kernels use them);
+    ``None`` in their place means ``adaptive_avg_pool2d`` to the output's size."""
+
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    ceil_mode: bool = False
+    count_include_pad: bool = True
+    divisor_override: int | None = None
+
+    @classmethod
+    def of(cls, kernel_size: Sequence[int] | int, stride: Sequence[int] | int | None, padding: Sequence[int] | int,
+           ceil_mode: bool = False, count_include_pad: bool = True,
+           divisor_override: int | None = None) -> AvgPoolWindows:
+        """``avg_pool2d``'s arguments as it reads them: one value for both axes, an empty or None stride the
+        kernel size."""
+        def pair(x: Sequence[int] | int) -> tuple[int, int]:
+            x = (x,) if isinstance(x, int) else tuple(x)
+            return (int(x[0]), int(x[0])) if len(x) == 1 else (int(x[0]), int(x[1]))
+
+        kernel = pair(kernel_size)
+        step = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) else pair(stride)
+        return cls(kernel, step, pair(padding), bool(ceil_mode), bool(count_include_pad), divisor_override)
+
+
+class AvgPoolFunction(torch.autograd.Function):
+    """Epsilon rule through an average pooling in one fused kernel each way (``prims.avgpool_forward`` and
+    ``prims.avgpool_backward``), with :class:`LinearPoolFunction`'s maths and gradients.
+
+    ``R`` (B, M, C, Ho, Wo), ``a`` (B, C, H, W), ``z`` (B, C, Ho, Wo) the pool's output; ``windows`` an
+    :class:`AvgPoolWindows`, or None for adaptive pooling to (Ho, Wo). Forward: ``R_in = a * P^T (R / t)``.
+    Backward, given ``G``: ``V = P (G a)``; ``dR = V / t``, ``dz = -sum_M V s / t``, ``da = sum_M G c`` with
+    ``c = P^T s`` recomputed in the kernel rather than stored (no M-fold activation-sized tensor is saved).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, R: Tensor, a: Tensor, z: Tensor, windows: AvgPoolWindows | None, eps: float,
+                prims: TorchPrimitives) -> Tensor:
+        R_, a_, z_ = R.contiguous(), a.contiguous(), z.contiguous()
+        ctx.save_for_backward(R_, a_, z_)
+        ctx.windows, ctx.eps, ctx.prims = windows, eps, prims
+        return prims.avgpool_forward(R_, a_, z_, windows, eps)
+
+    @staticmethod
+    def backward(ctx: Any, G: Tensor) -> tuple[Tensor | None, ...]:
+        R, a, z = ctx.saved_tensors
+        need_da = ctx.needs_input_grad[1]
+        dR, dz, da = ctx.prims.avgpool_backward(G.contiguous(), R, a, z, ctx.windows, ctx.eps, need_da)
+        return dR, da if need_da else None, dz, None, None, None
+
+
+def _fused_avgpool(prims: TorchPrimitives) -> bool:
+    """Whether ``prims`` has the single-pass average-pooling kernels."""
+    return hasattr(prims, "avgpool_forward") and hasattr(prims, "avgpool_backward")
+
+
 def avgpool(R: Tensor, a: Tensor, z: Tensor, kernel_size: Sequence[int], stride: Sequence[int],
             padding: Sequence[int], ceil_mode: bool = False, count_include_pad: bool = True,
             divisor_override: int | None = None, eps: float = 1e-2, prims: TorchPrimitives | None = None) -> Tensor:
@@ -150,6 +211,9 @@ def avgpool(R: Tensor, a: Tensor, z: Tensor, kernel_size: Sequence[int], stride:
     if prims is None:
         return reference_avgpool(R, a, z, kernel_size, stride, padding, ceil_mode, count_include_pad,
                                  divisor_override, eps)
+    if _fused_avgpool(prims) and a.dim() == 4:
+        windows = AvgPoolWindows.of(kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+        return AvgPoolFunction.apply(R, a, z, windows, eps, prims)
     n = R.shape[0] * R.shape[1]
     args = (list(kernel_size), list(stride), list(padding), ceil_mode, count_include_pad, divisor_override)
     return LinearPoolFunction.apply(
@@ -162,6 +226,8 @@ def adaptive_avgpool(R: Tensor, a: Tensor, z: Tensor, eps: float = 1e-2,
     """Epsilon rule through ``adaptive_avg_pool2d``, on a backend's primitives or the reference."""
     if prims is None:
         return reference_adaptive_avgpool(R, a, z, eps)
+    if _fused_avgpool(prims) and a.dim() == 4:
+        return AvgPoolFunction.apply(R, a, z, None, eps, prims)
     n, out = R.shape[0] * R.shape[1], tuple(z.shape[-2:])
     return LinearPoolFunction.apply(
         R, a, z, lambda s: torch.ops.aten._adaptive_avg_pool2d_backward(s, _shape_like(a, n)),
@@ -173,6 +239,14 @@ def mean(R: Tensor, a: Tensor, z: Tensor, dims: Sequence[int], eps: float = 1e-2
     """Epsilon rule through a mean over ``dims``, on a backend's primitives or the reference."""
     if prims is None:
         return reference_mean(R, a, z, dims, eps)
+    B, M = R.shape[:2]
+    first = min(dims, default=0)
+    P, Q = math.prod(a.shape[1:first]), math.prod(a.shape[first:])
+    if _fused_avgpool(prims) and first >= 1 and sorted(dims) == list(range(first, a.dim())) and Q > 0:
+        # a mean over trailing axes: a global adaptive pool of a viewed as (B, P, 1, Q)
+        R_in = AvgPoolFunction.apply(R.reshape(B, M, P, 1, 1), a.reshape(B, P, 1, Q), z.reshape(B, P, 1, 1), None,
+                                     eps, prims)
+        return R_in.view(B, M, *a.shape[1:])
     keep = [1 if d in dims else size for d, size in enumerate(a.shape)][1:]
     count = math.prod(a.shape[d] for d in dims)
     shifted = list(dims)  # the axes of a (B, ...) tensor are those of the (B*M, ...) ones too

@@ -8,6 +8,9 @@ flash-attention criterion). Sizes are odd on purpose: N not a multiple of the ve
 element a kernel forgets to write shows as NaN. The numerics run on both kernel sets where the CPU has AVX2: the
 AVX2 build and the baseline one (``ISNET_KERNELS_CPU=default``).
 
+The average-pooling kernels (one pass each way) are checked against the autograd reference ops of
+``isnet_kernels.ops.pool`` (float64 1e-10, float32 1e-5 relative): values, and gradients with respect to R, a and z.
+
 The module is skipped only when the extension is not built; a built extension that fails to load fails here.
 """
 
@@ -24,7 +27,8 @@ if importlib.util.find_spec("isnet_kernels._C") is None:
     pytest.skip("the compiled extension isnet_kernels._C is not built (pip install --no-build-isolation -e . "
                 "with a C++ compiler)", allow_module_level=True)
 
-from isnet_kernels import cpp  # noqa: E402
+from isnet_kernels import cpp, ops  # noqa: E402
+from isnet_kernels.ops import pool  # noqa: E402
 from isnet_kernels.ops.primitives import TorchPrimitives  # noqa: E402
 
 TORCH = TorchPrimitives()
@@ -259,11 +263,243 @@ def test_threads_give_identical_results(kernels) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# average pooling: one fused kernel each way, against the reference ops of ops.pool
+# ----------------------------------------------------------------------------------------------------------------
+
+AVG_RTOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+# (B, M, C, H, W, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
+AVG_CASES = [
+    (2, 3, 4, 7, 9, 2, 2, 0, False, True, None),
+    (1, 1, 3, 7, 9, 2, 2, 1, True, False, None),  # ceil_mode: a last window partly outside
+    (2, 3, 2, 9, 7, 3, 1, 1, False, True, None),  # overlapping windows
+    (1, 5, 3, 9, 11, 3, 2, 1, True, True, None),
+    (2, 1, 2, 11, 8, 3, 3, 1, True, False, None),
+    (1, 3, 2, 8, 9, 3, 2, 0, False, True, 5),  # divisor_override
+    (2, 2, 3, 5, 7, 3, 3, 0, True, False, 2),
+    (1, 2, 2, 9, 6, (3, 2), (2, 1), (1, 0), False, False, None),  # different along H and W
+    (1, 2, 2, 31, 37, 3, 1, 1, False, False, None),  # rows longer than a vector
+]
+# (B, M, C, H, W, output size): windows that do not divide the input, global pooling, more outputs than inputs
+ADAPTIVE_CASES = [
+    (2, 3, 4, 7, 7, (3, 3)),
+    (1, 1, 3, 5, 5, (2, 2)),
+    (2, 2, 2, 7, 5, (3, 2)),
+    (1, 3, 4, 7, 7, (1, 1)),
+    (2, 1, 2, 9, 4, (4, 3)),
+    (1, 2, 2, 3, 4, (5, 7)),
+]
+
+
+def _avg_case_id(case: tuple) -> str:
+    return "-".join(str(x).replace(" ", "") for x in case)
+
+
+def _avg_inputs(B: int, M: int, C: int, H: int, W: int, pool_fn: Callable, dtype: torch.dtype,
+                margin: float = 0.0) -> list[torch.Tensor]:
+    """R, a, z (the pool of a, in a's dtype, with an exact zero) and G for one pooling."""
+    a = torch.randn(B, C, H, W, dtype=torch.float64)
+    z = pool_fn(a)
+    z = z + margin * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+    z.view(-1)[::7] = 0.0  # stab(0) = +eps
+    R = torch.randn(B, M, *z.shape[1:], dtype=torch.float64)
+    G = torch.randn(B, M, C, H, W, dtype=torch.float64)
+    return [x.to(dtype) for x in (R, a, z, G)]
+
+
+def _avg_reference(R, a, z, G, ref: Callable) -> tuple[torch.Tensor, ...]:
+    """R_in = ref(R, a, z) and, for the incoming gradient G, its gradients with respect to R, z and a."""
+    R, a, z = (x.detach().clone().requires_grad_() for x in (R, a, z))
+    out = ref(R, a, z)
+    dR, dz, da = torch.autograd.grad(out, (R, z, a), G)
+    return out.detach(), dR, dz, da
+
+
+def _assert_avg_matches(outs: tuple, R, a, z, G, ref: Callable, dtype: torch.dtype, what: str) -> None:
+    """The kernels' (R_in, dR, dz, da) against the reference's: relative tolerance in float64 and float32; in half
+    precision at most twice the reference's own error at that precision, both against float64."""
+    names = ("R_in", "dR", "dz", "da")
+    for name, o in zip(names, outs, strict=True):
+        assert o.dtype == dtype and o.is_contiguous(), f"{what} {name}: {o.dtype}, contiguous {o.is_contiguous()}"
+        assert not o.isnan().any(), f"{what} {name}: NaN in the output (an element left unwritten?)"
+    if dtype in AVG_RTOL:
+        for name, o, r in zip(names, outs, _avg_reference(R, a, z, G, ref), strict=True):
+            scale = max(r.abs().max().item(), 1e-300)
+            torch.testing.assert_close(o, r, rtol=AVG_RTOL[dtype], atol=AVG_RTOL[dtype] * scale,
+                                       msg=lambda m, n=name: f"{what} {n} ({dtype}): {m}")
+        return
+    refs64 = _avg_reference(R.double(), a.double(), z.double(), G.double(), ref)
+    refs_low = _avg_reference(R, a, z, G, ref)
+    for name, o, r64, rlow in zip(names, outs, refs64, refs_low, strict=True):
+        err = (o.double() - r64).abs().max().item()
+        torch_err = (rlow.double() - r64).abs().max().item()
+        assert err <= 2 * torch_err + 1e-6 * r64.abs().max().item(), (
+            f"{what} {name} ({dtype}): max error {err:.3g} against float64, the reference's own {torch_err:.3g}")
+
+
+def _avg_op_outputs(R, a, z, G, windows: tuple | None, eps: float, compute_da: bool = True) -> tuple:
+    if windows is None:
+        out = torch.ops.isnet_kernels.adaptive_avgpool_forward(R, a, z, eps)
+        return (out, *torch.ops.isnet_kernels.adaptive_avgpool_backward(G, R, a, z, eps, compute_da))
+    out = torch.ops.isnet_kernels.avgpool_forward(R, a, z, *windows, eps)
+    return (out, *torch.ops.isnet_kernels.avgpool_backward(G, R, a, z, *windows, eps, compute_da))
+
+
+def _pair(x: int | tuple[int, int]) -> list[int]:
+    return [x, x] if isinstance(x, int) else list(x)
+
+
+def _avg_windows(case: tuple) -> tuple:
+    k, s, p, ceil_mode, count_include_pad, divisor = case[5:]
+    return (_pair(k), _pair(s), _pair(p), ceil_mode, count_include_pad, divisor)
+
+
+def _avg_ref(windows: tuple, eps: float) -> Callable:
+    return lambda R, a, z: pool.reference_avgpool(R, a, z, *windows, eps=eps)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", AVG_CASES, ids=_avg_case_id)
+def test_avgpool(kernels, isa, case: tuple, dtype: torch.dtype) -> None:
+    windows, eps = _avg_windows(case), _eps(dtype)
+    R, a, z, G = _avg_inputs(*case[:5], lambda x: F.avg_pool2d(x, *windows), dtype)
+    _assert_avg_matches(_avg_op_outputs(R, a, z, G, windows, eps), R, a, z, G, _avg_ref(windows, eps), dtype,
+                        f"avgpool {case}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", ADAPTIVE_CASES, ids=_avg_case_id)
+def test_adaptive_avgpool(kernels, isa, case: tuple, dtype: torch.dtype) -> None:
+    eps = _eps(dtype)
+    R, a, z, G = _avg_inputs(*case[:5], lambda x: F.adaptive_avg_pool2d(x, case[5]), dtype)
+    _assert_avg_matches(_avg_op_outputs(R, a, z, G, None, eps), R, a, z, G,
+                        lambda R, a, z: pool.reference_adaptive_avgpool(R, a, z, eps), dtype, f"adaptive {case}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_avgpool_all_options(kernels, dtype: torch.dtype) -> None:
+    """Every combination of kernel 2 and 3, stride 1 to 3, padding 0 and 1, ceil_mode, count_include_pad and
+    divisor_override on odd and even planes, B = 1 and M = 3."""
+    eps = 0.1
+    for H, W in [(7, 9), (6, 5)]:
+        for k in (2, 3):
+            for stride in (1, 2, 3):
+                for padding in (0, 1):
+                    for ceil_mode in (False, True):
+                        for count_include_pad in (False, True):
+                            for divisor in (None, 3):
+                                windows = ([k, k], [stride, stride], [padding, padding], ceil_mode,
+                                           count_include_pad, divisor)
+                                R, a, z, G = _avg_inputs(1, 3, 2, H, W, lambda x, w=windows: F.avg_pool2d(x, *w),
+                                                         dtype)
+                                _assert_avg_matches(_avg_op_outputs(R, a, z, G, windows, eps), R, a, z, G,
+                                                    _avg_ref(windows, eps), dtype, f"avgpool {(H, W, *windows)}")
+
+
+def test_avgpool_without_da(kernels) -> None:
+    """compute_da=False: dR and dz as with it, and an empty da."""
+    windows = ([3, 3], [2, 2], [1, 1], True, False, None)
+    R, a, z, G = _avg_inputs(2, 3, 2, 9, 7, lambda x: F.avg_pool2d(x, *windows), torch.float64)
+    full = _avg_op_outputs(R, a, z, G, windows, 0.1)
+    part = _avg_op_outputs(R, a, z, G, windows, 0.1, compute_da=False)
+    torch.testing.assert_close(part[:3], full[:3], rtol=0, atol=0)
+    assert part[3].shape == (0,)
+    R, a, z, G = _avg_inputs(2, 3, 2, 9, 7, lambda x: F.adaptive_avg_pool2d(x, (4, 3)), torch.float64)
+    full = _avg_op_outputs(R, a, z, G, None, 0.1)
+    part = _avg_op_outputs(R, a, z, G, None, 0.1, compute_da=False)
+    torch.testing.assert_close(part[:3], full[:3], rtol=0, atol=0)
+    assert part[3].shape == (0,)
+
+
+def test_avgpool_no_maps(kernels) -> None:
+    """M = 0: no relevance, and dz, da zero (sums over no maps)."""
+    windows = ([2, 2], [2, 2], [0, 0], False, True, None)
+    R, a, z, G = _avg_inputs(2, 0, 3, 6, 6, lambda x: F.avg_pool2d(x, *windows), torch.float32)
+    out, dR, dz, da = _avg_op_outputs(R, a, z, G, windows, 0.1)
+    assert out.shape == (2, 0, 3, 6, 6) and dR.shape == (2, 0, 3, 3, 3)
+    assert (dz == 0).all() and (da == 0).all()
+
+
+def test_avgpool_threads_give_identical_results(kernels) -> None:
+    """Many planes over two threads: the same bits as one thread (no sum crosses a task)."""
+    windows = ([3, 3], [2, 2], [1, 1], False, True, None)
+    cases = [(windows, _avg_inputs(3, 2, 64, 17, 15, lambda x: F.avg_pool2d(x, *windows), torch.float32)),
+             (None, _avg_inputs(3, 2, 64, 7, 7, lambda x: F.adaptive_avg_pool2d(x, 1), torch.float32))]
+    runs = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            runs.append([o for w, inputs in cases for o in _avg_op_outputs(*inputs, w, 0.01)])
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*runs, strict=True):
+        assert torch.equal(one, two)
+
+
+# The autograd Function on the cpp kernels: ops.avgpool / adaptive_avgpool / mean with CppPrimitives.
+
+POOL_FUNCTIONS = {
+    "avg": (lambda a: F.avg_pool2d(a, 3, 2, 1),
+            lambda R, a, z, p: ops.avgpool(R, a, z, (3, 3), (2, 2), (1, 1), eps=0.1, prims=p)),
+    "avg_ceil_nopad_divisor": (
+        lambda a: F.avg_pool2d(a, 2, 2, 1, True, False, 3),
+        lambda R, a, z, p: ops.avgpool(R, a, z, (2,), (), (1,), True, False, 3, eps=0.1, prims=p)),
+    "adaptive": (lambda a: F.adaptive_avg_pool2d(a, (3, 2)),
+                 lambda R, a, z, p: ops.adaptive_avgpool(R, a, z, eps=0.1, prims=p)),
+    "global": (lambda a: F.adaptive_avg_pool2d(a, 1), lambda R, a, z, p: ops.adaptive_avgpool(R, a, z, 0.1, p)),
+    "mean": (lambda a: a.mean((2, 3)), lambda R, a, z, p: ops.mean(R, a, z, (2, 3), 0.1, p)),
+    "mean_keepdim": (lambda a: a.mean((2, 3), keepdim=True), lambda R, a, z, p: ops.mean(R, a, z, (3, 2), 0.1, p)),
+    "mean_channels": (lambda a: a.mean((1, 2, 3)), lambda R, a, z, p: ops.mean(R, a, z, (1, 2, 3), 0.1, p)),
+    "mean_height": (lambda a: a.mean(2), lambda R, a, z, p: ops.mean(R, a, z, (2,), 0.1, p)),  # not fused
+}
+
+
+@pytest.mark.parametrize("name", list(POOL_FUNCTIONS))
+def test_pool_function_gradcheck(kernels, name: str) -> None:
+    """The cpp-backed Function: values of the reference, gradcheck of its backward (float64), the fused path used
+    where it applies, and no gradient for an input that does not need one."""
+    pool_fn, fn = POOL_FUNCTIONS[name]
+    a = torch.rand(2, 3, 7, 5, dtype=torch.float64) + 0.1
+    z = pool_fn(a)
+    z = z + 0.3 * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+    R = torch.randn(2, 2, *z.shape[1:], dtype=torch.float64)
+    torch.testing.assert_close(fn(R, a, z, kernels), fn(R, a, z, None), rtol=1e-10, atol=1e-12)
+    inputs = [t.clone().requires_grad_() for t in (R, a, z)]
+    expected = "LinearPoolFunctionBackward" if name == "mean_height" else "AvgPoolFunctionBackward"
+    assert expected in _graph_nodes(fn(*inputs, kernels))
+    assert torch.autograd.gradcheck(lambda R, a, z: fn(R, a, z, kernels), inputs)
+    frozen = [inputs[0], inputs[1].detach(), inputs[2]]
+    grads = torch.autograd.grad(fn(*frozen, kernels).sum(), [frozen[0], frozen[2]])
+    ref = torch.autograd.grad(fn(*frozen, None).sum(), [frozen[0], frozen[2]])
+    torch.testing.assert_close(grads, ref, rtol=1e-10, atol=1e-12)
+
+
+def _graph_nodes(out: torch.Tensor) -> set[str]:
+    """The names of the autograd nodes behind ``out``."""
+    names, todo = set(), [out.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and type(node).__name__ not in names:
+            names.add(type(node).__name__)
+            todo.extend(next_fn for next_fn, _ in node.next_functions)
+    return names
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # registration: schemas, fake kernels, torch.compile
 # ----------------------------------------------------------------------------------------------------------------
 
 
 def _opcheck_inputs(name: str, dtype: torch.dtype) -> list:
+    if "avgpool" in name:
+        windows = ([3, 3], [2, 2], [1, 1], True, False, None)
+        adaptive = name.startswith("adaptive")
+        pool_fn = (lambda x: F.adaptive_avg_pool2d(x, (3, 2))) if adaptive else (lambda x: F.avg_pool2d(x, *windows))
+        R, a, z, G = _avg_inputs(2, 3, 2, 7, 5, pool_fn, dtype)
+        args = [] if adaptive else list(windows)
+        if name.endswith("forward"):
+            return [R, a, z, *args, 0.1]
+        return [G, R, a, z, *args, 0.1, True]
     if name.startswith("maxpool"):
         (R, z, indices), length = _pool_inputs(2, 3, 2, 7, 5, dtype)
         if name == "maxpool_forward":
@@ -326,6 +562,23 @@ def test_maxpool_errors(kernels) -> None:
         kernels.maxpool_backward(torch.randn(1, 2, 3, length), R, z[:, :2], indices[:, :2], 0.1)
     with pytest.raises(RuntimeError, match=r"maxpool_backward: G must have shape \(B, M, C, length\)"):
         kernels.maxpool_backward(torch.randn(1, 1, 3, length), R, z, indices, 0.1)
+
+
+def test_avgpool_errors(kernels) -> None:
+    windows = ([3, 3], [2, 2], [1, 1], False, True, None)
+    R, a, z, G = _avg_inputs(1, 2, 3, 8, 8, lambda x: F.avg_pool2d(x, *windows), torch.float32)
+    with pytest.raises(RuntimeError, match=r"avgpool_forward: z must have avg_pool2d's output size \[5, 5\]"):
+        torch.ops.isnet_kernels.avgpool_forward(R, a, z, [3, 3], [2, 2], [1, 1], True, True, None, 0.1)
+    with pytest.raises(RuntimeError, match="avgpool_forward: expected kernel_size > 0, stride > 0 and 0 <= padding"):
+        torch.ops.isnet_kernels.avgpool_forward(R, a, z, [3, 3], [2, 2], [2, 2], False, True, None, 0.1)
+    with pytest.raises(RuntimeError, match="avgpool_forward: divisor_override must be non-zero"):
+        torch.ops.isnet_kernels.avgpool_forward(R, a, z, *windows[:5], 0, 0.1)
+    with pytest.raises(RuntimeError, match=r"avgpool_backward: G must have shape \(B, M, C, H, W\)"):
+        torch.ops.isnet_kernels.avgpool_backward(G[:, :1], R, a, z, *windows, 0.1, True)
+    with pytest.raises(RuntimeError, match=r"adaptive_avgpool_forward: z must have shape \(B, C, Ho, Wo\)"):
+        torch.ops.isnet_kernels.adaptive_avgpool_forward(R, a, z[:, :2], 0.1)
+    with pytest.raises(RuntimeError, match="adaptive_avgpool_forward: a must have dtype Float"):
+        torch.ops.isnet_kernels.adaptive_avgpool_forward(R, a.double(), z, 0.1)
 
 
 def test_unavailable_reason_says_how_to_build(monkeypatch: pytest.MonkeyPatch) -> None:
