@@ -1,0 +1,31 @@
+"""Training product: the trainer (checkpoints, exact resume, Ctrl-C, DDP), metrics, evaluation of runs.
+
+Public API
+----------
+TrainConfig(data, out, arch, variant, epochs, batch_size, lr, momentum, clip, weight_decay, P, d, E, A, B, C1, C2,
+    foreground, d_loss, nonfinite, eps, first_layer, deep_supervision, select, tune_cut, seed, num_workers, size,
+    channels, train_split, val_split, device, backend, progress, model_kwargs)
+Trainer(config, *, model=None, resume=False, callbacks=()).fit() -> TrainResult
+train(config, *, model=None, resume=False, callbacks=()) -> TrainResult
+evaluate(model, loader, *, device, eps, first_layer, bounds, backend) -> Meter of loss, accuracy, background_fraction
+evaluate_run(run_dir, data=None, splits=None, *, which="best") -> dict, writes RUN_DIR/eval.json and eval.md
+load_run(run_dir, which="best") -> Run (model, config, checkpoint, classes, in_channels)
+explain_image(run_dir, image, out, *, mask=None, target=None) -> figure of the image with its heatmap
+background_fraction(heatmaps, masks) -> (B,) share of |relevance| outside the masks
+save_checkpoint(state, path), load_checkpoint(path), find_checkpoint(run_dir, which)
+TrainError
+"""
+
+from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from .config import RESUMABLE_FIELDS, TRAIN_VARIANTS, TrainConfig
+from .errors import TrainError
+from .evaluate import Run, evaluate, evaluate_run, load_run, markdown_table
+from .figure import explain_image
+from .metrics import COLUMNS, Meter, background_fraction, write_metrics
+from .sampling import EpochSampler
+from .trainer import Trainer, TrainResult, train
+
+__all__ = ["COLUMNS", "RESUMABLE_FIELDS", "TRAIN_VARIANTS", "EpochSampler", "Meter", "Run", "TrainConfig",
+           "TrainError", "TrainResult", "Trainer", "background_fraction", "evaluate", "evaluate_run",
+           "explain_image", "find_checkpoint", "load_checkpoint", "load_run", "markdown_table", "save_checkpoint",
+           "train", "write_metrics"]

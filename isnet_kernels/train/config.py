@@ -1,0 +1,181 @@
+"""Everything a training run is configured by, as one dataclass that a run directory and its checkpoints keep.
+
+Defaults follow ISNET.md §4 (the reference code's ResNet/MNIST scripts): SGD with learning rate 1e-2, momentum
+0.9, gradient-norm clip 1; heatmap loss P = 0.7, d = 0.9, E = 1, A = 1, B = 3, C1 = 1, C2 = 25, the hybrid
+foreground term; LRP eps = 1e-2 with Z^B on the first layer.
+
+``batch_size`` is the GLOBAL batch: under ``torchrun`` with W processes each process takes ``batch_size / W``
+images per step (it must divide), so a run gives the same optimisation steps whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..dispatch import BACKENDS
+from ..isnet.loss import FOREGROUND_RULES, NONFINITE_POLICIES
+from ..isnet.wrapper import SELECTIONS
+from ..models import ARCHITECTURES
+from .errors import TrainError
+
+#: ``"none"`` trains the plain classifier with cross-entropy; the others are :class:`~isnet_kernels.ISNet` variants.
+TRAIN_VARIANTS = ("none", "original", "selective", "stochastic", "dual")
+DEVICES = ("auto", "cpu", "cuda")
+
+#: Fields a resumed run may change: they do not alter what is computed (``epochs`` only extends the run).
+RESUMABLE_FIELDS = ("epochs", "device", "num_workers", "progress", "backend", "data")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (module docstring for the defaults and the batch size semantics).
+
+    Parameters
+    ----------
+    data : the data set folder (``ROOT/images/<split>/<class>/*.png`` with masks, see :mod:`isnet_kernels.data`).
+    out : the run directory: ``config.json``, ``metrics.csv``, ``metrics.json``, ``last.pt``, ``best.pt``.
+    arch : a name of :data:`isnet_kernels.models.ARCHITECTURES`; ``model_kwargs`` go to its constructor
+        (e.g. ``{"width": 8}``).
+    variant : ``"none"`` (plain classifier, cross-entropy only) or an ISNet variant: ``"original"``,
+        ``"selective"``, ``"stochastic"``, ``"dual"``.
+    epochs, batch_size : epochs to train in all, and the global batch (module docstring).
+    lr, momentum, clip, weight_decay : SGD; ``clip`` is the gradient-norm clip (``None`` or 0: no clipping).
+    P, d, E, A, B, C1, C2, foreground, d_loss, nonfinite : the :class:`~isnet_kernels.ISNetLoss` parameters
+        (C1/C2 a number, or per level as :func:`~isnet_kernels.tune_cut` returns them).
+    eps, first_layer, deep_supervision, select : the :class:`~isnet_kernels.ISNet` (and evaluation heatmap)
+        settings; ``deep_supervision`` is False, True or a list of module names.
+    tune_cut : epochs of :func:`~isnet_kernels.tune_cut` run before training to choose C1/C2 (0: use C1/C2).
+    seed : seeds the model's initialisation, the data order and every random draw.
+    num_workers : DataLoader worker processes.
+    size : resize images and masks to ``size`` x ``size`` when loading (None: keep their size).
+    channels : convert images to 1 or 3 channels (None: as stored).
+    train_split, val_split : split folder names; ``val_split=""`` trains without validation (no ``best.pt``).
+    device : ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``; ``backend`` the relevance backend.
+    progress : tqdm bars.
+    """
+
+    data: str = ""
+    out: str = ""
+    arch: str = "small"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    variant: str = "selective"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-2
+    momentum: float = 0.9
+    clip: float | None = 1.0
+    weight_decay: float = 0.0
+    P: float = 0.7
+    d: float = 0.9
+    E: float = 1.0
+    A: float = 1.0
+    B: float = 3.0
+    C1: float | dict[str, Any] = 1.0
+    C2: float | dict[str, Any] = 25.0
+    foreground: str = "hybrid"
+    d_loss: float = 1.0
+    nonfinite: str = "raise"
+    eps: float = 1e-2
+    first_layer: str = "zb"
+    deep_supervision: bool | list[str] = False
+    select: str = "lowest"
+    tune_cut: int = 0
+    seed: int = 0
+    num_workers: int = 0
+    size: int | None = None
+    channels: int | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    device: str = "auto"
+    backend: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field; a :class:`TrainError` names the first bad one and the valid values."""
+
+        def bad(name: str, expected: str) -> TrainError:
+            return TrainError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+
+        if self.arch not in ARCHITECTURES:
+            raise TrainError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+        if self.variant not in TRAIN_VARIANTS:
+            raise TrainError(f"unknown variant {self.variant!r}; choose one of {', '.join(TRAIN_VARIANTS)}")
+        if not isinstance(self.model_kwargs, dict):
+            raise bad("model_kwargs", "a dict of constructor arguments")
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "epochs" else 1):
+                raise bad(name, "a positive int" if name == "batch_size" else "an int >= 0")
+        for name in ("tune_cut", "num_workers", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise bad(name, "an int >= 0")
+        for name in ("lr", "momentum", "weight_decay", "E", "A", "B", "eps"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise bad(name, "a finite number >= 0")
+        if not self.lr > 0:
+            raise bad("lr", "positive")
+        if not self.E > 0:
+            raise bad("E", "positive")
+        if self.clip is not None and (not isinstance(self.clip, (int, float)) or not self.clip >= 0):
+            raise bad("clip", "a number >= 0 (0 or None: no clipping)")
+        for name in ("P", "d", "d_loss"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise bad(name, "a number in [0, 1]")
+        for name in ("C1", "C2"):
+            value = getattr(self, name)
+            if not isinstance(value, dict) and (not isinstance(value, (int, float)) or not value > 0):
+                raise bad(name, "a positive number (or a dict per level, as tune_cut returns)")
+        if self.foreground not in FOREGROUND_RULES:
+            raise bad("foreground", f"one of {FOREGROUND_RULES}")
+        if self.nonfinite not in NONFINITE_POLICIES:
+            raise bad("nonfinite", f"one of {NONFINITE_POLICIES}")
+        if self.first_layer not in ("zb", "epsilon"):
+            raise bad("first_layer", "'zb' or 'epsilon'")
+        if self.select not in SELECTIONS:
+            raise bad("select", f"one of {SELECTIONS}")
+        if not isinstance(self.deep_supervision, (bool, list)):
+            raise bad("deep_supervision", "True, False or a list of module names")
+        if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1):
+            raise bad("size", "None or a positive int")
+        if self.channels not in (None, 1, 3):
+            raise bad("channels", "None, 1 or 3")
+        if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
+            raise bad("device", f"one of {DEVICES} or 'cuda:N'")
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise bad("backend", f"None or one of {BACKENDS}")
+        if not self.train_split:
+            raise bad("train_split", "a split folder name")
+        if self.variant == "none" and self.tune_cut:
+            raise TrainError("tune_cut chooses C1/C2 of the heatmap loss, which variant 'none' does not use; drop "
+                             "--tune-cut or pick an ISNet variant")
+
+    @property
+    def is_isnet(self) -> bool:
+        """Whether the heatmap loss is trained (every variant but ``"none"``)."""
+        return self.variant != "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (kept in ``config.json`` and in checkpoints)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """The inverse of :meth:`to_dict`; unknown keys are an error naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise TrainError(f"unknown configuration keys {unknown}; valid keys are {sorted(known)}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,144 @@
+"""Evaluating a classifier or a trained run: accuracy, cross-entropy and the background-relevance fraction.
+
+The heatmap behind the background-relevance fraction is the same for every variant, the plain classifier
+included, so that runs compare: the LRP heatmap of each image's predicted class (argmax logit), logit output rule,
+epsilon in the hidden layers and the run's first-layer rule and eps, the model in eval mode, computed by
+:func:`isnet_kernels.explain` without recording a graph (see :mod:`.metrics`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import splits as list_splits
+from ..lrp import explain
+from ..models import build_model
+from .checkpoint import find_checkpoint, load_checkpoint
+from .config import TrainConfig
+from .data import check_classes, open_split
+from .errors import TrainError
+from .metrics import Meter, background_fraction, correct
+
+EVAL_METRICS = ("loss", "accuracy", "background_fraction")
+
+
+def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str = "cpu", eps: float = 1e-2,
+             first_layer: str = "zb", bounds: tuple[float, float] = (0.0, 1.0), backend: str | None = None,
+             heatmaps: bool = True, progress: bool = False, desc: str = "eval") -> Meter:
+    """Sums of cross-entropy, correct predictions and background fractions over ``loader`` (module docstring).
+
+    ``loader`` yields ``(images, masks, labels)``. Returns a :class:`~.metrics.Meter` over :data:`EVAL_METRICS`
+    (call ``.all_reduce()`` to add other processes' shares, then ``.means()``). The model is evaluated in eval
+    mode and left in the mode it had.
+    """
+    from tqdm.auto import tqdm
+
+    meter = Meter(EVAL_METRICS, device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for images, masks, labels in tqdm(loader, desc=desc, disable=not progress, leave=False):
+                x, y = images.to(device), labels.to(device)
+                logits = model(x)
+                n = y.shape[0]
+                meter.add_sum("loss", F.cross_entropy(logits, y, reduction="sum"), n)
+                meter.add_sum("accuracy", correct(logits, y), n)
+                if heatmaps:
+                    heat = explain(model, x, None, eps=eps, first_layer=first_layer, bounds=bounds, backend=backend)
+                    meter.add_sum("background_fraction", background_fraction(heat, masks.to(device)).sum(), n)
+    finally:
+        model.train(was_training)
+    return meter
+
+
+@dataclass
+class Run:
+    """A trained run loaded from its directory: the model (eval mode) and what it was trained with."""
+
+    model: nn.Module
+    config: TrainConfig
+    checkpoint: dict[str, Any]
+    path: Path
+    classes: list[str]
+    in_channels: int
+
+    @property
+    def epoch(self) -> int:
+        return int(self.checkpoint["epoch"])
+
+
+def load_run(run_dir: str | os.PathLike[str], which: str = "best", device: torch.device | str = "cpu") -> Run:
+    """Rebuild the model of a run directory from its checkpoint (``"best"``: ``best.pt`` if present, else
+    ``last.pt``; ``"last"``; or a file name in the run directory), in eval mode on ``device``."""
+    path = find_checkpoint(run_dir, which)
+    state = load_checkpoint(path, map_location="cpu")
+    config = TrainConfig.from_dict(state["config"])
+    classes, in_channels = list(state["classes"]), int(state["in_channels"])
+    if state.get("custom_model"):
+        raise TrainError(f"{path} holds a model that was passed to the trainer as an object (not built from an "
+                         "architecture name), so it cannot be rebuilt from the checkpoint; build the model yourself "
+                         "and load_state_dict(checkpoint['model'])")
+    model = build_model(config.arch, len(classes), in_channels, **config.model_kwargs)
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return Run(model, config, state, path, classes, in_channels)
+
+
+def default_eval_splits(root: str | os.PathLike[str]) -> list[str]:
+    """Every split whose name starts with ``test_`` (or is ``test``)."""
+    names = [s for s in list_splits(root) if s.startswith("test_") or s == "test"]
+    if not names:
+        raise TrainError(f"data set {root} has no test split (no images/test_* folder; its splits: "
+                         f"{list_splits(root)}); name the splits to evaluate with --splits")
+    return names
+
+
+def markdown_table(results: dict[str, dict[str, float]]) -> str:
+    """One row per split: images, accuracy, background-relevance fraction, cross-entropy."""
+    lines = ["| split | images | accuracy | background relevance | cross-entropy |", "|---|---:|---:|---:|---:|"]
+    for split, r in results.items():
+        lines.append(f"| {split} | {r['images']} | {100 * r['accuracy']:.2f}% | {100 * r['background_fraction']:.2f}% "
+                     f"| {r['loss']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[str] | None = None,
+                 splits: Sequence[str] | None = None, *, which: str = "best", batch_size: int | None = None,
+                 device: str = "cpu", progress: bool = False, write: bool = True) -> dict[str, Any]:
+    """Accuracy, background-relevance fraction and cross-entropy of a run's model on each split.
+
+    ``data`` defaults to the run's training data, ``splits`` to every ``test_*`` split. With ``write``, the result
+    goes to ``RUN_DIR/eval.json`` and the table (:func:`markdown_table`) to ``RUN_DIR/eval.md``. Returns
+    ``{"run", "checkpoint", "epoch", "variant", "arch", "data", "heatmap", "splits": {split: {images, accuracy,
+    background_fraction, loss}}}``.
+    """
+    run = load_run(run_dir, which, device)
+    cfg = run.config
+    root = str(data) if data else cfg.data
+    names = list(splits) if splits else default_eval_splits(root)
+    results: dict[str, dict[str, float]] = {}
+    for split in names:
+        dataset = open_split(root, split, size=cfg.size, channels=run.in_channels, flag="--splits")
+        check_classes(run.classes, dataset.classes, f"split {split!r} of {root}")
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or cfg.batch_size, shuffle=False)
+        meter = evaluate(run.model, loader, device=device, eps=cfg.eps, first_layer=cfg.first_layer,
+                         backend=cfg.backend, progress=progress, desc=split)
+        results[split] = {"images": len(dataset), **meter.means()}
+    out = {"run": str(Path(run_dir)), "checkpoint": run.path.name, "epoch": run.epoch, "variant": cfg.variant,
+           "arch": cfg.arch, "data": root,
+           "heatmap": "LRP of the predicted class: logit rule, epsilon, first layer " + cfg.first_layer,
+           "splits": results}
+    if write:
+        Path(run_dir, "eval.json").write_text(json.dumps(out, indent=2) + "\n")
+        Path(run_dir, "eval.md").write_text(markdown_table(results))
+    return out

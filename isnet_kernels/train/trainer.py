@@ -1,0 +1,428 @@
+"""The training loop: SGD with momentum and gradient-norm clipping, per-epoch metrics, checkpoints, exact resume,
+Ctrl-C, and DistributedDataParallel under ``torchrun``.
+
+Per epoch, the run directory gets a row in ``metrics.csv`` / ``metrics.json`` (:data:`~.metrics.COLUMNS`: the
+training loss parts and accuracy, running means over the epoch's batches in train mode; the validation
+cross-entropy, accuracy and background-relevance fraction, see :mod:`.evaluate`), ``last.pt`` and, when the
+validation accuracy is the best so far, ``best.pt`` (:mod:`.checkpoint`).
+
+Exact resume: a checkpoint describes a batch boundary (epochs and batches done, the model, the optimizer, every
+RNG state, the metric sums of a partial epoch), and the data order is a function of (seed, epoch)
+(:mod:`.sampling`), so a resumed run takes the same steps as one that was never stopped: on CPU its parameters
+equal the uninterrupted run's bit for bit, whether it stopped at an epoch's end or in its middle.
+
+Ctrl-C: the first SIGINT asks the loop to stop at the next batch boundary; the run then saves ``last.pt``, says
+how to continue and returns (``TrainResult.interrupted``). A second Ctrl-C stops at once (a KeyboardInterrupt
+raised anywhere is handled the same way: the checkpoint then holds the last completed step).
+
+Distributed (``WORLD_SIZE`` > 1, :mod:`.distributed`): the :class:`~isnet_kernels.ISNet` itself, whose forward
+runs the classifier and its relevance pass, is wrapped in ``DistributedDataParallel``, so the gradients of the
+heatmap loss are all-reduced like those of the cross-entropy. ``batch_size`` is global: each of the W processes
+takes ``batch_size / W`` images of the global batch; gradients are averaged, so with equal shares a step equals
+one process's step on the global batch, up to floating-point summation order, for models without BatchNorm in
+train mode: BatchNorm normalises each process's share with that share's statistics (the relevance pass folds the
+statistics its own forward computed; SyncBatchNorm is not synchronised there), so BatchNorm models train
+correctly but not identically to one process. Only rank 0 writes files; metric sums are added over processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..isnet import ISNet, ISNetLoss, tune_cut
+from ..models import build_model
+from .checkpoint import BEST, FORMAT, LAST, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .config import RESUMABLE_FIELDS, TrainConfig
+from .data import check_classes, open_split
+from .distributed import Context, setup
+from .errors import TrainError
+from .evaluate import evaluate
+from .metrics import LOSS_PARTS, Meter, correct, write_metrics
+
+TRAIN_METRICS = (*LOSS_PARTS, "accuracy")
+#: Batches between two updates of the progress bar's loss (each one host synchronisation).
+POSTFIX_EVERY = 10
+
+Callback = Callable[["Trainer", int, int], None]
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` returns."""
+
+    run_dir: Path
+    epochs_done: int
+    step: int
+    interrupted: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val_accuracy: float | None = None
+    C1: Any = None
+    C2: Any = None
+
+
+class _StopRequested(KeyboardInterrupt):
+    """Raised at a batch boundary after Ctrl-C asked the run to stop."""
+
+
+class Trainer:
+    """Train a classifier, plain (``variant="none"``) or as an ISNet, into ``config.out`` (module docstring).
+
+    Parameters
+    ----------
+    config : the run's :class:`~.config.TrainConfig`.
+    model : a classifier to train instead of ``build_model(config.arch, ...)`` (the checkpoints then record that
+        the model cannot be rebuilt from its name; ``isnet eval`` needs an architecture name).
+    resume : continue the run in ``config.out`` from its ``last.pt``. ``config`` may differ from the saved one
+        only in :data:`~.config.RESUMABLE_FIELDS` (``epochs`` extends the run).
+    callbacks : functions ``callback(trainer, epoch, step)`` called after every training step (epoch from 0,
+        ``step`` the batches done in that epoch).
+    log : where progress messages go (rank 0 only); ``print`` by default.
+
+    ``Trainer(config).fit()`` returns a :class:`TrainResult`.
+    """
+
+    def __init__(self, config: TrainConfig, *, model: nn.Module | None = None, resume: bool = False,
+                 callbacks: Sequence[Callback] = (), log: Callable[[str], None] | None = None):
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        config.validate()
+        if not config.out:
+            raise TrainError("no run directory given; pass --out RUN_DIR (created if needed)")
+        self.config = config
+        self.custom_model = model
+        self.resume = resume
+        self.callbacks = list(callbacks)
+        self._log = log or print
+        self.run_dir = Path(config.out)
+        self._stop = False
+        self.epoch = 0
+        self.step = 0
+
+    # --- public -------------------------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        """Run (or continue) the training; returns when done, or after saving a checkpoint on Ctrl-C."""
+        self.ctx = setup(self.config.device)
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            self._prepare()
+            interrupted = False
+            try:
+                self._train()
+            except KeyboardInterrupt as exc:
+                interrupted = True
+                self._save_interrupted(coordinated=isinstance(exc, _StopRequested))
+            return TrainResult(self.run_dir, self.epoch, self.step, interrupted, list(self.history), self.best,
+                               self.config.C1, self.config.C2)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+            self.ctx.close()
+
+    def info(self, message: str) -> None:
+        """A message from rank 0."""
+        if self.ctx.is_main:
+            self._log(message)
+
+    # --- set-up -------------------------------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        cfg, ctx = self.config, self.ctx
+        state = self._check_run_dir()
+        if state is not None:
+            cfg = self.config = self._resumed_config(state)
+        if cfg.batch_size % ctx.world_size:
+            raise TrainError(f"--batch-size {cfg.batch_size} is the global batch and must be divisible by the "
+                             f"{ctx.world_size} processes; pass a multiple of {ctx.world_size}")
+        self.local_batch = cfg.batch_size // ctx.world_size
+        _seed_everything(cfg.seed)
+
+        self.train_set = open_split(cfg.data, cfg.train_split, size=cfg.size, channels=cfg.channels,
+                                    flag="--train-split")
+        self.classes = list(self.train_set.classes)
+        self.val_set = None
+        if cfg.val_split:
+            self.val_set = open_split(cfg.data, cfg.val_split, size=cfg.size, channels=cfg.channels,
+                                      flag="--val-split (or --val-split '' to train without validation)")
+            check_classes(self.classes, self.val_set.classes, f"validation split {cfg.val_split!r}")
+        self.in_channels = int(self.train_set[0][0].shape[0])
+        if state is not None:
+            check_classes(list(state["classes"]), self.classes, f"training split {cfg.train_split!r} of {cfg.data}")
+
+        if self.custom_model is not None:
+            model = self.custom_model
+        else:
+            model = build_model(cfg.arch, len(self.classes), self.in_channels, **cfg.model_kwargs)
+        self.model = model.to(ctx.device)
+        self.generator = torch.Generator().manual_seed(cfg.seed + ctx.rank) if cfg.variant == "stochastic" else None
+        self.isnet = ISNet(self.model, cfg.variant if cfg.is_isnet else "selective", eps=cfg.eps,
+                           first_layer=cfg.first_layer, deep_supervision=cfg.deep_supervision if cfg.is_isnet else
+                           False, select=cfg.select, generator=self.generator, backend=cfg.backend)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        self.net: nn.Module = self.isnet
+        if ctx.distributed:
+            ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.isnet, device_ids=ids)
+
+        self.sampler = _sampler(len(self.train_set), cfg.seed, ctx, shuffle=True)
+        self.loader_generator = torch.Generator()
+        self.loader = DataLoader(self.train_set, batch_size=self.local_batch, sampler=self.sampler,
+                                 num_workers=cfg.num_workers, generator=self.loader_generator,
+                                 pin_memory=ctx.device.type == "cuda")
+        self.val_loader = None
+        if self.val_set is not None:
+            self.val_loader = DataLoader(self.val_set, batch_size=self.local_batch,
+                                         sampler=_sampler(len(self.val_set), cfg.seed, ctx, shuffle=False),
+                                         num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(0))
+
+        self.history: list[dict[str, Any]] = []
+        self.best: float | None = None
+        self.meter = Meter(TRAIN_METRICS, ctx.device)
+        if state is not None:
+            self._restore(state)
+        else:
+            if cfg.tune_cut:
+                self._tune_cut()
+                cfg = self.config  # with the C1/C2 chosen
+            if ctx.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        self.loss_fn = ISNetLoss(P=cfg.P if cfg.is_isnet else 0.0, d=cfg.d, E=cfg.E, A=cfg.A, B=cfg.B, C1=cfg.C1,
+                                 C2=cfg.C2, foreground=cfg.foreground, d_loss=cfg.d_loss, nonfinite=cfg.nonfinite)
+        self._boundary = self._snapshot()
+
+    def _check_run_dir(self) -> dict[str, Any] | None:
+        last = self.run_dir / LAST
+        if self.resume:
+            if not last.is_file():
+                raise TrainError(f"cannot resume: {last} does not exist; start the run without --resume, or pass "
+                                 "the --out of a run that saved a checkpoint")
+            return load_checkpoint(last, map_location="cpu")
+        if last.is_file():
+            raise TrainError(f"run directory {self.run_dir} already holds a checkpoint ({last}); pass --resume to "
+                             "continue that run, or choose a new --out")
+        return None
+
+    def _resumed_config(self, state: dict[str, Any]) -> TrainConfig:
+        saved = TrainConfig.from_dict(state["config"])
+        mine, theirs = self.config.to_dict(), saved.to_dict()
+        ignore = set(RESUMABLE_FIELDS) | ({"C1", "C2"} if saved.tune_cut else set())
+        changed = sorted(k for k in mine if k not in ignore and mine[k] != theirs[k])
+        if changed:
+            diff = ", ".join(f"{k}: {theirs[k]!r} -> {mine[k]!r}" for k in changed)
+            raise TrainError(f"the run in {self.run_dir} was trained with other settings ({diff}); a resumed run "
+                             f"may only change {', '.join(RESUMABLE_FIELDS)}. Drop those options, or train a new "
+                             "run into another --out")
+        if bool(state.get("custom_model")) != (self.custom_model is not None):
+            raise TrainError(f"the run in {self.run_dir} was trained with a model "
+                             f"{'passed as an object' if state.get('custom_model') else 'built by name'}; resume it "
+                             "the same way")
+        return saved.replace(**{k: mine[k] for k in RESUMABLE_FIELDS})
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.history = list(state["history"])
+        self.best = state["best"]
+        rank = self.ctx.rank
+        if self.step and self.ctx.world_size != int(state.get("world_size", 1)):
+            raise TrainError(f"the checkpoint stopped in the middle of an epoch with {state.get('world_size', 1)} "
+                             f"process(es); resume it with the same number of processes (now {self.ctx.world_size})")
+        meters = state.get("epoch_meter")
+        if meters and rank < len(meters) and meters[rank] is not None:
+            self.meter.load_state_dict(meters[rank])
+        # one entry per process; a checkpoint saved by one process alone (a KeyboardInterrupt outside the stop flag
+        # under torchrun) holds rank 0's states only, which then stand for every process
+        rng = state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0]
+        restore_rng(rng, self.generator)
+        self.info(f"resuming {self.run_dir} at epoch {self.epoch + 1}, batch {self.step}")
+
+    def _tune_cut(self) -> None:
+        cfg, ctx = self.config, self.ctx
+        cut = None
+        if ctx.is_main:
+            self.info(f"choosing C1/C2: {cfg.tune_cut} epoch(s) without the heatmap loss (tune_cut)")
+            loader = DataLoader(self.train_set, batch_size=cfg.batch_size, shuffle=True,
+                                generator=torch.Generator().manual_seed(cfg.seed), num_workers=cfg.num_workers)
+            result = tune_cut(self.isnet, loader, epochs=cfg.tune_cut, lr=cfg.lr, momentum=cfg.momentum,
+                              clip=cfg.clip or None, progress=cfg.progress)
+            cut = (result.C1, result.C2)
+        C1, C2 = ctx.broadcast_object(cut)
+        self.config = cfg.replace(C1=C1, C2=C2)
+        self.info(f"C1 = {C1}, C2 = {C2}")
+
+    # --- the loop -----------------------------------------------------------------------------------------------
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._stop:
+            raise KeyboardInterrupt
+        self._stop = True
+        self._log("Ctrl-C: stopping after this batch and saving a checkpoint (press Ctrl-C again to stop at once)")
+
+    def _snapshot(self) -> dict[str, Any]:
+        """The state of the last batch boundary that is not in the model and optimizer themselves."""
+        return {"epoch": self.epoch, "step": self.step, "rng": capture_rng(self.generator),
+                "meter": self.meter.state_dict()}
+
+    def _train(self) -> None:
+        cfg, ctx = self.config, self.ctx
+        from tqdm.auto import tqdm
+
+        while self.epoch < cfg.epochs:
+            self.sampler.set_epoch(self.epoch)
+            self.sampler.skip(self.step * self.local_batch)
+            self.loader_generator.manual_seed(cfg.seed * 100_003 + self.epoch)
+            total = self.step + len(self.loader)
+            bar = tqdm(self.loader, total=total, initial=self.step, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                       disable=not (cfg.progress and ctx.is_main), leave=False)
+            start = time.perf_counter()
+            for images, masks, labels in bar:
+                self._step(images, masks, labels)
+                self.step += 1
+                self._boundary = self._snapshot()
+                for callback in self.callbacks:
+                    callback(self, self.epoch, self.step)
+                if ctx.any(self._stop):
+                    raise _StopRequested
+                if self.step % POSTFIX_EVERY == 0 and cfg.progress and ctx.is_main:
+                    bar.set_postfix(loss=f"{self.meter.means()['loss']:.4f}")
+            bar.close()
+            self._end_epoch(time.perf_counter() - start)
+
+    def _step(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> None:
+        cfg, dev = self.config, self.ctx.device
+        x = images.to(dev, non_blocking=True)
+        m = masks.to(dev, non_blocking=True)
+        y = labels.to(dev, non_blocking=True)
+        out = self.net(x, y, heatmaps=cfg.is_isnet)
+        loss = self.loss_fn(out, y, m)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.total.backward()
+        if cfg.clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
+        self.optimizer.step()
+        n = y.shape[0]
+        for name, value in zip(LOSS_PARTS, (loss.total, loss.classification, loss.heatmap, loss.background,
+                                            loss.foreground)):
+            self.meter.add(name, value, n)
+        self.meter.add_sum("accuracy", correct(out.logits, y), n)
+
+    def _end_epoch(self, seconds: float) -> None:
+        cfg, ctx = self.config, self.ctx
+        train = Meter(TRAIN_METRICS, ctx.device)
+        train.load_state_dict(self.meter.state_dict())
+        train.all_reduce()
+        row: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+        row.update({f"train_{k}": v for k, v in train.means().items()})
+        val = {"loss": math.nan, "accuracy": math.nan, "background_fraction": math.nan}
+        if self.val_loader is not None:
+            meter = evaluate(self.model, self.val_loader, device=ctx.device, eps=cfg.eps, first_layer=cfg.first_layer,
+                             backend=cfg.backend, progress=cfg.progress and ctx.is_main, desc="validation")
+            meter.all_reduce()
+            val = meter.means()
+        row.update({f"val_{k}": v for k, v in val.items()})
+        row["seconds"] = seconds
+        self.history.append(row)
+        improved = self.val_loader is not None and (self.best is None or val["accuracy"] > self.best)
+        if improved:
+            self.best = val["accuracy"]
+        self.epoch += 1
+        self.step = 0
+        self.meter = Meter(TRAIN_METRICS, ctx.device)
+        self._boundary = self._snapshot()
+        state = self._state()
+        if ctx.is_main:
+            save_checkpoint(state, self.run_dir / LAST)
+            if improved:
+                save_checkpoint(state, self.run_dir / BEST)
+            write_metrics(self.history, self.run_dir)
+            self.info(_summary(row, cfg.epochs))
+        ctx.barrier()
+
+    # --- checkpoints --------------------------------------------------------------------------------------------
+    def _state(self, gather: bool = True) -> dict[str, Any]:
+        b = self._boundary
+        meter = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in b["meter"].items()}
+        local = {"rng": b["rng"], "meter": meter if b["step"] else None}
+        per_rank = self._gather(local) if gather else [local]
+        return {
+            "format": FORMAT,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": b["epoch"],
+            "step": b["step"],
+            "epoch_meter": [p["meter"] for p in per_rank] if b["step"] else None,
+            "rng": [p["rng"] for p in per_rank],
+            "data_order": {**self.sampler.state_dict(), "epoch": b["epoch"], "start": b["step"] * self.local_batch,
+                           "loader_generator": self.loader_generator.get_state()},
+            "world_size": self.ctx.world_size,
+            "config": self.config.to_dict(),
+            "history": list(self.history),
+            "best": self.best,
+            "classes": list(self.classes),
+            "in_channels": self.in_channels,
+            "custom_model": self.custom_model is not None,
+        }
+
+    def _gather(self, local: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every process's ``local`` (RNG states, partial-epoch metric sums), by rank; rank 0 writes them all."""
+        if not self.ctx.distributed:
+            return [local]
+        gathered: list[Any] = [None] * self.ctx.world_size
+        torch.distributed.all_gather_object(gathered, local)
+        return gathered
+
+    def _save_interrupted(self, coordinated: bool) -> None:
+        """Save the last batch boundary. ``coordinated``: every process stopped at the same boundary (Ctrl-C seen
+        through the stop flag), so the RNG states of all are gathered; otherwise (a KeyboardInterrupt in one
+        process) no collective call is made and rank 0's states stand for every process."""
+        b = self._boundary
+        state = self._state(gather=coordinated or not self.ctx.distributed)
+        if self.ctx.is_main:
+            path = save_checkpoint(state, self.run_dir / LAST)
+            self.info(f"interrupted at epoch {b['epoch'] + 1}, batch {b['step']}: saved {path}; continue with: "
+                      f"isnet train --out {self.run_dir} --resume")
+        self.epoch, self.step = b["epoch"], b["step"]
+
+
+def _sampler(size: int, seed: int, ctx: Context, shuffle: bool):
+    from .sampling import EpochSampler
+
+    return EpochSampler(size, seed=seed, rank=ctx.rank, world_size=ctx.world_size, shuffle=shuffle, pad=shuffle)
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - seeds the global state data sets and user code draw from
+    random.seed(seed)
+
+
+def _summary(row: dict[str, Any], epochs: int) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['train_loss']:.4f}",
+             f"train acc {100 * row['train_accuracy']:.1f}%"]
+    if not math.isnan(row["val_accuracy"]):
+        parts += [f"val acc {100 * row['val_accuracy']:.1f}%",
+                  f"val background relevance {100 * row['val_background_fraction']:.1f}%"]
+    parts.append(f"{row['seconds']:.1f}s")
+    return ", ".join(parts)
+
+
+def train(config: TrainConfig, *, model: nn.Module | None = None, resume: bool = False,
+          callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """``Trainer(config, model=model, resume=resume, callbacks=callbacks).fit()``."""
+    return Trainer(config, model=model, resume=resume, callbacks=callbacks).fit()
