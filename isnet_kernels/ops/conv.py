@@ -91,9 +91,13 @@ class EpsilonFunction(torch.autograd.Function):
         dW = prims.weight_grad(U, s.view(B * M, *z.shape[1:]), weight, geom) if ctx.needs_input_grad[3] else None
         dR = dZ = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
-            V = prims.forward_map(U, weight, geom)
-            dR, dZ = prims.epsilon_backward_stab(V.view(B, M, -1), s, z.view(B, -1), eps)
-            dR, dZ = dR.view(R.shape), dZ.view(z.shape)
+            fused = getattr(prims, "conv_epsilon_backward", None)
+            if fused is not None and not geom.linear:  # V = W U with dR, dZ in the convolution's epilogue
+                dR, dZ = fused(U.view(B, M, *a.shape[1:]), weight, s.view(R.shape), z, geom, eps)
+            else:
+                V = prims.forward_map(U, weight, geom)
+                dR, dZ = prims.epsilon_backward_stab(V.view(B, M, -1), s, z.view(B, -1), eps)
+                dR, dZ = dR.view(R.shape), dZ.view(z.shape)
         return dR, None if dA is None else dA.view(a.shape), dZ, dW, None, None, None
 
 

@@ -84,16 +84,22 @@ class ZBoxFunction(torch.autograd.Function):
         B, M = R.shape[:2]
         R_, z_ = R.contiguous(), z_box.contiguous()
         a_low, a_high = a_low.contiguous(), a_high.contiguous()
-        s = prims.stab_divide(R_.view(B, M, -1), z_.view(B, -1), eps).view(B * M, *z_box.shape[1:])
         size = tuple(a_low.shape[2:])
-        if _stackable(geom):  # one transposed convolution for both signs: W+ and W- stacked on the input axis
-            c = prims.transpose(s, torch.cat([w_pos, w_neg], 1), size, geom)
-            c_pos, c_neg = (part.contiguous().view(B, M, -1) for part in c.chunk(2, 1))
-        else:
-            c_pos = prims.transpose(s, w_pos, size, geom).view(B, M, -1)
-            c_neg = prims.transpose(s, w_neg, size, geom).view(B, M, -1)
-        R_in = prims.mul_activation(c_pos, a_low.view(B, -1)) + prims.mul_activation(c_neg, a_high.view(B, -1))
         keep = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        fused = getattr(prims, "zbox_forward", None)
+        if fused is not None and not geom.linear:  # one kernel: both signs, division prologue, product epilogue
+            R_in, c_pos, c_neg = fused(R_, a_low, a_high, z_, w_pos, w_neg, size, geom, eps, keep)
+            c_pos, c_neg = (None if c is None else c.view(B, M, -1) for c in (c_pos, c_neg))
+            R_in = R_in.view(B, M, -1)
+        else:
+            s = prims.stab_divide(R_.view(B, M, -1), z_.view(B, -1), eps).view(B * M, *z_box.shape[1:])
+            if _stackable(geom):  # one transposed convolution for both signs: W+ and W- stacked on the input axis
+                c = prims.transpose(s, torch.cat([w_pos, w_neg], 1), size, geom)
+                c_pos, c_neg = (part.contiguous().view(B, M, -1) for part in c.chunk(2, 1))
+            else:
+                c_pos = prims.transpose(s, w_pos, size, geom).view(B, M, -1)
+                c_neg = prims.transpose(s, w_neg, size, geom).view(B, M, -1)
+            R_in = prims.mul_activation(c_pos, a_low.view(B, -1)) + prims.mul_activation(c_neg, a_high.view(B, -1))
         ctx.save_for_backward(R_, a_low, a_high, z_, w_pos, w_neg, c_pos if keep else None, c_neg if keep else None)
         ctx.geom, ctx.eps, ctx.prims = geom, eps, prims
         return R_in.view(B, M, *a_low.shape[1:])
