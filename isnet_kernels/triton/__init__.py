@@ -1,10 +1,17 @@
 """The ``triton`` backend: Triton kernels for the relevance primitives (KERNELS.md).
 
 Fused here: every elementwise primitive (one pass over memory, reductions over the M maps inside the kernel),
-the max-pool scatter and gather, and the epsilon rule's forward through a convolution as one implicit-GEMM
-transposed convolution with the division by ``stab(z)`` as prologue and the product with ``a`` as epilogue
-(:func:`conv.conv_epsilon_forward`). The remaining contractions (``forward_map``, ``weight_grad``,
-``transpose``) are PyTorch's (cuDNN / cuBLAS), inherited from :class:`TorchPrimitives`.
+the max-pool scatter and gather, and three implicit-GEMM convolutions (:mod:`.conv`):
+
+- the epsilon rule's forward through a convolution, a transposed convolution with the division by ``stab(z)``
+  as prologue and the product with ``a`` as epilogue (:meth:`TritonPrimitives.conv_epsilon_forward`);
+- the Z^B rule's forward, the same transposed convolution with W+ and W- and two accumulators sharing every
+  load of ``s``, one epilogue (:meth:`TritonPrimitives.zbox_forward`);
+- the epsilon rule's backward on the output side, a convolution whose epilogue writes ``dR = V / t`` and
+  ``dZ = -sum_M V s / t`` (:meth:`TritonPrimitives.conv_epsilon_backward`).
+
+The remaining contractions (``forward_map``, ``weight_grad``, ``transpose``, and the linear layers' matmuls)
+are PyTorch's (cuDNN / cuBLAS), inherited from :class:`TorchPrimitives`.
 
 The kernels run on CUDA tensors, or on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1``, set
 before this package is imported), which is how the tests run without a GPU. :func:`available` says whether
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 from torch import Tensor
 
 from ..ops.primitives import Geometry, TorchPrimitives
@@ -111,6 +119,47 @@ class TritonPrimitives(TorchPrimitives):
         from .conv import conv_epsilon_forward
 
         return conv_epsilon_forward(R, a, z, weight, tuple(input_size), geom, eps, keep_c)
+
+    def zbox_forward(self, R: Tensor, a_low: Tensor, a_high: Tensor, z_box: Tensor, w_pos: Tensor, w_neg: Tensor,
+                     input_size: tuple[int, ...], geom: Geometry, eps: float,
+                     keep_c: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Z^B rule forward: ``(R_in, c+, c-)`` with ``s = R / stab(z_box)``, ``c+ = W+^T s``, ``c- = W-^T s``,
+        ``R_in = a_low * c+ + a_high * c-``; ``c+`` and ``c-`` (shaped like R_in) only when ``keep_c``.
+
+        Conv: one fused kernel, see :func:`conv.zbox_forward`. Linear: R (B, M, K), a_low / a_high (B, F),
+        z_box (B, K), weights (K, F); the triton division and products around one cuBLAS matmul for both signs.
+        """
+        if geom.linear:
+            B, M = R.shape[:2]
+            s = self.stab_divide(R.reshape(B, M, -1), z_box.reshape(B, -1), eps)
+            c_pos, c_neg = (s.view(B * M, -1) @ torch.cat([w_pos, w_neg], 1)).view(B, M, -1).chunk(2, 2)
+            c_pos, c_neg = c_pos.contiguous(), c_neg.contiguous()
+            R_in = self.mul_activation(c_pos, a_low.reshape(B, -1)) + self.mul_activation(c_neg, a_high.reshape(B, -1))
+            R_in = R_in.view(B, M, *a_low.shape[1:])
+            if not keep_c:
+                return R_in, None, None
+            return R_in, c_pos.view(R_in.shape), c_neg.view(R_in.shape)
+        from .conv import zbox_forward
+
+        return zbox_forward(R, a_low, a_high, z_box, w_pos, w_neg, tuple(input_size), geom, eps, keep_c)
+
+    def conv_epsilon_backward(self, U: Tensor, weight: Tensor, s: Tensor, z: Tensor, geom: Geometry,
+                              eps: float) -> tuple[Tensor, Tensor]:
+        """The epsilon rule's backward, output side: ``(dR, dZ)`` with ``V = W U`` (the layer's own map, no
+        bias), ``dR = V / stab(z)``, ``dZ = -sum_M V * s / stab(z)``.
+
+        Conv: U (B, M, Ci, H, W), s (B, M, Co, Ho, Wo), z (B, Co, Ho, Wo); one fused kernel, see
+        :func:`conv.conv_epsilon_backward`. Linear: U (B, M, F), s (B, M, K), z (B, K); a cuBLAS matmul then
+        the triton epilogue.
+        """
+        if geom.linear:
+            B, M = U.shape[:2]
+            V = U.reshape(B * M, -1) @ weight.t()
+            dR, dZ = self.epsilon_backward_stab(V.view(B, M, -1), s.reshape(B, M, -1), z.reshape(B, -1), eps)
+            return dR.view(s.shape), dZ.view(z.shape)
+        from .conv import conv_epsilon_backward
+
+        return conv_epsilon_backward(U, weight, s, z, geom, eps)
 
 
 __all__ = ["TritonPrimitives", "available"]

@@ -1,28 +1,47 @@
-"""Fused epsilon rule through a convolution: an implicit-GEMM transposed convolution (KERNELS.md, Conv / Linear).
+"""Implicit-GEMM convolution kernels with the relevance rules' elementwise work fused in (KERNELS.md).
 
-For relevance R (B, M, Co, Ho, Wo), layer input ``a`` (B, Ci, H, W), pre-activation ``z`` (B, Co, Ho, Wo) and
-weight W (Co, Ci/groups, kh, kw), one launch computes
+Three products share the structures below:
 
-    c = conv_transpose2d(R / stab(z), W)        (same stride, padding, dilation, groups; output size H, W)
-    R_in = a * c
+- :func:`conv_epsilon_forward`, the epsilon rule's forward (KERNELS.md "Conv / Linear, epsilon")::
 
-with the division by ``stab(z)`` as the GEMM's prologue (applied to each loaded tile of R) and the product with
-``a`` as its epilogue; ``c`` itself is stored too when the backward needs it. The M maps are folded into the
-batch: image ``n`` of the B*M reads ``a`` and ``z`` at ``b = n // M``, so they are never repeated M times.
+      c = conv_transpose2d(R / stab(z), W)        (same stride, padding, dilation, groups; output size H, W)
+      R_in = a * c
 
-Gather formulation: output pixel (n, ci, h, w), with ci in group g, is
+- :func:`zbox_forward`, the Z^B rule's forward (KERNELS.md "Z^B first layer"): the same transposed convolution
+  with two weights and two accumulators, sharing every load of ``s = R / stab(z_B)``::
+
+      R_in = A_l * conv_transpose2d(s, W+) + A_h * conv_transpose2d(s, W-),    A_l = a - l, A_h = a - h
+
+- :func:`conv_epsilon_backward`, the epsilon rule's backward on the output side: a forward convolution
+  ``V = conv2d(U, W)`` (no bias) whose epilogue writes ``dR = V / stab(z)`` and ``dZ = -sum_M V * s / stab(z)``.
+
+The division by ``stab(z)`` is the transposed convolution's prologue (applied to each loaded tile of R), the
+product with ``a`` its epilogue; ``c`` itself is stored too when the backward needs it. The M maps are folded
+into the batch: image ``n`` of the B*M reads ``a`` and ``z`` at ``b = n // M``, never repeated M times.
+
+Transposed convolution, gather formulation: output pixel (n, ci, h, w), with ci in group g, is
 
     c[n, ci, h, w] = sum_{co in group g} sum_{i, j} s[n, co, ho, wo] * W[co, ci - g*Ci_g, i, j],
     ho = (h + pad_h - i*dil_h) / stride_h,  wo = (w + pad_w - j*dil_w) / stride_w,
 
 over the taps (i, j) for which both divisions are exact and land inside (Ho, Wo). A program owns a tile of
 BLOCK_P output pixels (flattened over n, h, w) by BLOCK_CI input channels of one group and loops over the
-reduction K = (Co/groups) * kh * kw: output channels outside, in blocks of BLOCK_K, taps inside. Each step is a
-(BLOCK_P x BLOCK_K) @ (BLOCK_K x BLOCK_CI) product on tensor cores (``tl.dot``), or, where a group has fewer than
-8 input or output channels (depthwise convolutions), a broadcast multiply-add on CUDA cores.
+reduction K = (Co/groups) * kh * kw: output channels outside, in blocks of BLOCK_K, taps inside.
+
+Forward convolution: output pixel (n, co, ho, wo) sums ``U[n, ci, ho*stride - pad + i*dil, ...] * W[co, ci, i, j]``
+over the group's input channels (blocks of BLOCK_K) and the taps inside the input. A program owns BLOCK_P
+pixels of one image's batch index b (flattened over b, ho, wo) by BLOCK_CO output channels, and loops over the
+M maps of b, so the sum over M of the epilogue stays in registers (no atomics, deterministic).
+
+Each reduction step is a (BLOCK_P x BLOCK_K) @ (BLOCK_K x BLOCK_N) product on tensor cores (``tl.dot``) or, where
+a group has fewer than 8 input or output channels (depthwise convolutions, RGB first layers), a broadcast
+multiply-add on CUDA cores. Tensor-core tiles are autotuned over Ampere / Hopper configurations keyed on the
+shapes; under the interpreter a single small tile is used.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import triton
@@ -37,24 +56,34 @@ from .utils import check_floating, compute_dtype, eps_parts, interpreting, rebui
 MIN_DOT_CHANNELS = 8
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# transposed convolution: epsilon and Z^B forwards
+# ----------------------------------------------------------------------------------------------------------------
+
+
 @triton.jit
-def _conv_epsilon_forward_kernel(
+def _conv_transpose_kernel(
     R_ptr, R_n_stride, R_c_stride, R_h_stride, R_w_stride,
     Z_ptr, Z_b_stride, Z_c_stride, Z_h_stride, Z_w_stride,
-    A_ptr, A_b_stride, A_c_stride, A_h_stride, A_w_stride,
-    W_ptr, W_o_stride, W_i_stride, W_h_stride, W_w_stride,
-    OUT_ptr, C_ptr, OUT_n_stride, OUT_c_stride, OUT_h_stride, OUT_w_stride,
+    A_ptr, A2_ptr, A_b_stride, A_c_stride, A_h_stride, A_w_stride,
+    W_ptr, W2_ptr, W_o_stride, W_i_stride, W_h_stride, W_w_stride,
+    OUT_ptr, C_ptr, C2_ptr, OUT_n_stride, OUT_c_stride, OUT_h_stride, OUT_w_stride,
     M, H, W, Ho, Wo, Ci_g, Co_g, n_pixels, eps_hi, eps_lo,
     KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, PAD_H: tl.constexpr,
     PAD_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr,
-    KEEP_C: tl.constexpr, USE_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_K: tl.constexpr,
+    KEEP_C: tl.constexpr, TWO_SIGNS: tl.constexpr, USE_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """``OUT = a * conv_transpose2d(R / stab(z), W)`` and, when ``KEEP_C``, ``C = conv_transpose2d(R / stab(z), W)``.
+    """With ``s = R / stab(z)`` and ``ct = conv_transpose2d``:
 
-    Grid: (pixel blocks of the B*M*H*W output pixels, groups * channel blocks of Ci/groups). The weight is read
-    through its four strides, so the launcher may pass it with the input channel innermost. Per-image offsets
-    are int32; image offsets (n * stride) are int64.
+    - ``TWO_SIGNS`` False (epsilon): ``OUT = A * ct(s, W)``; ``C = ct(s, W)`` when ``KEEP_C``;
+    - ``TWO_SIGNS`` True (Z^B): ``OUT = A * ct(s, W) + A2 * ct(s, W2)``; ``C``, ``C2`` the two transposed
+      convolutions when ``KEEP_C``. Each loaded tile of s feeds both products (two accumulators).
+
+    Grid: (pixel blocks of the B*M*H*W output pixels, groups * channel blocks of Ci/groups). ``A2`` shares the
+    strides of ``A``, ``W2`` those of ``W``, ``C`` and ``C2`` those of ``OUT``. The weights are read through
+    their four strides, so the launcher may pass them with the input channel innermost. Per-image offsets are
+    int32; image offsets (n * stride) are int64.
     """
     pid_p = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -73,16 +102,17 @@ def _conv_epsilon_forward_kernel(
 
     R_rows = R_ptr + n64 * R_n_stride + g * Co_g * R_c_stride  # [BLOCK_P] pointers to channel g*Co_g of image n
     Z_rows = Z_ptr + b64 * Z_b_stride + g * Co_g * Z_c_stride
-    W_cols = W_ptr + (g * Co_g) * W_o_stride + ci * W_i_stride  # [BLOCK_CI]
+    W_cols = (g * Co_g) * W_o_stride + ci * W_i_stride  # [BLOCK_CI] offsets, shared by W and W2
     offs_k = tl.arange(0, BLOCK_K)
 
     acc = tl.zeros([BLOCK_P, BLOCK_CI], dtype=COMPUTE_DTYPE)
+    acc2 = tl.zeros([BLOCK_P, BLOCK_CI], dtype=COMPUTE_DTYPE)  # second sign (TWO_SIGNS only)
     for k0 in range(0, Co_g, BLOCK_K):  # output channels of the group, BLOCK_K at a time
         co = k0 + offs_k
         k_mask = co < Co_g
         R_tile = R_rows[:, None] + (co * R_c_stride)[None, :]  # [BLOCK_P, BLOCK_K], pixel (0, 0)
         Z_tile = Z_rows[:, None] + (co * Z_c_stride)[None, :]
-        W_tile = W_cols[None, :] + (co * W_o_stride)[:, None]  # [BLOCK_K, BLOCK_CI], tap (0, 0)
+        W_tile = W_cols[None, :] + (co * W_o_stride)[:, None]  # [BLOCK_K, BLOCK_CI] offsets, tap (0, 0)
         w_mask = k_mask[:, None] & ci_mask[None, :]
         for i in range(KH):  # kernel taps: the output pixel (ho, wo) each one reads, if any
             h_num = h + PAD_H - i * DIL_H
@@ -96,63 +126,176 @@ def _conv_epsilon_forward_kernel(
                 r = tl.load(R_tile + (ho * R_h_stride + wo * R_w_stride)[:, None], mask=rz_mask, other=0.0)
                 z = tl.load(Z_tile + (ho * Z_h_stride + wo * Z_w_stride)[:, None], mask=rz_mask, other=1.0)
                 s = r.to(COMPUTE_DTYPE) / stabilize(z.to(COMPUTE_DTYPE), eps)  # prologue: [BLOCK_P, BLOCK_K]
-                wt = tl.load(W_tile + (i * W_h_stride + j * W_w_stride), mask=w_mask, other=0.0)
+                w_off = W_tile + (i * W_h_stride + j * W_w_stride)
+                wt = tl.load(W_ptr + w_off, mask=w_mask, other=0.0)
                 if USE_DOT:
-                    acc = tl.dot(s.to(wt.dtype), wt, acc, input_precision=INPUT_PRECISION, out_dtype=COMPUTE_DTYPE)
+                    s_op = s.to(wt.dtype)
+                    acc = tl.dot(s_op, wt, acc, input_precision=INPUT_PRECISION, out_dtype=COMPUTE_DTYPE)
+                    if TWO_SIGNS:
+                        wt2 = tl.load(W2_ptr + w_off, mask=w_mask, other=0.0)
+                        acc2 = tl.dot(s_op, wt2, acc2, input_precision=INPUT_PRECISION, out_dtype=COMPUTE_DTYPE)
                 else:
                     acc += tl.sum(s[:, :, None] * wt.to(COMPUTE_DTYPE)[None, :, :], axis=1)
+                    if TWO_SIGNS:
+                        wt2 = tl.load(W2_ptr + w_off, mask=w_mask, other=0.0)
+                        acc2 += tl.sum(s[:, :, None] * wt2.to(COMPUTE_DTYPE)[None, :, :], axis=1)
 
-    # epilogue: multiply by the layer input a[b, ci, h, w]
+    # epilogue: multiply by the layer input(s) at [b, ci, h, w]
     ci_abs = g * Ci_g + ci
     out_mask = p_mask[:, None] & ci_mask[None, :]
     a_off = (b64 * A_b_stride + h * A_h_stride + w * A_w_stride)[:, None] + ci_abs[None, :] * A_c_stride
-    a = tl.load(A_ptr + a_off, mask=out_mask, other=0.0).to(COMPUTE_DTYPE)
     out_off = (n64 * OUT_n_stride + h * OUT_h_stride + w * OUT_w_stride)[:, None] + ci_abs[None, :] * OUT_c_stride
-    tl.store(OUT_ptr + out_off, (a * acc).to(OUT_ptr.dtype.element_ty), mask=out_mask)
+    result = tl.load(A_ptr + a_off, mask=out_mask, other=0.0).to(COMPUTE_DTYPE) * acc
+    if TWO_SIGNS:
+        result += tl.load(A2_ptr + a_off, mask=out_mask, other=0.0).to(COMPUTE_DTYPE) * acc2
+    tl.store(OUT_ptr + out_off, result.to(OUT_ptr.dtype.element_ty), mask=out_mask)
     if KEEP_C:
         tl.store(C_ptr + out_off, acc.to(C_ptr.dtype.element_ty), mask=out_mask)
+        if TWO_SIGNS:
+            tl.store(C2_ptr + out_off, acc2.to(C2_ptr.dtype.element_ty), mask=out_mask)
 
 
-def _dot_configs() -> list[triton.Config]:
-    """Tile configurations for the tensor-core path: Ampere- and Hopper-sized tiles, or one small tile under the
-    interpreter (which would otherwise benchmark every configuration on the CPU)."""
+# ----------------------------------------------------------------------------------------------------------------
+# forward convolution: epsilon backward, output side
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _conv_epsilon_backward_kernel(
+    U_ptr, U_n_stride, U_c_stride, U_h_stride, U_w_stride,
+    W_ptr, W_o_stride, W_i_stride, W_h_stride, W_w_stride,
+    S_ptr, DR_ptr, S_n_stride, S_c_stride, S_h_stride, S_w_stride,
+    Z_ptr, DZ_ptr, Z_b_stride, Z_c_stride, Z_h_stride, Z_w_stride,
+    M, H, W, Ho, Wo, Ci_g, Co_g, n_pixels, eps_hi, eps_lo,
+    KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, PAD_H: tl.constexpr,
+    PAD_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+    USE_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """With ``V = conv2d(U, W)`` (no bias) and ``t = stab(z)``: ``DR = V / t`` and ``DZ = -sum_m V * S / t``.
+
+    U (B*M, Ci, H, W); S and DR (B*M, Co, Ho, Wo) sharing strides; z and DZ (B, Co, Ho, Wo) sharing strides.
+    Grid: (pixel blocks of the B*Ho*Wo pixels, groups * channel blocks of Co/groups); each program runs the M
+    maps of its batch indices one after the other, accumulating DZ in registers.
+    """
+    pid_p = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    n_co_blocks = tl.cdiv(Co_g, BLOCK_CO)
+    g = pid_c // n_co_blocks
+    co = (pid_c % n_co_blocks) * BLOCK_CO + tl.arange(0, BLOCK_CO)  # output channel within the group
+    co_mask = co < Co_g
+    co_abs = g * Co_g + co
+    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = p < n_pixels
+    wo = p % Wo
+    ho = (p // Wo) % Ho
+    b64 = (p // (Ho * Wo)).to(tl.int64)
+    out_mask = p_mask[:, None] & co_mask[None, :]
+
+    z_off = (b64 * Z_b_stride + ho * Z_h_stride + wo * Z_w_stride)[:, None] + co_abs[None, :] * Z_c_stride
+    z = tl.load(Z_ptr + z_off, mask=out_mask, other=1.0).to(COMPUTE_DTYPE)
+    t = stabilize(z, rebuild_eps(eps_hi, eps_lo, COMPUTE_DTYPE))
+    pix_s = (ho * S_h_stride + wo * S_w_stride)[:, None] + co_abs[None, :] * S_c_stride
+    W_cols = W_ptr + co_abs * W_o_stride  # [BLOCK_CO]
+    offs_k = tl.arange(0, BLOCK_K)
+    h0 = ho * STRIDE_H - PAD_H
+    w0 = wo * STRIDE_W - PAD_W
+
+    dz = tl.zeros([BLOCK_P, BLOCK_CO], dtype=COMPUTE_DTYPE)
+    for m in range(0, M):
+        n64 = b64 * M + m
+        U_rows = U_ptr + n64 * U_n_stride + g * Ci_g * U_c_stride  # [BLOCK_P] channel g*Ci_g of image n
+        acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=COMPUTE_DTYPE)
+        for k0 in range(0, Ci_g, BLOCK_K):  # input channels of the group, BLOCK_K at a time
+            ci = k0 + offs_k
+            k_mask = ci < Ci_g
+            U_tile = U_rows[:, None] + (ci * U_c_stride)[None, :]  # [BLOCK_P, BLOCK_K], pixel (0, 0)
+            W_tile = W_cols[None, :] + (ci * W_i_stride)[:, None]  # [BLOCK_K, BLOCK_CO], tap (0, 0)
+            w_mask = k_mask[:, None] & co_mask[None, :]
+            for i in range(KH):  # kernel taps: the input pixel each one reads, if inside the image
+                h_in = h0 + i * DIL_H
+                valid_h = p_mask & (h_in >= 0) & (h_in < H)
+                for j in range(KW):
+                    w_in = w0 + j * DIL_W
+                    valid = valid_h & (w_in >= 0) & (w_in < W)
+                    u = tl.load(U_tile + (h_in * U_h_stride + w_in * U_w_stride)[:, None],
+                                mask=valid[:, None] & k_mask[None, :], other=0.0)
+                    wt = tl.load(W_tile + (i * W_h_stride + j * W_w_stride), mask=w_mask, other=0.0)
+                    if USE_DOT:
+                        acc = tl.dot(u, wt, acc, input_precision=INPUT_PRECISION, out_dtype=COMPUTE_DTYPE)
+                    else:
+                        acc += tl.sum(u.to(COMPUTE_DTYPE)[:, :, None] * wt.to(COMPUTE_DTYPE)[None, :, :], axis=1)
+        # epilogue: dR = V / t, and the map's term of dZ
+        off = n64[:, None] * S_n_stride + pix_s
+        dr = acc / t
+        tl.store(DR_ptr + off, dr.to(DR_ptr.dtype.element_ty), mask=out_mask)
+        dz += dr * tl.load(S_ptr + off, mask=out_mask, other=0.0).to(COMPUTE_DTYPE)
+    tl.store(DZ_ptr + z_off, (-dz).to(DZ_ptr.dtype.element_ty), mask=out_mask)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tiles and autotuning
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _dot_configs(n_block: str) -> list[triton.Config]:
+    """Tile configurations for the tensor-core path (``n_block`` names the output-channel block): Ampere- and
+    Hopper-sized tiles, or one small tile under the interpreter (which would otherwise benchmark every
+    configuration on the CPU)."""
     if interpreting():
-        return [triton.Config({"BLOCK_P": 128, "BLOCK_CI": 16, "BLOCK_K": 16}, num_warps=4, num_stages=1)]
-    shapes = [  # (BLOCK_P, BLOCK_CI, BLOCK_K, num_warps, num_stages)
+        return [triton.Config({"BLOCK_P": 128, n_block: 16, "BLOCK_K": 16}, num_warps=4, num_stages=1)]
+    shapes = [  # (BLOCK_P, BLOCK_N, BLOCK_K, num_warps, num_stages)
         (128, 128, 32, 8, 3), (256, 64, 32, 8, 3), (64, 256, 32, 8, 3),  # Hopper / large Ampere tiles
         (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 64, 4, 3),  # Ampere tiles
         (128, 32, 32, 4, 4), (128, 16, 32, 4, 4), (32, 32, 32, 2, 5), (16, 16, 16, 1, 2),  # narrow groups, fp64
     ]
-    return [triton.Config({"BLOCK_P": p, "BLOCK_CI": c, "BLOCK_K": k}, num_warps=nw, num_stages=ns)
+    return [triton.Config({"BLOCK_P": p, n_block: c, "BLOCK_K": k}, num_warps=nw, num_stages=ns)
             for p, c, k, nw, ns in shapes]
 
 
-def _prune_dot_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Drop tiles wider than the group's channels (beyond the 16-wide minimum of ``tl.dot``), tiles taller than
-    the pixel count, and, for float64 (no tensor cores for it), tiles over 64 x 64 outputs."""
-    ci_cap = max(16, triton.next_power_of_2(named_args["Ci_g"]))
-    k_cap = max(16, triton.next_power_of_2(named_args["Co_g"]))
-    p_cap = max(16, triton.next_power_of_2(named_args["n_pixels"]))
-    is_fp64 = named_args["R_ptr"].dtype == torch.float64
-    kept = [c for c in configs if c.kwargs["BLOCK_CI"] <= ci_cap and c.kwargs["BLOCK_K"] <= k_cap
-            and c.kwargs["BLOCK_P"] <= p_cap and (not is_fp64 or c.kwargs["BLOCK_P"] * c.kwargs["BLOCK_CI"] <= 4096)]
-    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_P"] * c.kwargs["BLOCK_CI"] * c.kwargs["BLOCK_K"])]
+def _dot_pruner(n_block: str, n_arg: str, k_arg: str, data_arg: str, accumulators_arg: str | None = None
+                ) -> Callable[..., list[triton.Config]]:
+    """An ``early_config_prune``: drop tiles wider than the group's channels (``n_arg`` along the output block,
+    ``k_arg`` along the reduction; beyond the 16-wide minimum of ``tl.dot``), tiles taller than the pixel count,
+    for float64 (``data_arg``'s dtype; no tensor cores for it) tiles over 64 x 64 outputs, and, when the
+    constexpr ``accumulators_arg`` is set (two accumulators), tiles over 8192 outputs."""
+
+    def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+        n_cap = max(16, triton.next_power_of_2(named_args[n_arg]))
+        k_cap = max(16, triton.next_power_of_2(named_args[k_arg]))
+        p_cap = max(16, triton.next_power_of_2(named_args["n_pixels"]))
+        is_fp64 = named_args[data_arg].dtype == torch.float64
+        two = bool(accumulators_arg and kwargs.get(accumulators_arg, named_args.get(accumulators_arg, False)))
+        max_out = 4096 if is_fp64 else 8192 if two else 1 << 30
+        kept = [c for c in configs if c.kwargs[n_block] <= n_cap and c.kwargs["BLOCK_K"] <= k_cap
+                and c.kwargs["BLOCK_P"] <= p_cap and c.kwargs["BLOCK_P"] * c.kwargs[n_block] <= max_out]
+        return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_P"] * c.kwargs[n_block] * c.kwargs["BLOCK_K"])]
+
+    return prune
 
 
-_conv_epsilon_forward_dot = triton.autotune(
-    configs=_dot_configs(),
-    key=["n_pixels", "Ci_g", "Co_g", "Ho", "Wo", "KH", "KW", "STRIDE_H", "STRIDE_W", "DIL_H", "DIL_W", "KEEP_C"],
-    prune_configs_by={"early_config_prune": _prune_dot_configs},
-)(_conv_epsilon_forward_kernel)
+_GEOMETRY_KEY = ["KH", "KW", "STRIDE_H", "STRIDE_W", "DIL_H", "DIL_W"]
+
+_conv_transpose_dot = triton.autotune(
+    configs=_dot_configs("BLOCK_CI"),
+    key=["n_pixels", "Ci_g", "Co_g", "Ho", "Wo", *_GEOMETRY_KEY, "KEEP_C", "TWO_SIGNS"],
+    prune_configs_by={"early_config_prune": _dot_pruner("BLOCK_CI", "Ci_g", "Co_g", "R_ptr", "TWO_SIGNS")},
+)(_conv_transpose_kernel)
+
+_conv_epsilon_backward_dot = triton.autotune(
+    configs=_dot_configs("BLOCK_CO"),
+    key=["n_pixels", "M", "Ci_g", "Co_g", "H", "W", *_GEOMETRY_KEY],
+    prune_configs_by={"early_config_prune": _dot_pruner("BLOCK_CO", "Co_g", "Ci_g", "U_ptr")},
+)(_conv_epsilon_backward_kernel)
 
 
-def _fma_tiles(Ci_g: int, Co_g: int) -> tuple[int, int, int, int]:
-    """(BLOCK_P, BLOCK_CI, BLOCK_K, num_warps) for the CUDA-core path, keeping the P x K x CI product tile at
-    8192 elements at most."""
-    block_ci = min(triton.next_power_of_2(Ci_g), 16)
+def _fma_tiles(n_out: int, n_reduce: int) -> tuple[int, int, int, int]:
+    """(BLOCK_P, BLOCK_N, BLOCK_K, num_warps) for the CUDA-core path with ``n_out`` output channels and
+    ``n_reduce`` reduced channels per group, keeping the P x K x N product tile at 8192 elements at most."""
+    block_n = min(triton.next_power_of_2(n_out), 16)
     block_p = 128
-    block_k = max(1, min(triton.next_power_of_2(Co_g), 8192 // (block_p * block_ci), 16))
-    return block_p, block_ci, block_k, 4
+    block_k = max(1, min(triton.next_power_of_2(n_reduce), 8192 // (block_p * block_n), 16))
+    return block_p, block_n, block_k, 4
 
 
 def _input_precision(dtype: torch.dtype) -> str:
@@ -160,6 +303,78 @@ def _input_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest" and not interpreting():
         return "tf32"
     return "ieee"
+
+
+def _geometry_meta(weight: Tensor, geom: Geometry, dtype: torch.dtype) -> dict:
+    KH, KW = weight.shape[-2:]
+    return dict(KH=KH, KW=KW, STRIDE_H=geom.stride[0], STRIDE_W=geom.stride[1], PAD_H=geom.padding[0],
+                PAD_W=geom.padding[1], DIL_H=geom.dilation[0], DIL_W=geom.dilation[1],
+                INPUT_PRECISION=_input_precision(dtype), COMPUTE_DTYPE=compute_dtype(dtype))
+
+
+def _check_conv(name: str, B: int, Ci: int, HW: tuple[int, int], Co: int, HoWo: tuple[int, int], weight: Tensor,
+                geom: Geometry) -> None:
+    """The weight's shape against the channels and groups, and the sizes against the convolution's geometry."""
+    if geom.linear:
+        raise ValueError(f"{name} takes a convolution geometry; linear layers use the matmul path")
+    groups = geom.groups
+    if weight.dim() != 4 or weight.shape[0] != Co or Co % groups or Ci % groups or weight.shape[1] != Ci // groups:
+        raise ValueError(f"{name}: weight {tuple(weight.shape)} does not map {Ci} to {Co} channels in {groups} "
+                         "groups")
+    # the sizes must be those of a convolution of the input with these parameters (raises otherwise)
+    conv_transpose_output_padding(HW, HoWo, tuple(weight.shape[-2:]), geom.stride, geom.padding, geom.dilation)
+    if max(B * Ci * HW[0] * HW[1], B * Co * HoWo[0] * HoWo[1], Ci * HW[0] * HW[1], Co * HoWo[0] * HoWo[1]) >= 2**31:
+        raise ValueError(f"{name} indexes pixels with int32: split the batch")
+
+
+def _conv_transpose(R: Tensor, z: Tensor, a: Tensor, a2: Tensor | None, weight: Tensor, weight2: Tensor | None,
+                    geom: Geometry, eps: float, keep_c: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Launch :func:`_conv_transpose_kernel` on checked, shape-consistent inputs: ``(OUT, C, C2)``."""
+    B, M, Co, Ho, Wo = R.shape
+    _, Ci, H, W = a.shape
+    groups = geom.groups
+    two = weight2 is not None
+    R, a, z = R.contiguous(), a.contiguous(), z.contiguous()
+    # (kh, kw, Co, Ci/g): input channels innermost for the tile loads
+    Wt = weight.permute(2, 3, 0, 1).contiguous()
+    Wt2 = weight2.permute(2, 3, 0, 1).contiguous() if two else Wt
+    a2 = a2.contiguous() if two else a
+    out = new_output((B, M, Ci, H, W), R)
+    c = new_output((B, M, Ci, H, W), R) if keep_c else None
+    c2 = new_output((B, M, Ci, H, W), R) if keep_c and two else None
+    n_pixels = B * M * H * W
+    if n_pixels == 0 or Ci == 0:
+        return out, c, c2
+    if Co == 0:  # an empty reduction
+        return out.zero_(), None if c is None else c.zero_(), None if c2 is None else c2.zero_()
+    Ci_g, Co_g = Ci // groups, Co // groups
+    out_c, out_c2 = (out if c is None else c), (out if c2 is None else c2)
+    args = (
+        R, R.stride(1), R.stride(2), R.stride(3), R.stride(4),
+        z, z.stride(0), z.stride(1), z.stride(2), z.stride(3),
+        a, a2, a.stride(0), a.stride(1), a.stride(2), a.stride(3),
+        Wt, Wt2, Wt.stride(2), Wt.stride(3), Wt.stride(0), Wt.stride(1),
+        out, out_c, out_c2, out.stride(1), out.stride(2), out.stride(3), out.stride(4),
+        M, H, W, Ho, Wo, Ci_g, Co_g, n_pixels, *eps_parts(eps),
+    )
+    meta = dict(_geometry_meta(weight, geom, R.dtype), KEEP_C=keep_c, TWO_SIGNS=two)
+    if Ci_g >= MIN_DOT_CHANNELS and Co_g >= MIN_DOT_CHANNELS:
+
+        def grid(meta: dict) -> tuple[int, int]:
+            return triton.cdiv(n_pixels, meta["BLOCK_P"]), groups * triton.cdiv(Ci_g, meta["BLOCK_CI"])
+
+        _conv_transpose_dot[grid](*args, USE_DOT=True, **meta)
+    else:
+        BLOCK_P, BLOCK_CI, BLOCK_K, num_warps = _fma_tiles(Ci_g, Co_g)
+        grid = (triton.cdiv(n_pixels, BLOCK_P), groups * triton.cdiv(Ci_g, BLOCK_CI))
+        _conv_transpose_kernel[grid](*args, USE_DOT=False, BLOCK_P=BLOCK_P, BLOCK_CI=BLOCK_CI, BLOCK_K=BLOCK_K,
+                                     num_warps=num_warps, **meta)
+    return out, c, c2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# launchers
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def conv_epsilon_forward(
@@ -181,58 +396,113 @@ def conv_epsilon_forward(
     -------
     (R_in, c) with R_in (B, M, Ci, H, W) and c None unless ``keep_c``.
     """
-    if geom.linear:
-        raise ValueError("conv_epsilon_forward takes a convolution geometry; linear layers use the matmul path")
-    if R.dim() != 5 or a.dim() != 4 or z.dim() != 4 or weight.dim() != 4:
-        raise ValueError(f"expected R (B, M, Co, Ho, Wo), a (B, Ci, H, W), z (B, Co, Ho, Wo), weight (Co, Ci/g, kh, "
-                         f"kw); got {tuple(R.shape)}, {tuple(a.shape)}, {tuple(z.shape)}, {tuple(weight.shape)}")
-    B, M, Co, Ho, Wo = R.shape
-    _, Ci, H, W = a.shape
-    groups = geom.groups
-    KH, KW = weight.shape[-2:]
-    if (tuple(z.shape) != (B, Co, Ho, Wo) or a.shape[0] != B or tuple(input_size) != (H, W) or weight.shape[0] != Co
-            or Co % groups or Ci % groups or weight.shape[1] != Ci // groups):
-        raise ValueError(f"inconsistent shapes: R {tuple(R.shape)}, a {tuple(a.shape)}, z {tuple(z.shape)}, "
-                         f"weight {tuple(weight.shape)}, input_size {tuple(input_size)}, groups {groups}")
+    _check_transpose_inputs("conv_epsilon_forward", R, z, weight, input_size, geom, a)
     check_floating(R, a, z, weight)
-    # the sizes must be those of a convolution of a with these parameters (raises otherwise)
-    conv_transpose_output_padding((H, W), (Ho, Wo), (KH, KW), geom.stride, geom.padding, geom.dilation)
-    n_pixels = B * M * H * W
-    if max(n_pixels, Co * Ho * Wo, Ci * H * W) >= 2**31:
-        raise ValueError("conv_epsilon_forward indexes pixels with int32: split the batch")
-
-    R, a, z = R.contiguous(), a.contiguous(), z.contiguous()
-    Wt = weight.permute(2, 3, 0, 1).contiguous()  # (kh, kw, Co, Ci/g): input channels innermost for the tile loads
-    out = new_output((B, M, Ci, H, W), R)
-    c = new_output((B, M, Ci, H, W), R) if keep_c else None
-    if n_pixels == 0 or Ci == 0:
-        return out, c
-    Ci_g, Co_g = Ci // groups, Co // groups
-    args = (
-        R, R.stride(1), R.stride(2), R.stride(3), R.stride(4),
-        z, z.stride(0), z.stride(1), z.stride(2), z.stride(3),
-        a, a.stride(0), a.stride(1), a.stride(2), a.stride(3),
-        Wt, Wt.stride(2), Wt.stride(3), Wt.stride(0), Wt.stride(1),
-        out, out if c is None else c, out.stride(1), out.stride(2), out.stride(3), out.stride(4),
-        M, H, W, Ho, Wo, Ci_g, Co_g, n_pixels, *eps_parts(eps),
-    )
-    meta = dict(
-        KH=KH, KW=KW, STRIDE_H=geom.stride[0], STRIDE_W=geom.stride[1], PAD_H=geom.padding[0],
-        PAD_W=geom.padding[1], DIL_H=geom.dilation[0], DIL_W=geom.dilation[1], KEEP_C=keep_c,
-        INPUT_PRECISION=_input_precision(R.dtype), COMPUTE_DTYPE=compute_dtype(R.dtype),
-    )
-    if Ci_g >= MIN_DOT_CHANNELS and Co_g >= MIN_DOT_CHANNELS:
-
-        def grid(meta: dict) -> tuple[int, int]:
-            return triton.cdiv(n_pixels, meta["BLOCK_P"]), groups * triton.cdiv(Ci_g, meta["BLOCK_CI"])
-
-        _conv_epsilon_forward_dot[grid](*args, USE_DOT=True, **meta)
-    else:
-        BLOCK_P, BLOCK_CI, BLOCK_K, num_warps = _fma_tiles(Ci_g, Co_g)
-        grid = (triton.cdiv(n_pixels, BLOCK_P), groups * triton.cdiv(Ci_g, BLOCK_CI))
-        _conv_epsilon_forward_kernel[grid](*args, USE_DOT=False, BLOCK_P=BLOCK_P, BLOCK_CI=BLOCK_CI,
-                                           BLOCK_K=BLOCK_K, num_warps=num_warps, **meta)
+    out, c, _ = _conv_transpose(R, z, a, None, weight, None, geom, eps, keep_c)
     return out, c
 
 
-__all__ = ["conv_epsilon_forward"]
+def zbox_forward(
+    R: Tensor, a_low: Tensor, a_high: Tensor, z_box: Tensor, w_pos: Tensor, w_neg: Tensor,
+    input_size: tuple[int, int], geom: Geometry, eps: float, keep_c: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Fused Z^B rule through a 2-d convolution, one launch (KERNELS.md "Z^B first layer")::
+
+        s = R / stab(z_box),  R_in = a_low * conv_transpose2d(s, W+) + a_high * conv_transpose2d(s, W-)
+
+    Parameters
+    ----------
+    R : (B, M, Co, Ho, Wo) relevance at the layer's output.
+    a_low, a_high : (B, Ci, H, W), the layer's input minus its lower and upper bounds; ``input_size`` = (H, W).
+    z_box : (B, Co, Ho, Wo), the layer's pre-activation minus the bound terms.
+    w_pos, w_neg : (Co, Ci / groups, kh, kw), the weight's positive and negative parts (used as given).
+    keep_c : also return the two transposed convolutions ``c+`` and ``c-`` (B, M, Ci, H, W).
+
+    Returns
+    -------
+    (R_in, c+, c-), the last two None unless ``keep_c``.
+    """
+    _check_transpose_inputs("zbox_forward", R, z_box, w_pos, input_size, geom, a_low)
+    if a_high.shape != a_low.shape or w_neg.shape != w_pos.shape:
+        raise ValueError(f"zbox_forward: a_low {tuple(a_low.shape)} / a_high {tuple(a_high.shape)} and w_pos "
+                         f"{tuple(w_pos.shape)} / w_neg {tuple(w_neg.shape)} must match")
+    check_floating(R, a_low, a_high, z_box, w_pos, w_neg)
+    return _conv_transpose(R, z_box, a_low, a_high, w_pos, w_neg, geom, eps, keep_c)
+
+
+def _check_transpose_inputs(name: str, R: Tensor, z: Tensor, weight: Tensor, input_size: tuple[int, ...],
+                            geom: Geometry, a: Tensor) -> None:
+    if R.dim() != 5 or a.dim() != 4 or z.dim() != 4 or weight.dim() != 4:
+        raise ValueError(f"{name}: expected R (B, M, Co, Ho, Wo), a (B, Ci, H, W), z (B, Co, Ho, Wo), weight "
+                         f"(Co, Ci/g, kh, kw); got {tuple(R.shape)}, {tuple(a.shape)}, {tuple(z.shape)}, "
+                         f"{tuple(weight.shape)}")
+    B, M, Co, Ho, Wo = R.shape
+    _, Ci, H, W = a.shape
+    if tuple(z.shape) != (B, Co, Ho, Wo) or a.shape[0] != B or tuple(input_size) != (H, W):
+        raise ValueError(f"{name}: inconsistent shapes: R {tuple(R.shape)}, a {tuple(a.shape)}, z "
+                         f"{tuple(z.shape)}, input_size {tuple(input_size)}")
+    _check_conv(name, B * M, Ci, (H, W), Co, (Ho, Wo), weight, geom)
+
+
+def conv_epsilon_backward(U: Tensor, weight: Tensor, s: Tensor, z: Tensor, geom: Geometry,
+                          eps: float) -> tuple[Tensor, Tensor]:
+    """The epsilon rule's backward through a convolution, output side, in one launch (KERNELS.md, Fusion)::
+
+        V = conv2d(U, W),  dR = V / stab(z),  dZ = -sum_M V * s / stab(z)
+
+    Parameters
+    ----------
+    U : (B, M, Ci, H, W), ``G * a`` (the incoming gradient times the layer input).
+    weight : (Co, Ci / groups, kh, kw).
+    s : (B, M, Co, Ho, Wo), ``R / stab(z)`` from the forward.
+    z : (B, Co, Ho, Wo), the layer's pre-activation.
+
+    Returns
+    -------
+    (dR, dZ): (B, M, Co, Ho, Wo) and (B, Co, Ho, Wo).
+    """
+    if U.dim() != 5 or s.dim() != 5 or z.dim() != 4:
+        raise ValueError(f"conv_epsilon_backward: expected U (B, M, Ci, H, W), s (B, M, Co, Ho, Wo), z (B, Co, Ho, "
+                         f"Wo); got {tuple(U.shape)}, {tuple(s.shape)}, {tuple(z.shape)}")
+    B, M, Ci, H, W = U.shape
+    _, _, Co, Ho, Wo = s.shape
+    if tuple(s.shape[:2]) != (B, M) or tuple(z.shape) != (B, Co, Ho, Wo):
+        raise ValueError(f"conv_epsilon_backward: inconsistent shapes: U {tuple(U.shape)}, s {tuple(s.shape)}, "
+                         f"z {tuple(z.shape)}")
+    _check_conv("conv_epsilon_backward", B * M, Ci, (H, W), Co, (Ho, Wo), weight, geom)
+    check_floating(U, weight, s, z)
+    U, s, z = U.contiguous(), s.contiguous(), z.contiguous()
+    dR = new_output((B, M, Co, Ho, Wo), s)
+    dZ = new_output((B, Co, Ho, Wo), s)
+    n_pixels = B * Ho * Wo
+    if n_pixels == 0 or Co == 0:
+        return dR, dZ
+    if M == 0 or Ci == 0:  # no maps or an empty reduction: V = 0
+        return dR.zero_(), dZ.zero_()
+    groups = geom.groups
+    Ci_g, Co_g = Ci // groups, Co // groups
+    # (kh, kw, Ci/g, Co): output channels innermost for the tile loads
+    Wt = weight.permute(2, 3, 1, 0).contiguous()
+    args = (
+        U, U.stride(1), U.stride(2), U.stride(3), U.stride(4),
+        Wt, Wt.stride(3), Wt.stride(2), Wt.stride(0), Wt.stride(1),
+        s, dR, s.stride(1), s.stride(2), s.stride(3), s.stride(4),
+        z, dZ, z.stride(0), z.stride(1), z.stride(2), z.stride(3),
+        M, H, W, Ho, Wo, Ci_g, Co_g, n_pixels, *eps_parts(eps),
+    )
+    meta = _geometry_meta(weight, geom, U.dtype)
+    if Ci_g >= MIN_DOT_CHANNELS and Co_g >= MIN_DOT_CHANNELS:
+
+        def grid(meta: dict) -> tuple[int, int]:
+            return triton.cdiv(n_pixels, meta["BLOCK_P"]), groups * triton.cdiv(Co_g, meta["BLOCK_CO"])
+
+        _conv_epsilon_backward_dot[grid](*args, USE_DOT=True, **meta)
+    else:
+        BLOCK_P, BLOCK_CO, BLOCK_K, num_warps = _fma_tiles(Co_g, Ci_g)
+        grid = (triton.cdiv(n_pixels, BLOCK_P), groups * triton.cdiv(Co_g, BLOCK_CO))
+        _conv_epsilon_backward_kernel[grid](*args, USE_DOT=False, BLOCK_P=BLOCK_P, BLOCK_CO=BLOCK_CO,
+                                            BLOCK_K=BLOCK_K, num_warps=num_warps, **meta)
+    return dR, dZ
+
+
+__all__ = ["conv_epsilon_backward", "conv_epsilon_forward", "zbox_forward"]
