@@ -117,10 +117,13 @@ class Trainer:
         """Run (or continue) the training; returns when done, or after saving a checkpoint on Ctrl-C."""
         self.ctx = setup(self.config.device)
         previous = None
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGINT, self._on_sigint)
         try:
-            self._prepare()
+            self._prepare()  # Ctrl-C here (data, model, tune_cut) simply stops: there is nothing to save yet
+            if self.epoch >= self.config.epochs:
+                self.info(f"{self.run_dir} has trained {self.epoch} epoch(s) already; nothing to do (pass --epochs "
+                          f"N > {self.epoch} to train on)")
+            if threading.current_thread() is threading.main_thread():
+                previous = signal.signal(signal.SIGINT, self._on_sigint)
             interrupted = False
             try:
                 self._train()
@@ -272,7 +275,7 @@ class Trainer:
         if self._stop:
             raise KeyboardInterrupt
         self._stop = True
-        self._log("Ctrl-C: stopping after this batch and saving a checkpoint (press Ctrl-C again to stop at once)")
+        self.info("Ctrl-C: stopping after this batch and saving a checkpoint (press Ctrl-C again to stop at once)")
 
     def _snapshot(self) -> dict[str, Any]:
         """The state of the last batch boundary that is not in the model and optimizer themselves."""
