@@ -314,8 +314,11 @@ std::tuple<at::Tensor, at::Tensor> maxpool_backward(const at::Tensor& G, const a
 
 // ---- average pooling (avg_pool2d, adaptive_avg_pool2d), epsilon ------------------------------------------
 
-// lo[i], hi[i]: the windows [lo, hi) covering input i, from the windows' (non-decreasing) starts and ends.
+// lo[i], hi[i]: the windows [lo, hi) covering input i, from the windows' (non-decreasing) starts and ends; and
+// the padded tables `covering` and `members`.
 void cover(PoolAxis& axis) {
+  TORCH_CHECK(axis.in < std::numeric_limits<int32_t>::max() && axis.out < std::numeric_limits<int32_t>::max(),
+              "isnet_kernels: average pooling planes must have fewer than 2^31 - 1 rows and columns");
   axis.lo.assign(axis.in, 0);
   axis.hi.assign(axis.in, 0);
   int64_t first = 0, past = 0;  // first window ending after i; first window starting after i
@@ -328,6 +331,22 @@ void cover(PoolAxis& axis) {
     }
     axis.lo[i] = first;
     axis.hi[i] = std::max(first, past);
+    axis.ncover = std::max(axis.ncover, axis.hi[i] - axis.lo[i]);
+  }
+  axis.covering.assign(axis.ncover * axis.in, static_cast<int32_t>(axis.out));
+  for (int64_t i = 0; i < axis.in; ++i) {
+    for (int64_t o = axis.lo[i]; o < axis.hi[i]; ++o) {
+      axis.covering[(o - axis.lo[i]) * axis.in + i] = static_cast<int32_t>(o);
+    }
+  }
+  for (int64_t o = 0; o < axis.out; ++o) {
+    axis.nmember = std::max(axis.nmember, axis.end[o] - axis.start[o]);
+  }
+  axis.members.assign(axis.nmember * axis.out, static_cast<int32_t>(axis.in));
+  for (int64_t o = 0; o < axis.out; ++o) {
+    for (int64_t i = axis.start[o]; i < axis.end[o]; ++i) {
+      axis.members[(i - axis.start[o]) * axis.out + o] = static_cast<int32_t>(i);
+    }
   }
 }
 
@@ -390,6 +409,8 @@ void set_weights(AvgPoolPlan& plan, const std::vector<int64_t>& dh, const std::v
       plan.weight[oh * plan.w.out + ow] = 1.0 / static_cast<double>(divisor);
     }
   }
+  plan.whole = plan.h.out == 1 && plan.w.out == 1 && plan.h.start[0] == 0 && plan.h.end[0] == plan.h.in &&
+               plan.w.start[0] == 0 && plan.w.end[0] == plan.w.in;
 }
 
 // Checks R (B, M, C, Ho, Wo), a (B, C, H, W) and z (B, C, Ho, Wo); G, when given, must be (B, M, C, H, W).

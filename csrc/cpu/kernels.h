@@ -49,18 +49,24 @@ struct PoolSizes {
 
 // One axis of an average pooling (avg_pool2d or adaptive_avg_pool2d): output o averages the inputs
 // [start[o], end[o]) (clipped to the input), and input i lies in the windows [lo[i], hi[i]) (a contiguous range,
-// possibly empty: window starts and ends never decrease with o).
+// possibly empty: window starts and ends never decrease with o). The same as tables of fixed length for
+// branch-free gathers: covering[d * in + i], d < ncover, is the d-th window covering input i or else `out`;
+// members[d * out + o], d < nmember, the d-th input of window o or else `in` (the kernels keep a zero there).
 struct PoolAxis {
   int64_t in = 0, out = 0;
   std::vector<int64_t> start, end, lo, hi;
+  int64_t ncover = 0, nmember = 0;
+  std::vector<int32_t> covering, members;
 };
 
 // The windows of an average pooling of (B, C, H, W) activations to (B, C, Ho, Wo), shared by M relevance maps:
-// separable along H and W, with weight[oh * Wo + ow] = 1 / divisor of each window.
+// separable along H and W, with weight[oh * Wo + ow] = 1 / divisor of each window. `whole`: one window, the
+// whole plane (global pooling).
 struct AvgPoolPlan {
   int64_t B = 0, M = 0, C = 0;
   PoolAxis h, w;
   std::vector<double> weight;
+  bool whole = false;
 };
 
 // at::parallel_for behind one non-template function (defined in isnet_kernels.cpp): its OpenMP region is compiled

@@ -278,6 +278,8 @@ AVG_CASES = [
     (2, 2, 3, 5, 7, 3, 3, 0, True, False, 2),
     (1, 2, 2, 9, 6, (3, 2), (2, 1), (1, 0), False, False, None),  # different along H and W
     (1, 2, 2, 31, 37, 3, 1, 1, False, False, None),  # rows longer than a vector
+    (2, 3, 2, 5, 7, (5, 7), 1, 0, False, True, None),  # one window, the whole plane (global pooling)
+    (1, 2, 3, 3, 3, 2, 2, 0, False, True, None),  # one window, not the whole plane
 ]
 # (B, M, C, H, W, output size): windows that do not divide the input, global pooling, more outputs than inputs
 ADAPTIVE_CASES = [
@@ -403,11 +405,12 @@ def test_avgpool_without_da(kernels) -> None:
     part = _avg_op_outputs(R, a, z, G, windows, 0.1, compute_da=False)
     torch.testing.assert_close(part[:3], full[:3], rtol=0, atol=0)
     assert part[3].shape == (0,)
-    R, a, z, G = _avg_inputs(2, 3, 2, 9, 7, lambda x: F.adaptive_avg_pool2d(x, (4, 3)), torch.float64)
-    full = _avg_op_outputs(R, a, z, G, None, 0.1)
-    part = _avg_op_outputs(R, a, z, G, None, 0.1, compute_da=False)
-    torch.testing.assert_close(part[:3], full[:3], rtol=0, atol=0)
-    assert part[3].shape == (0,)
+    for size in [(4, 3), (1, 1)]:
+        R, a, z, G = _avg_inputs(2, 3, 2, 9, 7, lambda x, s=size: F.adaptive_avg_pool2d(x, s), torch.float64)
+        full = _avg_op_outputs(R, a, z, G, None, 0.1)
+        part = _avg_op_outputs(R, a, z, G, None, 0.1, compute_da=False)
+        torch.testing.assert_close(part[:3], full[:3], rtol=0, atol=0)
+        assert part[3].shape == (0,)
 
 
 def test_avgpool_no_maps(kernels) -> None:
