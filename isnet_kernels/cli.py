@@ -80,10 +80,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     # train: every option defaults to "not given", so a resumed run can tell what was asked to change
     S = argparse.SUPPRESS
-    tr = sub.add_parser("train", help="train a classifier or an ISNet", argument_default=S,
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    tr.add_argument("--data", help="data set folder (images/<split>/<class>/*.png, masks/...)")
-    tr.add_argument("--out", required=True, help="run directory (created; holds checkpoints and metrics)")
+    tr = sub.add_parser("train", help="train a classifier or an ISNet", argument_default=S)
+    tr.add_argument("--data", metavar="ROOT", help="data set folder (images/<split>/<class>/*.png, masks/...)")
+    tr.add_argument("--out", metavar="RUN_DIR", required=True, help="run directory (created; holds checkpoints "
+                    "and metrics)")
     tr.add_argument("--arch", choices=list(ARCHITECTURES), help="architecture (default small)")
     tr.add_argument("--model-arg", dest="model_kwargs", type=_model_arg, action="append", metavar="KEY=VALUE",
                     help="constructor argument of the architecture, e.g. width=8 (repeatable)")
@@ -121,7 +121,7 @@ def _build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", type=_device, help="auto, cpu, cuda or cuda:N (default auto)")
     tr.add_argument("--backend", choices=list(BACKENDS), help="relevance backend (default auto)")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    tr.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    tr.add_argument("--quiet", action="store_true", help="no progress bars (the per-epoch lines stay)")
 
     # eval
     ev = sub.add_parser("eval", help="accuracy and background relevance of a run on test splits")
