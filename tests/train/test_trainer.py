@@ -81,6 +81,10 @@ def test_plain_classifier_reports_background_fraction(tiny_data: Path, tmp_path:
     assert row["train_heatmap"] == 0 and row["train_loss"] == row["train_classification"]
     assert 0 < row["val_background_fraction"] < 1
 
+    alone = train(_config(tiny_data, tmp_path / "noval", variant="none", epochs=1, val_split=""))
+    assert math.isnan(alone.history[0]["val_accuracy"]) and alone.best_val_accuracy is None
+    assert (tmp_path / "noval" / "last.pt").is_file() and not (tmp_path / "noval" / "best.pt").exists()
+
 
 def test_resume_equals_uninterrupted_run(tiny_data: Path, tmp_path: Path) -> None:
     # dropout (torch RNG) and the stochastic variant (its own generator) make every RNG state matter
