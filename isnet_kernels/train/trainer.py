@@ -186,12 +186,13 @@ class Trainer:
         self.loader_generator = torch.Generator()
         self.loader = DataLoader(self.train_set, batch_size=self.local_batch, sampler=self.sampler,
                                  num_workers=cfg.num_workers, generator=self.loader_generator,
-                                 pin_memory=ctx.device.type == "cuda")
+                                 pin_memory=ctx.device.type == "cuda", worker_init_fn=_ignore_sigint)
         self.val_loader = None
         if self.val_set is not None:
             self.val_loader = DataLoader(self.val_set, batch_size=self.local_batch,
                                          sampler=_sampler(len(self.val_set), cfg.seed, ctx, shuffle=False),
-                                         num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(0))
+                                         num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(0),
+                                         worker_init_fn=_ignore_sigint)
 
         self.history: list[dict[str, Any]] = []
         self.best: float | None = None
@@ -401,6 +402,12 @@ class Trainer:
             self.info(f"interrupted at epoch {b['epoch'] + 1}, batch {b['step']}: saved {path}; continue with: "
                       f"isnet train --out {self.run_dir} --resume")
         self.epoch, self.step = b["epoch"], b["step"]
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """DataLoader workers ignore Ctrl-C (the terminal sends it to them too): the main process stops the run at a
+    batch boundary and shuts them down; a worker that died of it would fail the run instead."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _sampler(size: int, seed: int, ctx: Context, shuffle: bool):
