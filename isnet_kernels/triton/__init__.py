@@ -1,7 +1,8 @@
 """The ``triton`` backend: Triton kernels for the relevance primitives (KERNELS.md).
 
 Fused here: every elementwise primitive (one pass over memory, reductions over the M maps inside the kernel),
-the max-pool scatter and gather, and three implicit-GEMM convolutions (:mod:`.conv`):
+the max-pool scatter and gather, the epsilon rule through average pooling (one gather kernel forward, two
+launches backward; :mod:`.pool`), and three implicit-GEMM convolutions (:mod:`.conv`):
 
 - the epsilon rule's forward through a convolution, a transposed convolution with the division by ``stab(z)``
   as prologue and the product with ``a`` as epilogue (:meth:`TritonPrimitives.conv_epsilon_forward`);
@@ -25,6 +26,7 @@ import os
 import torch
 from torch import Tensor
 
+from ..ops.pool import AvgPoolWindows
 from ..ops.primitives import Geometry, TorchPrimitives
 
 _INSTALL_HINT = "triton is not installed: pip install triton==3.7.1"
@@ -101,6 +103,22 @@ class TritonPrimitives(TorchPrimitives):
         from .pool import maxpool_backward
 
         return maxpool_backward(G, R, z, indices, eps)
+
+    # --- average pooling, epsilon: used by ops.pool.AvgPoolFunction (avg_pool2d, adaptive pooling, a mean) ------
+    def avgpool_forward(self, R: Tensor, a: Tensor, z: Tensor, windows: AvgPoolWindows | None, eps: float) -> Tensor:
+        """``R_in = a * P^T (R / t)``: R (B, M, C, Ho, Wo), a (B, C, H, W), z (B, C, Ho, Wo) -> (B, M, C, H, W), one
+        launch. ``windows`` are avg_pool2d's, or None for adaptive_avg_pool2d to (Ho, Wo)."""
+        from .pool import avgpool_forward
+
+        return avgpool_forward(R, a, z, windows, eps)
+
+    def avgpool_backward(self, G: Tensor, R: Tensor, a: Tensor, z: Tensor, windows: AvgPoolWindows | None,
+                         eps: float, compute_da: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``V = P (G a)``; ``dR = V / t``, ``dz = -sum_M V s / t``, ``da = sum_M G P^T s`` (None unless
+        ``compute_da``), with ``s = R / t``; two launches."""
+        from .pool import avgpool_backward
+
+        return avgpool_backward(G, R, a, z, windows, eps, compute_da)
 
     def conv_epsilon_forward(self, R: Tensor, a: Tensor, z: Tensor, weight: Tensor, input_size: tuple[int, ...],
                              geom: Geometry, eps: float, keep_c: bool) -> tuple[Tensor, Tensor | None]:
