@@ -312,9 +312,10 @@ def _geometry_meta(weight: Tensor, geom: Geometry, dtype: torch.dtype) -> dict:
                 INPUT_PRECISION=_input_precision(dtype), COMPUTE_DTYPE=compute_dtype(dtype))
 
 
-def _check_conv(name: str, B: int, Ci: int, HW: tuple[int, int], Co: int, HoWo: tuple[int, int], weight: Tensor,
-                geom: Geometry) -> None:
-    """The weight's shape against the channels and groups, and the sizes against the convolution's geometry."""
+def _check_conv(name: str, n_pixels: int, Ci: int, HW: tuple[int, int], Co: int, HoWo: tuple[int, int],
+                weight: Tensor, geom: Geometry) -> None:
+    """The weight's shape against the channels and groups, the sizes against the convolution's geometry, and the
+    int32 indexing: the kernel's flat pixel index (``n_pixels``) and offsets within one image."""
     if geom.linear:
         raise ValueError(f"{name} takes a convolution geometry; linear layers use the matmul path")
     groups = geom.groups
@@ -323,7 +324,7 @@ def _check_conv(name: str, B: int, Ci: int, HW: tuple[int, int], Co: int, HoWo: 
                          "groups")
     # the sizes must be those of a convolution of the input with these parameters (raises otherwise)
     conv_transpose_output_padding(HW, HoWo, tuple(weight.shape[-2:]), geom.stride, geom.padding, geom.dilation)
-    if max(B * Ci * HW[0] * HW[1], B * Co * HoWo[0] * HoWo[1], Ci * HW[0] * HW[1], Co * HoWo[0] * HoWo[1]) >= 2**31:
+    if max(n_pixels, Ci * HW[0] * HW[1], Co * HoWo[0] * HoWo[1]) >= 2**31:
         raise ValueError(f"{name} indexes pixels with int32: split the batch")
 
 
@@ -441,7 +442,7 @@ def _check_transpose_inputs(name: str, R: Tensor, z: Tensor, weight: Tensor, inp
     if tuple(z.shape) != (B, Co, Ho, Wo) or a.shape[0] != B or tuple(input_size) != (H, W):
         raise ValueError(f"{name}: inconsistent shapes: R {tuple(R.shape)}, a {tuple(a.shape)}, z "
                          f"{tuple(z.shape)}, input_size {tuple(input_size)}")
-    _check_conv(name, B * M, Ci, (H, W), Co, (Ho, Wo), weight, geom)
+    _check_conv(name, B * M * H * W, Ci, (H, W), Co, (Ho, Wo), weight, geom)
 
 
 def conv_epsilon_backward(U: Tensor, weight: Tensor, s: Tensor, z: Tensor, geom: Geometry,
@@ -469,7 +470,7 @@ def conv_epsilon_backward(U: Tensor, weight: Tensor, s: Tensor, z: Tensor, geom:
     if tuple(s.shape[:2]) != (B, M) or tuple(z.shape) != (B, Co, Ho, Wo):
         raise ValueError(f"conv_epsilon_backward: inconsistent shapes: U {tuple(U.shape)}, s {tuple(s.shape)}, "
                          f"z {tuple(z.shape)}")
-    _check_conv("conv_epsilon_backward", B * M, Ci, (H, W), Co, (Ho, Wo), weight, geom)
+    _check_conv("conv_epsilon_backward", B * Ho * Wo, Ci, (H, W), Co, (Ho, Wo), weight, geom)
     check_floating(U, weight, s, z)
     U, s, z = U.contiguous(), s.contiguous(), z.contiguous()
     dR = new_output((B, M, Co, Ho, Wo), s)

@@ -413,3 +413,18 @@ def test_gradcheck_zbox_function() -> None:
     inputs = tuple(t.to(DEVICE).requires_grad_() for t in (R, a, z, w, b))
     low, high = low.to(DEVICE), high.to(DEVICE)
     assert torch.autograd.gradcheck(lambda *t: ops.zbox(*t, low, high, geom, 0.1, TRITON), inputs, fast_mode=True)
+
+
+def test_int32_pixel_index_limit() -> None:
+    """Launches whose flat pixel index would overflow int32 are refused before any copy (inputs are expanded
+    views: nothing this size is allocated); whole tensors past 2^31 elements are fine (int64 image offsets)."""
+    n = 2**31
+    one = torch.zeros((), dtype=torch.float64, device=DEVICE)
+    geom = Geometry()
+    R, a, z, w = one.expand(n, 1, 1, 1, 1), one.expand(n, 1, 1, 1), one.expand(n, 1, 1, 1), one.expand(1, 1, 1, 1)
+    with pytest.raises(ValueError, match="int32"):
+        TRITON.conv_epsilon_forward(R, a, z, w, (1, 1), geom, EPS, False)
+    with pytest.raises(ValueError, match="int32"):
+        TRITON.zbox_forward(R, a, a, z, w, w, (1, 1), geom, EPS, False)
+    with pytest.raises(ValueError, match="int32"):
+        TRITON.conv_epsilon_backward(R, w, R, z, geom, EPS)
