@@ -16,6 +16,9 @@ without it are explain runs):
   ``isnet(reference)``; plot ``<name>.png``.
 * ``ops`` (test_bench_ops.py): one row per op and pass, one median column per backend, and the speed-ups
   ``reference / backend``; plot ``<name>.png``: grouped bars per op, one panel per pass, log scale.
+* ``isnet`` (test_bench_isnet.py): one row per variant, per K its median step, its ratio to the plain step at the
+  same K and its peak extra memory; the original variant's growth in K projected to the K it was not run at; the
+  issue's targets for the variants (met or missed on the medians); plot ``<name>.png``: step ratio vs K.
 
 Then the **targets** table, one per device (files are paired by name: ``explain.json`` + ``training.json``, or
 ``gpu-explain.json`` + ``gpu-training.json``), printed and written to ``<out-dir>/<prefix>targets.md``:
@@ -244,6 +247,201 @@ def ops_section(data: dict) -> list[str]:
     return lines
 
 
+# --- isnet suite (test_bench_isnet.py) ------------------------------------------------------------------------------
+ISNET_VARIANTS = ("plain", "selective", "stochastic", "dual", "original")
+PLAIN = "plain"
+MAX_SAME_STEP = 1.10  # selective / stochastic step at the largest K vs the smallest
+MAX_M1_RATIO = 2.5  # selective / stochastic step vs the plain step
+MAX_ORIGINAL_RATIO = 11.0  # original step vs the plain step at K = 10
+#: The authors' reference code on the same model and batch (issue 4): ratios to its plain step.
+REFERENCE_CODE = {("selective", 10): 3.13, ("selective", 1000): 3.18, ("original", 10): 22.4}
+
+
+def isnet_rows(data: dict) -> dict[str, dict[int, dict]]:
+    """{method: {K: benchmark}} of the isnet suite: methods in variant order (plain first), K ascending."""
+    rows: dict[str, dict[int, dict]] = {}
+    for bench in data.get("benchmarks", []):
+        if _suite(bench) == "isnet":
+            rows.setdefault(_method(bench), {})[int(bench["extra_info"]["classes"])] = bench
+    order = {v: i for i, v in enumerate(ISNET_VARIANTS)}
+    return {m: dict(sorted(rows[m].items())) for m in sorted(rows, key=lambda m: (order.get(m.split("(")[0], 9),
+                                                                                    _backend_rank(m)))}
+
+
+def _isnet_ratio(rows: dict[str, dict[int, dict]], method: str, K: int, stat: str = "median") -> float | None:
+    b, p = rows.get(method, {}).get(K), rows.get(PLAIN, {}).get(K)
+    return _ratio(b["stats"][stat], p["stats"][stat]) if b and p else None
+
+
+def _isnet_method(rows: dict[str, dict[int, dict]], variant: str) -> str | None:
+    """The variant's method on the fused backend (else the reference) among ``rows``."""
+    for backend in ("cpp", "triton", "reference", "torch"):
+        if f"{variant}({backend})" in rows:
+            return f"{variant}({backend})"
+    return None
+
+
+def _line(points: dict[int, float]) -> tuple[float, float] | None:
+    """Least-squares ``(a, b)`` of ``value = a + b K`` through ``{K: value}`` (two points at least)."""
+    if len(points) < 2:
+        return None
+    ks, vs = list(points), list(points.values())
+    mk, mv = sum(ks) / len(ks), sum(vs) / len(vs)
+    b = sum((k - mk) * (v - mv) for k, v in zip(ks, vs)) / sum((k - mk) ** 2 for k in ks)
+    return mv - b * mk, b
+
+
+def isnet_table(rows: dict[str, dict[int, dict]]) -> list[str]:
+    ks = sorted({k for r in rows.values() for k in r})
+    cuda = any(b.get("extra_info", {}).get("memory") == "cuda_allocated" for r in rows.values() for b in r.values())
+    head, rule = "| variant (maps per image) |", "|---|"
+    for k in ks:
+        head += f" K={k} median (ms) | / plain | {'peak extra CUDA alloc' if cuda else 'peak extra RSS'} (MiB) |"
+        rule += "---:|---:|---:|"
+    lines = [head, rule]
+    for method, by_k in rows.items():
+        maps = {PLAIN: "-", "selective": "1", "stochastic": "1", "dual": "2", "original": "K"}
+        row = f"| {method} ({maps.get(method.split('(')[0], '?')}) |"
+        for k in ks:
+            b = by_k.get(k)
+            if b is None:
+                row += " not run | – | – |"
+                continue
+            info, s = b.get("extra_info", {}), b["stats"]
+            row += (f" {_ms(s['median'])}{'' if s['rounds'] > 1 else ' (1 round)'} |"
+                    f" {_fmt(_isnet_ratio(rows, method, k), '.2f', 'x')} | {_fmt(info.get('peak_extra_mib'))} |")
+        lines.append(row)
+    return lines
+
+
+def isnet_projection(rows: dict[str, dict[int, dict]]) -> list[str]:
+    """The original variant at the K it was not run at: time and memory on the lines through the measured K."""
+    method = _isnet_method(rows, "original")
+    ks = sorted({k for r in rows.values() for k in r})
+    if not method:
+        return []
+    measured = rows[method]
+    missing = [k for k in ks if k not in measured]
+    ratio = _line({k: r for k in measured if (r := _isnet_ratio(rows, method, k))})
+    peak = _line({k: b["extra_info"]["peak_extra_mib"] for k, b in measured.items()
+                  if b["extra_info"].get("peak_extra_mib") is not None})
+    saved = _line({k: b["extra_info"]["saved_mib"] for k, b in measured.items()
+                   if b["extra_info"].get("saved_mib") is not None})
+    if ratio is None:
+        return []
+    total = next(iter(measured.values()))["extra_info"].get("mem_total_mib")
+    lines = [f"{method}, on the line through K = {', '.join(map(str, measured))}: step = {ratio[0]:.2f} + "
+             f"{ratio[1]:.3f} K plain steps (cost model (3 + 3K)F / 3F: 1 + K)"]
+    if saved:
+        lines[0] += f"; tensors saved for the backward {saved[0]:.0f} + {saved[1]:.1f} K MiB"
+    if peak:
+        lines[0] += f"; peak extra RSS {peak[0]:.0f} + {peak[1]:.1f} K MiB"
+    for k in missing:
+        text = f"At K = {k} (not run): **{ratio[0] + ratio[1] * k:.0f}x** the plain step"
+        if saved:
+            text += f", **{(saved[0] + saved[1] * k) / 1024:.1f} GiB** saved for the backward"
+        if peak:
+            text += f", peak extra RSS **{(peak[0] + peak[1] * k) / 1024:.1f} GiB**"
+        if total:
+            text += f" (memory of the device: {total / 1024:.1f} GiB)"
+        lines.append(text)
+    return ["", "Projection: " + lines[0] + ".", *[f"{t}." for t in lines[1:]]]
+
+
+def isnet_targets(rows: dict[str, dict[int, dict]]) -> list[str]:
+    """The issue's targets for the ISNet step, each met or missed on the medians (minima alongside)."""
+    ks = sorted({k for r in rows.values() for k in r})
+    out = []
+
+    def add(label: str, med: float | None, mn: float | None, goal: str, ok: bool | None, context: str = "") -> None:
+        if med is None:
+            out.append(f"| {label} | – | – | {goal} | {context} | not measured |")
+        else:
+            out.append(f"| {label} | **{med:.2f}x** | {_fmt(mn, '.2f', 'x')} | {goal} | {context} | "
+                       f"{'met' if ok else 'missed'} |")
+
+    def step(method: str | None, k: int, stat: str = "median") -> float | None:
+        b = rows.get(method or "", {}).get(k)
+        return b["stats"][stat] if b else None
+
+    lo, hi = (ks[0], ks[-1]) if ks else (None, None)
+    for variant in ("selective", "stochastic"):
+        m = _isnet_method(rows, variant)
+        med, mn = _ratio(step(m, hi), step(m, lo)), _ratio(step(m, hi, "min"), step(m, lo, "min"))
+        add(f"{m or variant} step, K={hi} / K={lo}", med if hi != lo else None, mn, f"<= {MAX_SAME_STEP:.2f}",
+            med is not None and med <= MAX_SAME_STEP)
+    for variant in ("selective", "stochastic"):
+        m = _isnet_method(rows, variant)
+        for k in ks:
+            med = _isnet_ratio(rows, m or "", k)
+            ctx = REFERENCE_CODE.get((variant, k))
+            add(f"{m or variant} / plain, K={k}", med, _isnet_ratio(rows, m or "", k, "min"), f"<= {MAX_M1_RATIO}",
+                med is not None and med <= MAX_M1_RATIO, f"{ctx}x" if ctx else "")
+    m = _isnet_method(rows, "original")
+    med = _isnet_ratio(rows, m or "", 10)
+    add(f"{m or 'original'} / plain, K=10", med, _isnet_ratio(rows, m or "", 10, "min"),
+        f"<= {MAX_ORIGINAL_RATIO:.0f}", med is not None and med <= MAX_ORIGINAL_RATIO, "22.4x")
+    big = max((k for k in rows.get(m or "", {}) if k > 10), default=None)
+    if big:
+        bound = (3 + 3 * big) / (3 + 3 * 10)
+        med = _ratio(step(m, big), step(m, 10))
+        add(f"{m} step, K={big} / K=10 (linear in K)", med, _ratio(step(m, big, "min"), step(m, 10, "min")),
+            f"<= {bound:.2f} (cost model)", med is not None and med <= bound)
+    else:
+        add("original step linear in K", None, None, "K=100 / K=10 <= 9.18 (cost model)", None)
+    return ["| target | measured (medians) | ratio of minima | goal | authors' code | status |",
+            "|---|---:|---:|---|---:|---|", *out]
+
+
+def isnet_section(data: dict) -> list[str]:
+    rows = isnet_rows(data)
+    b = next(iter(next(iter(rows.values())).values()))
+    info = b.get("extra_info", {})
+    lines = [f"#### ISNet training step: resnet18, B={info.get('batch')}, {info.get('image_size')}x"
+             f"{info.get('image_size')}, {info.get('optimizer', 'SGD')}, {info.get('device', 'cpu')}, "
+             f"{info.get('threads')} threads", "", *isnet_table(rows), "",
+             "`/ plain`: the step's median over the plain classifier step's median at the same K. Peak extra RSS: "
+             "one step's peak resident memory over the process's before its warm-up step (model excluded; "
+             "gradients, momentum and library caches kept between steps included), in a fresh process.",
+             *isnet_projection(rows), "", "Targets (issue 4; the authors' reference code's ratios for context):", "",
+             *isnet_targets(rows)]
+    losses = [f"{m} K={k}: {b['extra_info']['loss_last']:.3g}" for m, by_k in rows.items() for k, b in by_k.items()
+              if "loss_last" in b.get("extra_info", {})]
+    return lines + ["", "Status on the medians. Loss after the last timed step: " + "; ".join(losses)]
+
+
+def plot_isnet(ax, data: dict) -> None:
+    """Step time over the plain step vs K, one line per variant, the targets and the cost model."""
+    rows = isnet_rows(data)
+    ks = sorted({k for r in rows.values() for k in r})
+    for method, by_k in rows.items():
+        if method == PLAIN:
+            continue
+        pts = [(k, r) for k in by_k if (r := _isnet_ratio(rows, method, k))]
+        if pts:
+            (line,) = ax.plot(*zip(*pts), marker="o", label=method)
+            for k, r in pts:
+                ax.annotate(f"{r:.2f}", (k, r), fontsize=6, textcoords="offset points", xytext=(3, 3))
+            fit = _line(dict(pts))
+            missing = [k for k in ks if k not in by_k]
+            if fit and missing and method.startswith("original"):
+                kk = [pts[-1][0], *missing]
+                ax.plot(kk, [fit[0] + fit[1] * k for k in kk], ls="--", color=line.get_color(),
+                        label=f"{method}, projected")
+    ax.axhline(MAX_M1_RATIO, color="k", ls=":", lw=1, label=f"target selective/stochastic <= {MAX_M1_RATIO}x")
+    ax.axhline(2.0, color="grey", ls="-.", lw=1, label="cost model, M = 1: 2.0x")
+    ax.plot([10], [MAX_ORIGINAL_RATIO], "k*", ms=9, label=f"target original <= {MAX_ORIGINAL_RATIO:.0f}x at K = 10")
+    if ks:
+        ax.plot(ks, [1 + k for k in ks], color="grey", ls=":", lw=1, label="cost model, original: 1 + K")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("classes K")
+    ax.set_ylabel("step time / plain step (medians), log scale")
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3, which="both")
+
+
 def report_file(path: Path) -> str:
     """The markdown of one JSON file."""
     data = json.loads(path.read_text())
@@ -254,6 +452,8 @@ def report_file(path: Path) -> str:
         out += ["", *training_section(group, benches)]
     if groups(data, "ops"):
         out += ["", *ops_section(data)]
+    if groups(data, "isnet"):
+        out += ["", *isnet_section(data)]
     return "\n".join(out) + "\n"
 
 
@@ -331,7 +531,7 @@ def _bars(ax, labels: list[str], series: dict[str, list[dict | None]], ylabel: s
 
 
 def plot_file(path: Path, png: Path) -> bool:
-    """One figure per JSON file: per suite, grouped bars of the medians (q1..q3 error bars)."""
+    """One figure per JSON file: per suite, grouped bars of the medians (q1..q3 error bars); isnet: step ratio vs K."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -351,9 +551,13 @@ def plot_file(path: Path, png: Path) -> bool:
         if sel:
             series = {b: [benches[b]["stats"] if b in benches else None for _, benches in sel] for b in backends}
             panels.append((f"{path.stem}: relevance op, {pass_}", [op for op, _ in sel], series, True))
-    if not panels:
+    isnet = bool(groups(data, "isnet"))
+    if not panels and not isnet:
         return False
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels) + isnet, figsize=(6.5 * (len(panels) + isnet), 4.4), squeeze=False)
+    if isnet:
+        plot_isnet(axes[0][-1], data)
+        axes[0][-1].set_title(f"{path.stem}: ISNet training step, resnet18", fontsize=9)
     for ax, (title, labels, series, log) in zip(axes[0], panels):
         _bars(ax, labels, series, "ms per call (median, bars q1..q3)" + (", log scale" if log else ""), log)
         ax.set_title(title, fontsize=9)

@@ -1,0 +1,258 @@
+"""One ISNet training step per variant and class count K, against one plain classifier step (issue 4, item 5).
+
+Model: the zoo's ``resnet18(num_classes=K, width=64, small_input=False)`` (torchvision's layout) with a fixed random
+initialisation, train mode (batch statistics), float32, a batch of ``BATCH`` = 16 images 64x64 uniform in [0, 1],
+labels uniform in [0, K), ``torch.set_num_threads(2)``. One pytest-benchmark group per K; in each:
+
+* ``plain``: ``optimizer.zero_grad(set_to_none=True)``, ``loss = cross_entropy(model(x), y)``,
+  ``loss.backward()``, ``optimizer.step()``;
+* ``<variant>(<backend>)`` for ``selective``, ``stochastic``, ``dual``, ``original``:
+  ``optimizer.zero_grad(set_to_none=True)``, ``out = isnet(x, y)`` (``ISNet(model, variant, backend=...)`` in
+  train mode: the forward and the differentiable relevance pass, M = 1, 1, 2, K maps per image),
+  ``loss = ISNetLoss()(out, y, masks).total`` (defaults: P = 0.7, GWRP background term, hybrid foreground term),
+  ``loss.backward()``, ``optimizer.step()``.
+
+The optimiser is ``SGD(lr=1e-2, momentum=0.9)`` (the reference code's ResNet settings, without its gradient
+clipping); every round is a real step, so the weights move from round to round as in training. The masks are a
+fixed central foreground box: the inner half of the image's side, the same for every image. Eps 1e-2, Z^B with
+bounds (0, 1) on the first layer (the ISNet defaults). The KERNELS.md cost model puts a step with M maps at about
+(3 + 3M)F against 3F for the plain step: 2.0x at M = 1, 3.0x at M = 2, 11x for the original ISNet at K = 10 and
+101x at K = 100.
+
+The original variant explains every logit (M = K): at K = 1000 its relevance tensors do not fit in the memory of a
+24 GiB machine at batch 16 (README.md gives the estimate; ``report.py`` projects the measured K = 10 and K = 100
+runs to K = 1000), so it runs only up to ``BENCH_ISNET_ORIGINAL_MAX_K`` and is skipped (with the reason) above.
+
+Peak memory (``BENCH_MEMORY=0`` skips it): after the timing, one fresh subprocess per variant and K (this file run
+as a script, ``python benchmarks/test_bench_isnet.py VARIANT K BACKEND``) builds the same state, makes one warm-up
+step, resets the kernel's peak-RSS counter and makes a second step; ``peak_extra_mib`` is that step's peak RSS
+minus the RSS before the warm-up (``memprobe.py``'s method and glibc settings; on CUDA the allocator's peak).
+``saved_mib`` is the bytes of the tensors autograd saves for the backward during the measured step (distinct
+storages, parameters excluded): the relevance tensors and the forward's activations.
+
+Environment: ``BENCH_ISNET_ROUNDS`` (timed rounds, default 5), ``BENCH_ISNET_SLOW_ROUNDS`` (rounds of the steps
+with more than 10 maps per image, i.e. the original variant at K >= 100; default 1), ``BENCH_ISNET_CLASSES``
+(default ``10,100,1000``), ``BENCH_ISNET_VARIANTS`` (default ``plain,selective,stochastic,dual,original``),
+``BENCH_ISNET_ORIGINAL_MAX_K`` (default 100), ``BENCH_ISNET_BACKENDS`` (default: the device's fused backend,
+``cpp`` on CPU / ``triton`` on CUDA, else ``reference``; e.g. ``reference,cpp`` for both), ``BENCH_MEMORY``,
+``BENCH_DEVICE``. Every step is warmed up once (program compilation, oneDNN primitives) before its timed rounds.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import bench_common as bc
+import memprobe
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import isnet_kernels
+
+ROUNDS = int(os.environ.get("BENCH_ISNET_ROUNDS", "5"))
+SLOW_ROUNDS = int(os.environ.get("BENCH_ISNET_SLOW_ROUNDS", "1"))
+SLOW_MAPS = 10  # steps with more maps per image than this run SLOW_ROUNDS rounds
+CLASSES = [int(k) for k in os.environ.get("BENCH_ISNET_CLASSES", "10,100,1000").split(",") if k]
+VARIANTS = [v for v in os.environ.get("BENCH_ISNET_VARIANTS", "plain,selective,stochastic,dual,original").split(",")
+            if v]
+ORIGINAL_MAX_K = int(os.environ.get("BENCH_ISNET_ORIGINAL_MAX_K", "100"))
+MEMORY = os.environ.get("BENCH_MEMORY", "1") != "0"
+LR, MOMENTUM = 1e-2, 0.9
+PROBE_TIMEOUT_S = 3600.0
+
+
+def isnet_backends() -> list[str]:
+    """``$BENCH_ISNET_BACKENDS``, else the device's fused backend if it runs, else the reference."""
+    env = os.environ.get("BENCH_ISNET_BACKENDS")
+    if env:
+        return [b for b in env.split(",") if b]
+    fused = bc.FUSED.get(bc.DEVICE.type)
+    return [fused] if fused and bc.backend_available(fused) else ["reference"]
+
+
+def maps_per_image(variant: str, K: int) -> int:
+    return {"plain": 0, "selective": 1, "stochastic": 1, "dual": 2, "original": K}[variant]
+
+
+def method_name(variant: str, backend: str | None) -> str:
+    return "plain" if variant == "plain" else f"{variant}({backend})"
+
+
+def _cases() -> list[tuple[int, str, str | None]]:
+    cases = []
+    for K in CLASSES:
+        for variant in VARIANTS:
+            if variant == "plain":
+                cases.append((K, variant, None))
+            else:
+                cases += [(K, variant, b) for b in isnet_backends()]
+    return cases
+
+
+def make_inputs(K: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The batch (bench_common's images), labels in [0, K) and the foreground masks (B, 1, H, W): 1 inside the
+    central box of half the image's side."""
+    x, _ = bc.make_inputs()
+    y = torch.randint(0, K, (bc.BATCH,), generator=torch.Generator().manual_seed(2)).to(bc.DEVICE)
+    masks = torch.zeros(bc.BATCH, 1, bc.SIZE, bc.SIZE, device=bc.DEVICE)
+    lo, hi = bc.SIZE // 4, bc.SIZE - bc.SIZE // 4
+    masks[..., lo:hi, lo:hi] = 1
+    return x, y, masks
+
+
+def make_step(variant: str, K: int, backend: str | None) -> tuple[Callable[[], tuple[Tensor, int]], list[Tensor]]:
+    """A fresh model and optimiser: a no-argument function making one training step (it returns the loss, a 0-d
+    tensor, and the maps per image it computed) and the model's parameters."""
+    from isnet_kernels.models import resnet18
+
+    torch.manual_seed(0)
+    model = resnet18(num_classes=K, width=64, small_input=False).float().to(bc.DEVICE).train()
+    x, y, masks = make_inputs(K)
+    if variant == "plain":
+        opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss.detach(), 0
+
+        return step, list(model.parameters())
+
+    gen = torch.Generator(device=bc.DEVICE).manual_seed(0) if variant == "stochastic" else None
+    net = isnet_kernels.ISNet(model, variant, eps=bc.EPS, first_layer="zb", bounds=bc.BOUNDS, generator=gen,
+                              backend=backend).train()
+    criterion = isnet_kernels.ISNetLoss()
+    opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        out = net(x, y)
+        loss = criterion(out, y, masks).total
+        loss.backward()
+        opt.step()
+        return loss.detach(), out.heatmaps.shape[1]
+
+    return step, list(model.parameters())
+
+
+def mem_total_mib() -> float | None:
+    """The memory the step's tensors live in: the GPU's on CUDA, else the machine's (``MemTotal``)."""
+    if bc.DEVICE.type == "cuda":
+        return torch.cuda.get_device_properties(bc.DEVICE).total_memory / 2.0**20
+    try:
+        with open("/proc/meminfo") as f:
+            return int(f.readline().split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@pytest.mark.parametrize(("K", "variant", "backend"), _cases(),
+                         ids=[f"K{k}-{method_name(v, b)}" for k, v, b in _cases()])
+def test_isnet_step(benchmark, K: int, variant: str, backend: str | None) -> None:
+    M = maps_per_image(variant, K)
+    method = method_name(variant, backend)
+    if variant == "original" and K > ORIGINAL_MAX_K:
+        pytest.skip(f"original at K = {K} (M = {K} maps per image) does not fit in memory at batch {bc.BATCH} "
+                    f"(see README.md); BENCH_ISNET_ORIGINAL_MAX_K={K} runs it anyway")
+    benchmark.group = f"isnet K={K} (resnet18, B={bc.BATCH}, {bc.SIZE}x{bc.SIZE}, {bc.describe_device()})"
+    benchmark.name = method
+    benchmark.extra_info.update(suite="isnet", model="resnet18", classes=K, variant=variant, backend=backend,
+                                method=method, maps=M, batch=bc.BATCH, image_size=bc.SIZE,
+                                threads=torch.get_num_threads(), device=str(bc.DEVICE), mode="train",
+                                optimizer=f"SGD(lr={LR}, momentum={MOMENTUM})", mem_total_mib=mem_total_mib())
+
+    step = bc.timed(make_step(variant, K, backend)[0])
+    rounds = SLOW_ROUNDS if M > SLOW_MAPS else ROUNDS
+    loss, maps = benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["loss_last"] = float(loss)
+    assert maps == M and bool(torch.isfinite(loss))
+    del step
+    gc.collect()
+
+    if MEMORY:
+        mem = run_probe(variant, K, backend)
+        benchmark.extra_info.update({k: round(v, 2) if isinstance(v, float) else v for k, v in mem.items()})
+
+
+# --- peak memory, in a fresh process ---------------------------------------------------------------------------------
+class _SavedBytes:
+    """Counts the bytes of the distinct storages autograd saves for the backward (parameters excluded)."""
+
+    def __init__(self, params) -> None:
+        self.skip = {p.untyped_storage().data_ptr() for p in params}
+        self.seen: set[int] = set()
+        self.bytes = 0
+
+    def pack(self, t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in self.skip and ptr not in self.seen:
+            self.seen.add(ptr)
+            self.bytes += storage.nbytes()
+        return t
+
+    @staticmethod
+    def unpack(t: Tensor) -> Tensor:
+        return t
+
+
+def probe(variant: str, K: int, backend: str | None) -> dict[str, float | str | None]:
+    """Build the step, warm up once, measure one step (in this process)."""
+    torch.set_num_threads(bc.THREADS)
+    cuda = bc.DEVICE.type == "cuda"
+    if not cuda and not os.path.exists("/proc/self/status"):
+        return dict.fromkeys(memprobe.FIELDS)
+    fn, params = make_step(variant, K, backend)
+    step = bc.timed(fn)
+    counter = _SavedBytes(params)
+    mib = 2.0**20 if cuda else 1024.0
+    gc.collect()
+    loaded = torch.cuda.memory_allocated(bc.DEVICE) if cuda else memprobe._status_kib("VmRSS")
+    step()
+    gc.collect()
+    if cuda:
+        before = torch.cuda.memory_allocated(bc.DEVICE)
+        torch.cuda.reset_peak_memory_stats(bc.DEVICE)
+    else:
+        if not memprobe._reset_peak():
+            return dict.fromkeys(memprobe.FIELDS)
+        before = memprobe._status_kib("VmRSS")
+    with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+        step()
+    peak = torch.cuda.max_memory_allocated(bc.DEVICE) if cuda else memprobe._status_kib("VmHWM")
+    out = {"peak_extra_mib": (peak - loaded) / mib, "retained_mib": (before - loaded) / mib,
+           "loaded_rss_mib": loaded / mib, "peak_rss_mib": peak / mib, "saved_mib": counter.bytes / 2.0**20}
+    if cuda:
+        out["memory"] = "cuda_allocated"
+    return out
+
+
+def run_probe(variant: str, K: int, backend: str | None) -> dict[str, float | str | None]:
+    """:func:`probe` in a fresh interpreter with ``memprobe``'s glibc settings; ``{}`` if that fails."""
+    env = {**os.environ, **memprobe.MALLOC_ENV}
+    cmd = [sys.executable, str(Path(__file__).resolve()), variant, str(K), backend or "-"]
+    try:
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=True)
+        return json.loads(res.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, ValueError, IndexError) as exc:
+        detail = getattr(exc, "stderr", "") or ""
+        print(f"isnet memory probe {variant} K={K} {backend} failed: {exc} {detail[-2000:]}", file=sys.stderr)
+        return {}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        sys.exit("usage: python benchmarks/test_bench_isnet.py VARIANT K BACKEND  (BACKEND '-' for plain)")
+    bc.install_torchvision_stubs()
+    _variant, _K, _backend = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    print(json.dumps(probe(_variant, _K, None if _backend == "-" else _backend)))
