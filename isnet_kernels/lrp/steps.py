@@ -135,7 +135,7 @@ class LinearBlock(Step):
             low = cfg.low.reshape(1, *a.shape[1:]) if cfg.low.dim() > 0 else cfg.low
             high = cfg.high.reshape(1, *a.shape[1:]) if cfg.high.dim() > 0 else cfg.high
             return [ops.zbox(R, a, z, w, b, low, high, self.geom, cfg.eps, cfg.prims)]
-        if cfg.rule == "zplus":
+        if cfg.rule == "zplus" and not self.first:  # the layers reading the input keep the first-layer rule
             return [ops.zplus(R, a, w, b, self.geom, cfg.eps, cfg.prims)]
         if cfg.prims is not None and self.bn is not None and self.layer.weight.numel() > R.numel():
             # W'^T (R / t) = W^T (R gamma/sigma / t): scaling the (small) relevance costs less than folding the

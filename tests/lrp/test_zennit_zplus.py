@@ -125,9 +125,6 @@ def test_zplus_all_logits_against_zennit() -> None:
     assert rel_err(out.heatmaps[:, 1], ref_eps) < TOL
 
 
-@pytest.mark.xfail(strict=True, reason="the engine applies z+ also to the layers that read the input when "
-                   "first_layer='epsilon' (isnet_kernels/lrp/steps.py, LinearBlock.relevance), where the docs "
-                   "(LRP: 'rule: the hidden layers' rule'; ISNet dual: 'both with the first-layer rule') say epsilon")
 def test_zplus_all_logits_epsilon_first_layer_against_zennit() -> None:
     """z+ in the hidden layers with first_layer="epsilon": the first layer takes epsilon, as in the dual ISNet's
     epsilon map (zennit: Epsilon on the first layer, ZPlus on the others)."""
