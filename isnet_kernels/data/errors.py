@@ -1,0 +1,16 @@
+"""The exception raised for bad data on disk. Each message names the file or folder and the fix."""
+
+from __future__ import annotations
+
+__all__ = ["DataError"]
+
+
+class DataError(ValueError):
+    """A data set folder is missing, incomplete or holds a file that cannot be used.
+
+    Raised by :class:`~isnet_kernels.data.MaskedImageFolder` (missing root or split folder, no class
+    folders, an empty class folder, an image without a mask, a mask whose size differs from its image, an
+    unreadable file, images of one split with differing sizes) and by
+    :func:`~isnet_kernels.data.write_biased_digits` (a target folder that already holds data). The message
+    always names the offending path and says what to do about it.
+    """
