@@ -12,11 +12,12 @@ TRITON  := triton==3.7.1
 STAMP   := $(VENV)/.installed
 BENCH_JSON ?= benchmarks/results/latest.json
 
-.PHONY: help venv demo test lint bench clean
+.PHONY: help venv demo explain-demo test lint bench clean
 
 help:
 	@echo "make venv   create $(VENV) and install the package with its test dependencies"
-	@echo "make demo   train a small CNN on handwritten digits and write demo/heatmaps.png"
+	@echo "make demo   biased digits: train a plain classifier and a selective ISNet, write demo/report.md"
+	@echo "make explain-demo  train a small CNN on handwritten digits and write demo/explain/heatmaps.png"
 	@echo "make test   run the test suite (tests/, Triton kernels in interpreter mode)"
 	@echo "make lint   ruff check ."
 	@echo "make bench  run benchmarks/ and write $(BENCH_JSON)"
@@ -35,7 +36,10 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/cpu/*)
 	@touch $@
 
 demo: venv
-	$(PY) python/explain_digits.py --out demo/
+	$(PY) python/biased_digits.py --out demo/
+
+explain-demo: venv
+	$(PY) python/explain_digits.py --out demo/explain/
 
 # pytest exits with 5 when no test ran; make treats any non-zero status as a failure, this just says why.
 test: venv

@@ -1,0 +1,42 @@
+"""End to end: the biased-digits experiment (python/biased_digits.py) with tiny settings."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+SCRIPT = Path(__file__).resolve().parents[1] / "python" / "biased_digits.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("biased_digits_demo", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_demo_writes_report_table_and_figure(tmp_path):
+    demo = _load_script()
+    out = tmp_path / "demo"
+    summary = demo.main(["--out", str(out), "--plain-epochs", "1", "--isnet-epochs", "1", "--per-class", "6",
+                         "--per-class-test", "2", "--num-images", "3", "--quiet"])
+    report = (out / "report.md").read_text()
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(summary))
+    for split in demo.SPLITS:
+        for name in ("plain", "isnet"):
+            r = summary["results"][name][split]
+            assert r["images"] == 20 and 0 <= r["accuracy"] <= 1 and 0 <= r["background_fraction"] <= 1
+        row = next(line for line in report.splitlines() if line.startswith(f"| {split} |"))
+        assert f"{100 * summary['results']['isnet'][split]['accuracy']:.1f}%" in row
+    for name in ("plain", "isnet"):
+        assert (out / "runs" / name / "last.pt").is_file()
+        metrics = json.loads((out / "runs" / name / "metrics.json").read_text())
+        assert len(metrics) == 1
+    with Image.open(out / "heatmaps.png") as png:
+        assert png.size[1] == 3 * 160  # one row per image, 1.6 in at 100 dpi
+    # a second run reuses the data set
+    demo.main(["--out", str(out), "--plain-epochs", "1", "--isnet-epochs", "1", "--num-images", "2", "--quiet"])
+    assert (out / "data" / "info.json").is_file()
