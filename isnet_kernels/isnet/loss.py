@@ -275,7 +275,7 @@ class ISNetLoss(nn.Module):
         if bool(torch.isfinite(out.total)):
             return out
         if self.nonfinite == "raise":
-            parts = {k: float(v) for k, v in (("classification", out.classification), ("heatmap", out.heatmap),
+            parts = {k: float(v.detach()) for k, v in (("classification", out.classification), ("heatmap", out.heatmap),
                                               ("background", out.background), ("foreground", out.foreground))}
             raise FloatingPointError(
                 f"the ISNet loss is not finite ({parts}); non-finite logits or heatmaps (a diverging model, a "

@@ -45,8 +45,10 @@ def _worker(rank: int, world: int, config: dict, port: int, mode: str) -> None:
 
 
 def _spawn(config: dict, mode: str = "train") -> None:
-    context = mp.start_processes(_worker, args=(2, config, _free_port(), mode), nprocs=2, start_method="fork",
-                                 join=False)  # fork: the children need not import torch again
+    # spawn, not fork: forking a test process whose libraries have started threads (OpenMP, gloo) can leave a child
+    # holding a lock no thread will release, an intermittent hang
+    context = mp.start_processes(_worker, args=(2, config, _free_port(), mode), nprocs=2, start_method="spawn",
+                                 join=False)
     deadline = time.monotonic() + 120
     while not context.join(timeout=5):
         if time.monotonic() > deadline:
