@@ -46,10 +46,7 @@ SATURATION = 1 - 1e-7
 
 @functools.lru_cache(maxsize=64)
 def _gwrp_weights(n: int, d: float, dtype: torch.dtype, device: torch.device) -> Tensor:
-    i = torch.arange(n, dtype=torch.float64)
-    w = torch.ones(1, dtype=torch.float64) if n == 1 else torch.pow(torch.tensor(d, dtype=torch.float64), i)
-    if d == 0:
-        w = (i == 0).double()
+    w = torch.pow(torch.tensor(d, dtype=torch.float64), torch.arange(n, dtype=torch.float64))  # 0^0 = 1: d = 0 is max
     return (w / w.sum()).to(dtype=dtype, device=device)
 
 

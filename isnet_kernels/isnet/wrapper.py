@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..lrp.engine import LRP, BoundsLike, ForwardState
+from ..lrp.engine import LRP, BoundsLike, ForwardState, _check_input
 from ..lrp.graph import Program, module_output
 from .output import ISNetOutput
 
@@ -136,9 +136,7 @@ class ISNet(nn.Module):
         want = self.training if heatmaps is None else heatmaps
         if not want:
             return ISNetOutput(self.model(x))
-        if not isinstance(x, Tensor) or x.dim() != 4:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"input must be an image batch (B, C, H, W), got {shape}")
+        _check_input(x, check_finite=False)  # no host synchronisation: the loss catches non-finite values
         lrp = self.lrp
         logits, state = lrp.forward(x)
         capture = self._capture_steps(state.program)
