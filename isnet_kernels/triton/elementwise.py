@@ -16,7 +16,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..ops.primitives import new_output
-from .utils import calculate_settings, check_floating, compute_dtype, eps_parts, rebuild_eps, stabilize
+from .utils import calculate_settings, check_floating, compute_dtype, eps_parts, rebuild_eps, row_tile, stabilize
 
 # ----------------------------------------------------------------------------------------------------------------
 # kernels producing map tensors only: grid = B*M rows x column blocks, flattened to one axis
@@ -29,10 +29,7 @@ def _stab_divide_kernel(
     COMPUTE_DTYPE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
     """``S[b, m, n] = R[b, m, n] / stab(Z[b, n])``: the epsilon rule's division (KERNELS.md, Conv / Linear)."""
-    pid = tl.program_id(0)
-    row = (pid // n_col_blocks).to(tl.int64)
-    col = (pid % n_col_blocks) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-    mask = col < N
+    row, col, mask = row_tile(n_col_blocks, N, BLOCK_SIZE)
     b = row // M
     r = tl.load(R_ptr + row * R_row_stride + col, mask=mask, other=0.0).to(COMPUTE_DTYPE)
     z = tl.load(Z_ptr + b * Z_row_stride + col, mask=mask, other=1.0).to(COMPUTE_DTYPE)
@@ -46,10 +43,7 @@ def _mul_activation_kernel(
     COMPUTE_DTYPE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
     """``Y[b, m, n] = A[b, n] * C[b, m, n]``: the epsilon rule's product with the layer input."""
-    pid = tl.program_id(0)
-    row = (pid // n_col_blocks).to(tl.int64)
-    col = (pid % n_col_blocks) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-    mask = col < N
+    row, col, mask = row_tile(n_col_blocks, N, BLOCK_SIZE)
     b = row // M
     c = tl.load(C_ptr + row * C_row_stride + col, mask=mask, other=0.0).to(COMPUTE_DTYPE)
     a = tl.load(A_ptr + b * A_row_stride + col, mask=mask, other=0.0).to(COMPUTE_DTYPE)
@@ -65,10 +59,7 @@ def _residual_forward_kernel(
 
     ``X``, ``F``, ``Y`` are activations (B, N) sharing ``act_row_stride``; ``RX``, ``RF`` share ``out_row_stride``.
     """
-    pid = tl.program_id(0)
-    row = (pid // n_col_blocks).to(tl.int64)
-    col = (pid % n_col_blocks) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-    mask = col < N
+    row, col, mask = row_tile(n_col_blocks, N, BLOCK_SIZE)
     act = (row // M) * act_row_stride + col
     r = tl.load(R_ptr + row * R_row_stride + col, mask=mask, other=0.0).to(COMPUTE_DTYPE)
     x = tl.load(X_ptr + act, mask=mask, other=0.0).to(COMPUTE_DTYPE)
@@ -94,10 +85,7 @@ def _epsilon_backward_input_kernel(
 
     ``U[b, m, n] = G[b, m, n] * A[b, n]`` and, when ``HAS_C``, ``DA[b, n] = sum_m G[b, m, n] * C[b, m, n]``.
     """
-    pid = tl.program_id(0)
-    b = (pid // n_col_blocks).to(tl.int64)
-    col = (pid % n_col_blocks) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-    mask = col < N
+    b, col, mask = row_tile(n_col_blocks, N, BLOCK_SIZE)
     a = tl.load(A_ptr + b * A_row_stride + col, mask=mask, other=0.0).to(COMPUTE_DTYPE)
     acc = tl.zeros([BLOCK_SIZE], dtype=COMPUTE_DTYPE)
     for m in range(0, M):
@@ -120,10 +108,7 @@ def _epsilon_backward_stab_kernel(
 
     ``DR[b, m, n] = V[b, m, n] / t[b, n]`` and ``DZ[b, n] = -sum_m V[b, m, n] * S[b, m, n] / t[b, n]``.
     """
-    pid = tl.program_id(0)
-    b = (pid // n_col_blocks).to(tl.int64)
-    col = (pid % n_col_blocks) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-    mask = col < N
+    b, col, mask = row_tile(n_col_blocks, N, BLOCK_SIZE)
     z = tl.load(Z_ptr + b * Z_row_stride + col, mask=mask, other=1.0).to(COMPUTE_DTYPE)
     t = stabilize(z, rebuild_eps(eps_hi, eps_lo, COMPUTE_DTYPE))
     acc = tl.zeros([BLOCK_SIZE], dtype=COMPUTE_DTYPE)
@@ -149,10 +134,7 @@ def _residual_backward_kernel(
     ``GX``, ``GF``, ``R`` share ``map_row_stride``; ``X``, ``F``, ``Y`` share ``act_row_stride``; the three
     reductions share ``grad_row_stride``.
     """
-    pid = tl.program_id(0)
-    b = (pid // n_col_blocks).to(tl.int64)
-    col = (pid % n_col_blocks) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-    mask = col < N
+    b, col, mask = row_tile(n_col_blocks, N, BLOCK_SIZE)
     act = b * act_row_stride + col
     x = tl.load(X_ptr + act, mask=mask, other=0.0).to(COMPUTE_DTYPE)
     f = tl.load(F_ptr + act, mask=mask, other=0.0).to(COMPUTE_DTYPE)

@@ -27,6 +27,7 @@ from .utils import (
     eps_parts,
     interpreting,
     rebuild_eps,
+    row_tile,
     stabilize,
 )
 
@@ -42,10 +43,7 @@ def _maxpool_forward_kernel(
     Windows that share a winner collide: the sum is taken with ``tl.atomic_add`` into a zeroed ``OUT``.
     One program per (row ``b*M + m``, column block); all tensors contiguous.
     """
-    pid = tl.program_id(0)
-    row = (pid // n_col_blocks).to(tl.int64)
-    col = (pid % n_col_blocks) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-    mask = col < N
+    row, col, mask = row_tile(n_col_blocks, N, BLOCK_SIZE)
     act = (row // M) * N + col
     r = tl.load(R_ptr + row * N + col, mask=mask, other=0.0).to(COMPUTE_DTYPE)
     z = tl.load(Z_ptr + act, mask=mask, other=1.0).to(COMPUTE_DTYPE)
@@ -66,10 +64,7 @@ def _maxpool_backward_kernel(
     (B, C, Lo), since ``d(z / stab(z))/dz = eps sign(z) / t^2``. One program per (b, column block), looping
     over the M maps.
     """
-    pid = tl.program_id(0)
-    b = (pid // n_col_blocks).to(tl.int64)
-    col = (pid % n_col_blocks) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-    mask = col < N
+    b, col, mask = row_tile(n_col_blocks, N, BLOCK_SIZE)
     act = b * N + col
     z = tl.load(Z_ptr + act, mask=mask, other=1.0).to(COMPUTE_DTYPE)
     idx = tl.load(IDX_ptr + act, mask=mask, other=0).to(tl.int64)

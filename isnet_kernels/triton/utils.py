@@ -72,3 +72,12 @@ def stabilize(z, eps):
 def rebuild_eps(eps_hi, eps_lo, COMPUTE_DTYPE: tl.constexpr):
     """``eps`` in the compute dtype from its two float32 parts (see :func:`eps_parts`)."""
     return tl.cast(eps_hi, COMPUTE_DTYPE) + tl.cast(eps_lo, COMPUTE_DTYPE)
+
+
+@triton.jit
+def row_tile(n_col_blocks, N, BLOCK_SIZE: tl.constexpr):
+    """This program's tile of a (rows, N) grid flattened to one axis: ``(row, columns, in-bounds mask)``."""
+    pid = tl.program_id(0)
+    row = (pid // n_col_blocks).to(tl.int64)
+    col = (pid % n_col_blocks) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    return row, col, col < N
