@@ -67,6 +67,10 @@ class ISNet(nn.Module):
     select : the selective variant's class: ``"lowest"`` logit, ``"highest"`` or ``"label"``.
     generator : a ``torch.Generator`` for the stochastic variant's draws.
     backend : the relevance backend (``None``/"auto", "reference", "cpp", "triton"; see :mod:`isnet_kernels.dispatch`).
+    batch_stats : ``"detached"`` (default, the reference: train-mode BatchNorm statistics are constants in the
+        heatmap's gradient) or ``"live"`` (they keep their gradient, as in the classifier's forward; :class:`LRP`).
+        With ``"detached"`` the heatmap loss has a gradient along the weights before a BatchNorm that the
+        classifier is blind to, and those weights grow in training; ``"live"`` removes it.
 
     ``isnet(x, labels=None, heatmaps=None)`` returns an :class:`ISNetOutput`. ``heatmaps`` defaults to
     ``self.training``: training calls return logits and heatmaps (B, M, C, H, W); eval calls cost one plain forward.
@@ -74,7 +78,8 @@ class ISNet(nn.Module):
 
     def __init__(self, model: nn.Module, variant: str = "selective", *, eps: float = 1e-2, first_layer: str = "zb",
                  bounds: BoundsLike = (0.0, 1.0), deep_supervision: bool | Sequence[str] = False,
-                 select: str = "lowest", generator: torch.Generator | None = None, backend: str | None = None):
+                 select: str = "lowest", generator: torch.Generator | None = None, backend: str | None = None,
+                 batch_stats: str = "detached"):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -84,7 +89,8 @@ class ISNet(nn.Module):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         self.model = model
         self.variant, self.select, self.generator = variant, select, generator
-        self.lrp = LRP(model, eps=eps, first_layer=first_layer, bounds=bounds, check_input=False, backend=backend)
+        self.lrp = LRP(model, eps=eps, first_layer=first_layer, bounds=bounds, check_input=False, backend=backend,
+                       batch_stats=batch_stats)
         if deep_supervision is True:
             self.supervised = default_supervision(model)
         elif deep_supervision is False or deep_supervision is None:
@@ -101,7 +107,8 @@ class ISNet(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"variant={self.variant!r}, select={self.select!r}, eps={self.lrp.eps}, "
-                f"first_layer={self.lrp.first_layer!r}, deep_supervision={self.supervised}")
+                f"first_layer={self.lrp.first_layer!r}, batch_stats={self.lrp.batch_stats!r}, "
+                f"deep_supervision={self.supervised}")
 
     def _capture_steps(self, program: Program) -> list[str]:
         steps = self._capture.get(id(program))

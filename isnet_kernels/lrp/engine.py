@@ -22,6 +22,8 @@ from .graph import Program, _ShapeNode, compile_model
 OUTPUT_RULES = ("logit", "selective", "all")
 HIDDEN_RULES = ("epsilon", "zplus")
 FIRST_LAYER_RULES = ("zb", "epsilon")
+#: How train-mode BatchNorm statistics enter the heatmap's gradient (``LRP(batch_stats=...)``).
+BATCH_STATS = ("detached", "live")
 
 _PROGRAMS: weakref.WeakKeyDictionary[nn.Module, dict[bool, Program]] = weakref.WeakKeyDictionary()
 
@@ -121,13 +123,18 @@ class LRP:
     check_input : check the input for NaN/Inf (one host synchronisation per call).
     backend : ``"auto"`` (default; or ``$ISNET_KERNELS_BACKEND``), ``"reference"``, ``"cpp"`` or ``"triton"``:
         which kernels compute the relevance ops (see :mod:`isnet_kernels.dispatch`).
+    batch_stats : how train-mode BatchNorm statistics enter the heatmap's gradient: ``"detached"`` (default, the
+        reference semantics of ISNET.md §2: constants) or ``"live"`` (functions of the weights and the batch, as in
+        the classifier's own forward; see :mod:`isnet_kernels.ops.batchnorm`). The heatmap's value is the same;
+        eval mode (running statistics) is unaffected.
 
     Calling ``lrp(x, targets, output="logit")`` returns ``(logits, heatmaps)``: the model's logits (B, K) and
     heatmaps (B, M, C, H, W), differentiable w.r.t. the parameters and the input in train and eval mode.
     """
 
     def __init__(self, model: nn.Module, *, eps: float = 1e-2, first_layer: str = "zb",
-                 bounds: BoundsLike = (0.0, 1.0), check_input: bool = True, backend: str | None = None):
+                 bounds: BoundsLike = (0.0, 1.0), check_input: bool = True, backend: str | None = None,
+                 batch_stats: str = "detached"):
         if first_layer not in FIRST_LAYER_RULES:
             raise ValueError(f"first_layer must be one of {FIRST_LAYER_RULES}, got {first_layer!r}")
         if not eps >= 0:
@@ -140,6 +147,9 @@ class LRP:
         if backend is not None and backend not in dispatch.BACKENDS:
             raise ValueError(f"backend must be one of {dispatch.BACKENDS}, got {backend!r}")
         self.backend = backend
+        if batch_stats not in BATCH_STATS:
+            raise ValueError(f"batch_stats must be one of {BATCH_STATS}, got {batch_stats!r}")
+        self.batch_stats = batch_stats
         get_program(model)  # compile now, so that unsupported layers fail here
 
     @property
@@ -152,8 +162,8 @@ class LRP:
                 f"steps={len(self.program.steps)})")
 
     def _config(self, x: Tensor, rule: str = "epsilon") -> S.RuleConfig:
-        cfg = S.RuleConfig(self.eps, self.first_layer, rule, prims=dispatch.primitives(dispatch.resolve(self.backend,
-                                                                                                x.device)))
+        cfg = S.RuleConfig(self.eps, self.first_layer, rule, live_stats=self.batch_stats == "live",
+                           prims=dispatch.primitives(dispatch.resolve(self.backend, x.device)))
         if self.first_layer == "zb":
             cfg.low = _bound_tensor(self.bounds[0], x, "low")
             cfg.high = _bound_tensor(self.bounds[1], x, "high")

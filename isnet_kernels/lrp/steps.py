@@ -26,9 +26,15 @@ class RuleConfig:
     eps: float
     first_layer: str  # "zb" or "epsilon"
     rule: str = "epsilon"  # the hidden layers' rule: "epsilon" or "zplus" (the dual ISNet's z+ map)
+    live_stats: bool = False  # train-mode BatchNorm statistics keep their gradient (ops.batchnorm docstring)
     low: Tensor | None = None  # bounds broadcast to (1, C, H, W) of the input, for Z^B
     high: Tensor | None = None
     prims: ops.TorchPrimitives | None = None  # the backend's kernels; None: the autograd reference ops
+
+
+def uses_batch_stats(bn: nn.modules.batchnorm._BatchNorm) -> bool:
+    """Whether ``bn(x)`` normalises with the batch's statistics (train mode, or no running statistics kept)."""
+    return bn.training or (bn.running_mean is None and bn.running_var is None)
 
 
 def batch_norm_forward(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -39,7 +45,7 @@ def batch_norm_forward(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> tuple[
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
         momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    use_batch_stats = uses_batch_stats(bn)
     track = not bn.training or bn.track_running_stats
     y, mean, invstd = torch.native_batch_norm(
         x, bn.weight, bn.bias, bn.running_mean if track else None, bn.running_var if track else None,
@@ -110,27 +116,41 @@ class LinearBlock(Step):
         x = x0 if layer.bias is None else x0 + layer.bias.view(-1, *([1] * (x0.dim() - 2)))
         mean = invstd = None
         y = x if self.bn is None else None
+        batch = False
         if self.bn is not None:
+            batch = uses_batch_stats(self.bn)
             y, mean, invstd = batch_norm_forward(self.bn, x)
         if torch.is_grad_enabled():
-            return y, (a, x0, mean, invstd, None)
-        return y, (a, None, mean, invstd, y)  # no gradient will be asked for: z is the forward's own output
+            return y, (a, x0, mean, invstd, None, batch)
+        return y, (a, None, mean, invstd, y, batch)  # no gradient will be asked for: z is the forward's own output
 
-    def folded(self, saved: Any) -> tuple[Tensor, Tensor, Tensor | None]:
+    def statistics(self, saved: Any, cfg: RuleConfig) -> tuple[Tensor | None, Tensor | None, bool]:
+        """``(mu, 1 / sigma, live)``: the BatchNorm's statistics as the rule uses them; with ``cfg.live_stats`` and
+        batch statistics, recomputed from the live layer output so that they keep their gradient."""
+        _, x0, mean, invstd, _, batch = saved
+        if not (cfg.live_stats and batch and x0 is not None):
+            return mean, invstd, False
+        b = self.layer.bias
+        x = x0 if b is None else x0 + b.detach().view(-1, *([1] * (x0.dim() - 2)))
+        mean, invstd = ops.batchnorm.batch_statistics(x, self.bn.eps)
+        return mean, invstd, True
+
+    def folded(self, saved: Any, cfg: RuleConfig) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(z, W', b')``: the rule pre-activation and the folded weight and (detached) bias."""
-        a, x0, mean, invstd, y = saved
+        a, x0, _, _, y, _ = saved
         w, b = self.layer.weight, self.layer.bias
         if self.bn is None:
             z = y if y is not None else ops.rule_preactivation(x0, b)
             return z, w, None if b is None else b.detach()
         gamma, beta = self.bn.weight, self.bn.bias
-        z = y if y is not None else ops.rule_preactivation(x0, b, gamma, beta, mean, invstd)
-        w, b = ops.fold_batchnorm(w, b, gamma, beta, mean, invstd)
+        mean, invstd, live = self.statistics(saved, cfg)
+        z = y if y is not None else ops.rule_preactivation(x0, b, gamma, beta, mean, invstd, live)
+        w, b = ops.fold_batchnorm(w, b, gamma, beta, mean, invstd, live)
         return z, w, b
 
     def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> list[Tensor]:
         a = saved[0]
-        z, w, b = self.folded(saved)
+        z, w, b = self.folded(saved, cfg)
         if self.first and cfg.first_layer == "zb":
             low = cfg.low.reshape(1, *a.shape[1:]) if cfg.low.dim() > 0 else cfg.low
             high = cfg.high.reshape(1, *a.shape[1:]) if cfg.high.dim() > 0 else cfg.high
@@ -140,7 +160,8 @@ class LinearBlock(Step):
         if cfg.prims is not None and self.bn is not None and self.layer.weight.numel() > R.numel():
             # W'^T (R / t) = W^T (R gamma/sigma / t): scaling the (small) relevance costs less than folding the
             # (large) weight; the same value and gradient.
-            scale = ops.batchnorm.batchnorm_scale(self.bn.weight, saved[3])
+            _, invstd, live = self.statistics(saved, cfg)
+            scale = ops.batchnorm.batchnorm_scale(self.bn.weight, invstd, live)
             R = R * scale.view(-1, *([1] * (R.dim() - 3)))
             w = self.layer.weight
         return [ops.epsilon(R, a, z, w, self.geom, cfg.eps, cfg.prims)]
@@ -152,7 +173,7 @@ class LinearBlock(Step):
         are those of the positive layer, ``z+ = a W'+^T + b'+``.
         """
         a = saved[0]
-        z, w, b = self.folded(saved)
+        z, w, b = self.folded(saved, cfg)
         if rule == "all":
             if cfg.rule == "zplus":
                 w = w.clamp(min=0)
@@ -172,13 +193,17 @@ class BatchNormStep(Step):
     def forward(self, env: dict[str, Any]) -> tuple[Tensor, Any]:
         args = [env[n] for n in self.inputs]
         (a,) = args
+        batch = uses_batch_stats(self.bn)
         y, mean, invstd = batch_norm_forward(self.bn, a)
-        return y, (a, mean, invstd)
+        return y, (a, mean, invstd, batch)
 
     def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> list[Tensor]:
-        a, mean, invstd = saved
+        a, mean, invstd, batch = saved
+        live = cfg.live_stats and batch and torch.is_grad_enabled()
+        if live:
+            mean, invstd = ops.batchnorm.batch_statistics(a, self.bn.eps)
         if cfg.rule == "zplus":  # diagonal weights: W+ = max(gamma / sigma, 0), b+ = max(beta - mu gamma / sigma, 0)
-            scale = ops.batchnorm.batchnorm_scale(self.bn.weight, invstd)
+            scale = ops.batchnorm.batchnorm_scale(self.bn.weight, invstd, live)
             shift = -mean.detach() * scale.detach()
             if self.bn.bias is not None:
                 shift = shift + self.bn.bias.detach()
@@ -186,8 +211,8 @@ class BatchNormStep(Step):
             view = (-1, *([1] * (a.dim() - 2)))
             z = a * w_pos.view(view) + b_pos.view(view)
             return [a.unsqueeze(1) * w_pos.view(view) * R / ops.stabilize(z, cfg.eps).unsqueeze(1)]
-        z = ops.rule_preactivation(a, None, self.bn.weight, self.bn.bias, mean, invstd)
-        return [ops.batchnorm_epsilon(R, a, z, self.bn.weight, invstd, cfg.eps, cfg.prims)]
+        z = ops.rule_preactivation(a, None, self.bn.weight, self.bn.bias, mean, invstd, live)
+        return [ops.batchnorm_epsilon(R, a, z, self.bn.weight, invstd, cfg.eps, cfg.prims, live)]
 
 
 class PassStep(Step):

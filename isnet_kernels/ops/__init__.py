@@ -9,7 +9,13 @@ when given no primitives, or a ``torch.autograd.Function`` with a hand-written b
 primitives (:mod:`isnet_kernels.ops.primitives`).
 """
 
-from .batchnorm import batchnorm_epsilon, fold_batchnorm, reference_batchnorm_epsilon, rule_preactivation
+from .batchnorm import (
+    batch_statistics,
+    batchnorm_epsilon,
+    fold_batchnorm,
+    reference_batchnorm_epsilon,
+    rule_preactivation,
+)
 from .concat import reference_concat_split
 from .conv import EpsilonFunction, epsilon, reference_conv_epsilon, reference_linear_epsilon
 from .geometry import Geometry, conv2d_transpose, conv_transpose_output_padding
@@ -43,6 +49,7 @@ __all__ = [
     "ZBoxFunction",
     "adaptive_avgpool",
     "avgpool",
+    "batch_statistics",
     "batchnorm_epsilon",
     "epsilon",
     "maxpool",

@@ -10,12 +10,18 @@ statistics are detached, so the rule's pre-activation behaves as ``z = gamma * x
 function of the layer input and ``W`` only. The rule reads ``z``'s value from the forward pass and gives it
 exactly that gradient (:func:`rule_preactivation`), so no convolution is recomputed.
 
+With ``live_stats=True`` (train mode only: :func:`batch_statistics` of the layer output, attached to its graph)
+the statistics keep their gradient too: ``z`` is then the BatchNorm's own function of ``W`` and the layer input,
+``beta`` and ``b`` alone detached. The heatmap is then invariant to the scale of the weights before a BatchNorm,
+as the classifier is, and its gradient w.r.t. those weights is the true derivative.
+
 A BatchNorm with no linear layer before it (DenseNet's pre-activation norms) is itself a linear layer with
 diagonal weight ``gamma / sigma`` and takes the epsilon rule (:func:`reference_batchnorm_epsilon`).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .primitives import TorchPrimitives
@@ -27,19 +33,31 @@ def _per_channel(v: Tensor, ndim: int) -> Tensor:
     return v.view(-1, *([1] * (ndim - 2)))
 
 
-def batchnorm_scale(gamma: Tensor | None, invstd: Tensor) -> Tensor:
-    """``gamma / sigma`` with the statistics detached and ``gamma`` live (``gamma = 1`` when not affine)."""
-    invstd = invstd.detach()
+def batch_statistics(x: Tensor, bn_eps: float) -> tuple[Tensor, Tensor]:
+    """Per-channel (axis 1) mean and inverse standard deviation ``1 / sqrt(var + bn_eps)`` of ``x`` over every
+    other axis, biased variance: the statistics a train-mode BatchNorm normalises ``x`` with, on ``x``'s graph."""
+    dims = [0, *range(2, x.dim())]
+    var, mean = torch.var_mean(x, dims, correction=0)
+    return mean, torch.rsqrt(var + bn_eps)
+
+
+def batchnorm_scale(gamma: Tensor | None, invstd: Tensor, live_stats: bool = False) -> Tensor:
+    """``gamma / sigma`` with ``gamma`` live and the statistics detached (kept live with ``live_stats``);
+    ``gamma = 1`` when not affine."""
+    if not live_stats:
+        invstd = invstd.detach()
     return invstd if gamma is None else gamma * invstd
 
 
 def fold_batchnorm(
     weight: Tensor, bias: Tensor | None, gamma: Tensor | None, beta: Tensor | None, mean: Tensor, invstd: Tensor,
+    live_stats: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Fold a BatchNorm into the preceding layer: returns ``(W', b')`` with the rule's detach semantics."""
-    scale = batchnorm_scale(gamma, invstd)
+    scale = batchnorm_scale(gamma, invstd, live_stats)
     w = weight * scale.view(-1, *([1] * (weight.dim() - 1)))
-    shifted = -mean.detach() if bias is None else bias.detach() - mean.detach()
+    mean = mean if live_stats else mean.detach()
+    shifted = -mean if bias is None else bias.detach() - mean
     b = scale * shifted
     if beta is not None:
         b = b + beta.detach()
@@ -48,44 +66,46 @@ def fold_batchnorm(
 
 def rule_preactivation(
     x0: Tensor, bias: Tensor | None, gamma: Tensor | None = None, beta: Tensor | None = None,
-    mean: Tensor | None = None, invstd: Tensor | None = None,
+    mean: Tensor | None = None, invstd: Tensor | None = None, live_stats: bool = False,
 ) -> Tensor:
     """The pre-activation ``z`` the rules divide by, with the rule's gradient.
 
     ``x0`` is the linear layer's output without its bias (live). Without BatchNorm, ``z = x0 + b`` with ``b``
-    detached; with it, ``z = gamma * (x0 + b - mu) / sigma + beta`` with only ``x0`` and ``gamma`` live.
-    Its value is the forward pass's BatchNorm output.
+    detached; with it, ``z = gamma * (x0 + b - mu) / sigma + beta`` with only ``x0`` and ``gamma`` live (and
+    ``mu``, ``sigma`` with ``live_stats``). Its value is the forward pass's BatchNorm output.
     """
     if mean is None:
         return x0 if bias is None else x0 + _per_channel(bias.detach(), x0.dim())
-    shift = -mean.detach() if bias is None else bias.detach() - mean.detach()
-    z = (x0 + _per_channel(shift, x0.dim())) * _per_channel(batchnorm_scale(gamma, invstd), x0.dim())
+    mean = mean if live_stats else mean.detach()
+    shift = -mean if bias is None else bias.detach() - mean
+    z = (x0 + _per_channel(shift, x0.dim())) * _per_channel(batchnorm_scale(gamma, invstd, live_stats), x0.dim())
     return z if beta is None else z + _per_channel(beta.detach(), x0.dim())
 
 
 def reference_batchnorm_epsilon(
     R: Tensor, a: Tensor, z: Tensor, gamma: Tensor | None, invstd: Tensor, eps: float = 1e-2,
+    live_stats: bool = False,
 ) -> Tensor:
     """Epsilon rule through a standalone BatchNorm (diagonal weights ``gamma / sigma``).
 
     ``R`` (B, M, C, ...); ``a`` the BatchNorm input (B, C, ...); ``z`` its pre-activation with the rule's
     gradient (:func:`rule_preactivation` with ``x0 = a`` and no bias): ``R_in = a * (gamma/sigma) * R / stab(z)``.
     """
-    scale = _per_channel(batchnorm_scale(gamma, invstd), a.dim())
+    scale = _per_channel(batchnorm_scale(gamma, invstd, live_stats), a.dim())
     return (a * scale).unsqueeze(1) * (R / stabilize(z, eps).unsqueeze(1))
 
 
 def batchnorm_epsilon(R: Tensor, a: Tensor, z: Tensor, gamma: Tensor | None, invstd: Tensor, eps: float = 1e-2,
-                      prims: TorchPrimitives | None = None) -> Tensor:
+                      prims: TorchPrimitives | None = None, live_stats: bool = False) -> Tensor:
     """Epsilon rule through a standalone BatchNorm, on a backend's primitives or (``prims`` None) the reference.
 
     With ``a' = a * gamma / sigma`` (autograd, batch-sized) it is the linear-pool rule with ``P = identity``.
     """
     if prims is None:
-        return reference_batchnorm_epsilon(R, a, z, gamma, invstd, eps)
+        return reference_batchnorm_epsilon(R, a, z, gamma, invstd, eps, live_stats)
     from .pool import LinearPoolFunction
 
-    scaled = a * _per_channel(batchnorm_scale(gamma, invstd), a.dim())
+    scaled = a * _per_channel(batchnorm_scale(gamma, invstd, live_stats), a.dim())
     return LinearPoolFunction.apply(R, scaled, z, _identity, _identity, eps, prims)
 
 

@@ -31,6 +31,15 @@ CASES = [(b, n) for b in BACKENDS for n in ("every", "resnet", "densenet") if b 
 @pytest.mark.parametrize("backend,name", CASES)  # interpreted Triton is slow: its graph test uses the small model
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_backend_matches_reference(backend, name, train):
+    _compare_with_reference(backend, name, train, "detached")
+
+
+@pytest.mark.parametrize("backend,name", [c for c in CASES if c[1] != "densenet"])
+def test_backend_matches_reference_live_batch_stats(backend, name):
+    _compare_with_reference(backend, name, True, "live")
+
+
+def _compare_with_reference(backend: str, name: str, train: bool, batch_stats: str) -> None:
     model, shape = _models()[name]
     model = model.double().train(train)
     x = torch.rand(*shape, dtype=torch.double)
@@ -41,7 +50,7 @@ def test_backend_matches_reference(backend, name, train):
         state = {k: v.clone() for k, v in model.state_dict().items()}
         model.zero_grad()
         torch.manual_seed(1)
-        _, heat = ik.LRP(model, backend=which)(x, targets, output="selective")
+        _, heat = ik.LRP(model, backend=which, batch_stats=batch_stats)(x, targets, output="selective")
         (heat * torch.linspace(-1, 1, heat.numel(), dtype=heat.dtype).view_as(heat)).sum().backward()
         maps[which] = heat.detach()
         grads[which] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
