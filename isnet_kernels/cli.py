@@ -110,6 +110,8 @@ def _build_parser() -> argparse.ArgumentParser:
                     "the default layers, or the modules named")
     tr.add_argument("--select", choices=["lowest", "highest", "label"], help="selective variant's class "
                     "(default lowest)")
+    tr.add_argument("--batch-stats", choices=["detached", "live"], help="train-mode BatchNorm statistics in the "
+                    "heatmap's gradient: detached constants (default, the reference) or live (see ISNet)")
     tr.add_argument("--tune-cut", type=int, metavar="EPOCHS", help="choose C1/C2 by tune_cut first (EPOCHS of "
                     "plain training on a copy)")
     tr.add_argument("--seed", type=int, help="seed (default 0)")

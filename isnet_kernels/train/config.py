@@ -18,6 +18,7 @@ from typing import Any
 from ..dispatch import BACKENDS
 from ..isnet.loss import FOREGROUND_RULES, NONFINITE_POLICIES
 from ..isnet.wrapper import SELECTIONS
+from ..lrp.engine import BATCH_STATS
 from ..models import ARCHITECTURES
 from .errors import TrainError
 
@@ -45,8 +46,9 @@ class TrainConfig:
     lr, momentum, clip, weight_decay : SGD; ``clip`` is the gradient-norm clip (``None`` or 0: no clipping).
     P, d, E, A, B, C1, C2, foreground, d_loss, nonfinite : the :class:`~isnet_kernels.ISNetLoss` parameters
         (C1/C2 a number, or per level as :func:`~isnet_kernels.tune_cut` returns them).
-    eps, first_layer, deep_supervision, select : the :class:`~isnet_kernels.ISNet` (and evaluation heatmap)
-        settings; ``deep_supervision`` is False, True or a list of module names.
+    eps, first_layer, deep_supervision, select, batch_stats : the :class:`~isnet_kernels.ISNet` (and evaluation
+        heatmap) settings; ``deep_supervision`` is False, True or a list of module names; ``batch_stats="live"``
+        keeps train-mode BatchNorm statistics on the heatmap's graph (the default ``"detached"`` is the reference).
     tune_cut : epochs of :func:`~isnet_kernels.tune_cut` run before training to choose C1/C2 (0: use C1/C2).
     seed : seeds the model's initialisation, the data order and every random draw.
     num_workers : DataLoader worker processes.
@@ -82,6 +84,7 @@ class TrainConfig:
     first_layer: str = "zb"
     deep_supervision: bool | list[str] = False
     select: str = "lowest"
+    batch_stats: str = "detached"
     tune_cut: int = 0
     seed: int = 0
     num_workers: int = 0
@@ -142,6 +145,8 @@ class TrainConfig:
             raise bad("first_layer", "'zb' or 'epsilon'")
         if self.select not in SELECTIONS:
             raise bad("select", f"one of {SELECTIONS}")
+        if self.batch_stats not in BATCH_STATS:
+            raise bad("batch_stats", f"one of {BATCH_STATS}")
         if not isinstance(self.deep_supervision, (bool, list)):
             raise bad("deep_supervision", "True, False or a list of module names")
         if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1):

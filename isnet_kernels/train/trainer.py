@@ -174,7 +174,8 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed + ctx.rank) if cfg.variant == "stochastic" else None
         self.isnet = ISNet(self.model, cfg.variant if cfg.is_isnet else "selective", eps=cfg.eps,
                            first_layer=cfg.first_layer, deep_supervision=cfg.deep_supervision if cfg.is_isnet else
-                           False, select=cfg.select, generator=self.generator, backend=cfg.backend)
+                           False, select=cfg.select, generator=self.generator, backend=cfg.backend,
+                           batch_stats=cfg.batch_stats)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
         self.net: nn.Module = self.isnet

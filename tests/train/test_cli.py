@@ -25,7 +25,7 @@ def _train_args(data: Path, run: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def cli_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("cli") / "run"
-    assert cli.main(_train_args(tiny_data, run, "--variant", "dual", "--C1", "2")) == 0
+    assert cli.main(_train_args(tiny_data, run, "--variant", "dual", "--C1", "2", "--batch-stats", "live")) == 0
     return run
 
 
@@ -56,6 +56,7 @@ def test_train_writes_a_run_and_resumes(cli_run: Path, tiny_data: Path, tmp_path
         assert (cli_run / name).is_file(), name
     config = json.loads((cli_run / "config.json").read_text())
     assert config["variant"] == "dual" and config["C1"] == 2.0 and config["model_kwargs"] == {"width": 2}
+    assert config["batch_stats"] == "live" and config["select"] == "lowest"
     assert config["epochs"] == 1 and config["lr"] == 0.01 and config["clip"] == 1.0
 
     run = tmp_path / "run"

@@ -131,8 +131,9 @@ def test_ctrl_c_stops_at_a_batch_boundary(tiny_data: Path, tmp_path: Path, capsy
 
 
 def test_tune_cut_chooses_the_loss_bounds(tiny_data: Path, tmp_path: Path) -> None:
-    trainer = Trainer(_config(tiny_data, tmp_path / "run", epochs=1, tune_cut=1))
+    trainer = Trainer(_config(tiny_data, tmp_path / "run", epochs=1, tune_cut=1, batch_stats="live"))
     result = trainer.fit()
+    assert trainer.isnet.lrp.batch_stats == "live"
     assert isinstance(result.C1, dict) and set(result.C1) == {"input"} and result.C1["input"] > 0
     assert result.C2["input"] >= result.C1["input"] and result.C1["input"] != 1.0
     assert trainer.loss_fn.C1 == result.C1 and trainer.loss_fn.C2 == result.C2  # the loss trained with them
@@ -171,10 +172,13 @@ def test_config_errors_name_the_fix() -> None:
         TrainConfig(P=1.5)
     with pytest.raises(TrainError, match="drop --tune-cut"):
         TrainConfig(variant="none", tune_cut=2)
+    with pytest.raises(TrainError, match=r"batch_stats must be one of \('detached', 'live'\), got 'frozen'"):
+        TrainConfig(batch_stats="frozen")
 
 
 def test_config_defaults_follow_the_paper() -> None:
     c = TrainConfig()
     assert (c.lr, c.momentum, c.clip) == (1e-2, 0.9, 1.0)
     assert (c.P, c.d, c.E, c.A, c.B, c.C1, c.C2, c.foreground) == (0.7, 0.9, 1.0, 1.0, 3.0, 1.0, 25.0, "hybrid")
+    assert (c.select, c.batch_stats, c.first_layer) == ("lowest", "detached", "zb")
     assert TrainConfig.from_dict(c.to_dict()) == c
