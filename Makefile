@@ -12,11 +12,12 @@ TRITON  := triton==3.7.1
 STAMP   := $(VENV)/.installed
 BENCH_JSON ?= benchmarks/results/latest.json
 
-.PHONY: help venv demo explain-demo test lint bench clean
+.PHONY: help venv demo ablation explain-demo test lint bench clean
 
 help:
 	@echo "make venv   create $(VENV) and install the package with its test dependencies"
 	@echo "make demo   biased digits: train a plain classifier and a selective ISNet, write demo/report.md"
+	@echo "make ablation  the demo's ISNet with its settings switched one by one, write demo/ablation.md"
 	@echo "make explain-demo  train a small CNN on handwritten digits and write demo/explain/heatmaps.png"
 	@echo "make test   run the test suite (tests/, Triton kernels in interpreter mode)"
 	@echo "make lint   ruff check ."
@@ -37,6 +38,9 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/cpu/*)
 
 demo: venv
 	$(PY) python/biased_digits.py --out demo/
+
+ablation: venv
+	$(PY) python/biased_digits_ablation.py --out demo/
 
 explain-demo: venv
 	$(PY) python/explain_digits.py --out demo/explain/

@@ -5,8 +5,11 @@ A complete experiment on the CPU (a few minutes on 2 cores):
 1. ``isnet data biased-digits``: scikit-learn's real handwritten digits on a 32x32 canvas, with a bright 3x3
    artefact in the background whose position encodes the class (train, val, test_biased); the same test digits
    without it (test_unbiased) and with the artefact of another class (test_confounding);
-2. train ``isnet_kernels.models.SmallCNN`` twice with the same seed and schedule: a plain classifier
-   (cross-entropy) and a selective ISNet (cross-entropy plus the heatmap loss, P = 0.7);
+2. train ``isnet_kernels.models.SmallCNN`` twice with the same seed and optimiser: a plain classifier
+   (cross-entropy) and a selective ISNet (cross-entropy plus the heatmap loss, P = 0.7) that explains each image's
+   label class, with LRP deep supervision (the relevance after each max-pool is penalised too) and the BatchNorm
+   statistics live in the heatmap's gradient (``--select``, ``--deep-supervision``, ``--batch-stats``; what each
+   of them changes is measured by ``python/biased_digits_ablation.py``, see README);
 3. evaluate both on the three test splits: accuracy and background-relevance fraction (the share of the
    predicted class's |LRP| outside the digit's mask);
 4. write ``OUT/report.md`` (the table, the settings, the times) and ``OUT/heatmaps.png`` (confounding test
@@ -17,7 +20,7 @@ the digit, so its confounding accuracy stays near its unbiased accuracy.
 
 Usage::
 
-    python python/biased_digits.py --out demo/ [--plain-epochs 3] [--isnet-epochs 15] [--seed 0]
+    python python/biased_digits.py --out demo/ [--plain-epochs 3] [--isnet-epochs 12] [--seed 0]
 """
 
 from __future__ import annotations
@@ -44,7 +47,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="demo", help="output folder (data, runs, report.md, heatmaps.png)")
     p.add_argument("--plain-epochs", type=int, default=3, help="epochs of the plain classifier (default 3)")
-    p.add_argument("--isnet-epochs", type=int, default=15, help="epochs of the ISNet (default 15)")
+    p.add_argument("--isnet-epochs", type=int, default=12, help="epochs of the ISNet (default 12)")
+    p.add_argument("--select", default="label", choices=["lowest", "highest", "label"],
+                   help="the class each image's selective map explains (default label; the reference code's is "
+                        "lowest)")
+    p.add_argument("--deep-supervision", default=True, action=argparse.BooleanOptionalAction,
+                   help="penalise the relevance after each max-pool too (default on)")
+    p.add_argument("--batch-stats", default="live", choices=["detached", "live"],
+                   help="train-mode BatchNorm statistics in the heatmap's gradient (default live; the reference "
+                        "detaches them)")
     p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate of both (default 0.05)")
     p.add_argument("--first-layer", default="epsilon", choices=["epsilon", "zb"],
                    help="first-layer rule of the ISNet and of every heatmap (default epsilon: the digits lie on "
@@ -59,7 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run_config(args: argparse.Namespace, data: Path, out: Path, variant: str, epochs: int) -> TrainConfig:
     return TrainConfig(data=str(data), out=str(out), arch="small", variant=variant, epochs=epochs, batch_size=32,
-                       lr=args.lr, first_layer=args.first_layer, seed=args.seed, progress=not args.quiet)
+                       lr=args.lr, first_layer=args.first_layer, select=args.select, batch_stats=args.batch_stats,
+                       deep_supervision=args.deep_supervision, seed=args.seed, progress=not args.quiet)
 
 
 def figure(out: Path, data: Path, runs: dict[str, Path], n: int, first_layer: str) -> Path:
@@ -124,7 +136,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     figure(out, data, runs, args.num_images, args.first_layer)
     settings = {"model": "SmallCNN (width 16)", "SGD lr": args.lr, "momentum": 0.9, "gradient clip": 1.0,
                 "batch": 32, "plain epochs": args.plain_epochs, "ISNet epochs": args.isnet_epochs,
-                "ISNet": "selective (lowest logit), P 0.7, d 0.9, E 1, A 1, B 3, C1 1, C2 25, hybrid",
+                "ISNet": f"selective ({args.select} class), P 0.7, d 0.9, E 1, A 1, B 3, C1 1, C2 25, hybrid",
+                "deep supervision": "after each max-pool" if args.deep_supervision else "off",
+                "BatchNorm statistics in the heatmap's gradient": args.batch_stats,
                 "first-layer rule": args.first_layer, "seed": args.seed}
     text = report(out, results, settings, seconds)
     (out / "report.md").write_text(text)
