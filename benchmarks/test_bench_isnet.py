@@ -32,7 +32,8 @@ storages, parameters excluded): the relevance tensors and the forward's activati
 
 Environment: ``BENCH_ISNET_ROUNDS`` (timed rounds, default 5), ``BENCH_ISNET_SLOW_ROUNDS`` (rounds of the steps
 with more than 10 maps per image, i.e. the original variant at K >= 100; default 1), ``BENCH_ISNET_CLASSES``
-(default ``10,100,1000``), ``BENCH_ISNET_VARIANTS`` (default ``plain,selective,stochastic,dual,original``),
+(default ``10,100,1000``), ``BENCH_ISNET_VARIANTS`` (default ``plain,selective,stochastic,dual,original``; a
+name ending in ``-live``, e.g. ``selective-live``, runs that variant with ``batch_stats="live"``),
 ``BENCH_ISNET_ORIGINAL_MAX_K`` (default 100), ``BENCH_ISNET_BACKENDS`` (default: the device's fused backend,
 ``cpp`` on CPU / ``triton`` on CUDA, else ``reference``; e.g. ``reference,cpp`` for both), ``BENCH_MEMORY``,
 ``BENCH_DEVICE``. Every step is warmed up once (program compilation, oneDNN primitives) before its timed rounds.
@@ -79,7 +80,7 @@ def isnet_backends() -> list[str]:
 
 
 def maps_per_image(variant: str, K: int) -> int:
-    return {"plain": 0, "selective": 1, "stochastic": 1, "dual": 2, "original": K}[variant]
+    return {"plain": 0, "selective": 1, "stochastic": 1, "dual": 2, "original": K}[variant.removesuffix("-live")]
 
 
 def method_name(variant: str, backend: str | None) -> str:
@@ -128,9 +129,10 @@ def make_step(variant: str, K: int, backend: str | None) -> tuple[Callable[[], t
 
         return step, list(model.parameters())
 
-    gen = torch.Generator(device=bc.DEVICE).manual_seed(0) if variant == "stochastic" else None
-    net = isnet_kernels.ISNet(model, variant, eps=bc.EPS, first_layer="zb", bounds=bc.BOUNDS, generator=gen,
-                              backend=backend).train()
+    base = variant.removesuffix("-live")
+    gen = torch.Generator(device=bc.DEVICE).manual_seed(0) if base == "stochastic" else None
+    net = isnet_kernels.ISNet(model, base, eps=bc.EPS, first_layer="zb", bounds=bc.BOUNDS, generator=gen,
+                              backend=backend, batch_stats="live" if variant.endswith("-live") else "detached").train()
     criterion = isnet_kernels.ISNetLoss()
     opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
 
@@ -161,7 +163,7 @@ def mem_total_mib() -> float | None:
 def test_isnet_step(benchmark, K: int, variant: str, backend: str | None) -> None:
     M = maps_per_image(variant, K)
     method = method_name(variant, backend)
-    if variant == "original" and K > ORIGINAL_MAX_K:
+    if variant.removesuffix("-live") == "original" and K > ORIGINAL_MAX_K:
         pytest.skip(f"original at K = {K} (M = {K} maps per image) does not fit in memory at batch {bc.BATCH} "
                     f"(see README.md); BENCH_ISNET_ORIGINAL_MAX_K={K} runs it anyway")
     benchmark.group = f"isnet K={K} (resnet18, B={bc.BATCH}, {bc.SIZE}x{bc.SIZE}, {bc.describe_device()})"

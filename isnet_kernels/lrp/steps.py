@@ -135,22 +135,25 @@ class LinearBlock(Step):
         mean, invstd = ops.batchnorm.batch_statistics(x, self.bn.eps)
         return mean, invstd, True
 
-    def folded(self, saved: Any, cfg: RuleConfig) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(z, W', b')``: the rule pre-activation and the folded weight and (detached) bias."""
+    def folded(self, saved: Any, cfg: RuleConfig,
+               stats: tuple[Tensor | None, Tensor | None, bool] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(z, W', b')``: the rule pre-activation and the folded weight and (detached) bias; ``stats`` as
+        :meth:`statistics` returns them (computed here when not given)."""
         a, x0, _, _, y, _ = saved
         w, b = self.layer.weight, self.layer.bias
         if self.bn is None:
             z = y if y is not None else ops.rule_preactivation(x0, b)
             return z, w, None if b is None else b.detach()
         gamma, beta = self.bn.weight, self.bn.bias
-        mean, invstd, live = self.statistics(saved, cfg)
+        mean, invstd, live = stats if stats is not None else self.statistics(saved, cfg)
         z = y if y is not None else ops.rule_preactivation(x0, b, gamma, beta, mean, invstd, live)
         w, b = ops.fold_batchnorm(w, b, gamma, beta, mean, invstd, live)
         return z, w, b
 
     def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> list[Tensor]:
         a = saved[0]
-        z, w, b = self.folded(saved, cfg)
+        stats = self.statistics(saved, cfg) if self.bn is not None else None
+        z, w, b = self.folded(saved, cfg, stats)
         if self.first and cfg.first_layer == "zb":
             low = cfg.low.reshape(1, *a.shape[1:]) if cfg.low.dim() > 0 else cfg.low
             high = cfg.high.reshape(1, *a.shape[1:]) if cfg.high.dim() > 0 else cfg.high
@@ -160,7 +163,7 @@ class LinearBlock(Step):
         if cfg.prims is not None and self.bn is not None and self.layer.weight.numel() > R.numel():
             # W'^T (R / t) = W^T (R gamma/sigma / t): scaling the (small) relevance costs less than folding the
             # (large) weight; the same value and gradient.
-            _, invstd, live = self.statistics(saved, cfg)
+            _, invstd, live = stats
             scale = ops.batchnorm.batchnorm_scale(self.bn.weight, invstd, live)
             R = R * scale.view(-1, *([1] * (R.dim() - 3)))
             w = self.layer.weight
