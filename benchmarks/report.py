@@ -301,7 +301,7 @@ def isnet_table(rows: dict[str, dict[int, dict]]) -> list[str]:
     lines = [head, rule]
     for method, by_k in rows.items():
         maps = {PLAIN: "-", "selective": "1", "stochastic": "1", "dual": "2", "original": "K"}
-        row = f"| {method} ({maps.get(method.split('(')[0], '?')}) |"
+        row = f"| {method} ({maps.get(method.split('(')[0].removesuffix('-live'), '?')}) |"
         for k in ks:
             b = by_k.get(k)
             if b is None:
