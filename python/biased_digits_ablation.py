@@ -39,6 +39,8 @@ SETTINGS: tuple[tuple[str, str, str, bool], ...] = (
     ("label", "label", "detached", False),
     ("live statistics", "lowest", "live", False),
     ("label + live", "label", "live", False),
+    ("label + deep supervision", "label", "detached", True),
+    ("live + deep supervision", "lowest", "live", True),
     ("label + live + deep supervision (demo)", "label", "live", True),
 )
 
@@ -75,7 +77,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 3.6))
+    fig, ax = plt.subplots(figsize=(11, 3.6))
     width = 0.8 / len(SPLITS)
     for j, split in enumerate(SPLITS):
         xs = [i + (j - (len(SPLITS) - 1) / 2) * width for i in range(len(rows))]

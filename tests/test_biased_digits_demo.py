@@ -66,4 +66,4 @@ def test_ablation_writes_one_row_per_setting(tmp_path):
     assert f"{100 * first['test_confounding']['accuracy']:.1f}%" in table[1]
     assert json.loads((out / "ablation.json").read_text())["rows"] == json.loads(json.dumps(rows))
     with Image.open(out / "ablation.png") as png:
-        assert png.size == (900, 360)
+        assert png.size == (1100, 360)
