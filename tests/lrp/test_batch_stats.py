@@ -16,7 +16,7 @@ import isnet_kernels as ik
 from isnet_kernels.ops import batch_statistics
 
 from .models import EveryLayer
-from .test_engine import _randomize_bn, _swap_parameters
+from .test_engine import _randomize_bn, maps_as_function, swapped_parameters
 
 
 def _model(train: bool = True) -> nn.Module:
@@ -67,15 +67,7 @@ def test_live_statistics_gradcheck_train_mode(first_layer):
     lrp = ik.LRP(model, first_layer=first_layer, bounds=(-0.5, 1.5), check_input=False, batch_stats="live")
     weight = torch.linspace(-1, 1, 3 * 2 * 3 * 9 * 9, dtype=torch.double).view(3, 2, 3, 9, 9)
 
-    def loss(inp, *values):
-        swapped = _swap_parameters(model, params, values)
-        try:
-            maps = _weighted_maps(lrp, inp, targets)
-        finally:
-            for m, name, q in swapped:
-                m._parameters[name] = q
-        return (maps * weight).sum()
-
+    loss = maps_as_function(lrp, model, params, targets, weight)
     values = [p.detach().clone().requires_grad_() for p in params]
     inp = x.clone().requires_grad_()
     assert torch.autograd.gradcheck(loss, (inp, *values), eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
@@ -91,12 +83,8 @@ def test_detached_statistics_fail_the_same_gradcheck():
     lrp = ik.LRP(model, first_layer="epsilon", check_input=False, batch_stats="detached")
 
     def loss(w):
-        swapped = _swap_parameters(model, [conv.weight], (w,))
-        try:
+        with swapped_parameters(model, [conv.weight], (w,)):
             return _weighted_maps(lrp, x, targets).pow(2).sum()
-        finally:
-            for m, name, q in swapped:
-                m._parameters[name] = q
 
     w = conv.weight.detach().clone().requires_grad_()
     assert not torch.autograd.gradcheck(loss, (w,), eps=1e-6, atol=1e-6, rtol=1e-5, raise_exception=False)

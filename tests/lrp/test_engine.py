@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Sequence
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -103,8 +106,9 @@ def test_logits_equal_model_output_and_train_mode_updates_running_stats():
         torch.testing.assert_close(a, b, msg=f"buffer {name} differs after a forward")
 
 
-def _swap_parameters(model: nn.Module, params: list[nn.Parameter], values: tuple[torch.Tensor, ...]) -> list:
-    """Put ``values`` in place of ``params`` inside ``model``; return what to restore."""
+@contextlib.contextmanager
+def swapped_parameters(model: nn.Module, params: list[nn.Parameter], values: Sequence[torch.Tensor]):
+    """Within the block, ``values`` stand in place of ``params`` inside ``model``."""
     swapped = []
     for m in model.modules():
         for name, q in list(m._parameters.items()):
@@ -112,7 +116,24 @@ def _swap_parameters(model: nn.Module, params: list[nn.Parameter], values: tuple
                 if q is p:
                     swapped.append((m, name, q))
                     m._parameters[name] = v
-    return swapped
+    try:
+        yield
+    finally:
+        for m, name, q in swapped:
+            m._parameters[name] = q
+
+
+def maps_as_function(lrp: ik.LRP, model: nn.Module, params: list[nn.Parameter], targets: torch.Tensor,
+                     weight: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """``f(x, *param_values) = sum(maps * weight)`` with the same dropout masks at every call, for gradcheck."""
+
+    def f(inp: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+        with swapped_parameters(model, params, values):
+            torch.manual_seed(3)
+            _, maps = lrp(inp, targets)
+        return (maps * weight).sum()
+
+    return f
 
 
 def _gradcheck_model(train: bool, monkeypatch) -> None:
@@ -141,16 +162,7 @@ def _gradcheck_model(train: bool, monkeypatch) -> None:
         monkeypatch.setattr(S, "batch_norm_forward", lambda bn, inp: (real(bn, inp)[0], *fixed[id(bn)]))
     weight = torch.linspace(-1, 1, 3 * 2 * 3 * 9 * 9, dtype=torch.double).view(3, 2, 3, 9, 9)
 
-    def loss(inp, *values):
-        swapped = _swap_parameters(model, params, values)
-        try:
-            torch.manual_seed(3)  # the same dropout mask at every evaluation
-            _, maps = lrp(inp, targets)
-        finally:
-            for m, name, q in swapped:
-                m._parameters[name] = q
-        return (maps * weight).sum()
-
+    loss = maps_as_function(lrp, model, params, targets, weight)
     values = [p.detach().clone().requires_grad_() for p in params]
     inp = x.clone().requires_grad_()
     assert torch.autograd.gradcheck(loss, (inp, *values), eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=True)
