@@ -1,25 +1,16 @@
 """End to end: the biased-digits experiment (python/biased_digits.py) with tiny settings."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parents[1] / "python" / "biased_digits.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("biased_digits_demo", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .scripts import load_script
 
 
 @pytest.mark.slow
 def test_demo_writes_report_table_and_figure(tmp_path):
-    demo = _load_script()
+    demo = load_script("biased_digits.py")
     out = tmp_path / "demo"
     summary = demo.main(["--out", str(out), "--plain-epochs", "1", "--isnet-epochs", "1", "--per-class", "6",
                          "--per-class-test", "2", "--num-images", "3", "--quiet"])
@@ -47,10 +38,7 @@ def test_demo_writes_report_table_and_figure(tmp_path):
 
 @pytest.mark.slow
 def test_ablation_writes_one_row_per_setting(tmp_path):
-    path = SCRIPT.with_name("biased_digits_ablation.py")
-    spec = importlib.util.spec_from_file_location("biased_digits_ablation", path)
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)
+    ablation = load_script("biased_digits_ablation.py")
     out = tmp_path / "ablation"
     rows = ablation.main(["--out", str(out), "--epochs", "1", "--per-class", "4", "--per-class-test", "1", "--quiet"])
     assert [r["name"] for r in rows] == [s[0] for s in ablation.SETTINGS]

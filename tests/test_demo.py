@@ -1,26 +1,17 @@
 """End-to-end test of the digits demo (python/explain_digits.py) with tiny settings."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parents[1] / "python" / "explain_digits.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("explain_digits", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .scripts import load_script
 
 
 def test_load_data_shapes_and_range():
-    demo = _load_script()
+    demo = load_script("explain_digits.py")
     x_train, y_train, x_test, y_test = demo.load_data(seed=0)
     assert x_train.shape[1:] == (1, 32, 32) and x_test.shape[1:] == (1, 32, 32)
     assert len(x_train) + len(x_test) == 1797  # scikit-learn's digits
@@ -31,7 +22,7 @@ def test_load_data_shapes_and_range():
 
 @pytest.mark.slow
 def test_main_writes_png_and_summary(tmp_path, capsys):
-    demo = _load_script()
+    demo = load_script("explain_digits.py")
     out = tmp_path / "demo"
     summary = demo.main(["--out", str(out), "--epochs", "1", "--seed", "0", "--num-images", "4"])
 
@@ -63,6 +54,6 @@ def test_main_writes_png_and_summary(tmp_path, capsys):
 
 
 def test_cli_rejects_bad_arguments():
-    demo = _load_script()
+    demo = load_script("explain_digits.py")
     with pytest.raises(SystemExit):
         demo.parse_args(["--epochs", "0"])

@@ -106,14 +106,6 @@ def plain(initial, data) -> nn.Module:
     return model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("variant", ["original", "selective", "stochastic", "dual"])
 def test_isnet_moves_relevance_off_the_shortcut(variant, data, initial, plain):
     def wrap(model: nn.Module) -> ISNet:

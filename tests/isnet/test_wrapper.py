@@ -21,6 +21,8 @@ from isnet_kernels.isnet import default_supervision
 from isnet_kernels.isnet.wrapper import STOCHASTIC_ARGMAX_P
 from isnet_kernels.models import SmallCNN, densenet121, resnet18, vgg11
 
+from ..lrp.models import randomize_bn
+
 DT = torch.float64
 
 
@@ -49,14 +51,10 @@ class Tiny(nn.Module):
 
 def _randomize(model: nn.Module) -> nn.Module:
     """Random BatchNorm statistics, scales and shifts (so that folding matters) and non-zero biases."""
+    randomize_bn(model)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-            elif isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
                 m.bias.uniform_(-0.1, 0.1)
     return model
 

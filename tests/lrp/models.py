@@ -7,6 +7,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def randomize_bn(model: nn.Module) -> nn.Module:
+    """Random BatchNorm scales, shifts and running statistics, so that folding them matters; returns ``model``."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
 class EveryLayer(nn.Module):
     """A tiny classifier that contains every layer type the engine supports."""
 

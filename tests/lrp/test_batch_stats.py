@@ -15,14 +15,14 @@ from torch import nn
 import isnet_kernels as ik
 from isnet_kernels.ops import batch_statistics
 
-from .models import EveryLayer
-from .test_engine import _randomize_bn, maps_as_function, swapped_parameters
+from .models import EveryLayer, randomize_bn
+from .test_engine import maps_as_function, swapped_parameters
 
 
 def _model(train: bool = True) -> nn.Module:
     torch.manual_seed(0)
     model = EveryLayer().double().train(train)
-    _randomize_bn(model)
+    randomize_bn(model)
     return model
 
 

@@ -14,17 +14,7 @@ import isnet_kernels as ik
 from isnet_kernels.lrp import engine, get_program
 from isnet_kernels.lrp import steps as S
 
-from .models import EveryLayer, FunctionalForm, MethodForm, ModuleForm
-
-
-def _randomize_bn(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            with torch.no_grad():
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
+from .models import EveryLayer, FunctionalForm, MethodForm, ModuleForm, randomize_bn
 
 
 def _zero_biases(model: nn.Module) -> None:
@@ -41,7 +31,7 @@ def _zero_biases(model: nn.Module) -> None:
 def test_conservation(first_layer, output_layer):
     """With eps -> 0 and zero biases, the input relevance sums to the explained logit."""
     model = (EveryLayer() if output_layer == "every" else ModuleForm()).double().eval()
-    _randomize_bn(model)
+    randomize_bn(model)
     _zero_biases(model)
     x = torch.rand(3, 3, 11, 11, dtype=torch.double)
     lrp = ik.LRP(model, eps=1e-12, first_layer=first_layer, bounds=(0.0, 1.0))
@@ -54,7 +44,7 @@ def test_conservation(first_layer, output_layer):
 def test_batch_consistency():
     """A batch's heatmaps equal each sample's computed alone (eval mode)."""
     model = EveryLayer().double().eval()
-    _randomize_bn(model)
+    randomize_bn(model)
     x = torch.rand(4, 3, 10, 10, dtype=torch.double)
     targets = torch.tensor([[0, 3], [1, 2], [2, 1], [3, 0]])
     lrp = ik.LRP(model)
@@ -139,7 +129,7 @@ def maps_as_function(lrp: ik.LRP, model: nn.Module, params: list[nn.Parameter], 
 def _gradcheck_model(train: bool, monkeypatch) -> None:
     torch.manual_seed(0)
     model = EveryLayer().double().train(train)
-    _randomize_bn(model)
+    randomize_bn(model)
     x = torch.rand(3, 3, 9, 9, dtype=torch.double)
     targets = torch.tensor([[0, 2], [1, 3], [3, 0]])
     params = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm1d,

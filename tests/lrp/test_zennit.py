@@ -181,16 +181,6 @@ def _zennit(case: Case, x: Tensor, target: Tensor, first_rule) -> Tensor:
 PER_CHANNEL = ((-MEAN / STD), ((1 - MEAN) / STD))  # bounds of normalised [0, 1] images, shape (C,)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models are tiny: intra-op threads only add overhead, and on a busy machine OpenMP's spinning makes these
-    tests ~10x slower with 2 threads than with 1. Restored after each test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_zb_default_bounds(name: str) -> None:
     """First layer Z^B with bounds (0, 1), zero folded first bias: equals zennit's ZBox(0, 1); target None and (B,)."""

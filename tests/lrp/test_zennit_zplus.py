@@ -80,14 +80,6 @@ def _zennit_all(case: Case, x: Tensor, first_rule, hidden: str) -> Tensor:
     return relevance.detach()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _setup(first_layer: str) -> tuple[Case, Tensor, object]:
     case = _build("vgg_bn", first_bias="zero" if first_layer == "zb" else "random")
     assert not any(isinstance(m, nn.BatchNorm1d) for m in case.model.modules())
