@@ -298,6 +298,24 @@ def _fma_tiles(n_out: int, n_reduce: int) -> tuple[int, int, int, int]:
     return block_p, block_n, block_k, 4
 
 
+def _launch_implicit_gemm(dot_kernel, fma_kernel, args: tuple, meta: dict, n_pixels: int, groups: int,
+                          n_out: int, n_reduce: int, block_out: str) -> None:
+    """Launch an implicit-GEMM convolution kernel over (pixel tiles, groups x output-channel tiles): its autotuned
+    ``tl.dot`` form when both per-group channel counts reach ``MIN_DOT_CHANNELS``, else its CUDA-core form with
+    :func:`_fma_tiles`. ``block_out`` names the kernel's output-channel tile parameter."""
+    if n_out >= MIN_DOT_CHANNELS and n_reduce >= MIN_DOT_CHANNELS:
+
+        def grid(meta: dict) -> tuple[int, int]:
+            return triton.cdiv(n_pixels, meta["BLOCK_P"]), groups * triton.cdiv(n_out, meta[block_out])
+
+        dot_kernel[grid](*args, USE_DOT=True, **meta)
+        return
+    block_p, block_n, block_k, num_warps = _fma_tiles(n_out, n_reduce)
+    grid = (triton.cdiv(n_pixels, block_p), groups * triton.cdiv(n_out, block_n))
+    fma_kernel[grid](*args, USE_DOT=False, BLOCK_P=block_p, BLOCK_K=block_k, num_warps=num_warps,
+                     **{block_out: block_n}, **meta)
+
+
 def _input_precision(dtype: torch.dtype) -> str:
     """float32 products use TF32 tensor cores only where PyTorch's matmul precision allows it; exact otherwise."""
     if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest" and not interpreting():
@@ -359,17 +377,8 @@ def _conv_transpose(R: Tensor, z: Tensor, a: Tensor, a2: Tensor | None, weight: 
         M, H, W, Ho, Wo, Ci_g, Co_g, n_pixels, *eps_parts(eps),
     )
     meta = dict(_geometry_meta(weight, geom, R.dtype), KEEP_C=keep_c, TWO_SIGNS=two)
-    if Ci_g >= MIN_DOT_CHANNELS and Co_g >= MIN_DOT_CHANNELS:
-
-        def grid(meta: dict) -> tuple[int, int]:
-            return triton.cdiv(n_pixels, meta["BLOCK_P"]), groups * triton.cdiv(Ci_g, meta["BLOCK_CI"])
-
-        _conv_transpose_dot[grid](*args, USE_DOT=True, **meta)
-    else:
-        BLOCK_P, BLOCK_CI, BLOCK_K, num_warps = _fma_tiles(Ci_g, Co_g)
-        grid = (triton.cdiv(n_pixels, BLOCK_P), groups * triton.cdiv(Ci_g, BLOCK_CI))
-        _conv_transpose_kernel[grid](*args, USE_DOT=False, BLOCK_P=BLOCK_P, BLOCK_CI=BLOCK_CI, BLOCK_K=BLOCK_K,
-                                     num_warps=num_warps, **meta)
+    _launch_implicit_gemm(_conv_transpose_dot, _conv_transpose_kernel, args, meta, n_pixels, groups, Ci_g, Co_g,
+                          "BLOCK_CI")
     return out, c, c2
 
 
@@ -492,17 +501,8 @@ def conv_epsilon_backward(U: Tensor, weight: Tensor, s: Tensor, z: Tensor, geom:
         M, H, W, Ho, Wo, Ci_g, Co_g, n_pixels, *eps_parts(eps),
     )
     meta = _geometry_meta(weight, geom, U.dtype)
-    if Ci_g >= MIN_DOT_CHANNELS and Co_g >= MIN_DOT_CHANNELS:
-
-        def grid(meta: dict) -> tuple[int, int]:
-            return triton.cdiv(n_pixels, meta["BLOCK_P"]), groups * triton.cdiv(Co_g, meta["BLOCK_CO"])
-
-        _conv_epsilon_backward_dot[grid](*args, USE_DOT=True, **meta)
-    else:
-        BLOCK_P, BLOCK_CO, BLOCK_K, num_warps = _fma_tiles(Co_g, Ci_g)
-        grid = (triton.cdiv(n_pixels, BLOCK_P), groups * triton.cdiv(Co_g, BLOCK_CO))
-        _conv_epsilon_backward_kernel[grid](*args, USE_DOT=False, BLOCK_P=BLOCK_P, BLOCK_CO=BLOCK_CO,
-                                            BLOCK_K=BLOCK_K, num_warps=num_warps, **meta)
+    _launch_implicit_gemm(_conv_epsilon_backward_dot, _conv_epsilon_backward_kernel, args, meta, n_pixels, groups,
+                          Co_g, Ci_g, "BLOCK_CO")
     return dR, dZ
 
 
