@@ -68,10 +68,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run_config(args: argparse.Namespace, data: Path, out: Path, variant: str, epochs: int) -> TrainConfig:
+def prepare_data(data: Path, per_class: int, per_class_test: int, seed: int, progress: bool) -> bool:
+    """Write the biased-digits set to ``data`` unless a complete one is there; returns whether it was reused."""
+    if (data / "info.json").is_file():
+        print(f"using the data set in {data}")
+        return True
+    shutil.rmtree(data, ignore_errors=True)
+    write_biased_digits(data, per_class_train=per_class, per_class_val=max(2, per_class // 15),
+                        per_class_test=per_class_test, seed=seed, progress=progress)
+    return False
+
+
+def run_config(data: Path, out: Path, variant: str, epochs: int, *, lr: float, seed: int, progress: bool,
+               **isnet: Any) -> TrainConfig:
+    """A SmallCNN run on ``data`` with batch 32 and the SGD defaults; ``isnet``: the ISNet settings
+    (``first_layer``, ``select``, ``batch_stats``, ``deep_supervision``)."""
     return TrainConfig(data=str(data), out=str(out), arch="small", variant=variant, epochs=epochs, batch_size=32,
-                       lr=args.lr, first_layer=args.first_layer, select=args.select, batch_stats=args.batch_stats,
-                       deep_supervision=args.deep_supervision, seed=args.seed, progress=not args.quiet)
+                       lr=lr, seed=seed, progress=progress, **isnet)
 
 
 def figure(out: Path, data: Path, runs: dict[str, Path], n: int, first_layer: str) -> Path:
@@ -117,18 +130,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data, runs = out / "data", {"plain": out / "runs" / "plain", "isnet": out / "runs" / "isnet"}
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    if (data / "info.json").is_file():
-        print(f"using the data set in {data}")
-    else:
-        shutil.rmtree(data, ignore_errors=True)
-        write_biased_digits(data, per_class_train=args.per_class, per_class_val=max(2, args.per_class // 15),
-                            per_class_test=args.per_class_test, seed=args.seed, progress=not args.quiet)
+    prepare_data(data, args.per_class, args.per_class_test, args.seed, not args.quiet)
     seconds["data"] = time.perf_counter() - t
     for name, variant, epochs in (("plain", "none", args.plain_epochs), ("isnet", "selective", args.isnet_epochs)):
         t = time.perf_counter()
         shutil.rmtree(runs[name], ignore_errors=True)
         print(f"== training the {name} model ({epochs} epochs)")
-        train(run_config(args, data, runs[name], variant, epochs))
+        train(run_config(data, runs[name], variant, epochs, lr=args.lr, seed=args.seed, progress=not args.quiet,
+                         first_layer=args.first_layer, select=args.select, batch_stats=args.batch_stats,
+                         deep_supervision=args.deep_supervision))
         seconds[name] = time.perf_counter() - t
     t = time.perf_counter()
     results = {name: evaluate_run(path, data, list(SPLITS), which="last")["splits"] for name, path in runs.items()}

@@ -28,10 +28,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from biased_digits import SPLITS  # noqa: E402  (the demo script beside this one)
+from biased_digits import SPLITS, prepare_data, run_config  # noqa: E402  (the demo script beside this one)
 
-from isnet_kernels.data import write_biased_digits  # noqa: E402
-from isnet_kernels.train import TrainConfig, evaluate_run, train  # noqa: E402
+from isnet_kernels.train import evaluate_run, train  # noqa: E402
 
 #: (name, select, batch_stats, deep_supervision), from the reference settings to the demo's.
 SETTINGS: tuple[tuple[str, str, str, bool], ...] = (
@@ -99,19 +98,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     out = Path(args.out)
     data = out / "data"
-    if not (data / "info.json").is_file():
-        shutil.rmtree(data, ignore_errors=True)
-        write_biased_digits(data, per_class_train=args.per_class, per_class_val=max(2, args.per_class // 15),
-                            per_class_test=args.per_class_test, seed=args.seed, progress=not args.quiet)
+    prepare_data(data, args.per_class, args.per_class_test, args.seed, not args.quiet)
     rows = []
     for i, (name, select, batch_stats, deep) in enumerate(SETTINGS):
         run = out / "runs" / "ablation" / f"{i}"
         shutil.rmtree(run, ignore_errors=True)
         print(f"== {i + 1}/{len(SETTINGS)}: {name}")
         t = time.perf_counter()
-        train(TrainConfig(data=str(data), out=str(run), arch="small", variant="selective", epochs=args.epochs,
-                          batch_size=32, lr=args.lr, first_layer="epsilon", select=select, batch_stats=batch_stats,
-                          deep_supervision=deep, seed=args.seed, progress=not args.quiet))
+        train(run_config(data, run, "selective", args.epochs, lr=args.lr, seed=args.seed, progress=not args.quiet,
+                         first_layer="epsilon", select=select, batch_stats=batch_stats, deep_supervision=deep))
         seconds = time.perf_counter() - t
         splits = evaluate_run(run, data, list(SPLITS), which="last")["splits"]
         rows.append({"name": name, "select": select, "batch_stats": batch_stats, "deep_supervision": deep,
