@@ -9,6 +9,8 @@ PIP     := $(PY) -m pip
 # pull a different (CUDA) build.
 TORCH   := torch==2.13.0
 TRITON  := triton==3.7.1
+# The independent LRP implementation the comparison tests run against (installed without its dependencies).
+ZENNIT  := zennit==0.5.1
 STAMP   := $(VENV)/.installed
 BENCH_JSON ?= benchmarks/results/latest.json
 
@@ -33,7 +35,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/cpu/*)
 	$(PIP) install $(TORCH) setuptools wheel
 	$(PIP) install --no-build-isolation -e '.[test]' $(TORCH)
 	$(PIP) install $(TRITON) $(TORCH)
-	$(PIP) install --no-deps zennit
+	$(PIP) install --no-deps $(ZENNIT)
 	@touch $@
 
 demo: venv

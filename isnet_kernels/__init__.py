@@ -7,14 +7,15 @@ LRP(model, *, eps, first_layer, bounds)(x, targets, output) -> (logits, (B, M, C
 ISNet(model, variant="selective", *, eps, first_layer, bounds, deep_supervision, select, generator)
 ISNetLoss(P, d, E, A, B, C1, C2, foreground, d_loss, nonfinite)(output, labels, masks) -> ISNetLossOutput
 tune_cut(isnet, loader, *, epochs) -> CutResult (C1, C2)
-UnsupportedLayerError, BackendUnavailableError
+ISNetError: the base of every exception the package raises (UnsupportedLayerError, BackendUnavailableError,
+    isnet_kernels.data.DataError, isnet_kernels.train.TrainError)
 """
 
-from .errors import BackendUnavailableError, UnsupportedLayerError
+from .errors import BackendUnavailableError, ISNetError, UnsupportedLayerError
 from .isnet import ISNet, ISNetLoss, ISNetLossOutput, ISNetOutput, tune_cut
 from .lrp import LRP, explain
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is kept (pyproject.toml reads it)
 
-__all__ = ["LRP", "BackendUnavailableError", "ISNet", "ISNetLoss", "ISNetLossOutput", "ISNetOutput",
+__all__ = ["LRP", "BackendUnavailableError", "ISNet", "ISNetError", "ISNetLoss", "ISNetLossOutput", "ISNetOutput",
            "UnsupportedLayerError", "__version__", "explain", "tune_cut"]

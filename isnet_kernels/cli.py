@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import importlib.util
 import os
 import subprocess
@@ -27,17 +28,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .dispatch import BACKENDS
-from .models import ARCHITECTURES
+from .errors import ISNetError
 
-VARIANTS = ("none", "original", "selective", "stochastic", "dual")
 #: Environment of ``isnet bench --quick``: fewer rounds, one model, no memory probe.
 QUICK_BENCH_ENV = {"BENCH_ROUNDS": "2", "BENCH_TRAIN_ROUNDS": "2", "BENCH_OP_ROUNDS": "3", "BENCH_MEMORY": "0",
                    "BENCH_MODELS": "resnet18"}
 
 
-class CommandError(Exception):
+class CommandError(ISNetError, ValueError):
     """Bad input to a command: printed as ``isnet <command>: error: <message>``, exit status 2."""
+
+
+#: Set to 1 to see the traceback of an unexpected error instead of its one-line message.
+TRACEBACK_ENV = "ISNET_TRACEBACK"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``isnet train: error: ... (see isnet train --help)``)."""
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 # --- parsers ---------------------------------------------------------------------------------------------------------
@@ -58,8 +68,54 @@ def _device(text: str) -> str:
     raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
 
 
+def config_flag(f: dataclasses.Field) -> str:
+    """The ``isnet train`` flag of a :class:`~isnet_kernels.train.TrainConfig` field."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    from .train.config import default_of
+
+    value = default_of(f)
+    if f.metadata.get("default_text"):
+        return f.metadata["default_text"]
+    if isinstance(value, bool) or value in (None, {}, ""):
+        return "off" if isinstance(value, bool) or f.name == "deep_supervision" else "none"
+    return str(value)
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per :class:`~isnet_kernels.train.TrainConfig` field, from the field's type and metadata (help,
+    choices, flag): a setting added to the configuration appears here by being added once. Values are checked by
+    :meth:`TrainConfig.validate`, not here."""
+    from .train.config import TrainConfig
+
+    scalar = {"str": str, "int": int, "float": float}
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        kwargs: dict[str, Any] = {"dest": f.name, "help": f"{meta['help']} (default: {_default_text(f)})"}
+        if meta.get("metavar"):
+            kwargs["metavar"] = meta["metavar"]
+        if meta.get("choices") is not None:
+            kwargs["choices"] = list(meta["choices"])
+        kind = str(f.type).split(" | ")
+        if f.name == "out":
+            kwargs.update(required=True, help=f"{meta['help']} (required)")
+        if f.name == "model_kwargs":
+            kwargs.update(type=_model_arg, action="append")
+        elif f.name == "deep_supervision":
+            kwargs.update(nargs="*")
+        elif f.name == "device":
+            kwargs.update(type=_device)
+        elif kind == ["bool"]:  # a flag that turns the setting off (--quiet: progress=False)
+            kwargs.update(action="store_false")
+        else:
+            kwargs["type"] = scalar[kind[0]]
+        parser.add_argument(config_flag(f), **kwargs)
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="isnet", description="ISNet training, evaluation and LRP heatmaps.")
+    parser = _Parser(prog="isnet", description="ISNet training, evaluation and LRP heatmaps.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -78,52 +134,11 @@ def _build_parser() -> argparse.ArgumentParser:
     digits.add_argument("--overwrite", action="store_true", help="replace a biased-digits set written there before")
     digits.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    # train: every option defaults to "not given", so a resumed run can tell what was asked to change
-    S = argparse.SUPPRESS
-    tr = sub.add_parser("train", help="train a classifier or an ISNet", argument_default=S)
-    tr.add_argument("--data", metavar="ROOT", help="data set folder (images/<split>/<class>/*.png, masks/...)")
-    tr.add_argument("--out", metavar="RUN_DIR", required=True, help="run directory (created; holds checkpoints "
-                    "and metrics)")
-    tr.add_argument("--arch", choices=list(ARCHITECTURES), help="architecture (default small)")
-    tr.add_argument("--model-arg", dest="model_kwargs", type=_model_arg, action="append", metavar="KEY=VALUE",
-                    help="constructor argument of the architecture, e.g. width=8 (repeatable)")
-    tr.add_argument("--variant", choices=VARIANTS, help="none = plain classifier; else the ISNet variant "
-                    "(default selective)")
-    tr.add_argument("--epochs", type=int, help="epochs in all (default 10; on --resume, extends the run)")
-    tr.add_argument("--batch-size", type=int, help="GLOBAL batch, split over torchrun processes (default 32)")
-    tr.add_argument("--lr", type=float, help="SGD learning rate (default 0.01)")
-    tr.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    tr.add_argument("--clip", type=float, help="gradient-norm clip, 0 = none (default 1)")
-    tr.add_argument("--weight-decay", type=float, help="SGD weight decay (default 0)")
-    for name, text in (("P", "heatmap loss weight (default 0.7)"), ("d", "GWRP decay (default 0.9)"),
-                       ("E", "background saturation (default 1)"), ("A", "background weight (default 1)"),
-                       ("B", "foreground weight (default 3)"), ("C1", "foreground lower bound (default 1)"),
-                       ("C2", "foreground upper bound (default 25)")):
-        tr.add_argument(f"--{name}", type=float, help=text)
-    tr.add_argument("--foreground", choices=["hybrid", "l2"], help="foreground term (default hybrid)")
-    tr.add_argument("--d-loss", type=float, help="GWRP decay over deep-supervision levels (default 1)")
-    tr.add_argument("--nonfinite", choices=["raise", "skip", "propagate"], help="non-finite loss policy "
-                    "(default raise)")
-    tr.add_argument("--eps", type=float, help="LRP stabiliser (default 0.01)")
-    tr.add_argument("--first-layer", choices=["zb", "epsilon"], help="first-layer rule (default zb)")
-    tr.add_argument("--deep-supervision", nargs="*", metavar="MODULE", help="penalise intermediate heatmaps too: "
-                    "the default layers, or the modules named")
-    tr.add_argument("--select", choices=["lowest", "highest", "label"], help="selective variant's class "
-                    "(default lowest)")
-    tr.add_argument("--batch-stats", choices=["detached", "live"], help="train-mode BatchNorm statistics in the "
-                    "heatmap's gradient: detached constants (default, the reference) or live (see ISNet)")
-    tr.add_argument("--tune-cut", type=int, metavar="EPOCHS", help="choose C1/C2 by tune_cut first (EPOCHS of "
-                    "plain training on a copy)")
-    tr.add_argument("--seed", type=int, help="seed (default 0)")
-    tr.add_argument("--num-workers", type=int, help="DataLoader workers (default 0)")
-    tr.add_argument("--size", type=int, help="resize images to SIZE x SIZE")
-    tr.add_argument("--channels", type=int, choices=[1, 3], help="convert images to 1 or 3 channels")
-    tr.add_argument("--train-split", help="training split (default train)")
-    tr.add_argument("--val-split", help="validation split (default val; '' = none)")
-    tr.add_argument("--device", type=_device, help="auto, cpu, cuda or cuda:N (default auto)")
-    tr.add_argument("--backend", choices=list(BACKENDS), help="relevance backend (default auto)")
+    # train: generated from TrainConfig's fields; every option defaults to "not given", so that a resumed run can
+    # tell what was asked to change
+    tr = sub.add_parser("train", help="train a classifier or an ISNet", argument_default=argparse.SUPPRESS)
+    add_config_options(tr)
     tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    tr.add_argument("--quiet", action="store_true", help="no progress bars (the per-epoch lines stay)")
 
     # eval
     ev = sub.add_parser("eval", help="accuracy and background relevance of a run on test splits")
@@ -180,18 +195,13 @@ def _train_config(args: argparse.Namespace):
     from .train import TrainConfig, load_checkpoint
     from .train.checkpoint import LAST
 
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "resume", "quiet")}
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "resume")}
     if "model_kwargs" in given:
         given["model_kwargs"] = dict(given["model_kwargs"])
     if "deep_supervision" in given:
         given["deep_supervision"] = list(given["deep_supervision"]) or True
     if "clip" in given and given["clip"] == 0:
         given["clip"] = None
-    if "quiet" in args:
-        given["progress"] = not args.quiet
-    for key in ("epochs", "batch_size", "seed", "num_workers", "tune_cut", "size"):
-        if key in given and given[key] is not None and given[key] < 0:
-            raise CommandError(f"--{key.replace('_', '-')} must be >= 0, got {given[key]}")
     if getattr(args, "resume", False):
         last = Path(given["out"]) / LAST
         if not last.is_file():
@@ -301,19 +311,34 @@ COMMANDS = {"data": _cmd_data, "train": _cmd_train, "eval": _cmd_eval, "explain"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``isnet`` command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    from .data import DataError
-    from .train import TrainError
+    """Run the ``isnet`` command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
+    Every error of the package (:class:`~isnet_kernels.ISNetError`: bad settings, data, layers, a backend that
+    cannot run) is one line on stderr and exit status 2; an unexpected error is one line and exit status 1
+    (``ISNET_TRACEBACK=1`` shows its traceback); Ctrl-C outside training exits with 130.
+    """
     parser = _build_parser()
     args = parser.parse_args(None if argv is None else list(argv))
+    rank = os.environ.get("RANK", "0") if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else "0"
+    where = f" (rank {rank})" if rank != "0" else ""
     try:
         return COMMANDS[args.command](args)
-    except (CommandError, TrainError, DataError) as exc:
-        rank = os.environ.get("RANK", "0") if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else "0"
-        where = f" (rank {rank})" if rank != "0" else ""
-        print(f"isnet {args.command}{where}: error: {exc}", file=sys.stderr)
+    except ISNetError as exc:
+        print(f"isnet {args.command}{where}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"isnet {args.command}{where}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get(TRACEBACK_ENV) == "1":
+            raise
+        print(f"isnet {args.command}{where}: error: {type(exc).__name__}: {_one_line(exc)} (set {TRACEBACK_ENV}=1 "
+              "for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 if __name__ == "__main__":

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from ..errors import ISNetError
+
 __all__ = ["DataError"]
 
 
-class DataError(ValueError):
+class DataError(ISNetError, ValueError):
     """A data set folder is missing, incomplete or holds a file that cannot be used.
 
     Raised by :class:`~isnet_kernels.data.MaskedImageFolder` (missing root or split folder, no class

@@ -184,13 +184,6 @@ class ISNetLossOutput:
     levels: list[Tensor] = field(default_factory=list)
     finite: bool = True
 
-    def as_dict(self) -> dict[str, float]:
-        """Plain floats for logging (one host synchronisation)."""
-        parts = {"loss": self.total, "classification": self.classification, "heatmap": self.heatmap,
-                 "background": self.background, "foreground": self.foreground}
-        values = torch.stack([v.detach().to(torch.float64) for v in parts.values()]).tolist()
-        return dict(zip(parts, values))
-
 
 class ISNetLoss(nn.Module):
     """``L = (1 - P) * CE(logits, y) + P * L_heat`` (ISNET.md §4, defaults from the reference code).

@@ -12,22 +12,42 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..dispatch import BACKENDS
 from ..isnet.loss import FOREGROUND_RULES, NONFINITE_POLICIES
 from ..isnet.wrapper import SELECTIONS
-from ..lrp.engine import BATCH_STATS
+from ..lrp.engine import BATCH_STATS, FIRST_LAYER_RULES
 from ..models import ARCHITECTURES
 from .errors import TrainError
 
 #: ``"none"`` trains the plain classifier with cross-entropy; the others are :class:`~isnet_kernels.ISNet` variants.
 TRAIN_VARIANTS = ("none", "original", "selective", "stochastic", "dual")
 DEVICES = ("auto", "cpu", "cuda")
+CHANNELS = (1, 3)
 
 #: Fields a resumed run may change: they do not alter what is computed (``epochs`` only extends the run).
 RESUMABLE_FIELDS = ("epochs", "device", "num_workers", "progress", "backend", "data")
+
+
+def option(default: Any, help: str, *, choices: tuple | None = None, flag: str | None = None,
+           metavar: str | None = None, default_text: str | None = None) -> Any:
+    """A :class:`TrainConfig` field with what the command line needs to offer it (``isnet train``): the help
+    text, the valid values (the same constants the validation and the engine use) and, where it is not
+    ``--field-name``, the flag; ``default_text`` says what a default of None means. A callable ``default`` is a
+    default factory (mutable defaults)."""
+    meta = {"help": help, "choices": choices, "flag": flag, "metavar": metavar, "default_text": default_text}
+    if callable(default):
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    """The default value of a :class:`TrainConfig` field."""
+    factory: Callable[[], Any] | Any = f.default_factory
+    return factory() if factory is not dataclasses.MISSING else f.default
 
 
 @dataclass
@@ -59,42 +79,48 @@ class TrainConfig:
     progress : tqdm bars.
     """
 
-    data: str = ""
-    out: str = ""
-    arch: str = "small"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    variant: str = "selective"
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-2
-    momentum: float = 0.9
-    clip: float | None = 1.0
-    weight_decay: float = 0.0
-    P: float = 0.7
-    d: float = 0.9
-    E: float = 1.0
-    A: float = 1.0
-    B: float = 3.0
-    C1: float | dict[str, Any] = 1.0
-    C2: float | dict[str, Any] = 25.0
-    foreground: str = "hybrid"
-    d_loss: float = 1.0
-    nonfinite: str = "raise"
-    eps: float = 1e-2
-    first_layer: str = "zb"
-    deep_supervision: bool | list[str] = False
-    select: str = "lowest"
-    batch_stats: str = "detached"
-    tune_cut: int = 0
-    seed: int = 0
-    num_workers: int = 0
-    size: int | None = None
-    channels: int | None = None
-    train_split: str = "train"
-    val_split: str = "val"
-    device: str = "auto"
-    backend: str | None = None
-    progress: bool = True
+    data: str = option("", "data set folder (images/<split>/<class>/*.png, masks/...)", metavar="ROOT")
+    out: str = option("", "run directory (created; holds config.json, metrics, checkpoints)", metavar="RUN_DIR")
+    arch: str = option("small", "architecture", choices=tuple(ARCHITECTURES))
+    model_kwargs: dict[str, Any] = option(dict, "constructor argument of the architecture, e.g. width=8 "
+                                          "(repeatable)", flag="--model-arg", metavar="KEY=VALUE")
+    variant: str = option("selective", "none = plain classifier (no LRP); else the ISNet variant",
+                          choices=TRAIN_VARIANTS)
+    epochs: int = option(10, "epochs in all (on --resume, extends the run)")
+    batch_size: int = option(32, "GLOBAL batch, split over torchrun processes")
+    lr: float = option(1e-2, "SGD learning rate")
+    momentum: float = option(0.9, "SGD momentum")
+    clip: float | None = option(1.0, "gradient-norm clip, 0 = none")
+    weight_decay: float = option(0.0, "SGD weight decay")
+    P: float = option(0.7, "heatmap loss weight")
+    d: float = option(0.9, "GWRP decay of the background term")
+    E: float = option(1.0, "background saturation")
+    A: float = option(1.0, "background weight")
+    B: float = option(3.0, "foreground weight")
+    C1: float | dict[str, Any] = option(1.0, "foreground lower bound")
+    C2: float | dict[str, Any] = option(25.0, "foreground upper bound")
+    foreground: str = option("hybrid", "foreground term", choices=FOREGROUND_RULES)
+    d_loss: float = option(1.0, "GWRP decay over deep-supervision levels")
+    nonfinite: str = option("raise", "non-finite loss policy", choices=NONFINITE_POLICIES)
+    eps: float = option(1e-2, "LRP stabiliser")
+    first_layer: str = option("zb", "first-layer rule", choices=FIRST_LAYER_RULES)
+    deep_supervision: bool | list[str] = option(False, "penalise intermediate heatmaps too: the default layers, or "
+                                                "the modules named", metavar="MODULE")
+    select: str = option("lowest", "selective variant's class", choices=SELECTIONS)
+    batch_stats: str = option("detached", "train-mode BatchNorm statistics in the heatmap's gradient: detached "
+                              "constants (the reference) or live", choices=BATCH_STATS)
+    tune_cut: int = option(0, "choose C1/C2 by tune_cut first: EPOCHS of plain training on a copy (0: use C1/C2)",
+                           metavar="EPOCHS")
+    seed: int = option(0, "seed of the initialisation, the data order and every random draw")
+    num_workers: int = option(0, "DataLoader workers")
+    size: int | None = option(None, "resize images to SIZE x SIZE", default_text="as stored")
+    channels: int | None = option(None, "convert images to 1 or 3 channels", choices=CHANNELS,
+                                default_text="as stored")
+    train_split: str = option("train", "training split")
+    val_split: str = option("val", "validation split ('' = none)")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    backend: str | None = option(None, "relevance backend", choices=BACKENDS, default_text="auto")
+    progress: bool = option(True, "no progress bars (the per-epoch lines stay)", flag="--quiet")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -141,8 +167,8 @@ class TrainConfig:
             raise bad("foreground", f"one of {FOREGROUND_RULES}")
         if self.nonfinite not in NONFINITE_POLICIES:
             raise bad("nonfinite", f"one of {NONFINITE_POLICIES}")
-        if self.first_layer not in ("zb", "epsilon"):
-            raise bad("first_layer", "'zb' or 'epsilon'")
+        if self.first_layer not in FIRST_LAYER_RULES:
+            raise bad("first_layer", f"one of {FIRST_LAYER_RULES}")
         if self.select not in SELECTIONS:
             raise bad("select", f"one of {SELECTIONS}")
         if self.batch_stats not in BATCH_STATS:
@@ -151,7 +177,7 @@ class TrainConfig:
             raise bad("deep_supervision", "True, False or a list of module names")
         if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1):
             raise bad("size", "None or a positive int")
-        if self.channels not in (None, 1, 3):
+        if self.channels is not None and self.channels not in CHANNELS:
             raise bad("channels", "None, 1 or 3")
         if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
             raise bad("device", f"one of {DEVICES} or 'cuda:N'")

@@ -9,6 +9,7 @@ epsilon in the hidden layers and the run's first-layer rule and eps, the model i
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import splits as list_splits
-from ..lrp import explain
+from ..errors import UnsupportedLayerError
+from ..lrp import explain, get_program
 from ..models import build_model
 from .checkpoint import find_checkpoint, load_checkpoint
 from .config import TrainConfig
@@ -31,6 +33,16 @@ from .metrics import Meter, background_fraction, correct
 EVAL_METRICS = ("loss", "accuracy", "background_fraction")
 
 
+def heatmap_support(model: nn.Module) -> str | None:
+    """None when the LRP engine can explain ``model`` (so the background-relevance fraction can be computed),
+    else the reason it cannot (the :class:`~isnet_kernels.UnsupportedLayerError` message)."""
+    try:
+        get_program(model)
+    except UnsupportedLayerError as exc:
+        return str(exc)
+    return None
+
+
 def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str = "cpu", eps: float = 1e-2,
              first_layer: str = "zb", bounds: tuple[float, float] = (0.0, 1.0), backend: str | None = None,
              heatmaps: bool = True, progress: bool = False, desc: str = "eval") -> Meter:
@@ -38,7 +50,8 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str =
 
     ``loader`` yields ``(images, masks, labels)``. Returns a :class:`~.metrics.Meter` over :data:`EVAL_METRICS`
     (call ``.all_reduce()`` to add other processes' shares, then ``.means()``). The model is evaluated in eval
-    mode and left in the mode it had.
+    mode and left in the mode it had. With ``heatmaps=False`` (a model the LRP engine cannot explain) the
+    background fraction (no images counted) reads NaN.
     """
     from tqdm.auto import tqdm
 
@@ -107,7 +120,9 @@ def markdown_table(results: dict[str, dict[str, float]]) -> str:
     """One row per split: images, accuracy, background-relevance fraction, cross-entropy."""
     lines = ["| split | images | accuracy | background relevance | cross-entropy |", "|---|---:|---:|---:|---:|"]
     for split, r in results.items():
-        lines.append(f"| {split} | {r['images']} | {100 * r['accuracy']:.2f}% | {100 * r['background_fraction']:.2f}% "
+        bkg = r["background_fraction"]
+        bkg_text = "n/a" if bkg is None or math.isnan(bkg) else f"{100 * bkg:.2f}%"
+        lines.append(f"| {split} | {r['images']} | {100 * r['accuracy']:.2f}% | {bkg_text} "
                      f"| {r['loss']:.4f} |")
     return "\n".join(lines) + "\n"
 
@@ -126,17 +141,22 @@ def evaluate_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[str] |
     cfg = run.config
     root = str(data) if data else cfg.data
     names = list(splits) if splits else default_eval_splits(root)
+    note = heatmap_support(run.model)
     results: dict[str, dict[str, float]] = {}
     for split in names:
         dataset = open_split(root, split, size=cfg.size, channels=run.in_channels, flag="--splits")
         check_classes(run.classes, dataset.classes, f"split {split!r} of {root}")
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or cfg.batch_size, shuffle=False)
         meter = evaluate(run.model, loader, device=device, eps=cfg.eps, first_layer=cfg.first_layer,
-                         backend=cfg.backend, progress=progress, desc=split)
-        results[split] = {"images": len(dataset), **meter.means()}
+                         backend=cfg.backend, heatmaps=note is None, progress=progress, desc=split)
+        means = meter.means()
+        if math.isnan(means["background_fraction"]):
+            means["background_fraction"] = None  # not computed: the model has layers without relevance rules
+        results[split] = {"images": len(dataset), **means}
     out = {"run": str(Path(run_dir)), "checkpoint": run.path.name, "epoch": run.epoch, "variant": cfg.variant,
            "arch": cfg.arch, "data": root,
-           "heatmap": "LRP of the predicted class: logit rule, epsilon, first layer " + cfg.first_layer,
+           "heatmap": "LRP of the predicted class: logit rule, epsilon, first layer " + cfg.first_layer
+           if note is None else f"none: {note}",
            "splits": results}
     if write:
         Path(run_dir, "eval.json").write_text(json.dumps(out, indent=2) + "\n")

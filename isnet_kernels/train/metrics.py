@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..isnet.loss import prepare_mask
 
-#: Loss parts of a training step, in the order of :meth:`ISNetLossOutput.as_dict`.
+#: Loss parts of a training step: ISNetLossOutput's total, classification, heatmap, background, foreground.
 LOSS_PARTS = ("loss", "classification", "heatmap", "background", "foreground")
 #: Columns of ``metrics.csv``: one row per epoch.
 COLUMNS = ("epoch", "lr", *(f"train_{p}" for p in LOSS_PARTS), "train_accuracy", "val_loss", "val_accuracy",
@@ -58,11 +58,6 @@ def background_fraction(heatmaps: Tensor, masks: Tensor) -> Tensor:
 def correct(logits: Tensor, labels: Tensor) -> Tensor:
     """Number of images whose argmax logit is the label (a 0-d tensor, no host synchronisation)."""
     return (logits.detach().argmax(-1) == labels).sum()
-
-
-def accuracy(logits: Tensor, labels: Tensor) -> float:
-    """Share of images whose argmax logit is the label."""
-    return float(correct(logits, labels)) / max(int(labels.numel()), 1)
 
 
 class Meter:

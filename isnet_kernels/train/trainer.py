@@ -43,14 +43,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..isnet import ISNet, ISNetLoss, tune_cut
+from .. import dispatch
+from ..isnet import ISNet, ISNetLoss, ISNetOutput, tune_cut
 from ..models import build_model
 from .checkpoint import BEST, FORMAT, LAST, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .config import RESUMABLE_FIELDS, TrainConfig
 from .data import check_classes, open_split
 from .distributed import Context, setup
 from .errors import TrainError
-from .evaluate import evaluate
+from .evaluate import evaluate, heatmap_support
 from .metrics import LOSS_PARTS, Meter, correct, write_metrics
 
 TRAIN_METRICS = (*LOSS_PARTS, "accuracy")
@@ -118,6 +119,7 @@ class Trainer:
         self.ctx = setup(self.config.device)
         previous = None
         try:
+            self._check_backend()  # before any data is read: a backend that cannot run fails at once
             self._prepare()  # Ctrl-C here (data, model, tune_cut) simply stops: there is nothing to save yet
             if self.epoch >= self.config.epochs:
                 self.info(f"{self.run_dir} has trained {self.epoch} epoch(s) already; nothing to do (pass --epochs "
@@ -143,6 +145,11 @@ class Trainer:
             self._log(message)
 
     # --- set-up -------------------------------------------------------------------------------------------------
+    def _check_backend(self) -> None:
+        """Raise :class:`~isnet_kernels.BackendUnavailableError` now if the relevance backend asked for cannot run
+        tensors on the run's device (the check the first relevance pass would make, after the data had loaded)."""
+        dispatch.resolve(self.config.backend, self.ctx.device)
+
     def _prepare(self) -> None:
         cfg, ctx = self.config, self.ctx
         state = self._check_run_dir()
@@ -172,16 +179,19 @@ class Trainer:
             model = build_model(cfg.arch, len(self.classes), self.in_channels, **cfg.model_kwargs)
         self.model = model.to(ctx.device)
         self.generator = torch.Generator().manual_seed(cfg.seed + ctx.rank) if cfg.variant == "stochastic" else None
-        self.isnet = ISNet(self.model, cfg.variant if cfg.is_isnet else "selective", eps=cfg.eps,
-                           first_layer=cfg.first_layer, deep_supervision=cfg.deep_supervision if cfg.is_isnet else
-                           False, select=cfg.select, generator=self.generator, backend=cfg.backend,
-                           batch_stats=cfg.batch_stats)
+        # a plain classifier uses nothing of the LRP engine: a model with layers it has no rules for trains too
+        self.isnet = ISNet(self.model, cfg.variant, eps=cfg.eps, first_layer=cfg.first_layer,
+                           deep_supervision=cfg.deep_supervision, select=cfg.select, generator=self.generator,
+                           backend=cfg.backend, batch_stats=cfg.batch_stats) if cfg.is_isnet else None
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
-        self.net: nn.Module = self.isnet
+        self.net: nn.Module = self.isnet if self.isnet is not None else self.model
         if ctx.distributed:
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-            self.net = torch.nn.parallel.DistributedDataParallel(self.isnet, device_ids=ids)
+            self.net = torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+        self.heatmap_note = heatmap_support(self.model)
+        if self.heatmap_note is not None:
+            self.info(f"background relevance will not be reported: {self.heatmap_note}")
 
         self.sampler = _sampler(len(self.train_set), cfg.seed, ctx, shuffle=True)
         self.loader_generator = torch.Generator()
@@ -314,7 +324,7 @@ class Trainer:
         x = images.to(dev, non_blocking=True)
         m = masks.to(dev, non_blocking=True)
         y = labels.to(dev, non_blocking=True)
-        out = self.net(x, y, heatmaps=cfg.is_isnet)
+        out = self.net(x, y, heatmaps=True) if cfg.is_isnet else ISNetOutput(self.net(x))
         loss = self.loss_fn(out, y, m)
         self.optimizer.zero_grad(set_to_none=True)
         loss.total.backward()
@@ -337,7 +347,8 @@ class Trainer:
         val = {"loss": math.nan, "accuracy": math.nan, "background_fraction": math.nan}
         if self.val_loader is not None:
             meter = evaluate(self.model, self.val_loader, device=ctx.device, eps=cfg.eps, first_layer=cfg.first_layer,
-                             backend=cfg.backend, progress=cfg.progress and ctx.is_main, desc="validation")
+                             backend=cfg.backend, heatmaps=self.heatmap_note is None,
+                             progress=cfg.progress and ctx.is_main, desc="validation")
             meter.all_reduce()
             val = meter.means()
         row.update({f"val_{k}": v for k, v in val.items()})
@@ -427,8 +438,9 @@ def _summary(row: dict[str, Any], epochs: int) -> str:
     parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['train_loss']:.4f}",
              f"train acc {100 * row['train_accuracy']:.1f}%"]
     if not math.isnan(row["val_accuracy"]):
-        parts += [f"val acc {100 * row['val_accuracy']:.1f}%",
-                  f"val background relevance {100 * row['val_background_fraction']:.1f}%"]
+        parts.append(f"val acc {100 * row['val_accuracy']:.1f}%")
+    if not math.isnan(row["val_background_fraction"]):
+        parts.append(f"val background relevance {100 * row['val_background_fraction']:.1f}%")
     parts.append(f"{row['seconds']:.1f}s")
     return ", ".join(parts)
 

@@ -11,7 +11,10 @@ import torch.nn.functional as F
 
 from isnet_kernels import dispatch, ops
 
-BACKENDS = [name for name in ("torch", "cpp", "triton") if dispatch.backend_status()[name][0]]
+from ..backend_params import backend_params
+
+BACKENDS = backend_params()
+NOT_TRITON = backend_params(("torch", "cpp"))
 CONV_CASES = [
     # (Ci, Co, H, W, k, stride, padding, dilation, groups)
     (3, 4, 7, 9, 3, 1, 1, 1, 1),
@@ -67,7 +70,7 @@ def test_conv_epsilon_function(backend, case, M):
         [R, a, z, weight], ["R", "a", "z", "weight"])
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
+@pytest.mark.parametrize("backend", NOT_TRITON)
 def test_linear_epsilon_function_gradcheck(backend):
     geom = ops.Geometry(linear=True)
     a = torch.rand(3, 5, dtype=torch.double, requires_grad=True)
@@ -168,7 +171,7 @@ def test_residual_function(backend):
         torch.testing.assert_close(zero if a is None else a, zero if b is None else b)
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])  # interpreted Triton: too slow
+@pytest.mark.parametrize("backend", NOT_TRITON)  # interpreted Triton: too slow
 def test_functions_gradcheck(backend):
     """gradcheck of the hand-written backwards (float64), conv with stride and groups, maxpool, residual.
 

@@ -10,9 +10,10 @@ import isnet_kernels as ik
 from isnet_kernels import dispatch
 from isnet_kernels.models import densenet121, resnet18
 
+from ..backend_params import FUNCTION_BACKENDS, backend_cases, backend_params
 from ..lrp.models import EveryLayer
 
-BACKENDS = [name for name in ("torch", "cpp", "triton") if dispatch.backend_status()[name][0]]
+BACKENDS = backend_params()
 
 
 def _models():
@@ -25,7 +26,8 @@ def _models():
     }
 
 
-CASES = [(b, n) for b in BACKENDS for n in ("every", "resnet", "densenet") if b != "triton" or n == "every"]
+PAIRS = [(b, n) for b in FUNCTION_BACKENDS for n in ("every", "resnet", "densenet") if b != "triton" or n == "every"]
+CASES = backend_cases(PAIRS)
 
 
 @pytest.mark.parametrize("backend,name", CASES)  # interpreted Triton is slow: its graph test uses the small model
@@ -34,7 +36,7 @@ def test_backend_matches_reference(backend, name, train):
     _compare_with_reference(backend, name, train, "detached")
 
 
-@pytest.mark.parametrize("backend,name", [c for c in CASES if c[1] != "densenet"])
+@pytest.mark.parametrize("backend,name", backend_cases(p for p in PAIRS if p[1] != "densenet"))
 def test_backend_matches_reference_live_batch_stats(backend, name):
     _compare_with_reference(backend, name, True, "live")
 
