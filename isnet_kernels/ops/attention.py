@@ -147,14 +147,18 @@ def sdpa_forward(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = Non
     """``F.scaled_dot_product_attention`` without dropout, returning ``(out, p, scores)`` for the relevance:
     ``scores = scale * q @ k^T + bias``, ``p = softmax(scores, -1)``, ``out = p @ v``; ``scale`` defaults to
     ``1 / sqrt(E)``. ``q`` (B, ..., L, E), ``k`` (B, ..., S, E), ``v`` (B, ..., S, Ev). A float mask keeps its
-    gradient (a learnt position bias trains as it does through ``F.scaled_dot_product_attention``)."""
+    gradient (a learnt position bias trains as it does through ``F.scaled_dot_product_attention``). A query whose
+    keys are all masked gets ``p = 0`` and ``out = 0``, as PyTorch's attention gives."""
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     scores = (q @ k.mT) * scale
     bias = attention_bias(attn_mask, is_causal, q.shape[-2], k.shape[-2], q.dtype, q.device)
-    if bias is not None:
+    if bias is None:
+        p = torch.softmax(scores, -1)
+    else:
         scores = scores + bias
-    p = torch.softmax(scores, -1)
+        dead = torch.isneginf(scores).all(-1, keepdim=True)  # a query that attends to no key: p = 0, as torch's
+        p = torch.softmax(scores.masked_fill(dead, 0.0), -1).masked_fill(dead, 0.0)
     return p @ v, p, scores
 
 

@@ -383,6 +383,22 @@ def test_sdpa_cp_gradcheck_with_probabilities_constant():
     assert torch.autograd.grad(R_v.sum(), [qg, kg], allow_unused=True) == (None, None)
 
 
+def test_sdpa_query_with_every_key_masked():
+    """torch gives out = 0 for such a query; the relevance there is 0 and everything stays finite."""
+    q, k, v, mask, causal, scale, R = make_sdpa("bool_mask", 2, 2)
+    mask = mask.clone()
+    mask[1] = False
+    out, p, _ = sdpa_forward(q, k, v, mask, scale)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale),
+                               rtol=1e-12, atol=1e-12)
+    assert (p[..., 1, :] == 0).all() and (out[..., 1, :] == 0).all()
+    args = [t.clone().requires_grad_() for t in (R, q, k, v)]
+    R_q, R_k, R_v = reference_sdpa_relevance(*args, mask, scale)
+    assert (R_q[..., 1, :] == 0).all()
+    grads = torch.autograd.grad(sum((o * torch.randn_like(o)).sum() for o in (R_q, R_k, R_v)), args)
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
 def test_sdpa_relevance_with_mask_has_finite_gradients():
     q, k, v, mask, causal, scale, R = make_sdpa("bool_mask", 2, 2)
     args = [t.clone().requires_grad_() for t in (R, q, k, v)]

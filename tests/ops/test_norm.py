@@ -313,6 +313,22 @@ def test_function_matches_reference_values_and_gradients(backend, name, M, affin
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10, msg=lambda m, n=label: f"gradient of {n}: {m}")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["ln_last1_tokens", "ln_last2", "channels_first", "gn_3groups_2ch"])
+def test_function_float32(backend, name, monkeypatch):
+    monkeypatch.setenv("ISNET_KERNELS_POISON", "1")
+    layout, R, x, z, gamma, invstd = _function_inputs(name, 2, 3, True, seed=4)
+    R, x, z, gamma, invstd = (t.float() for t in (R, x, z, gamma, invstd))
+    g = gamma.clone().requires_grad_()
+    out = norm_epsilon(R, x, z, g, invstd, layout, 0.1, dispatch.primitives(backend))
+    expected = reference_norm_epsilon(R, x, z, g, invstd, layout, 0.1)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    G = torch.randn_like(out)
+    (dg,), (ref,) = torch.autograd.grad(out, g, G), torch.autograd.grad(expected, g, G)
+    torch.testing.assert_close(dg, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
 @pytest.mark.parametrize("name", ["ln_last2", "channels_first", "gn_3groups_2ch", "gn_per_channel"])
 @pytest.mark.parametrize("affine", [True, False])
 def test_function_gradcheck(name, affine):
@@ -327,7 +343,7 @@ def test_function_gradcheck(name, affine):
     assert torch.autograd.gradcheck(fn, args)
 
 
-def test_function_only_computes_requested_gradients():
+def test_function_gamma_gradient_alone():
     layout, R, x, z, gamma, invstd = _function_inputs("gn_3groups_2ch", 2, 3, True, seed=3)
     g = gamma.clone().requires_grad_()
     out = norm_epsilon(R, x, z, g, invstd, layout, 0.1, dispatch.primitives("torch"))
