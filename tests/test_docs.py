@@ -125,6 +125,14 @@ def test_the_pattern_tells_references_from_built_names() -> None:
     assert names("out / '<name>.md', f'{stem}.md', gpu-*.md, /tmp/x.md, https://host/a/README.md") == []
 
 
+def test_resolution_is_relative_to_the_root_or_the_referring_folder() -> None:
+    assert _resolves("docs/rules.md", ROOT / "README.md")
+    assert _resolves("rules.md", ROOT / "docs" / "README.md")
+    assert _resolves("README.md", ROOT / "benchmarks" / "conftest.py")
+    assert not _resolves("rules.md", ROOT / "README.md")
+    assert not _resolves("NO_SUCH_DOC.md", ROOT / "isnet_kernels" / "ops" / "conv.py")
+
+
 def test_every_named_markdown_file_exists() -> None:
     """Every ``*.md`` path in the sources names a file of the repository (or a file a program writes)."""
     refs = md_references()
@@ -201,20 +209,43 @@ def test_slug_follows_github() -> None:
     assert slug("Residual add `y = x + f`") == "residual-add-y--x--f"
 
 
-def test_every_relative_link_resolves() -> None:
-    """Links between the pages, and to files of the repository, point to something that exists."""
+def broken_links(pages: list[Path]) -> tuple[int, list[str]]:
+    """``(number of relative links, the broken ones as 'page:line: target (why)')``."""
     bad = []
     count = 0
-    for page in _pages():
+    for page in pages:
         for number, target in links(page):
             count += 1
-            where = f"{page.relative_to(ROOT)}:{number}: {target}"
+            where = f"{_shown(page)}:{number}: {target}"
             file_part, _, anchor = target.partition("#")
             dest = page if not file_part else (page.parent / file_part).resolve()
             if not dest.exists():
                 bad.append(f"{where} (no such file)")
-                continue
-            if anchor and dest.suffix == ".md" and anchor not in anchors(dest):
-                bad.append(f"{where} (no heading with anchor #{anchor} in {dest.relative_to(ROOT)})")
+            elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+                bad.append(f"{where} (no heading with anchor #{anchor} in {_shown(dest)})")
+    return count, bad
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def test_broken_links_are_found(tmp_path: Path) -> None:
+    """The link check tells a good link from a missing file and from a missing anchor."""
+    (tmp_path / "other.md").write_text("# Other page\n\n## A section\n")
+    page = tmp_path / "page.md"
+    page.write_text("# Title\n[ok](other.md#a-section) [self](#title) ![img](other.md) [web](https://x.org/y.md)\n"
+                    "[gone](missing.md) [bad anchor](other.md#no-such-section)\n"
+                    "```\n[in code](nowhere.md)\n```\n")
+    count, bad = broken_links([page])
+    assert count == 5
+    assert [b.split(": ", 1)[1] for b in bad] == [
+        "missing.md (no such file)",
+        f"other.md#no-such-section (no heading with anchor #no-such-section in {tmp_path / 'other.md'})"]
+
+
+def test_every_relative_link_resolves() -> None:
+    """Links between the pages, and to files of the repository, point to something that exists."""
+    count, bad = broken_links(_pages())
     assert count > 0, "no relative link found: the scan is broken"
     assert not bad, f"{len(bad)} broken link(s):\n" + "\n".join(bad)
