@@ -7,6 +7,7 @@ Two checks, both pure file reading:
   the referring file's folder. A bare name of a document that is not in the repository fails, with file:line.
   Markdown files the programs *write* (reports, run folders) are listed in :data:`GENERATED` with their writer;
   names built at run time (``<name>.md``, ``gpu-*.md``, ``{stem}.md``) and absolute paths are not references.
+- a reference with an anchor (``docs/rules.md#residual-add``) names a heading of that page;
 - every relative link ``[text](target)`` of ``README.md``, ``benchmarks/README.md`` and ``docs/*.md`` resolves to
   a file or folder, and its ``#anchor``, if any, to a heading of the Markdown file it points to.
 """
@@ -56,7 +57,7 @@ GENERATED = {
 
 # A path ending in .md that starts at a word boundary: not inside an absolute path, a URL or a name assembled at
 # run time (``<out-dir>/<name>.md``, ``{prefix}targets.md``, ``gpu-*.md``).
-MD_PATH = re.compile(r"(?<![\w./\-<>*{}$~])((?:[\w.\-]+/)*[\w\-]+\.md)(?![\w/])")
+MD_PATH = re.compile(r"(?<![\w./\-<>*{}$~])((?:[\w.\-]+/)*[\w\-]+\.md)(?:#([\w\-]+))?(?![\w/])")
 # [text](target) and ![alt](target); the target ends at whitespace or the closing parenthesis.
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 FENCE = re.compile(r"^\s*(```|~~~)")
@@ -91,17 +92,25 @@ def _lines(path: Path) -> list[str]:
         return []
 
 
+def _target(name: str, referrer: Path) -> Path | None:
+    """The file ``name`` refers to, relative to the repository root or to the referring file's folder."""
+    for base in (ROOT, referrer.parent):
+        if (base / name).is_file():
+            return base / name
+    return None
+
+
 def _resolves(name: str, referrer: Path) -> bool:
-    return (ROOT / name).is_file() or (referrer.parent / name).is_file()
+    return _target(name, referrer) is not None
 
 
-def md_references() -> list[tuple[Path, int, str]]:
-    """Every ``*.md`` path named in :data:`SOURCES`: (file, line number, name)."""
+def md_references() -> list[tuple[Path, int, str, str | None]]:
+    """Every ``*.md`` path named in :data:`SOURCES`: (file, line number, name, anchor or None)."""
     found = []
     for path in _source_files():
         for number, line in enumerate(_lines(path), 1):
             for match in MD_PATH.finditer(line):
-                found.append((path, number, match.group(1)))
+                found.append((path, number, match.group(1), match.group(2)))
     return found
 
 
@@ -122,6 +131,7 @@ def test_the_pattern_tells_references_from_built_names() -> None:
 
     assert names("see docs/rules.md and NOTES.md.") == ["docs/rules.md", "NOTES.md"]
     assert names("(`docs/kernels.md#residual-add`)") == ["docs/kernels.md"]
+    assert [m.group(2) for m in MD_PATH.finditer("docs/kernels.md#residual-add, x.md")] == ["residual-add", None]
     assert names("out / '<name>.md', f'{stem}.md', gpu-*.md, /tmp/x.md, https://host/a/README.md") == []
 
 
@@ -137,15 +147,25 @@ def test_every_named_markdown_file_exists() -> None:
     """Every ``*.md`` path in the sources names a file of the repository (or a file a program writes)."""
     refs = md_references()
     assert refs, "no *.md reference found at all: the scan is broken"
-    missing = [f"{path.relative_to(ROOT)}:{number}: {name}" for path, number, name in refs
+    missing = [f"{path.relative_to(ROOT)}:{number}: {name}" for path, number, name, _ in refs
                if name not in GENERATED and not _resolves(name, path)]
     assert not missing, (f"{len(missing)} reference(s) to Markdown files that are not in the repository (write the "
                          "document, fix the path, or list a generated file in GENERATED):\n" + "\n".join(missing))
 
 
+def test_every_named_anchor_exists() -> None:
+    """A reference such as ``docs/rules.md#residual-add`` in a source names a heading of that page."""
+    bad = []
+    for path, number, name, anchor in md_references():
+        target = _target(name, path)
+        if anchor and target is not None and anchor not in anchors(target):
+            bad.append(f"{path.relative_to(ROOT)}:{number}: {name}#{anchor}")
+    assert not bad, f"{len(bad)} reference(s) to headings that do not exist:\n" + "\n".join(bad)
+
+
 def test_generated_names_are_still_used() -> None:
     """Each entry of GENERATED is named somewhere (a stale entry would hide a future broken reference)."""
-    named = {name for _, _, name in md_references()}
+    named = {name for _, _, name, _ in md_references()}
     unused = sorted(set(GENERATED) - named)
     assert not unused, f"GENERATED lists names no source mentions any more: {unused}"
 
