@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..lrp.engine import LRP, BoundsLike, ForwardState, _check_input
+from ..lrp.engine import LRP, BoundsLike, ForwardState, check_input
 from ..lrp.graph import Program, module_output
 from .output import ISNetOutput
 
@@ -143,7 +143,7 @@ class ISNet(nn.Module):
         want = self.training if heatmaps is None else heatmaps
         if not want:
             return ISNetOutput(self.model(x))
-        _check_input(x, check_finite=False)  # no host synchronisation: the loss catches non-finite values
+        check_input(x, check_finite=False)  # no host synchronisation: the loss catches non-finite values
         lrp = self.lrp
         logits, state = lrp.forward(x)
         capture = self._capture_steps(state.program)
@@ -161,4 +161,4 @@ class ISNet(nn.Module):
 
     def _relevance(self, state: ForwardState, targets: Tensor | None, output: str, x: Tensor, rule: str,
                    capture: list[str]) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.lrp.relevance_at(state, targets, output, self.lrp._config(x, rule), capture)
+        return self.lrp.relevance_at(state, targets, output, self.lrp.config(x, rule), capture)

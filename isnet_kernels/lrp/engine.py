@@ -7,6 +7,8 @@ samples or maps and no host synchronisation in either pass.
 
 from __future__ import annotations
 
+import os
+import warnings
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,10 +20,14 @@ from torch import Tensor, nn
 from .. import dispatch
 from . import steps as S
 from .graph import Program, _ShapeNode, compile_model
+from .rules import FIRST, HIDDEN
 
 OUTPUT_RULES = ("logit", "selective", "all")
 HIDDEN_RULES = ("epsilon", "zplus")
 FIRST_LAYER_RULES = ("zb", "epsilon")
+#: The rule of products with a gate (``LRP(product=...)``) and of attention (``LRP(attention=...)``).
+PRODUCT_RULES = ("gate", "uniform")
+ATTENTION_RULES = ("attnlrp", "cp")
 #: How train-mode BatchNorm statistics enter the heatmap's gradient (``LRP(batch_stats=...)``).
 BATCH_STATS = ("detached", "live")
 
@@ -56,6 +62,7 @@ class ForwardState:
 
     program: Program
     saved: dict[str, Any]
+    logits: Tensor | None = None
 
 
 BoundsLike = tuple[float | Tensor, float | Tensor] | Sequence[float | Tensor]
@@ -79,7 +86,9 @@ def _bound_tensor(value: float | Tensor, x: Tensor, which: str) -> Tensor:
                          f"{tuple(x.shape[1:])}; give a scalar or one value per channel, shape (C,)") from exc
 
 
-def _check_input(x: Any, check_finite: bool) -> None:
+def check_input(x: Any, check_finite: bool) -> None:
+    """Raise a clear error for an input the engine cannot explain: not a tensor, not a 4-D floating batch, or
+    (with ``check_finite``, one host synchronisation) holding NaN or Inf."""
     if not isinstance(x, Tensor):
         raise TypeError(f"input must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
     if x.dim() != 4:
@@ -109,13 +118,49 @@ def _check_targets(targets: Tensor, batch: int, num_classes: int) -> None:
         torch._assert_async(((targets >= 0) & (targets < num_classes)).all(), "target class out of range")
 
 
+def logits_relevance(logits: Tensor, targets: Tensor | None, output: str, eps: float) -> Tensor:
+    """Relevance at the logits (B, M, K) of a head that is not one ``Linear`` (docs/rules.md#output-rules).
+
+    ``"logit"``: ``R = z_c e_c``. ``"all"``: ``R = z`` (one map). ``"selective"``: the class-contrastive rule at the
+    logits, through the difference layer ``z_cc' = z_c - z_c'`` under epsilon: ``R_z = z * (e_c sum(q) - q)`` with
+    ``q_c' = R_cc' / stab(z_cc')`` (the same ``q`` as for a ``Linear`` head, whose exact form it equals as eps -> 0).
+    """
+    z = logits
+    if output == "all":
+        return z.unsqueeze(1)
+    if output == "logit":
+        return torch.zeros(*targets.shape, z.shape[-1], dtype=z.dtype, device=z.device).scatter(
+            2, targets.unsqueeze(-1), z.gather(1, targets).unsqueeze(-1))
+    from .. import ops
+
+    q = ops.selective_relevance(z, targets, eps)
+    s = (-q).scatter_add(2, targets.unsqueeze(-1), q.sum(-1, keepdim=True))
+    return z.unsqueeze(1) * s
+
+
+def _warn_if_zero(heatmaps: Tensor, logits: Tensor, targets: Tensor | None) -> None:
+    """Warn when a heatmap is identically zero although the logit it explains is not (one host synchronisation)."""
+    flat = heatmaps.flatten(2)
+    zero = (flat == 0).all(-1)  # (B, M)
+    explained = logits.detach().abs() if targets is None else logits.detach().gather(1, targets).abs()
+    if targets is None:
+        explained = explained.amax(-1, keepdim=True)
+    bad = zero & (explained > 0)
+    if bool(bad.any()):
+        count = int(bad.sum())
+        warnings.warn(f"{count} heatmap(s) are identically zero although the logit they explain is not: the "
+                      "activations vanish somewhere in the model, so the stabiliser absorbed all relevance (check the "
+                      "model's weights and input scale, or lower eps)", RuntimeWarning, stacklevel=3)
+
+
 class LRP:
     """Layer-wise Relevance Propagation of a classifier, compiled once.
 
     Parameters
     ----------
     model : the classifier: an ``nn.Module`` mapping (B, C, H, W) images to (B, K) logits, built from the layers
-        listed in README (``isnet_kernels.lrp.graph.SUPPORTED``). Traced with ``torch.fx`` at construction;
+        listed in README (``isnet_kernels.lrp.SUPPORTED``, from the rule registry). Traced with ``torch.fx`` at
+        construction;
         unsupported layers raise :class:`~isnet_kernels.UnsupportedLayerError` here.
     eps : the stabiliser of every rule, ``stab(z) = z + eps * sign(z)``.
     first_layer : ``"zb"`` for the Z^B rule on the layers that read the input, ``"epsilon"`` for epsilon there too.
@@ -124,9 +169,13 @@ class LRP:
     backend : ``"auto"`` (default; or ``$ISNET_KERNELS_BACKEND``), ``"reference"``, ``"cpp"`` or ``"triton"``:
         which kernels compute the relevance ops (see :mod:`isnet_kernels.dispatch`).
     batch_stats : how train-mode BatchNorm statistics enter the heatmap's gradient: ``"detached"`` (default, the
-        reference semantics of ISNET.md §2: constants) or ``"live"`` (functions of the weights and the batch, as in
-        the classifier's own forward; see :mod:`isnet_kernels.ops.batchnorm`). The heatmap's value is the same;
-        eval mode (running statistics) is unaffected.
+        reference semantics of docs/rules.md#batch_stats: constants) or ``"live"`` (functions of the weights and
+        the batch, as in the classifier's own forward; see :mod:`isnet_kernels.ops.batchnorm`). The heatmap's
+        value is the same; eval mode (running statistics) is unaffected.
+    product : the rule of a product with a gate (``x * sigmoid(...)``): ``"gate"`` (signal takes all, default) or
+        ``"uniform"`` (AttnLRP's rule, half to each factor, as for products of two activations).
+    attention : ``"attnlrp"`` (softmax and matrix-product rules, default) or ``"cp"`` (attention weights held
+        constant: all relevance to the values).
 
     Calling ``lrp(x, targets, output="logit")`` returns ``(logits, heatmaps)``: the model's logits (B, K) and
     heatmaps (B, M, C, H, W), differentiable w.r.t. the parameters and the input in train and eval mode.
@@ -134,7 +183,7 @@ class LRP:
 
     def __init__(self, model: nn.Module, *, eps: float = 1e-2, first_layer: str = "zb",
                  bounds: BoundsLike = (0.0, 1.0), check_input: bool = True, backend: str | None = None,
-                 batch_stats: str = "detached"):
+                 batch_stats: str = "detached", product: str = "gate", attention: str = "attnlrp"):
         if first_layer not in FIRST_LAYER_RULES:
             raise ValueError(f"first_layer must be one of {FIRST_LAYER_RULES}, got {first_layer!r}")
         if not eps >= 0:
@@ -150,6 +199,12 @@ class LRP:
         if batch_stats not in BATCH_STATS:
             raise ValueError(f"batch_stats must be one of {BATCH_STATS}, got {batch_stats!r}")
         self.batch_stats = batch_stats
+        if product not in PRODUCT_RULES:
+            raise ValueError(f"product must be one of {PRODUCT_RULES}, got {product!r}")
+        if attention not in ATTENTION_RULES:
+            raise ValueError(f"attention must be one of {ATTENTION_RULES}, got {attention!r}")
+        self.product, self.attention = product, attention
+        self._configs: dict[tuple, S.RuleConfig] = {}
         get_program(model)  # compile now, so that unsupported layers fail here
 
     @property
@@ -161,12 +216,19 @@ class LRP:
         return (f"LRP({type(self.model).__name__}, eps={self.eps}, first_layer={self.first_layer!r}, "
                 f"steps={len(self.program.steps)})")
 
-    def _config(self, x: Tensor, rule: str = "epsilon") -> S.RuleConfig:
-        cfg = S.RuleConfig(self.eps, self.first_layer, rule, live_stats=self.batch_stats == "live",
-                           prims=dispatch.primitives(dispatch.resolve(self.backend, x.device)))
-        if self.first_layer == "zb":
-            cfg.low = _bound_tensor(self.bounds[0], x, "low")
-            cfg.high = _bound_tensor(self.bounds[1], x, "high")
+    def config(self, x: Tensor, rule: str = "epsilon") -> S.RuleConfig:
+        """The settings of a relevance pass over ``x`` with hidden-layer rule ``rule``: the rule objects, the input
+        bounds and the backend's kernels, resolved once per device, dtype and input shape (later calls reuse it)."""
+        key = (x.device, x.dtype, tuple(x.shape[1:]), rule, os.environ.get(dispatch.ENV_VAR))
+        cfg = self._configs.get(key)
+        if cfg is None:
+            cfg = S.RuleConfig(self.eps, FIRST[self.first_layer], HIDDEN[rule], live_stats=self.batch_stats == "live",
+                               product=self.product, attention=self.attention,
+                               prims=dispatch.primitives(dispatch.resolve(self.backend, x.device)))
+            if self.first_layer == "zb":
+                cfg.low = _bound_tensor(self.bounds[0], x, "low")
+                cfg.high = _bound_tensor(self.bounds[1], x, "high")
+            self._configs[key] = cfg
         return cfg
 
     def forward(self, x: Tensor) -> tuple[Tensor, ForwardState]:
@@ -174,16 +236,15 @@ class LRP:
         program = self.program
         env: dict[str, Any] = {program.input_name: x}
         saved: dict[str, Any] = {}
-        last_use = program.last_use
-        for i, step in enumerate(program.steps):
+        for step, frees in zip(program.steps, program.frees):
             if isinstance(step, _ShapeNode):
                 env[step.name] = step.fn(env)
             else:
                 env[step.name], saved[step.name] = step.forward(env)
-            for name in step.inputs:  # free activations no later node reads (the saved ones stay referenced)
-                if last_use.get(name) == i and name != program.output_name:
-                    env.pop(name, None)
-        return env[program.output_name], ForwardState(program, saved)
+            for name in frees:  # free values no later node reads (the saved ones stay referenced)
+                env.pop(name, None)
+        logits = env[program.output_name]
+        return logits, ForwardState(program, saved, logits)
 
     def relevance(self, state: ForwardState, targets: Tensor | None, output: str, cfg: S.RuleConfig) -> Tensor:
         """The relevance pass: from the output rule at the logits down to the input, (B, M, C, H, W)."""
@@ -195,7 +256,10 @@ class LRP:
         relevance, all contributions summed), by step name."""
         program, saved = state.program, state.saved
         start = program.logits_step
-        R: dict[str, Tensor] = {start.inputs[0]: start.start(saved[start.name], targets, output, cfg)}
+        if start is not None:  # a Linear head: the output rules, exactly, at its input
+            R: dict[str, Tensor] = {start.inputs[0]: start.start(saved[start.name], targets, output, cfg)}
+        else:  # any other head: relevance starts at the logits themselves
+            R = {program.output_name: logits_relevance(state.logits, targets, output, cfg.eps)}
         wanted = set(capture)
         captured: dict[str, Tensor] = {}
         for step in reversed(program.steps[:program.logits_index]):
@@ -224,7 +288,7 @@ class LRP:
         hidden layers' rule: ``"epsilon"`` or ``"zplus"`` (z+, with positive weights; meant for non-negative
         layer inputs, as after ReLUs).
         """
-        _check_input(x, self.check_input)
+        check_input(x, self.check_input)
         if output not in OUTPUT_RULES:
             raise ValueError(f"output must be one of {OUTPUT_RULES}, got {output!r}")
         if rule not in HIDDEN_RULES:
@@ -243,7 +307,7 @@ class LRP:
         else:
             _check_targets(targets, B, K)
             targets = targets.to(device=x.device, dtype=torch.long)
-        heatmaps = self.relevance(state, targets, output, self._config(x, rule))
+        heatmaps = self.relevance(state, targets, output, self.config(x, rule))
         return logits, heatmaps
 
 
@@ -269,7 +333,7 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | None = None, *, 
     backend : as for :class:`LRP`.
     """
     lrp = LRP(model, eps=eps, first_layer=first_layer, bounds=bounds, backend=backend)
-    _check_input(x, True)
+    check_input(x, True)
     if output not in OUTPUT_RULES:
         raise ValueError(f"output must be one of {OUTPUT_RULES}, got {output!r}")
     if rule not in HIDDEN_RULES:
@@ -282,7 +346,9 @@ def _explain(lrp: LRP, x: Tensor, target: int | Tensor | None, output: str, rule
     logits, state = lrp.forward(x)
     B, K = logits.shape[0], logits.shape[-1]
     if output == "all":
-        return lrp.relevance(state, None, output, lrp._config(x, rule))[:, 0]
+        heat = lrp.relevance(state, None, output, lrp.config(x, rule))
+        _warn_if_zero(heat, logits, None)
+        return heat[:, 0]
     if target is None:
         targets = logits.detach().argmax(-1, keepdim=True)
     elif isinstance(target, bool) or not isinstance(target, (int, Tensor)):
@@ -298,4 +364,6 @@ def _explain(lrp: LRP, x: Tensor, target: int | Tensor | None, output: str, rule
                              f"{tuple(target.shape)}")
         targets = target.to(x.device).view(B, 1)
         _check_targets(targets, B, K)
-    return lrp.relevance(state, targets.long(), output, lrp._config(x, rule))[:, 0]
+    heat = lrp.relevance(state, targets.long(), output, lrp.config(x, rule))
+    _warn_if_zero(heat, logits, targets.long())
+    return heat[:, 0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,16 +17,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
+from .rules import Epsilon, Rule
 
 
 @dataclass
 class RuleConfig:
-    """Run-time settings of a relevance pass."""
+    """Run-time settings of a relevance pass: the rule objects and the options of the rules that have them."""
 
     eps: float
-    first_layer: str  # "zb" or "epsilon"
-    rule: str = "epsilon"  # the hidden layers' rule: "epsilon" or "zplus" (the dual ISNet's z+ map)
+    first: Rule = field(default_factory=Epsilon)  # the layers reading the input: ZBox or Epsilon
+    hidden: Rule = field(default_factory=Epsilon)  # every other linear layer: Epsilon, or ZPlus (dual ISNet)
     live_stats: bool = False  # train-mode BatchNorm statistics keep their gradient (ops.batchnorm docstring)
+    product: str = "gate"  # x * gate(...): "gate" (signal takes all) or "uniform" (AttnLRP's half and half)
+    attention: str = "attnlrp"  # "attnlrp" (softmax and matmul rules) or "cp" (attention weights held constant)
     low: Tensor | None = None  # bounds broadcast to (1, C, H, W) of the input, for Z^B
     high: Tensor | None = None
     prims: ops.TorchPrimitives | None = None  # the backend's kernels; None: the autograd reference ops
@@ -96,7 +99,7 @@ class LinearBlock(Step):
     def __init__(self, name: str, input_name: str, layer: nn.Conv2d | nn.Linear, bn: nn.Module | None):
         self.name, self.inputs = name, [input_name]
         self.layer, self.bn = layer, bn
-        self.is_conv = isinstance(layer, nn.Conv2d)
+        self.is_conv = isinstance(layer, nn.Conv2d) or getattr(layer, "is_conv", False)
         self.first = False  # takes the Z^B rule when the config asks for it
         self.output = False  # produces the logits: relevance starts here
         if self.is_conv:
@@ -109,11 +112,13 @@ class LinearBlock(Step):
     def forward(self, env: dict[str, Any]) -> tuple[Tensor, Any]:
         a = env[self.inputs[0]]
         layer = self.layer
+        if hasattr(layer, "bind"):  # F.conv2d / F.linear with parameters read from the environment
+            layer.bind(env)
         if self.is_conv:
             x0 = F.conv2d(a, layer.weight, None, self.stride, self.padding, self.dilation, self.groups)
         else:
             x0 = F.linear(a, layer.weight)
-        x = x0 if layer.bias is None else x0 + layer.bias.view(-1, *([1] * (x0.dim() - 2)))
+        x = x0 if layer.bias is None else x0 + self._bias_view(layer.bias, x0)
         mean = invstd = None
         y = x if self.bn is None else None
         batch = False
@@ -123,6 +128,10 @@ class LinearBlock(Step):
         if torch.is_grad_enabled():
             return y, (a, x0, mean, invstd, None, batch)
         return y, (a, None, mean, invstd, y, batch)  # no gradient will be asked for: z is the forward's own output
+
+    def _bias_view(self, b: Tensor, x0: Tensor) -> Tensor:
+        """The bias shaped to broadcast: over the channel axis of a convolution, the last axis of a linear layer."""
+        return b if not self.is_conv else b.view(-1, *([1] * (x0.dim() - 2)))
 
     def statistics(self, saved: Any, cfg: RuleConfig) -> tuple[Tensor | None, Tensor | None, bool]:
         """``(mu, 1 / sigma, live)``: the BatchNorm's statistics as the rule uses them; with ``cfg.live_stats`` and
@@ -142,7 +151,10 @@ class LinearBlock(Step):
         a, x0, _, _, y, _ = saved
         w, b = self.layer.weight, self.layer.bias
         if self.bn is None:
-            z = y if y is not None else ops.rule_preactivation(x0, b)
+            if y is not None:
+                z = y
+            else:
+                z = x0 if b is None else x0 + self._bias_view(b.detach(), x0)
             return z, w, None if b is None else b.detach()
         gamma, beta = self.bn.weight, self.bn.bias
         mean, invstd, live = stats if stats is not None else self.statistics(saved, cfg)
@@ -151,23 +163,7 @@ class LinearBlock(Step):
         return z, w, b
 
     def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> list[Tensor]:
-        a = saved[0]
-        stats = self.statistics(saved, cfg) if self.bn is not None else None
-        z, w, b = self.folded(saved, cfg, stats)
-        if self.first and cfg.first_layer == "zb":
-            low = cfg.low.reshape(1, *a.shape[1:]) if cfg.low.dim() > 0 else cfg.low
-            high = cfg.high.reshape(1, *a.shape[1:]) if cfg.high.dim() > 0 else cfg.high
-            return [ops.zbox(R, a, z, w, b, low, high, self.geom, cfg.eps, cfg.prims)]
-        if cfg.rule == "zplus" and not self.first:  # the layers reading the input keep the first-layer rule
-            return [ops.zplus(R, a, w, b, self.geom, cfg.eps, cfg.prims)]
-        if cfg.prims is not None and self.bn is not None and self.layer.weight.numel() > R.numel():
-            # W'^T (R / t) = W^T (R gamma/sigma / t): scaling the (small) relevance costs less than folding the
-            # (large) weight; the same value and gradient.
-            _, invstd, live = stats
-            scale = ops.batchnorm.batchnorm_scale(self.bn.weight, invstd, live)
-            R = R * scale.view(-1, *([1] * (R.dim() - 3)))
-            w = self.layer.weight
-        return [ops.epsilon(R, a, z, w, self.geom, cfg.eps, cfg.prims)]
+        return [(cfg.first if self.first else cfg.hidden).linear(self, R, saved, cfg)]
 
     def start(self, saved: Any, targets: Tensor | None, rule: str, cfg: RuleConfig) -> Tensor:
         """Relevance at this (logit-producing, linear) layer's input for the output rule ``rule``.
@@ -178,10 +174,7 @@ class LinearBlock(Step):
         a = saved[0]
         z, w, b = self.folded(saved, cfg)
         if rule == "all":
-            if cfg.rule == "zplus":
-                w = w.clamp(min=0)
-                z = F.linear(a, w, None if b is None else b.clamp(min=0))
-            return ops.all_logits_output(a, z, w, cfg.eps)
+            return cfg.hidden.all_logits(a, z, w, b, cfg)
         if rule == "selective":
             return ops.reference_selective_output(a, z, w, targets, cfg.eps)
         return ops.reference_logit_output(a, z, w, targets, cfg.eps)
@@ -205,17 +198,7 @@ class BatchNormStep(Step):
         live = cfg.live_stats and batch and torch.is_grad_enabled()
         if live:
             mean, invstd = ops.batchnorm.batch_statistics(a, self.bn.eps)
-        if cfg.rule == "zplus":  # diagonal weights: W+ = max(gamma / sigma, 0), b+ = max(beta - mu gamma / sigma, 0)
-            scale = ops.batchnorm.batchnorm_scale(self.bn.weight, invstd, live)
-            shift = -mean.detach() * scale.detach()
-            if self.bn.bias is not None:
-                shift = shift + self.bn.bias.detach()
-            w_pos, b_pos = scale.clamp(min=0), shift.clamp(min=0)
-            view = (-1, *([1] * (a.dim() - 2)))
-            z = a * w_pos.view(view) + b_pos.view(view)
-            return [a.unsqueeze(1) * w_pos.view(view) * R / ops.stabilize(z, cfg.eps).unsqueeze(1)]
-        z = ops.rule_preactivation(a, None, self.bn.weight, self.bn.bias, mean, invstd, live)
-        return [ops.batchnorm_epsilon(R, a, z, self.bn.weight, invstd, cfg.eps, cfg.prims, live)]
+        return [cfg.hidden.batchnorm(self, R, a, mean, invstd, live, cfg)]
 
 
 class PassStep(Step):
@@ -329,10 +312,11 @@ class MeanStep(Step):
 
 
 class AddStep(Step):
-    """Residual addition ``y = x + f``: relevance split in proportion to the summands."""
+    """Residual addition ``y = x + f`` (or ``y = x - f``, the summand ``-f``): relevance split in proportion to
+    the summands."""
 
-    def __init__(self, name: str, inputs: list[str]):
-        self.name, self.inputs = name, inputs
+    def __init__(self, name: str, inputs: list[str], subtract: bool = False):
+        self.name, self.inputs, self.subtract = name, inputs, subtract
 
     def forward(self, env: dict[str, Any]) -> tuple[Tensor, Any]:
         args = [env[n] for n in self.inputs]
@@ -340,15 +324,22 @@ class AddStep(Step):
         if x.shape != f.shape:
             raise ValueError(f"node '{self.name}' adds tensors of shapes {tuple(x.shape)} and {tuple(f.shape)}; "
                              "the residual rule needs equal shapes")
+        if self.subtract:
+            y = operator.sub(x, f)
+            return y, (x, -f, y)
         y = operator.add(x, f)
         return y, (x, f, y)
 
     def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> tuple[Tensor, Tensor]:
-        if cfg.rule == "zplus":  # the positive parts of the summands: R_x = x+ / stab(x+ + f+) R
-            x, f, _ = saved
-            x, f = x.clamp(min=0), f.clamp(min=0)
-            return ops.residual_split(R, x, f, x + f, eps=cfg.eps, prims=cfg.prims)
-        return ops.residual_split(R, *saved, eps=cfg.eps, prims=cfg.prims)
+        return cfg.hidden.residual(R, *saved, cfg)
+
+
+class TupleNode:
+    """A node whose value is a tuple of tensors (``x.chunk(n)``): no step of its own; each ``parts[i]`` that reads
+    it becomes a step through ``part(ctx, i)``."""
+
+    def __init__(self, name: str, part: Callable[[Any, Any], Step]):
+        self.name, self.part = name, part
 
 
 class CatStep(Step):

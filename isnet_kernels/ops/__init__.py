@@ -9,6 +9,14 @@ when given no primitives, or a ``torch.autograd.Function`` with a hand-written b
 primitives (:mod:`isnet_kernels.ops.primitives`).
 """
 
+from .attention import (
+    attention_bias,
+    reference_matmul_cp,
+    reference_matmul_uniform,
+    reference_sdpa_relevance,
+    reference_softmax,
+    sdpa_forward,
+)
 from .batchnorm import (
     batch_statistics,
     batchnorm_epsilon,
@@ -19,6 +27,16 @@ from .batchnorm import (
 from .concat import reference_concat_split
 from .conv import EpsilonFunction, epsilon, reference_conv_epsilon, reference_linear_epsilon
 from .geometry import Geometry, conv2d_transpose, conv_transpose_output_padding
+from .norm import (
+    NormEpsilonFunction,
+    NormLayout,
+    channels_norm_forward,
+    group_norm_forward,
+    layer_norm_forward,
+    norm_epsilon,
+    reference_norm_epsilon,
+    rule_norm_preactivation,
+)
 from .output import all_logits_output, reference_logit_output, reference_selective_output, selective_relevance
 from .pool import (
     LinearPoolFunction,
@@ -33,12 +51,30 @@ from .pool import (
     reference_mean,
 )
 from .primitives import TorchPrimitives
+from .products import reference_affine_constant, reference_product_gate, reference_product_uniform
 from .residual import ResidualFunction, reference_residual_split, residual_split
 from .stabilize import stabilize
 from .zbox import ZBoxFunction, reference_conv_zbox, reference_linear_zbox, zbox
 from .zplus import reference_conv_zplus, reference_linear_zplus, zplus
 
 __all__ = [
+    "NormEpsilonFunction",
+    "NormLayout",
+    "attention_bias",
+    "channels_norm_forward",
+    "group_norm_forward",
+    "layer_norm_forward",
+    "norm_epsilon",
+    "reference_affine_constant",
+    "reference_matmul_cp",
+    "reference_matmul_uniform",
+    "reference_norm_epsilon",
+    "reference_product_gate",
+    "reference_product_uniform",
+    "reference_sdpa_relevance",
+    "reference_softmax",
+    "rule_norm_preactivation",
+    "sdpa_forward",
     "all_logits_output",
     "EpsilonFunction",
     "Geometry",

@@ -109,8 +109,8 @@ class TorchPrimitives:
 
     def weight_grad(self, U: Tensor, s: Tensor, weight: Tensor, geom: Geometry) -> Tensor:
         """``d <U, W^T s> / dW``, summed over N': the weight gradient of ``forward_map`` with input U, grad s."""
-        if geom.linear:
-            return s.t() @ U
+        if geom.linear:  # (N', K) and (N', F), or token tensors (N', T, K) and (N', T, F)
+            return s.reshape(-1, s.shape[-1]).t() @ U.reshape(-1, U.shape[-1])
         return torch.ops.aten.convolution_backward(
             s, U, weight, None, list(geom.stride), list(geom.padding), list(geom.dilation), False, [0, 0],
             geom.groups, [False, True, False])[1]

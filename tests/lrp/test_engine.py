@@ -227,35 +227,41 @@ def test_saved_activations_are_the_forward_tensors():
 # --- errors ------------------------------------------------------------------------------------------------------
 
 
-class WithSigmoid(nn.Module):
+class Unsupported(nn.Module):
+    """Operations without a rule, one of them twice: cumulative sums, a sort and its `.values`."""
+
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sigmoid())
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
         self.fc = nn.Linear(4, 2)
 
     def forward(self, x):
-        return self.fc(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+        h = self.features(x).cumsum(-1).cumsum(-2)
+        h = torch.sort(h, -1).values
+        return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
 
 
-def test_unsupported_layer_names_node_path_and_type():
+def test_every_unsupported_node_is_listed_at_once_grouped_by_kind():
     with pytest.raises(ik.UnsupportedLayerError) as err:
-        ik.LRP(WithSigmoid())
+        ik.LRP(Unsupported())
     msg = str(err.value)
-    assert "features.1" in msg and "Sigmoid" in msg and "Supported:" in msg
+    assert "4 operations" in msg and "Tensor.cumsum x2" in msg and "sort x1" in msg and "getattr x1" in msg
+    assert "cumsum_1" in msg and "Supported:" in msg and "register_rule" in msg
 
 
-class Multiplies(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(12, 2)
+def test_unsupported_module_is_named_with_its_path():
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Softmax2d())
+            self.fc = nn.Linear(4, 2)
 
-    def forward(self, x):
-        return self.fc((x * 2).flatten(1))
+        def forward(self, x):
+            return self.fc(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
-
-def test_unsupported_function_is_named():
-    with pytest.raises(ik.UnsupportedLayerError, match="mul"):
-        ik.LRP(Multiplies())
+    with pytest.raises(ik.UnsupportedLayerError) as err:
+        ik.LRP(Wrapper())
+    assert "Softmax2d x1" in str(err.value) and "'features.1'" in str(err.value)
 
 
 class DataDependent(nn.Module):
@@ -274,10 +280,16 @@ def test_untraceable_model_is_a_clear_error():
         ik.LRP(DataDependent())
 
 
-def test_logits_not_from_linear():
-    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    with pytest.raises(ik.UnsupportedLayerError, match="logits must be produced by an nn.Linear"):
-        ik.LRP(model)
+def test_logits_from_a_convolution_and_pooling_start_at_the_logits():
+    """A head without a Linear (SqueezeNet's convolution, ReLU and pooling): with eps -> 0 and no biases the logit
+    rule conserves the logit, and the selective rule equals the Linear head's exact rule on an equivalent model."""
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.ReLU(), nn.Conv2d(4, 5, 1, bias=False), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten()).double().eval()
+    x = torch.rand(2, 3, 7, 7, dtype=torch.float64)
+    heat = ik.explain(conv, x, 2, eps=1e-12, first_layer="epsilon")
+    torch.testing.assert_close(heat.sum((1, 2, 3)), conv(x)[:, 2], rtol=1e-9, atol=1e-12)
+    assert ik.LRP(conv).program.logits_step is None
 
 
 def test_bad_inputs_and_targets():
