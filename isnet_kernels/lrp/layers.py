@@ -421,6 +421,8 @@ register("torchvision.ops.stochastic_depth.stochastic_depth", "torchvision.ops.s
 
 # the steps still to register (norms, attention) live in their own modules
 from . import attention_layers as _attention_layers  # noqa: E402,F401
+from . import einsum_layers as _einsum_layers  # noqa: E402,F401
 from . import norm_layers as _norm_layers  # noqa: E402,F401
+from . import swin_layers as _swin_layers  # noqa: E402,F401
 
 _ = ops

@@ -1,0 +1,1 @@
+"""The rule of torch.einsum of two operands (attention written with einsum, MaxViT)."""
