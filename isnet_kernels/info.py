@@ -36,7 +36,16 @@ def report() -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """``python -m isnet_kernels.info``: the report; ``--layers``: the supported-layer table (README's)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--layers"]:
+        from .lrp import REGISTRY
+
+        print(REGISTRY.markdown(), end="")
+        return
     print(report())
 
 

@@ -60,10 +60,13 @@ def gwrp(v: Tensor, d: float) -> Tensor:
 
 
 def prepare_mask(masks: Tensor, batch: int, size: tuple[int, int], dtype: torch.dtype, device: torch.device,
-                 check: bool = True) -> Tensor:
+                 check: bool = True, flags: list[Tensor] | None = None) -> Tensor:
     """Foreground masks as (B, 1, 1, h, w) of 0/1 in ``dtype``: resized by adaptive average pooling, binarised.
 
-    Accepts (B, H, W) or (B, 1, H, W), bool or numeric with values in {0, 1}.
+    Accepts (B, H, W) or (B, 1, H, W), bool or numeric with values in {0, 1}. CPU masks are checked at once; masks
+    on an accelerator are checked without a host synchronisation: the check's result (a device bool, True when
+    some value is not 0 or 1) is appended to ``flags`` for the caller to read when it synchronises anyway (the
+    loss does, in its finiteness check), and is not checked when ``flags`` is None.
     """
     if not isinstance(masks, Tensor):
         raise TypeError(f"masks must be a torch.Tensor of shape (B, 1, H, W), got {type(masks).__name__}")
@@ -82,8 +85,8 @@ def prepare_mask(masks: Tensor, batch: int, size: tuple[int, int], dtype: torch.
                 values = masks[bad].unique()[:5].tolist()
                 raise ValueError(f"masks must be binary (0 = background, 1 = foreground), found values such as "
                                  f"{values}; binarise them first, e.g. masks = (masks > 0.5).float()")
-        else:  # no host synchronisation on accelerators: checked on the device
-            torch._assert_async(~bad.any(), "masks must be binary (0 = background, 1 = foreground)")
+        elif flags is not None:  # no host synchronisation on accelerators: read with the loss's finiteness check
+            flags.append(bad.any())
     m = masks.to(device=device, dtype=dtype)
     if tuple(m.shape[-2:]) != tuple(size):
         m = (F.adaptive_avg_pool2d(m, size) != 0).to(dtype)
@@ -136,7 +139,7 @@ class HeatmapLossParts:
 def heatmap_loss(heatmaps: Tensor, masks: Tensor, *, d: float = 0.9, E: float = 1.0, A: float = 1.0,
                  B: float = 3.0, C1: float | Sequence[float] | Tensor = 1.0,
                  C2: float | Sequence[float] | Tensor = 25.0, foreground: str = "hybrid",
-                 check_masks: bool = True) -> HeatmapLossParts:
+                 check_masks: bool = True, flags: list[Tensor] | None = None) -> HeatmapLossParts:
     """``L_heat = mean_b(A * L_bkg + B * L_fg)`` of heatmaps (B, M, C, h, w) against foreground masks (module doc).
 
     ``C1`` and ``C2`` are numbers or one value per map (the dual variant's two maps have their own).
@@ -148,7 +151,7 @@ def heatmap_loss(heatmaps: Tensor, masks: Tensor, *, d: float = 0.9, E: float = 
     if not E > 0:
         raise ValueError(f"E must be positive, got {E}")
     Bsz, M, C, h, w = heatmaps.shape
-    mask = prepare_mask(masks, Bsz, (h, w), heatmaps.dtype, heatmaps.device, check_masks)  # (B, 1, 1, h, w)
+    mask = prepare_mask(masks, Bsz, (h, w), heatmaps.dtype, heatmaps.device, check_masks, flags)  # (B, 1, 1, h, w)
     absH = heatmaps.abs()
     fg = (absH * mask).sum((2, 3, 4))  # (B, M): F, the raw foreground relevance
     count = mask.sum((2, 3, 4)) * C  # foreground elements of one map
@@ -232,10 +235,12 @@ class ISNetLoss(nn.Module):
         return (f"P={self.P}, d={self.d}, E={self.E}, A={self.A}, B={self.B}, C1={self.C1}, C2={self.C2}, "
                 f"foreground={self.foreground!r}, d_loss={self.d_loss}, nonfinite={self.nonfinite!r}")
 
-    def heatmap_parts(self, heatmaps: Tensor, masks: Tensor, level: str = "input") -> HeatmapLossParts:
+    def heatmap_parts(self, heatmaps: Tensor, masks: Tensor, level: str = "input",
+                      flags: list[Tensor] | None = None) -> HeatmapLossParts:
         """The heatmap loss of one level: ``"input"`` or a supervised module's name (for per-level C1/C2)."""
         return heatmap_loss(heatmaps, masks, d=self.d, E=self.E, A=self.A, B=self.B, C1=_at_level(self.C1, level),
-                            C2=_at_level(self.C2, level), foreground=self.foreground, check_masks=self.check_masks)
+                            C2=_at_level(self.C2, level), foreground=self.foreground, check_masks=self.check_masks,
+                            flags=flags)
 
     def forward(self, output: ISNetOutput, labels: Tensor, masks: Tensor) -> ISNetLossOutput:
         if not isinstance(output, ISNetOutput):
@@ -252,17 +257,22 @@ class ISNetLoss(nn.Module):
         if output.heatmaps is None:
             raise ValueError("the ISNet output carries no heatmaps: call the ISNet in training mode (isnet.train()) "
                              "or with heatmaps=True")
-        first = self.heatmap_parts(output.heatmaps, masks)
+        flags: list[Tensor] = []  # accelerator masks' validity, read with the finiteness check
+        first = self.heatmap_parts(output.heatmaps, masks, flags=flags)
         levels = [first.heatmap] + [self.heatmap_parts(h, masks, name).heatmap
                                     for name, h in output.intermediate.items()]
         heat = levels[0] if len(levels) == 1 else gwrp(torch.stack(levels), self.d_loss)
         total = (1 - self.P) * ce + self.P * heat
-        return self._finish(ISNetLossOutput(total, ce, heat, first.background, first.foreground, levels))
+        return self._finish(ISNetLossOutput(total, ce, heat, first.background, first.foreground, levels), flags[:1])
 
-    def _finish(self, out: ISNetLossOutput) -> ISNetLossOutput:
+    def _finish(self, out: ISNetLossOutput, flags: Sequence[Tensor] = ()) -> ISNetLossOutput:
         if self.nonfinite == "propagate":
             return out
-        if bool(torch.isfinite(out.total)):
+        finite, *bad_masks = torch.stack([torch.isfinite(out.total), *flags]).tolist()  # one synchronisation
+        if any(bad_masks):
+            raise ValueError("masks must be binary (0 = background, 1 = foreground); binarise them first, e.g. "
+                             "masks = (masks > 0.5).float()")
+        if finite:
             return out
         if self.nonfinite == "raise":
             parts = {k: float(v.detach()) for k, v in (("classification", out.classification), ("heatmap", out.heatmap),

@@ -101,7 +101,11 @@ def check_input(x: Any, check_finite: bool) -> None:
                          "Clean the data (torch.nan_to_num) or find where the non-finite values come from")
 
 
-def _check_targets(targets: Tensor, batch: int, num_classes: int) -> None:
+def _check_targets(targets: Tensor, batch: int, num_classes: int, sync: bool = True) -> Tensor | None:
+    """Check the targets' type and shape, and their range: on the host for CPU targets (and for any targets with
+    ``sync``, one host synchronisation); for accelerator targets without ``sync``, return a device mask of the valid
+    rows (B, M) instead, so that the caller can mark invalid maps without a synchronisation (and without the
+    device-side assertion an out-of-range index would raise, which poisons the CUDA context)."""
     if targets.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"targets must be an integer (Long) tensor of class indices, got {targets.dtype}")
     if targets.dim() != 2 or targets.shape[0] != batch:
@@ -109,13 +113,13 @@ def _check_targets(targets: Tensor, batch: int, num_classes: int) -> None:
                          f"got {tuple(targets.shape)}; for one class per image use targets.view(-1, 1)")
     if targets.numel() == 0:
         raise ValueError("targets is empty: ask for at least one map per image (M >= 1)")
-    if targets.device.type == "cpu":
+    if targets.device.type == "cpu" or sync:
         low, high = int(targets.min()), int(targets.max())
         if low < 0 or high >= num_classes:
             raise IndexError(f"target class {low if low < 0 else high} is out of range for a model with "
                              f"{num_classes} classes (valid: 0 .. {num_classes - 1})")
-    else:  # no host sync on accelerators: checked on the device
-        torch._assert_async(((targets >= 0) & (targets < num_classes)).all(), "target class out of range")
+        return None
+    return (targets >= 0) & (targets < num_classes)
 
 
 def logits_relevance(logits: Tensor, targets: Tensor | None, output: str, eps: float) -> Tensor:
@@ -300,14 +304,19 @@ class LRP:
                 raise TypeError(f"targets must be a LongTensor (B, M) or 'all', got {type(targets).__name__}")
         logits, state = self.forward(x)
         B, K = logits.shape[0], logits.shape[-1]
+        valid = None
         if output == "all":
             targets = None
         elif isinstance(targets, str):
             targets = torch.arange(K, device=x.device).expand(B, K)
         else:
-            _check_targets(targets, B, K)
+            valid = _check_targets(targets, B, K, sync=False)
             targets = targets.to(device=x.device, dtype=torch.long)
+            if valid is not None:  # accelerator targets: out-of-range maps become NaN (no synchronisation)
+                targets = torch.where(valid, targets, 0)
         heatmaps = self.relevance(state, targets, output, self.config(x, rule))
+        if valid is not None:
+            heatmaps = torch.where(valid.view(*valid.shape, *([1] * (heatmaps.dim() - 2))), heatmaps, float("nan"))
         return logits, heatmaps
 
 

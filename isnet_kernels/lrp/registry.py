@@ -112,6 +112,15 @@ class RuleRegistry:
                 rows.append((entry.group, entry.description))
         return rows
 
+    def markdown(self) -> str:
+        """The supported-layer table of README: one row per rule group, its registered descriptions."""
+        groups: dict[str, list[str]] = {}
+        for group, description in self.table():
+            groups.setdefault(group, []).append(description)
+        rows = ["| layer or operation | forms recognised in the traced graph, and their rule |", "| --- | --- |"]
+        rows += [f"| {group} | {'; '.join(texts)} |" for group, texts in groups.items()]
+        return "\n".join(rows) + "\n"
+
     def summary(self) -> str:
         """One line listing the supported groups (for error messages)."""
         groups: dict[str, None] = {}
