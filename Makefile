@@ -11,6 +11,9 @@ TORCH   := torch==2.13.0
 TRITON  := triton==3.7.1
 # The independent LRP implementation the comparison tests run against (installed without its dependencies).
 ZENNIT  := zennit==0.5.1
+# torchvision's classification models for the zoo tests: a CUDA build whose compiled ops are never loaded
+# (see tests/conftest.py), installed without dependencies so that it cannot replace the CPU torch.
+TORCHVISION := torchvision==0.28.0
 STAMP   := $(VENV)/.installed
 BENCH_JSON ?= benchmarks/results/latest.json
 
@@ -29,13 +32,13 @@ help:
 venv: $(STAMP)
 
 # Rebuilt only when the packaging files change; delete $(STAMP) to force a reinstall.
-$(STAMP): pyproject.toml setup.py $(wildcard csrc/cpu/*)
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*/*)
 	@test -x $(PY) || $(PYTHON3) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install $(TORCH) setuptools wheel
 	$(PIP) install --no-build-isolation -e '.[test]' $(TORCH)
 	$(PIP) install $(TRITON) $(TORCH)
-	$(PIP) install --no-deps $(ZENNIT)
+	$(PIP) install --no-deps $(ZENNIT) $(TORCHVISION)
 	@touch $@
 
 demo: venv
