@@ -70,7 +70,7 @@ BoundsLike = tuple[float | Tensor, float | Tensor] | Sequence[float | Tensor]
 
 def _bound_tensor(value: float | Tensor, x: Tensor, which: str) -> Tensor:
     """A bound as a 0-d tensor (scalar) or expanded to (1, C, H, W) (per channel or per pixel)."""
-    t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+    t = torch.as_tensor(value, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
     if t.dim() == 0:
         return t
     C = x.shape[1]
@@ -120,6 +120,26 @@ def _check_targets(targets: Tensor, batch: int, num_classes: int, sync: bool = T
                              f"{num_classes} classes (valid: 0 .. {num_classes - 1})")
         return None
     return (targets >= 0) & (targets < num_classes)
+
+
+def relevance_dtype(logits: Tensor) -> torch.dtype:
+    """The dtype of the relevance pass: float32 for half-precision forwards (autocast, bf16/fp16 models: relevance
+    is accumulated in float32), else the forward's own (float32, float64). The heatmaps have this dtype."""
+    return torch.promote_types(logits.dtype, torch.float32)
+
+
+def upcast(value: Any, dtype: torch.dtype) -> Any:
+    """``value`` (a tensor, or tuples, lists and dicts of them) with half-precision floating tensors cast to
+    ``dtype`` (differentiably; the forward's own tensors are left as they are)."""
+    if isinstance(value, Tensor):
+        if value.is_floating_point() and value.dtype != dtype and torch.finfo(value.dtype).bits < 32:
+            return value.to(dtype)
+        return value
+    if isinstance(value, (tuple, list)):
+        return type(value)(upcast(v, dtype) for v in value)
+    if isinstance(value, dict):
+        return {k: upcast(v, dtype) for k, v in value.items()}
+    return value
 
 
 def logits_relevance(logits: Tensor, targets: Tensor | None, output: str, eps: float) -> Tensor:
@@ -258,12 +278,19 @@ class LRP:
                      capture: Sequence[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
         """The relevance pass, also returning the relevance at the steps named in ``capture`` (their outputs'
         relevance, all contributions summed), by step name."""
-        program, saved = state.program, state.saved
+        program = state.program
+        dtype = relevance_dtype(state.logits)
+        saved = upcast(state.saved, dtype)
+        with torch.autocast(state.logits.device.type, enabled=False):
+            return self._walk(program, saved, upcast(state.logits, dtype), targets, output, cfg, capture)
+
+    def _walk(self, program: Program, saved: dict[str, Any], logits: Tensor, targets: Tensor | None, output: str,
+              cfg: S.RuleConfig, capture: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
         start = program.logits_step
         if start is not None:  # a Linear head: the output rules, exactly, at its input
             R: dict[str, Tensor] = {start.inputs[0]: start.start(saved[start.name], targets, output, cfg)}
         else:  # any other head: relevance starts at the logits themselves
-            R = {program.output_name: logits_relevance(state.logits, targets, output, cfg.eps)}
+            R = {program.output_name: logits_relevance(logits, targets, output, cfg.eps)}
         wanted = set(capture)
         captured: dict[str, Tensor] = {}
         for step in reversed(program.steps[:program.logits_index]):

@@ -20,6 +20,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .steps import BatchNormStep, LinearBlock, RuleConfig
 
 
+def like(t: Tensor | None, ref: Tensor) -> Tensor | None:
+    """``t`` (a parameter read live) in ``ref``'s dtype (see :func:`isnet_kernels.lrp.steps.like`)."""
+    return t if t is None or t.dtype == ref.dtype else t.to(ref.dtype)
+
+
 class Rule:
     """Base: the epsilon rule for every layer family (the default of every pass)."""
 
@@ -34,16 +39,17 @@ class Rule:
             # W'^T (R / t) = W^T (R gamma/sigma / t): scaling the (small) relevance costs less than folding the
             # (large) weight; the same value and gradient.
             _, invstd, live = stats
-            scale = ops.batchnorm.batchnorm_scale(step.bn.weight, invstd, live)
+            scale = ops.batchnorm.batchnorm_scale(like(step.bn.weight, a), invstd, live)
             R = R * scale.view(-1, *([1] * (R.dim() - 3)))
-            w = step.layer.weight
+            w = like(step.layer.weight, a)
         return ops.epsilon(R, a, z, w, step.geom, cfg.eps, cfg.prims)
 
     def batchnorm(self, step: BatchNormStep, R: Tensor, a: Tensor, mean: Tensor, invstd: Tensor, live: bool,
                   cfg: RuleConfig) -> Tensor:
         """Epsilon through a BatchNorm on its own: diagonal weight ``gamma / sigma``."""
-        z = ops.rule_preactivation(a, None, step.bn.weight, step.bn.bias, mean, invstd, live)
-        return ops.batchnorm_epsilon(R, a, z, step.bn.weight, invstd, cfg.eps, cfg.prims, live)
+        gamma, beta = like(step.bn.weight, a), like(step.bn.bias, a)
+        z = ops.rule_preactivation(a, None, gamma, beta, mean, invstd, live)
+        return ops.batchnorm_epsilon(R, a, z, gamma, invstd, cfg.eps, cfg.prims, live)
 
     def residual(self, R: Tensor, x: Tensor, f: Tensor, y: Tensor, cfg: RuleConfig) -> tuple[Tensor, Tensor]:
         """``y = x + f``: ``R_x = x R / stab(y)``, ``R_f = f R / stab(y)``."""
@@ -71,10 +77,10 @@ class ZPlus(Rule):
     def batchnorm(self, step: BatchNormStep, R: Tensor, a: Tensor, mean: Tensor, invstd: Tensor, live: bool,
                   cfg: RuleConfig) -> Tensor:
         # diagonal weights: W+ = max(gamma / sigma, 0), b+ = max(beta - mu gamma / sigma, 0)
-        scale = ops.batchnorm.batchnorm_scale(step.bn.weight, invstd, live)
+        scale = ops.batchnorm.batchnorm_scale(like(step.bn.weight, a), invstd, live)
         shift = -mean.detach() * scale.detach()
         if step.bn.bias is not None:
-            shift = shift + step.bn.bias.detach()
+            shift = shift + like(step.bn.bias, a).detach()
         w_pos, b_pos = scale.clamp(min=0), shift.clamp(min=0)
         view = (-1, *([1] * (a.dim() - 2)))
         z = a * w_pos.view(view) + b_pos.view(view)

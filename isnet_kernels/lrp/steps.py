@@ -35,6 +35,12 @@ class RuleConfig:
     prims: ops.TorchPrimitives | None = None  # the backend's kernels; None: the autograd reference ops
 
 
+def like(t: Tensor | None, ref: Tensor) -> Tensor | None:
+    """``t`` (a parameter read live) in ``ref``'s floating dtype: a half-precision model's weights meet the
+    float32 relevance pass (differentiably)."""
+    return t if t is None or t.dtype == ref.dtype else t.to(ref.dtype)
+
+
 def uses_batch_stats(bn: nn.modules.batchnorm._BatchNorm) -> bool:
     """Whether ``bn(x)`` normalises with the batch's statistics (train mode, or no running statistics kept)."""
     return bn.training or (bn.running_mean is None and bn.running_var is None)
@@ -139,7 +145,7 @@ class LinearBlock(Step):
         _, x0, mean, invstd, _, batch = saved
         if not (cfg.live_stats and batch and x0 is not None):
             return mean, invstd, False
-        b = self.layer.bias
+        b = like(self.layer.bias, x0)
         x = x0 if b is None else x0 + b.detach().view(-1, *([1] * (x0.dim() - 2)))
         mean, invstd = ops.batchnorm.batch_statistics(x, self.bn.eps)
         return mean, invstd, True
@@ -149,14 +155,14 @@ class LinearBlock(Step):
         """``(z, W', b')``: the rule pre-activation and the folded weight and (detached) bias; ``stats`` as
         :meth:`statistics` returns them (computed here when not given)."""
         a, x0, _, _, y, _ = saved
-        w, b = self.layer.weight, self.layer.bias
+        w, b = like(self.layer.weight, a), like(self.layer.bias, a)
         if self.bn is None:
             if y is not None:
                 z = y
             else:
                 z = x0 if b is None else x0 + self._bias_view(b.detach(), x0)
             return z, w, None if b is None else b.detach()
-        gamma, beta = self.bn.weight, self.bn.bias
+        gamma, beta = like(self.bn.weight, a), like(self.bn.bias, a)
         mean, invstd, live = stats if stats is not None else self.statistics(saved, cfg)
         z = y if y is not None else ops.rule_preactivation(x0, b, gamma, beta, mean, invstd, live)
         w, b = ops.fold_batchnorm(w, b, gamma, beta, mean, invstd, live)
