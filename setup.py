@@ -104,9 +104,8 @@ def _extension_build() -> dict:
                 super().build_extensions()
             except Exception as exc:
                 if CI:
-                    _warn(f"building isnet_kernels._C failed under CI=true ({type(exc).__name__}: {exc}); "
-                          "the compiler's message is above")
-                    raise
+                    raise SystemExit(f"isnet-kernels: error: building the compiled extensions failed under CI=true "
+                                     f"({type(exc).__name__}: {exc}); the compiler's message is above") from exc
                 _warn(f"building the optional extension isnet_kernels._C failed ({type(exc).__name__}: {exc}); "
                       "installing without it. isnet_kernels.cpp.available() reports it as not built")
 
