@@ -1,4 +1,4 @@
-// isnet_kernels._C: CPU kernels of the elementwise relevance primitives (KERNELS.md), registered with PyTorch's
+// isnet_kernels._C: CPU kernels of the elementwise relevance primitives (docs/kernels.md), registered with PyTorch's
 // dispatcher as torch.ops.isnet_kernels.*. Semantics and argument order are TorchPrimitives'
 // (isnet_kernels/ops/primitives.py); isnet_kernels/cpp.py registers the fake (meta) kernels and wraps them.
 //

@@ -14,6 +14,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "../common/relevance_math.h"  // the per-element maths, shared with the CUDA kernels
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define ISNET_KERNELS_AVX2 1
 #else
