@@ -1,12 +1,12 @@
 // CUDA kernels of the elementwise relevance primitives (docs/kernels.md): the stabilised division, the product
 // with the activation, the epsilon backward's input and stabiliser epilogues, and the residual split both ways.
 //
-// One thread owns V consecutive activation elements n of one image b (a "group") and loops over the M maps: the
+// One thread owns V consecutive activation elements i of one image b (a "group") and loops over the M maps: the
 // activation is loaded once for all maps, the sums over M stay in registers in the arithmetic type (float for half
 // and bfloat16) and are written once, so no atomics and results independent of the launch. Across a warp the
 // threads read consecutive groups of each map row: coalesced. V = 16 bytes / sizeof(element) when N is a multiple
 // of it and every buffer is 16-byte aligned (then every row start (b * M + m) * N is too), else 1. Indices are
-// 64-bit, the loops grid-stride. Each element's arithmetic is a function of csrc/common/relevance_math.h, the one
+// 64-bit, the loops grid-stride (images along the grid's y, groups along x). Each element's arithmetic is a function of csrc/common/relevance_math.h, the one
 // the CPU kernels call.
 #include "device.cuh"
 
@@ -14,33 +14,27 @@ namespace isnet_kernels {
 namespace cuda {
 namespace {
 
-// The group of grid-stride index g: image b and first element n of V consecutive ones (N / V groups per image).
-struct Group {
-  int64_t b, n;
-};
-
-template <int V>
-__device__ __forceinline__ Group group_of(int64_t g, int64_t N) {
-  const int64_t per_image = N / V;
-  const int64_t b = g / per_image;
-  return {b, (g - b * per_image) * V};
-}
+// Grid-stride loops over the groups: images b along the grid's y dimension, groups of V elements n within an image
+// along x (no integer division: 64-bit division is a subroutine call on the GPU).
+#define ISNET_FOR_GROUPS(b, n, sizes, V)                                                                   \
+  for (int64_t b = blockIdx.y; b < (sizes).B; b += gridDim.y)                                              \
+    for (int64_t n = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * (V); n < (sizes).N;    \
+         n += static_cast<int64_t>(gridDim.x) * blockDim.x * (V))
 
 template <typename T, int V>
 __global__ void __launch_bounds__(kThreads)
     stab_divide_kernel(const T* __restrict__ R, const T* __restrict__ z, T* __restrict__ s, MapSizes n, double eps) {
   using O = opmath_t<T>;
   const O e = static_cast<O>(eps);
-  ISNET_GRID_STRIDE(g, n.B * (n.N / V)) {
-    const Group q = group_of<V>(g, n.N);
-    const Pack<T, V> zv = load<V>(z + q.b * n.N + q.n);
+  ISNET_FOR_GROUPS(b, i, n, V) {
+    const Pack<T, V> zv = load<V>(z + b * n.N + i);
     O t[V];
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       t[k] = math::stab(up(zv.v[k]), e);
     }
     for (int64_t m = 0; m < n.M; ++m) {
-      const int64_t offset = (q.b * n.M + m) * n.N + q.n;
+      const int64_t offset = (b * n.M + m) * n.N + i;
       const Pack<T, V> r = load<V>(R + offset);
       Pack<T, V> out;
 #pragma unroll
@@ -55,11 +49,10 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T, int V>
 __global__ void __launch_bounds__(kThreads)
     mul_activation_kernel(const T* __restrict__ c, const T* __restrict__ a, T* __restrict__ out, MapSizes n) {
-  ISNET_GRID_STRIDE(g, n.B * (n.N / V)) {
-    const Group q = group_of<V>(g, n.N);
-    const Pack<T, V> av = load<V>(a + q.b * n.N + q.n);
+  ISNET_FOR_GROUPS(b, i, n, V) {
+    const Pack<T, V> av = load<V>(a + b * n.N + i);
     for (int64_t m = 0; m < n.M; ++m) {
-      const int64_t offset = (q.b * n.M + m) * n.N + q.n;
+      const int64_t offset = (b * n.M + m) * n.N + i;
       const Pack<T, V> cv = load<V>(c + offset);
       Pack<T, V> o;
 #pragma unroll
@@ -76,16 +69,15 @@ __global__ void __launch_bounds__(kThreads)
     epsilon_backward_input_kernel(const T* __restrict__ G, const T* __restrict__ a, const T* __restrict__ c,
                                   T* __restrict__ U, T* __restrict__ dA, MapSizes n) {
   using O = opmath_t<T>;
-  ISNET_GRID_STRIDE(g, n.B * (n.N / V)) {
-    const Group q = group_of<V>(g, n.N);
-    const Pack<T, V> av = load<V>(a + q.b * n.N + q.n);
+  ISNET_FOR_GROUPS(b, i, n, V) {
+    const Pack<T, V> av = load<V>(a + b * n.N + i);
     O acc[V];
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       acc[k] = O(0);
     }
     for (int64_t m = 0; m < n.M; ++m) {
-      const int64_t offset = (q.b * n.M + m) * n.N + q.n;
+      const int64_t offset = (b * n.M + m) * n.N + i;
       const Pack<T, V> gv = load<V>(G + offset);
       const Pack<T, V> cv = load<V>(c + offset);
       Pack<T, V> u;
@@ -100,7 +92,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int k = 0; k < V; ++k) {
       d.v[k] = down<T>(acc[k]);
     }
-    store<V>(dA + q.b * n.N + q.n, d);
+    store<V>(dA + b * n.N + i, d);
   }
 }
 
@@ -110,9 +102,8 @@ __global__ void __launch_bounds__(kThreads)
                                  T* __restrict__ dR, T* __restrict__ dZ, MapSizes n, double eps) {
   using O = opmath_t<T>;
   const O e = static_cast<O>(eps);
-  ISNET_GRID_STRIDE(g, n.B * (n.N / V)) {
-    const Group q = group_of<V>(g, n.N);
-    const Pack<T, V> zv = load<V>(z + q.b * n.N + q.n);
+  ISNET_FOR_GROUPS(b, i, n, V) {
+    const Pack<T, V> zv = load<V>(z + b * n.N + i);
     O t[V], acc[V];
 #pragma unroll
     for (int k = 0; k < V; ++k) {
@@ -120,7 +111,7 @@ __global__ void __launch_bounds__(kThreads)
       acc[k] = O(0);
     }
     for (int64_t m = 0; m < n.M; ++m) {
-      const int64_t offset = (q.b * n.M + m) * n.N + q.n;
+      const int64_t offset = (b * n.M + m) * n.N + i;
       const Pack<T, V> vv = load<V>(Vg + offset);
       const Pack<T, V> sv = load<V>(s + offset);
       Pack<T, V> r;
@@ -135,7 +126,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int k = 0; k < V; ++k) {
       d.v[k] = down<T>(acc[k]);
     }
-    store<V>(dZ + q.b * n.N + q.n, d);
+    store<V>(dZ + b * n.N + i, d);
   }
 }
 
@@ -145,9 +136,8 @@ __global__ void __launch_bounds__(kThreads)
                             const T* __restrict__ y, T* __restrict__ Rx, T* __restrict__ Rf, MapSizes n, double eps) {
   using O = opmath_t<T>;
   const O e = static_cast<O>(eps);
-  ISNET_GRID_STRIDE(g, n.B * (n.N / V)) {
-    const Group q = group_of<V>(g, n.N);
-    const int64_t act = q.b * n.N + q.n;
+  ISNET_FOR_GROUPS(b, i, n, V) {
+    const int64_t act = b * n.N + i;
     const Pack<T, V> xv = load<V>(x + act), fv = load<V>(f + act), yv = load<V>(y + act);
     O t[V];
 #pragma unroll
@@ -155,7 +145,7 @@ __global__ void __launch_bounds__(kThreads)
       t[k] = math::stab(up(yv.v[k]), e);
     }
     for (int64_t m = 0; m < n.M; ++m) {
-      const int64_t offset = (q.b * n.M + m) * n.N + q.n;
+      const int64_t offset = (b * n.M + m) * n.N + i;
       const Pack<T, V> r = load<V>(R + offset);
       Pack<T, V> ox, of;
 #pragma unroll
@@ -179,9 +169,8 @@ __global__ void __launch_bounds__(kThreads)
                              MapSizes n, double eps) {
   using O = opmath_t<T>;
   const O e = static_cast<O>(eps);
-  ISNET_GRID_STRIDE(g, n.B * (n.N / V)) {
-    const Group q = group_of<V>(g, n.N);
-    const int64_t act = q.b * n.N + q.n;
+  ISNET_FOR_GROUPS(b, i, n, V) {
+    const int64_t act = b * n.N + i;
     const Pack<T, V> xv = load<V>(x + act), fv = load<V>(f + act), yv = load<V>(y + act);
     O t[V], ax[V], af[V], ay[V];
 #pragma unroll
@@ -190,7 +179,7 @@ __global__ void __launch_bounds__(kThreads)
       ax[k] = af[k] = ay[k] = O(0);
     }
     for (int64_t m = 0; m < n.M; ++m) {
-      const int64_t offset = (q.b * n.M + m) * n.N + q.n;
+      const int64_t offset = (b * n.M + m) * n.N + i;
       const Pack<T, V> gx = load<V>(Gx + offset), gf = load<V>(Gf + offset), r = load<V>(R + offset);
       Pack<T, V> out;
 #pragma unroll
@@ -219,17 +208,23 @@ bool packed(const MapSizes& n, P... pointers) {
   return kVector<T> > 1 && n.N % kVector<T> == 0 && aligned(16, pointers...);
 }
 
+// The grid of a kernel over the groups of n with V elements each: x covers an image's groups, y the images.
+inline dim3 group_grid(const MapSizes& n, int64_t V) {
+  const int64_t images = n.B < kMaxBlocks ? n.B : kMaxBlocks;
+  return dim3(blocks_for((n.N + V - 1) / V), static_cast<unsigned>(images));
+}
+
 // Launches kernel<T, V> over the groups of n, packed when `pack`, on `stream`; nothing when there are no groups.
-#define ISNET_LAUNCH_GROUPS(kernel, T, n, pack, stream, ...)                                        \
-  do {                                                                                              \
-    if ((n).B * (n).N > 0) {                                                                        \
-      if (pack) {                                                                                   \
-        constexpr int kPack = kVector<T>;                                                           \
-        kernel<T, kPack><<<blocks_for((n).B * ((n).N / kPack)), kThreads, 0, stream>>>(__VA_ARGS__); \
-      } else {                                                                                      \
-        kernel<T, 1><<<blocks_for((n).B * (n).N), kThreads, 0, stream>>>(__VA_ARGS__);              \
-      }                                                                                             \
-    }                                                                                               \
+#define ISNET_LAUNCH_GROUPS(kernel, T, n, pack, stream, ...)                                   \
+  do {                                                                                         \
+    if ((n).B * (n).N > 0) {                                                                   \
+      if (pack) {                                                                              \
+        constexpr int kPack = kVector<T>;                                                      \
+        kernel<T, kPack><<<group_grid(n, kPack), kThreads, 0, stream>>>(__VA_ARGS__);          \
+      } else {                                                                                 \
+        kernel<T, 1><<<group_grid(n, 1), kThreads, 0, stream>>>(__VA_ARGS__);                  \
+      }                                                                                        \
+    }                                                                                          \
   } while (0)
 
 }  // namespace
