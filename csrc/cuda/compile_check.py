@@ -29,7 +29,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-NVCC_FLAGS = ["-std=c++20", "-O3", "--expt-relaxed-constexpr", "-Werror", "all-warnings",
+# The defines torch's CUDAExtension adds (no implicit half and bfloat16 conversions or operators), so the check
+# compiles what a CUDA build of torch compiles.
+TORCH_DEFINES = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+                 "-D__CUDA_NO_HALF2_OPERATORS__"]
+NVCC_FLAGS = ["-std=c++20", "-O3", "--expt-relaxed-constexpr", *TORCH_DEFINES, "-Werror", "all-warnings",
               "-Xcompiler", "-Wall,-Wextra,-Werror", "--resource-usage"]
 HOST_FLAGS = ["-std=c++20", "-fsyntax-only", "-Wall", "-Wextra", "-Werror"]
 
