@@ -53,17 +53,27 @@ def _cuda_extension(torch_ext) -> object | None:
     if not torch.version.cuda:
         _warn(f"not building isnet_kernels._C_cuda: torch {torch.__version__} is not a CUDA build")
         return None
-    nvcc = os.path.join(torch_ext.CUDA_HOME, "bin", "nvcc") if torch_ext.CUDA_HOME else shutil.which("nvcc")
-    if not nvcc or not os.path.exists(nvcc):
-        _warn("not building isnet_kernels._C_cuda: nvcc not found (set CUDA_HOME or put nvcc on PATH)")
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"  # no GPU to take the architecture from: A100 and H100
+    home = torch_ext.CUDA_HOME  # torch's own search: $CUDA_HOME, nvcc on PATH, /usr/local/cuda
+    if not home or not os.path.exists(os.path.join(home, "bin", "nvcc")):
+        _warn("not building isnet_kernels._C_cuda: torch finds no CUDA toolkit with nvcc "
+              f"(CUDA_HOME={home}; set CUDA_HOME or put nvcc on PATH{'' if shutil.which('nvcc') else ', none is'})")
         return None
-    return torch_ext.CUDAExtension(
-        "isnet_kernels._C_cuda",
-        sources,
-        include_dirs=[os.path.join(ROOT, "csrc")],
-        extra_compile_args={"cxx": ["-O3", "-g0"], "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
-        optional=not CI,
-    )
+    try:
+        return torch_ext.CUDAExtension(
+            "isnet_kernels._C_cuda",
+            sources,
+            include_dirs=[os.path.join(ROOT, "csrc")],
+            extra_compile_args={"cxx": ["-O3", "-g0"], "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
+            optional=not CI,
+        )
+    except Exception as exc:  # e.g. the toolkit's libraries missing
+        message = f"cannot set up isnet_kernels._C_cuda ({type(exc).__name__}: {exc})"
+        if CI:
+            _fail(message)
+        _warn(f"{message}; installing without it")
+        return None
 
 
 def _extension_build() -> dict:
@@ -90,24 +100,29 @@ def _extension_build() -> dict:
         return {}
 
     class OptionalBuildExtension(torch_ext.BuildExtension):
-        """BuildExtension that adds OpenMP when the compiler has it; outside CI a failure never fails the install."""
+        """BuildExtension that adds OpenMP to the CPU extension when the compiler has it; outside CI an extension
+        that fails to build is left out with a warning, never failing the install."""
 
         def build_extensions(self) -> None:
+            openmp = _compiler_has_openmp(self.compiler)
+            for ext in self.extensions:
+                if openmp and ext.name == "isnet_kernels._C":
+                    ext.extra_compile_args = [*ext.extra_compile_args, "-fopenmp"]
+                    ext.extra_link_args = [*ext.extra_link_args, "-fopenmp"]
+            if not openmp:
+                _warn("the C++ compiler has no OpenMP (-fopenmp): isnet_kernels._C will run on one thread")
+            super().build_extensions()
+
+        def build_extension(self, ext) -> None:
             try:
-                openmp = _compiler_has_openmp(self.compiler)
-                for ext in self.extensions:
-                    if openmp and ext.name == "isnet_kernels._C":
-                        ext.extra_compile_args = [*ext.extra_compile_args, "-fopenmp"]
-                        ext.extra_link_args = [*ext.extra_link_args, "-fopenmp"]
-                if not openmp:
-                    _warn("the C++ compiler has no OpenMP (-fopenmp): isnet_kernels._C will run on one thread")
-                super().build_extensions()
+                super().build_extension(ext)
             except Exception as exc:
                 if CI:
-                    raise SystemExit(f"isnet-kernels: error: building the compiled extensions failed under CI=true "
+                    raise SystemExit(f"isnet-kernels: error: building {ext.name} failed under CI=true "
                                      f"({type(exc).__name__}: {exc}); the compiler's message is above") from exc
-                _warn(f"building the optional extension isnet_kernels._C failed ({type(exc).__name__}: {exc}); "
-                      "installing without it. isnet_kernels.cpp.available() reports it as not built")
+                module = "isnet_kernels.cuda" if ext.name.endswith("_cuda") else "isnet_kernels.cpp"
+                _warn(f"building the optional extension {ext.name} failed ({type(exc).__name__}: {exc}); "
+                      f"installing without it. {module}.available() reports it as not built")
 
     extensions = [torch_ext.CppExtension(
         "isnet_kernels._C",
