@@ -212,8 +212,10 @@ std::tuple<at::Tensor, at::Tensor> maxpool_backward(const at::Tensor& G, const a
 
 // ---- average pooling (avg_pool2d, adaptive_avg_pool2d), epsilon ------------------------------------------
 
-// The plan's window tables on `device`, and the kernels' view of them. `storage` keeps the device buffers alive
-// until the kernels that read them have run (the caching allocator reuses them only for later work on the stream).
+// The plan's window tables on `device`, and the kernels' view of them. The tables are staged in pinned host memory
+// and copied without blocking the host (torch's pinned allocator keeps the staging buffer until the copy is done);
+// `storage` keeps the device buffers alive until the kernels that read them have run (the caching allocator reuses
+// them only for later work on the stream).
 struct DeviceTables {
   at::Tensor storage, weight;
   cuda::AvgPoolTables view;
@@ -226,7 +228,8 @@ DeviceTables device_tables(const AvgPoolPlan& plan, const at::Device& device) {
   for (const auto* part : parts) {
     total += static_cast<int64_t>(part->size());
   }
-  at::Tensor host = at::empty({std::max<int64_t>(total, 1)}, at::kLong);
+  const auto pinned = [](at::ScalarType dtype) { return at::TensorOptions().dtype(dtype).pinned_memory(true); };
+  at::Tensor host = at::empty({std::max<int64_t>(total, 1)}, pinned(at::kLong));
   int64_t* dst = host.mutable_data_ptr<int64_t>();
   std::vector<int64_t> offsets;
   for (const auto* part : parts) {
@@ -234,9 +237,10 @@ DeviceTables device_tables(const AvgPoolPlan& plan, const at::Device& device) {
     std::memcpy(dst, part->data(), part->size() * sizeof(int64_t));
     dst += part->size();
   }
-  at::Tensor weight_host = at::empty({std::max<int64_t>(static_cast<int64_t>(plan.weight.size()), 1)}, at::kDouble);
+  at::Tensor weight_host = at::empty({std::max<int64_t>(static_cast<int64_t>(plan.weight.size()), 1)},
+                                     pinned(at::kDouble));
   std::memcpy(weight_host.mutable_data_ptr<double>(), plan.weight.data(), plan.weight.size() * sizeof(double));
-  DeviceTables tables{host.to(device), weight_host.to(device), {}};
+  DeviceTables tables{host.to(device, /*non_blocking=*/true), weight_host.to(device, /*non_blocking=*/true), {}};
   const int64_t* base = tables.storage.const_data_ptr<int64_t>();
   tables.view = {plan.B,           plan.M,           plan.C,           plan.h.in,        plan.w.in,
                  plan.h.out,       plan.w.out,       base + offsets[0], base + offsets[1], base + offsets[2],
