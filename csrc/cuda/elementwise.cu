@@ -6,8 +6,8 @@
 // and bfloat16) and are written once, so no atomics and results independent of the launch. Across a warp the
 // threads read consecutive groups of each map row: coalesced. V = 16 bytes / sizeof(element) when N is a multiple
 // of it and every buffer is 16-byte aligned (then every row start (b * M + m) * N is too), else 1. Indices are
-// 64-bit, the loops grid-stride (images along the grid's y, groups along x). Each element's arithmetic is a function of csrc/common/relevance_math.h, the one
-// the CPU kernels call.
+// 64-bit, the loops grid-stride (images along the grid's y, groups along x). Each element's arithmetic is a
+// function of csrc/common/relevance_math.h, the one the CPU kernels call.
 #include "device.cuh"
 
 namespace isnet_kernels {
