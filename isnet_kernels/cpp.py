@@ -1,5 +1,5 @@
 """The ``cpp`` backend: compiled CPU kernels for the elementwise relevance primitives and the average-pooling
-relevance (KERNELS.md).
+relevance (docs/kernels.md).
 
 The C++ sources in ``csrc/cpu`` build the optional extension ``isnet_kernels._C``; importing it registers the
 operators ``torch.ops.isnet_kernels.*`` with PyTorch's dispatcher (CPU kernels only). Each is one fused pass over
@@ -14,6 +14,9 @@ Average pooling (``avg_pool2d`` with any options, ``adaptive_avg_pool2d``, a spa
 kernels beyond TorchPrimitives' set: ``avgpool_forward`` computes ``R_in = a * P^T (R / t)`` in one pass over the
 (B, M, C) planes, ``avgpool_backward`` all three gradients in one pass over the (B, C) planes with the M maps
 inside; :class:`~isnet_kernels.ops.pool.AvgPoolFunction` uses them.
+
+Each element's arithmetic is a function of ``csrc/common/relevance_math.h``, which the CUDA kernels of
+:mod:`isnet_kernels.cuda` (registered for the same operators' CUDA key) call too.
 
 This module registers a fake (meta) kernel for every operator, so ``torch.compile`` can trace them, and provides
 :class:`CppPrimitives`; the contractions (convolutions, matmuls) stay ATen's. :func:`available` says whether the

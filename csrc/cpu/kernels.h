@@ -14,6 +14,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "../common/relevance_math.h"  // the per-element maths, shared with the CUDA kernels
+#include "../common/sizes.h"           // MapSizes, PoolSizes
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define ISNET_KERNELS_AVX2 1
 #else
@@ -36,16 +39,6 @@ constexpr int64_t kBlock = 512;
 
 // Elements per parallel task below which threads cost more than they save (ATen's at::internal::GRAIN_SIZE).
 constexpr int64_t kGrainSize = 32768;
-
-// Flattened sizes of a map tensor (B, M, N) and its activation (B, N).
-struct MapSizes {
-  int64_t B, M, N;
-};
-
-// Max-pool sizes: maps (B, M, C, Lo); z and indices (B, C, Lo) index planes of `length` input elements.
-struct PoolSizes {
-  int64_t B, M, C, Lo, length;
-};
 
 // One axis of an average pooling (avg_pool2d or adaptive_avg_pool2d): output o averages the inputs
 // [start[o], end[o]) (clipped to the input), and input i lies in the windows [lo[i], hi[i]) (a contiguous range,
