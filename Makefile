@@ -17,7 +17,7 @@ TORCHVISION := torchvision==0.28.0
 STAMP   := $(VENV)/.installed
 BENCH_JSON ?= benchmarks/results/latest.json
 
-.PHONY: help venv demo ablation explain-demo test lint bench clean
+.PHONY: help venv demo ablation explain-demo test lint bench clean cuda-compile
 
 help:
 	@echo "make venv   create $(VENV) and install the package with its test dependencies"
@@ -27,6 +27,7 @@ help:
 	@echo "make test   run the test suite (tests/, Triton kernels in interpreter mode)"
 	@echo "make lint   ruff check ."
 	@echo "make bench  run benchmarks/ and write $(BENCH_JSON)"
+	@echo "make cuda-compile  compile the CUDA sources with nvcc for sm_80 and sm_90, write benchmarks/results/aot/cuda.md"
 	@echo "make clean  remove $(VENV), build outputs and caches"
 
 venv: $(STAMP)
@@ -58,6 +59,10 @@ test: venv
 
 lint: venv
 	$(PY) -m ruff check .
+
+# Compiles csrc/cuda with nvcc (warnings as errors) for sm_80 and sm_90; no GPU needed. Fails without nvcc.
+cuda-compile: venv
+	$(PY) csrc/cuda/compile_check.py
 
 bench: venv
 	@mkdir -p $(dir $(BENCH_JSON))
