@@ -200,3 +200,18 @@ def test_maxvit_explains():
     x = torch.rand(2, 3, 32, 32)
     h = ik.explain(m, x, first_layer="epsilon")
     assert h.shape == x.shape and torch.isfinite(h).all() and h.abs().sum() > 0
+
+
+def test_maxvit_cp_conserves_without_biases():
+    """CP-LRP, zero biases, eps -> 0: every rule on the path conserves (the einsums by the epsilon rule of p @ v with
+    p constant; the scores, position bias and softmax get no relevance), so the heatmap sums to the logit."""
+    maxvit = _torchvision()
+    m = maxvit.MaxVit(input_size=(32, 32), stem_channels=8, partition_size=4, block_channels=[16], block_layers=[1],
+                      head_dim=8, stochastic_depth_prob=0.0, num_classes=5).double().eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            p.copy_(torch.zeros_like(p) if name.endswith("bias") else torch.randn_like(p) * 0.3)
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    targets = torch.tensor([[0], [2]])
+    logits, h = ik.LRP(m, eps=1e-12, first_layer="epsilon", attention="cp")(x, targets)
+    torch.testing.assert_close(h.flatten(1).sum(1), logits.gather(1, targets)[:, 0], rtol=1e-7, atol=1e-9)

@@ -260,6 +260,24 @@ def test_torchvision_swin_explains(name):
 
 
 @pytest.mark.parametrize("v2", [False, True])
+def test_swin_cp_conserves_without_biases(v2):
+    """A Swin model under CP-LRP with zero biases (the position bias stays: it enters only the softmax), eps -> 0:
+    patch embedding, LayerNorms, windows, shifts, projections, MLPs, patch merging and head all conserve, so the
+    heatmap sums to the logit."""
+    swin = _swin()
+    model = _small_swin(swin, v2).double().eval()
+    _randomise(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") and "cpb_mlp" not in name:
+                p.zero_()
+    x = torch.rand(2, 3, 12, 12, dtype=DT)
+    targets = torch.tensor([[0], [2]])
+    logits, h = ik.LRP(model, eps=1e-12, first_layer="epsilon", attention="cp")(x, targets)
+    torch.testing.assert_close(h.flatten(1).sum(1), logits.gather(1, targets)[:, 0], rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("v2", [False, True])
 def test_selective_isnet_step_trains(v2):
     swin = _swin()
     torch.manual_seed(0)
