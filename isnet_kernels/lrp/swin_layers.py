@@ -7,7 +7,8 @@ torchvision wraps three functions with ``torch.fx.wrap``, so they appear as sing
   (adjoint: zero padding), the reverse cyclic shift (adjoint: the opposite roll), the window merge and partition
   (reshape and permute: their adjoints, the inverse permutations), the output projection and the qkv projection
   (epsilon, biases detached in the denominator), and the attention in each window under AttnLRP (Achtibat et al.,
-  ICML 2024: uniform rule on ``p @ v`` and on the scores, the softmax rule) or CP-LRP (``attention="cp"``, Ali et
+  ICML 2024: uniform rule on ``p @ v`` and on the scores, V1's ``d^-1/2`` folded into ``q`` as for
+  ``F.scaled_dot_product_attention``; the softmax rule) or CP-LRP (``attention="cp"``, Ali et
   al., ICML 2022: the attention weights held constant, all relevance to the values). The relative position bias and
   the shift mask are biases of the scores: constants that keep their share of the relevance.
   V2's cosine attention ``scores = tau * normalize(q) @ normalize(k)^T + bias`` (``tau = exp(min(logit_scale,
