@@ -164,6 +164,35 @@ def test_engine_on_einsum_attention(attention):
         torch.testing.assert_close(h.flatten(1).sum(1), logits.gather(1, targets)[:, 0], rtol=1e-6, atol=1e-8)
 
 
+def test_engine_rejects_batch_inside_an_ellipsis():
+    """With '...' the terms are checked at the first forward (the ellipsis' length depends on the shapes)."""
+
+    class Bad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = x.flatten(2)
+            return self.fc(torch.einsum("i...,i...->...", x, x))
+
+    with pytest.raises(ValueError, match="batch letter first"):
+        ik.LRP(Bad(), first_layer="epsilon")(torch.randn(3, 4, 2, 2), torch.tensor([[0], [1], [0]]))
+
+
+@pytest.mark.parametrize("equation,sa,sb", EQUATIONS[:3])
+def test_float32_matches_float64(equation, sa, sb):
+    g = torch.Generator().manual_seed(6)
+    A, B = torch.randn(sa, generator=g, dtype=torch.float64), torch.randn(sb, generator=g, dtype=torch.float64)
+    eq = EL.parse_equation(equation, (A.dim(), B.dim()))
+    y = torch.einsum(equation, A, B)
+    R = torch.randn(y.shape[0], 2, *y.shape[1:], generator=g, dtype=torch.float64)
+    r64 = EL.reference_einsum_relevance(R, eq, [A, B], y, [True, True], 0.1)
+    r32 = EL.reference_einsum_relevance(R.float(), eq, [A.float(), B.float()], y.float(), [True, True], 0.1)
+    for a, b in zip(r32, r64):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5)
+
+
 def test_engine_rejects_batch_not_first():
     class Bad(nn.Module):
         def __init__(self):

@@ -144,6 +144,23 @@ def test_relevance_equals_composed_ops(case, v2, rule):
 
 
 @pytest.mark.parametrize("v2", [False, True])
+def test_float32_matches_float64(v2):
+    B, H, W, C, heads, window, shift = CASES[0]
+    g = torch.Generator().manual_seed(6)
+    args = _args(C, heads, window, shift, v2, g)
+    x = torch.randn(B, H, W, C, generator=g, dtype=DT)
+    R = torch.randn(B, 2, H, W, C, generator=g, dtype=DT)
+    results = []
+    for dt in (DT, torch.float32):
+        a = {k: v.to(dt) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+        step, (y, saved) = _run(a, x.to(dt))
+        results.append((y, step.relevance(R.to(dt), saved, RuleConfig(eps=0.05))[0]))
+    (y64, r64), (y32, r32) = results
+    torch.testing.assert_close(y32.double(), y64, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(r32.double(), r64, rtol=1e-3, atol=1e-4 * r64.abs().max().item())
+
+
+@pytest.mark.parametrize("v2", [False, True])
 def test_cp_conserves_without_biases(v2):
     """CP-LRP with zero projection biases: pad, roll, windows, projections and ``p @ v`` all conserve as eps -> 0
     (the position bias and mask enter only the softmax, which CP-LRP holds constant)."""
@@ -226,8 +243,9 @@ def test_patch_merging_pad_adjoint(shape):
 
 def _small_swin(swin, v2, **kw):
     extra = {"block": swin.SwinTransformerBlockV2, "downsample_layer": swin.PatchMergingV2} if v2 else {}
+    kw.setdefault("stochastic_depth_prob", 0.0)
     return swin.SwinTransformer(patch_size=[2, 2], embed_dim=8, depths=[2, 1], num_heads=[2, 2], window_size=[3, 3],
-                                stochastic_depth_prob=0.0, num_classes=3, **extra, **kw)
+                                num_classes=3, **extra, **kw)
 
 
 def _randomise(model, scale=0.3):
@@ -281,7 +299,7 @@ def test_swin_cp_conserves_without_biases(v2):
 def test_selective_isnet_step_trains(v2):
     swin = _swin()
     torch.manual_seed(0)
-    model = _small_swin(swin, v2)
+    model = _small_swin(swin, v2, dropout=0.1, stochastic_depth_prob=0.2)  # both active in training mode
     _randomise(model)
     isnet = ik.ISNet(model, "selective", first_layer="epsilon").train()
     x = torch.rand(2, 3, 12, 12)
