@@ -244,3 +244,18 @@ def test_maxvit_cp_conserves_without_biases():
     targets = torch.tensor([[0], [2]])
     logits, h = ik.LRP(m, eps=1e-12, first_layer="epsilon", attention="cp")(x, targets)
     torch.testing.assert_close(h.flatten(1).sum(1), logits.gather(1, targets)[:, 0], rtol=1e-7, atol=1e-9)
+
+
+def test_maxvit_selective_isnet_step_trains():
+    maxvit = _torchvision()
+    m = maxvit.MaxVit(input_size=(32, 32), stem_channels=8, partition_size=4, block_channels=[16], block_layers=[1],
+                      head_dim=8, stochastic_depth_prob=0.0, num_classes=5)
+    isnet = ik.ISNet(m, "selective", first_layer="epsilon").train()
+    x = torch.rand(2, 3, 32, 32)
+    masks = torch.zeros(2, 1, 32, 32)
+    masks[:, :, 8:24, 8:24] = 1
+    loss = ik.ISNetLoss()(isnet(x), torch.tensor([0, 3]), masks)
+    loss.total.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+    attention = m.blocks[0].layers[0].layers.window_attention.attn_layer[1]
+    assert attention.to_qkv.weight.grad.abs().sum() > 0
