@@ -139,22 +139,22 @@ def _with_artefact(image: np.ndarray, position: tuple[int, int, int] | None) -> 
     return out
 
 
-def _prepare_root(root: Path, overwrite: bool) -> None:
+def _prepare_root(root: Path, overwrite: bool, name: str = _NAME) -> None:
     existing = [p for p in (root / "images", root / "masks") if p.exists()]
     if not existing:
         return
     if not overwrite:
         raise DataError(
             f"{root} already holds a data set ({existing[0]} exists); choose an empty folder, or pass "
-            f"overwrite=True to replace a biased-digits set written there before"
+            f"overwrite=True to replace a {name} set written there before"
         )
     try:
-        written_here = json.loads((root / "info.json").read_text()).get("name") == _NAME
+        written_here = json.loads((root / "info.json").read_text()).get("name") == name
     except (OSError, ValueError, AttributeError):
         written_here = False
     if not written_here:
         raise DataError(
-            f"{root} holds {existing[0]} but no info.json of a biased-digits set; overwrite=True only replaces "
+            f"{root} holds {existing[0]} but no info.json of a {name} set; overwrite=True only replaces "
             f"a set this function wrote: choose an empty folder, or delete {existing[0]} yourself"
         )
     for p in existing:
