@@ -83,6 +83,12 @@ class _PerProgram:
     def __len__(self) -> int:
         return sum(ref() is not None for ref, _ in self._entries.values())
 
+    def __getstate__(self) -> dict:  # weak references do not pickle; the values are recomputed on use
+        return {"_entries": {}}
+
+    def __deepcopy__(self, memo: dict) -> _PerProgram:  # a copied ISNet compiles its own program
+        return _PerProgram()
+
     def get(self, program: Program) -> list[str] | None:
         entry = self._entries.get(id(program))
         if entry is None or entry[0]() is not program:

@@ -217,3 +217,18 @@ def test_capture_cache_never_serves_another_program_with_the_same_id():
     assert cache.get(prog_a) == a._capture_steps(prog_a)
     cache._entries[id(prog_b)] = cache._entries[id(prog_a)]  # as if prog_b had reused prog_a's id
     assert cache.get(prog_b) is None
+
+
+def test_an_isnet_with_a_capture_cache_copies_and_pickles():
+    import copy
+    import pickle
+
+    torch.manual_seed(0)
+    net = ISNet(SmallCNN(num_classes=3, width=2), "original", deep_supervision=True, map_chunk=2).train()
+    x = torch.rand(2, 1, 16, 16)
+    ref = net(x)
+    for other in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        assert len(other._capture) == 0 and other.map_chunk == 2
+        out = other(x)
+        assert out.intermediate.keys() == ref.intermediate.keys()
+        torch.testing.assert_close(out.heatmaps, ref.heatmaps)
