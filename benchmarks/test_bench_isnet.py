@@ -15,8 +15,8 @@ labels uniform in [0, K), ``torch.set_num_threads(2)``. One pytest-benchmark gro
 The optimiser is ``SGD(lr=1e-2, momentum=0.9)`` (the reference code's ResNet settings, without its gradient
 clipping); every round is a real step, so the weights move from round to round as in training. The masks are a
 fixed central foreground box: the inner half of the image's side, the same for every image. Eps 1e-2, Z^B with
-bounds (0, 1) on the first layer (the ISNet defaults). The cost model of docs/kernels.md puts a step with M maps at about
-(3 + 3M)F against 3F for the plain step: 2.0x at M = 1, 3.0x at M = 2, 11x for the original ISNet at K = 10 and
+bounds (0, 1) on the first layer (the ISNet defaults). The cost model of docs/kernels.md puts a step with M maps at
+about (3 + 3M)F against 3F for the plain step: 2.0x at M = 1, 3.0x at M = 2, 11x for the original ISNet at K = 10 and
 101x at K = 100.
 
 The original variant explains every logit (M = K): unchunked, its relevance tensors at K = 1000 would need about
@@ -34,6 +34,10 @@ relevance tensors are not kept: the backward rebuilds them one chunk at a time, 
 For the slow steps (more than 10 maps per image) ``BENCH_ISNET_SLOW_WARMUP=0`` skips the warm-up step, of the
 timing and of the probe (whose peak then also holds the first step's gradient and momentum buffers, about twice
 the parameters' bytes, and library initialisation: an upper bound); ``probe_warmup`` in the JSON records it.
+``BENCH_ISNET_INLINE_MEMORY=1`` measures the slow steps' memory in the timed rounds themselves instead of in a
+probe process (same fields, ``"memory_measured": "inline"``; before each round, outside the timing: a garbage
+collection, the RSS read and the peak counter reset), so that a step of many minutes runs once, not twice;
+run the process with ``memprobe.MALLOC_ENV`` in the environment for the same glibc settings.
 
 Environment: ``BENCH_ISNET_ROUNDS`` (timed rounds, default 5), ``BENCH_ISNET_SLOW_ROUNDS`` (rounds of the steps
 with more than 10 maps per image, i.e. the original variant at K >= 100; default 1), ``BENCH_ISNET_CLASSES``
@@ -74,6 +78,7 @@ VARIANTS = [v for v in os.environ.get("BENCH_ISNET_VARIANTS", "plain,selective,s
 ORIGINAL_MAX_K = int(os.environ.get("BENCH_ISNET_ORIGINAL_MAX_K", "1000"))
 MAP_CHUNK = int(os.environ["BENCH_ISNET_MAP_CHUNK"]) if os.environ.get("BENCH_ISNET_MAP_CHUNK") else None
 SLOW_WARMUP = int(os.environ.get("BENCH_ISNET_SLOW_WARMUP", "1"))
+INLINE_MEMORY = os.environ.get("BENCH_ISNET_INLINE_MEMORY", "0") == "1"
 MEMORY = os.environ.get("BENCH_MEMORY", "1") != "0"
 LR, MOMENTUM = 1e-2, 0.9
 PROBE_TIMEOUT_S = 3600.0
@@ -184,14 +189,18 @@ def test_isnet_step(benchmark, K: int, variant: str, backend: str | None) -> Non
     step = bc.timed(fn)
     slow = M > SLOW_MAPS
     rounds, warmup = (SLOW_ROUNDS, SLOW_WARMUP) if slow else (ROUNDS, 1)
-    loss, maps = benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=warmup)
+    inline = _InlineMemory(step, list(net.parameters()) if net else []) if MEMORY and slow and INLINE_MEMORY else None
+    loss, maps = benchmark.pedantic(inline or step, setup=inline.setup if inline else None, rounds=rounds,
+                                    iterations=1, warmup_rounds=warmup)
     benchmark.extra_info.update(loss_last=float(loss), warmup_rounds=warmup,
                                 map_chunk=None if net is None else net.last_map_chunk)
     assert maps == M and bool(torch.isfinite(loss))
     del step, fn, net
     gc.collect()
 
-    if MEMORY:
+    if inline is not None:
+        benchmark.extra_info.update({k: round(v, 2) if isinstance(v, float) else v for k, v in inline.result.items()})
+    elif MEMORY:
         mem = run_probe(variant, K, backend, warmup=bool(warmup))
         benchmark.extra_info.update({k: round(v, 2) if isinstance(v, float) else v for k, v in mem.items()})
 
@@ -216,6 +225,36 @@ class _SavedBytes:
     @staticmethod
     def unpack(t: Tensor) -> Tensor:
         return t
+
+
+class _InlineMemory:
+    """A timed step that also measures its peak memory and saved bytes (``BENCH_ISNET_INLINE_MEMORY``): ``setup``
+    runs before each round, outside the timing; the last round's figures are in ``result``."""
+
+    def __init__(self, step: Callable[[], tuple[Tensor, int]], params: list[Tensor]) -> None:
+        self.step, self.params, self.result = step, params, {}
+        self.loaded = 0
+
+    def setup(self) -> None:
+        gc.collect()
+        if bc.DEVICE.type == "cuda":
+            self.loaded = torch.cuda.memory_allocated(bc.DEVICE)
+            torch.cuda.reset_peak_memory_stats(bc.DEVICE)
+        else:
+            self.loaded = memprobe._status_kib("VmRSS")
+            memprobe._reset_peak()
+
+    def __call__(self) -> tuple[Tensor, int]:
+        counter = _SavedBytes(self.params)
+        with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+            out = self.step()
+        cuda = bc.DEVICE.type == "cuda"
+        peak = torch.cuda.max_memory_allocated(bc.DEVICE) if cuda else memprobe._status_kib("VmHWM")
+        mib = 2.0**20 if cuda else 1024.0
+        self.result = {"peak_extra_mib": (peak - self.loaded) / mib, "loaded_rss_mib": self.loaded / mib,
+                       "peak_rss_mib": peak / mib, "saved_mib": counter.bytes / 2.0**20, "memory_measured": "inline",
+                       "memory": "cuda_allocated" if cuda else "rss"}
+        return out
 
 
 def probe(variant: str, K: int, backend: str | None, warmup: bool = True) -> dict[str, float | str | None]:
