@@ -8,7 +8,11 @@ MaskedImageFolder(root, split, *, size=None, channels=None, masks=True)
 splits(root) -> list of the split folder names of a data set.
 write_biased_digits(root, *, size=32, per_class_train=300, per_class_val=20, per_class_test=50, seed=0)
     Write real handwritten digits with a class-coding artefact in the background, in that layout, with the
-    train / val / test_biased / test_unbiased / test_confounding splits.
+    train / val / test_biased / test_unbiased / test_confounding splits, and train_clean (the train images
+    without the artefact, for the artefact-free upper bound).
+write_biased_tags(root, *, size=40, per_class_train=300, per_class_val=20, per_class_test=50, seed=0)
+    The same digits over photographic texture, with a class-coding text tag drawn in the background (the bias of
+    a chest X-ray's burnt-in labels); the same six splits (test_unbiased: a neutral tag).
 artefact_positions(size) -> where each class's artefact sits in the biased digits.
 DataError
     Bad data on disk; the message names the file and the fix.
@@ -17,7 +21,9 @@ DataError
 from __future__ import annotations
 
 from .biased_digits import artefact_positions, write_biased_digits
+from .biased_tags import write_biased_tags
 from .errors import DataError
 from .folder import MaskedImageFolder, splits
 
-__all__ = ["DataError", "MaskedImageFolder", "artefact_positions", "splits", "write_biased_digits"]
+__all__ = ["DataError", "MaskedImageFolder", "artefact_positions", "splits", "write_biased_digits",
+           "write_biased_tags"]

@@ -23,6 +23,8 @@ Geometry, for a canvas of ``size`` x ``size`` pixels (default 32):
 Splits (``ROOT/images/<split>/<digit>/<nnnn>.png``, masks at ``ROOT/masks/...``, 8-bit grey PNGs):
 
 - ``train``, ``val``: the artefact of the image's own class;
+- ``train_clean`` (unless ``train_clean=False``): the images of ``train`` (same scans, sizes, positions and file
+  names) without the artefact, for the upper bound: a classifier trained on it never saw the shortcut;
 - ``test_biased``: the artefact of the image's own class (the bias the model was trained with);
 - ``test_unbiased``: no artefact (only the digit can tell the class);
 - ``test_confounding``: the artefact of another class, ``(label + 1 + r) % 10`` with ``r`` uniform in 0..8
@@ -55,10 +57,11 @@ from tqdm import tqdm
 
 from .errors import DataError
 
-__all__ = ["SPLITS", "artefact_positions", "write_biased_digits"]
+__all__ = ["CLEAN_SPLIT", "SPLITS", "artefact_positions", "write_biased_digits"]
 
-SPLITS: tuple[str, ...] = ("train", "val", "test_biased", "test_unbiased", "test_confounding")
-"""The splits :func:`write_biased_digits` writes."""
+SPLITS: tuple[str, ...] = ("train", "val", "test_biased", "test_unbiased", "test_confounding", "train_clean")
+"""The splits :func:`write_biased_digits` writes (``train_clean`` unless ``train_clean=False``)."""
+CLEAN_SPLIT = "train_clean"
 
 NUM_CLASSES = 10
 MASK_THRESHOLD = 0.2
@@ -136,22 +139,22 @@ def _with_artefact(image: np.ndarray, position: tuple[int, int, int] | None) -> 
     return out
 
 
-def _prepare_root(root: Path, overwrite: bool) -> None:
+def _prepare_root(root: Path, overwrite: bool, name: str = _NAME) -> None:
     existing = [p for p in (root / "images", root / "masks") if p.exists()]
     if not existing:
         return
     if not overwrite:
         raise DataError(
             f"{root} already holds a data set ({existing[0]} exists); choose an empty folder, or pass "
-            f"overwrite=True to replace a biased-digits set written there before"
+            f"overwrite=True to replace a {name} set written there before"
         )
     try:
-        written_here = json.loads((root / "info.json").read_text()).get("name") == _NAME
+        written_here = json.loads((root / "info.json").read_text()).get("name") == name
     except (OSError, ValueError, AttributeError):
         written_here = False
     if not written_here:
         raise DataError(
-            f"{root} holds {existing[0]} but no info.json of a biased-digits set; overwrite=True only replaces "
+            f"{root} holds {existing[0]} but no info.json of a {name} set; overwrite=True only replaces "
             f"a set this function wrote: choose an empty folder, or delete {existing[0]} yourself"
         )
     for p in existing:
@@ -180,6 +183,7 @@ def _readme(info: dict[str, Any]) -> str:
         f"the artefact is background.\n"
         f"\n"
         f"Splits: train and val carry the artefact of their own class; test_biased the same;\n"
+        f"train_clean (if written) holds the train images without the artefact;\n"
         f"test_unbiased no artefact; test_confounding the artefact of another class ((label + 1 + r) % 10).\n"
         f"The three test splits hold the same images and differ only in the artefact.\n"
         f"Scans are split 60/10/30 per class into train/val/test pools: test digits are never train digits.\n"
@@ -198,6 +202,7 @@ def write_biased_digits(
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
+    train_clean: bool = True,
 ) -> dict[str, Any]:
     """Write the biased-digits data set to ``root`` in the masked image folder layout.
 
@@ -219,6 +224,8 @@ def write_biased_digits(
     overwrite : bool, default False
         Replace the ``images/`` and ``masks/`` of a biased-digits set written to ``root`` before (recognised
         by its ``info.json``). Folders written by anything else are never deleted.
+    train_clean : bool, default True
+        Also write ``train_clean``, the train images without the artefact (the artefact-free upper bound).
 
     Returns
     -------
@@ -266,10 +273,12 @@ def write_biased_digits(
         pools["val"].append(idx[n_train : n_train + n_val])
         pools["test"].append(idx[n_train + n_val :])
 
-    total = NUM_CLASSES * (counts_per_class["train"] + counts_per_class["val"] + 3 * counts_per_class["test"])
+    written = [s for s in SPLITS if train_clean or s != CLEAN_SPLIT]
+    total = NUM_CLASSES * ((1 + train_clean) * counts_per_class["train"] + counts_per_class["val"]
+                           + 3 * counts_per_class["test"])
     rows: list[tuple[str, str, int, int, int]] = []
-    counts = dict.fromkeys(SPLITS, 0)
-    for split in SPLITS:
+    counts = dict.fromkeys(written, 0)
+    for split in written:
         for c in range(NUM_CLASSES):
             (root / "images" / split / str(c)).mkdir(parents=True, exist_ok=True)
             (root / "masks" / split / str(c)).mkdir(parents=True, exist_ok=True)
@@ -293,6 +302,9 @@ def write_biased_digits(
                     if pool != "test":
                         write(pool, c, name, image, mask, c, scan)
                         bar.update(1)
+                        if pool == "train" and train_clean:
+                            write(CLEAN_SPLIT, c, name, image, mask, -1, scan)
+                            bar.update(1)
                         continue
                     other = (c + 1 + int(rng.integers(NUM_CLASSES - 1))) % NUM_CLASSES
                     write("test_biased", c, name, image, mask, c, scan)
@@ -319,6 +331,7 @@ def write_biased_digits(
             "test_biased": "artefact of the image's own class",
             "test_unbiased": "no artefact",
             "test_confounding": "artefact of another class: (label + 1 + r) % 10, r uniform in 0..8",
+            **({CLEAN_SPLIT: "the train images without the artefact"} if train_clean else {}),
         },
         "counts": counts,
         "scans": {pool: int(sum(len(p) for p in pools[pool])) for pool in pools},

@@ -14,10 +14,24 @@ Variants (ISNET.md §3), by the maps M each image gets:
 With ``deep_supervision`` the relevance at intermediate layers is returned too (ResNet stage outputs, DenseNet
 transitions and final features, the outputs of VGG-style max-pools, or the modules named), for the loss to
 penalise. A forward that is not asked for heatmaps (eval mode, by default) is exactly the classifier's forward.
+
+Heatmaps (``heatmap=``): ``"lrp"`` (default) or ``"gradinput"``, Grad x Input in place of LRP (the authors'
+ablation): map m of image b is ``x_b * d y_{b, c_bm} / d x_b`` for the class ``c_bm`` the variant picks (the logit,
+for the selective variant too), computed by autograd with ``create_graph=True`` so that a loss on it trains the
+model (double backpropagation); at a supervised layer, its activation times the same gradient there. For a
+piecewise-linear, bias-free network Grad x Input sums to the explained logit exactly (Euler's theorem for
+positively homogeneous functions). In train mode with BatchNorm batch statistics the gradient of the batch's
+summed logits includes the statistics' (order 1/B) dependence on the other images. The dual variant's two maps
+are two LRP rules and have no Grad x Input counterpart.
+
+The original variant at large K: the relevance pass runs in chunks of ``map_chunk`` maps under activation
+checkpointing (:mod:`isnet_kernels.isnet.chunking`), so that memory stays bounded; ``map_chunk=None`` chooses the
+chunk from the memory available and does not chunk when all K maps fit.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -25,10 +39,12 @@ from torch import Tensor, nn
 
 from ..lrp.engine import LRP, BoundsLike, ForwardState, check_input
 from ..lrp.graph import Program, module_output
+from .chunking import auto_map_chunk, bytes_per_map, check_map_chunk, chunked_relevance
 from .output import ISNetOutput
 
 VARIANTS = ("original", "selective", "stochastic", "dual")
 SELECTIONS = ("lowest", "highest", "label")
+HEATMAPS = ("lrp", "gradinput")
 #: Probability that the stochastic variant explains an image's argmax logit (the reference code's 5 of 11).
 STOCHASTIC_ARGMAX_P = 5 / 11
 
@@ -53,12 +69,49 @@ def default_supervision(model: nn.Module) -> list[str]:
                      "transitions, max-pools); pass deep_supervision=[module names] instead")
 
 
+class _PerProgram:
+    """Values computed for a compiled :class:`Program`, kept while that program lives.
+
+    Keyed by the program's identity and holding only a weak reference to it: an entry dies with its program (after
+    :func:`isnet_kernels.lrp.clear_cache`), so a new program that reuses the old one's ``id`` never meets a stale
+    value. (A ``Program`` is a dataclass with value equality, hence unhashable: no ``WeakKeyDictionary``.)
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[weakref.ref, list[str]]] = {}
+
+    def __len__(self) -> int:
+        return sum(ref() is not None for ref, _ in self._entries.values())
+
+    def __getstate__(self) -> dict:  # weak references do not pickle; the values are recomputed on use
+        return {"_entries": {}}
+
+    def __deepcopy__(self, memo: dict) -> _PerProgram:  # a copied ISNet compiles its own program
+        return _PerProgram()
+
+    def get(self, program: Program) -> list[str] | None:
+        entry = self._entries.get(id(program))
+        if entry is None or entry[0]() is not program:
+            return None
+        return entry[1]
+
+    def put(self, program: Program, value: list[str]) -> None:
+        key, entries = id(program), self._entries
+
+        def forget(ref: weakref.ref) -> None:
+            if entries.get(key, (None,))[0] is ref:
+                del entries[key]
+
+        self._entries[key] = (weakref.ref(program, forget), value)
+
+
 class ISNet(nn.Module):
     """Wrap a classifier for ISNet training (Bassi et al. 2024; Faster ISNet).
 
     Parameters
     ----------
-    model : the classifier, (B, C, H, W) -> (B, K), built from the layers the LRP engine supports.
+    model : the classifier, (B, C, H, W) -> (B, K), built from the layers the LRP engine supports (any
+        differentiable classifier with ``heatmap="gradinput"``).
     variant : ``"original"``, ``"selective"`` (default), ``"stochastic"`` or ``"dual"`` (module docstring).
     eps : the rules' stabiliser.
     first_layer : ``"zb"`` (Z^B, default) or ``"epsilon"`` for the layers reading the input.
@@ -71,34 +124,55 @@ class ISNet(nn.Module):
         heatmap's gradient) or ``"live"`` (they keep their gradient, as in the classifier's forward; :class:`LRP`).
         With ``"detached"`` the heatmap loss has a gradient along the weights before a BatchNorm that the
         classifier is blind to, and those weights grow in training; ``"live"`` removes it.
+    heatmap : ``"lrp"`` (default) or ``"gradinput"`` (Grad x Input, module docstring; no LRP program is compiled
+        and ``self.lrp`` is None; ``eps``, ``first_layer``, ``bounds``, ``backend`` and ``batch_stats`` are unused).
+    map_chunk : maps per chunk of the relevance pass when an image has more than one map explaining one class
+        each (the original variant): a positive int, or None (default) to choose it from the memory available
+        (:func:`~isnet_kernels.isnet.chunking.auto_map_chunk`). Heatmaps and gradients do not depend on it.
 
     ``isnet(x, labels=None, heatmaps=None)`` returns an :class:`ISNetOutput`. ``heatmaps`` defaults to
     ``self.training``: training calls return logits and heatmaps (B, M, C, H, W); eval calls cost one plain forward.
+    After each call with heatmaps, ``last_map_chunk`` holds the chunk size used (M when not chunked).
     """
 
     def __init__(self, model: nn.Module, variant: str = "selective", *, eps: float = 1e-2, first_layer: str = "zb",
                  bounds: BoundsLike = (0.0, 1.0), deep_supervision: bool | Sequence[str] = False,
                  select: str = "lowest", generator: torch.Generator | None = None, backend: str | None = None,
-                 batch_stats: str = "detached"):
+                 batch_stats: str = "detached", heatmap: str = "lrp", map_chunk: int | None = None):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if select not in SELECTIONS:
             raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
+        if heatmap not in HEATMAPS:
+            raise ValueError(f"heatmap must be one of {HEATMAPS}, got {heatmap!r}")
+        if heatmap == "gradinput" and variant == "dual":
+            raise ValueError("the dual variant's two maps are two LRP rules and have no Grad x Input counterpart; "
+                             "use heatmap='lrp' with variant='dual', or another variant with heatmap='gradinput'")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         self.model = model
-        self.variant, self.select, self.generator = variant, select, generator
-        self.lrp = LRP(model, eps=eps, first_layer=first_layer, bounds=bounds, check_input=False, backend=backend,
-                       batch_stats=batch_stats)
+        self.variant, self.select, self.generator, self.heatmap = variant, select, generator, heatmap
+        self.map_chunk = check_map_chunk(map_chunk)
+        self.last_map_chunk: int | None = None
         if deep_supervision is True:
             self.supervised = default_supervision(model)
         elif deep_supervision is False or deep_supervision is None:
             self.supervised = []
         else:
             self.supervised = list(deep_supervision)
-        self._capture: dict[int, list[str]] = {}
-        self._capture_steps(self.lrp.program)  # unknown module names fail here
+        self._capture = _PerProgram()
+        if heatmap == "lrp":
+            self.lrp: LRP | None = LRP(model, eps=eps, first_layer=first_layer, bounds=bounds, check_input=False,
+                                       backend=backend, batch_stats=batch_stats)
+            self._capture_steps(self.lrp.program)  # unknown module names fail here
+        else:
+            self.lrp = None
+            modules = dict(model.named_modules())
+            unknown = [name for name in self.supervised if name not in modules]
+            if unknown:
+                raise ValueError(f"deep_supervision names module(s) {unknown} that {type(model).__name__} does not "
+                                 "have; give names from model.named_modules()")
 
     @property
     def maps_per_image(self) -> int | None:
@@ -106,14 +180,19 @@ class ISNet(nn.Module):
         return {"selective": 1, "stochastic": 1, "dual": 2}.get(self.variant)
 
     def extra_repr(self) -> str:
+        if self.lrp is None:
+            return (f"variant={self.variant!r}, select={self.select!r}, heatmap='gradinput', "
+                    f"deep_supervision={self.supervised}")
         return (f"variant={self.variant!r}, select={self.select!r}, eps={self.lrp.eps}, "
                 f"first_layer={self.lrp.first_layer!r}, batch_stats={self.lrp.batch_stats!r}, "
-                f"deep_supervision={self.supervised}")
+                f"deep_supervision={self.supervised}, map_chunk={self.map_chunk}")
 
     def _capture_steps(self, program: Program) -> list[str]:
-        steps = self._capture.get(id(program))
+        """The program steps whose relevance is that of the supervised modules' outputs, computed once per program."""
+        steps = self._capture.get(program)
         if steps is None:
-            steps = self._capture[id(program)] = [module_output(program, name) for name in self.supervised]
+            steps = [module_output(program, name) for name in self.supervised]
+            self._capture.put(program, steps)
         return steps
 
     def choose_classes(self, logits: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -144,10 +223,13 @@ class ISNet(nn.Module):
         if not want:
             return ISNetOutput(self.model(x))
         check_input(x, check_finite=False)  # no host synchronisation: the loss catches non-finite values
+        if self.lrp is None:
+            return self._gradinput(x, labels)
         lrp = self.lrp
         logits, state = lrp.forward(x)
         capture = self._capture_steps(state.program)
         if self.variant == "dual":
+            self.last_map_chunk = 1
             maps, inter = zip(*(self._relevance(state, None, "all", x, rule, capture)
                                 for rule in ("zplus", "epsilon")))
             heat = torch.cat(maps, 1)
@@ -156,9 +238,53 @@ class ISNet(nn.Module):
             return ISNetOutput(logits, heat, None, levels)
         targets = self.choose_classes(logits, labels)
         output = "selective" if self.variant == "selective" else "logit"
-        heat, inter = self._relevance(state, targets, output, x, "epsilon", capture)
-        return ISNetOutput(logits, heat, targets, {name: inter[step] for name, step in zip(self.supervised, capture)})
+        cfg = lrp.config(x, "epsilon")
+
+        def run(t: Tensor) -> tuple[Tensor, ...]:
+            heat, inter = lrp.relevance_at(state, t, output, cfg, capture)
+            return (heat, *(inter[step] for step in capture))
+
+        self.last_map_chunk = chunk = self._chunk(state.saved, targets.shape[1], x.device)
+        heat, *inter = chunked_relevance(run, targets, chunk)
+        return ISNetOutput(logits, heat, targets, dict(zip(self.supervised, inter)))
+
+    def _chunk(self, saved: dict, maps: int, device: torch.device) -> int:
+        """Maps per chunk of the relevance pass: ``map_chunk``, or chosen from the memory available."""
+        if maps == 1:
+            return 1
+        if self.map_chunk is not None:
+            return min(self.map_chunk, maps)
+        return auto_map_chunk(maps, bytes_per_map(saved, self.model.parameters()), device)
 
     def _relevance(self, state: ForwardState, targets: Tensor | None, output: str, x: Tensor, rule: str,
                    capture: list[str]) -> tuple[Tensor, dict[str, Tensor]]:
         return self.lrp.relevance_at(state, targets, output, self.lrp.config(x, rule), capture)
+
+    def _gradinput(self, x: Tensor, labels: Tensor | None) -> ISNetOutput:
+        """Grad x Input maps (module docstring), (B, M, C, H, W), and the same at the supervised layers."""
+        record = torch.is_grad_enabled()
+        modules = dict(self.model.named_modules())
+        acts: dict[str, Tensor] = {}
+        hooks = [modules[name].register_forward_hook(lambda _m, _i, out, name=name: acts.__setitem__(name, out))
+                 for name in self.supervised]
+        with torch.enable_grad():
+            xg = x if x.requires_grad else x.detach().requires_grad_(True)
+            try:
+                logits = self.model(xg)
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            targets = self.choose_classes(logits, labels)
+            inputs = [xg, *(acts[name] for name in self.supervised)]
+            maps: list[list[Tensor]] = [[] for _ in inputs]
+            M = targets.shape[1]
+            for m in range(M):
+                explained = logits.gather(1, targets[:, m:m + 1]).sum()
+                grads = torch.autograd.grad(explained, inputs, create_graph=record, retain_graph=record or m < M - 1)
+                for store, a, g in zip(maps, inputs, grads):
+                    store.append(a * g)
+            heat, *inter = (torch.stack(store, 1) for store in maps)
+        if not record:
+            logits, heat, inter = logits.detach(), heat.detach(), [t.detach() for t in inter]
+        self.last_map_chunk = 1
+        return ISNetOutput(logits, heat, targets, dict(zip(self.supervised, inter)))

@@ -47,7 +47,8 @@ def _rows(root: Path) -> list[dict[str, str]]:
 def test_layout_counts_and_summary(digits_root):
     root, summary = digits_root
     assert splits(root) == sorted(SPLITS)
-    expected = {"train": 40, "val": 20, "test_biased": 30, "test_unbiased": 30, "test_confounding": 30}
+    expected = {"train": 40, "val": 20, "test_biased": 30, "test_unbiased": 30, "test_confounding": 30,
+                "train_clean": 40}
     assert summary["counts"] == expected
     assert summary["size"] == SIZE and summary["seed"] == 3 and summary["classes"] == CLASSES
     assert json.loads((root / "info.json").read_text())["counts"] == expected
@@ -109,7 +110,7 @@ def test_artefact_encodes_the_class_as_each_split_says(digits_root):
         assert len(lit) + len(dark) == 10  # every box is either fully drawn or empty
         if row["split"] in ("train", "val", "test_biased"):
             assert lit == [label] and art == label
-        elif row["split"] == "test_unbiased":
+        elif row["split"] in ("test_unbiased", "train_clean"):
             assert lit == [] and art == -1
         else:
             assert row["split"] == "test_confounding"
@@ -132,6 +133,36 @@ def test_test_splits_hold_the_same_images_up_to_the_artefact(digits_root):
             assert np.array_equal(_read(root / "masks" / other / rel), _read(root / "masks" / "test_unbiased" / rel))
 
 
+def test_train_clean_is_train_without_the_artefact(digits_root):
+    """Same scans, sizes, positions and file names as train; equal outside the artefact's square, which train
+    lights and train_clean leaves black; same masks."""
+    root, _ = digits_root
+    positions = artefact_positions(SIZE)
+    rows = {(r["split"], r["path"].split("/", 1)[1]): r for r in _rows(root)}
+    clean_dir = root / "images" / "train_clean"
+    clean = sorted(p.relative_to(clean_dir) for p in clean_dir.rglob("*.png"))
+    assert len(clean) == 40
+    for rel in clean:
+        train = _read(root / "images" / "train" / rel)
+        image = _read(root / "images" / "train_clean" / rel)
+        label = int(rel.parts[0])
+        box = _box(positions[label])
+        assert (train[box] == 255).all() and (image[box] == 0).all()
+        outside = np.ones_like(train, dtype=bool)
+        outside[box] = False
+        assert np.array_equal(train[outside], image[outside])
+        assert np.array_equal(_read(root / "masks" / "train" / rel), _read(root / "masks" / "train_clean" / rel))
+        assert rows[("train", str(rel))]["scan"] == rows[("train_clean", str(rel))]["scan"]
+
+
+def test_without_train_clean_the_other_splits_are_unchanged(digits_root, tmp_path):
+    root, _ = digits_root
+    summary = write_biased_digits(tmp_path, size=SIZE, seed=3, progress=False, train_clean=False, **PER_CLASS)
+    assert "train_clean" not in summary["counts"] and not (tmp_path / "images" / "train_clean").exists()
+    for rel in sorted(p.relative_to(tmp_path / "images") for p in (tmp_path / "images").rglob("*.png")):
+        assert (tmp_path / "images" / rel).read_bytes() == (root / "images" / rel).read_bytes(), rel
+
+
 def test_train_val_and_test_digits_are_different_scans(digits_root):
     root, summary = digits_root
     target = load_digits().target
@@ -139,7 +170,7 @@ def test_train_val_and_test_digits_are_different_scans(digits_root):
     for row in _rows(root):
         scan = int(row["scan"])
         assert target[scan] == int(row["label"])
-        scans["test" if row["split"].startswith("test") else row["split"]].add(scan)
+        scans["test" if row["split"].startswith("test") else row["split"].removesuffix("_clean")].add(scan)
     assert not scans["train"] & scans["test"]
     assert not scans["train"] & scans["val"]
     assert not scans["val"] & scans["test"]
