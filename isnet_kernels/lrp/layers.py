@@ -77,7 +77,9 @@ class FunctionalLayer:
         self.env: dict[str, Any] = {}
 
     def bind(self, env: dict[str, Any]) -> None:
-        self.env = env
+        """Take the weight and bias values of this forward (the environment itself is not kept: the forward drops
+        values no later node reads, a parameter node among them, before the relevance pass reads the layer)."""
+        self.env = {a.name: env[a.name] for a in (self._weight, self._bias) if isinstance(a, fx.Node)}
 
     def _get(self, arg: Any) -> Any:
         return self.env[arg.name] if isinstance(arg, fx.Node) else arg
@@ -108,8 +110,41 @@ def _functional_linear(ctx: NodeContext):
         raise ctx.unsupported("a weight that is not a parameter or a tensor computed from parameters")
     if conv and isinstance(b["padding"], str):
         raise ctx.unsupported("F.conv2d with string padding (give the padding as numbers)")
-    layer = FunctionalLayer(b["weight"], b["bias"], conv, b["stride"], b["padding"], b["dilation"], b["groups"])
+    padding = b["padding"] if conv else 0
+    source = b["input"]
+    folded = _folded_pad(source) if conv and isinstance(source, fx.Node) else None
+    if folded is not None:  # F.pad(x, zeros) then F.conv2d(..., padding): one zero-padded conv of x
+        padding = tuple(p + q for p, q in zip(S._pair(padding), folded))
+    layer = FunctionalLayer(b["weight"], b["bias"], conv, b["stride"], padding, b["dilation"], b["groups"])
     return S.LinearBlock(ctx.name, ctx.single(), layer, None)
+
+
+_CONV_ARGS = ["input", "weight", "bias", "stride", "padding", "dilation", "groups"]
+
+
+def _folded_pad(node: fx.Node) -> tuple[int, int] | None:
+    """``(pad_h, pad_w)`` when ``node`` is ``F.pad(x, [w, w, h, h])`` with zeros (constant mode, value 0) read only
+    by ``F.conv2d`` calls with numeric padding as their input: the pad is then the convolution's own zero padding
+    (a library's ``Conv2d`` subclass with its own padding logic), so that the convolution reads ``x`` and its rule,
+    Z^B on the input included, is that of ``nn.Conv2d(padding=(h, w))``. None otherwise."""
+    if node.op != "call_function" or node.target is not F.pad:
+        return None
+    bound = dict(zip(["input", "pad", "mode", "value"], node.args))
+    bound.update(node.kwargs)
+    pad, mode, value = bound.get("pad"), bound.get("mode", "constant"), bound.get("value")
+    if mode != "constant" or value not in (None, 0, 0.0) or not isinstance(pad, (list, tuple)) or len(pad) != 4 \
+            or not all(isinstance(p, int) for p in pad) or pad[0] != pad[1] or pad[2] != pad[3]:
+        return None
+    for user in node.users:
+        if user.op != "call_function" or user.target not in (F.conv2d, torch.conv2d):
+            return None
+        args = dict(zip(_CONV_ARGS, user.args))
+        args.update(user.kwargs)
+        padding = args.get("padding", 0)
+        if args.get("input") is not node or any(a is node for k, a in args.items() if k != "input") \
+                or isinstance(padding, (str, fx.Node)):
+            return None
+    return (pad[2], pad[0])
 
 
 # --- pass-through ----------------------------------------------------------------------------------------------
@@ -374,6 +409,9 @@ def _pad(ctx: NodeContext):
     ctx.constants(b)
     if b["mode"] != "constant":
         raise ctx.unsupported(f"F.pad mode {b['mode']!r} (only 'constant')")
+    if _folded_pad(ctx.node) is not None:  # the convolutions reading it pad x themselves: its value is x
+        source = ctx.single()
+        return MV.CallStep(ctx.name, [source], lambda env: env[source], MV.identity_rule, passes_input=True)
     return MV.CallStep(ctx.name, [ctx.single()], ctx.call(), MV.pad_rule(list(b["pad"])), passes_input=True)
 
 

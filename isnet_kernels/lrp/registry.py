@@ -9,11 +9,11 @@ implements its rule. Module types are looked up along the class hierarchy, so a 
 
 Users add or override rules without editing the package::
 
-    from isnet_kernels.lrp import register_rule, steps
+    from isnet_kernels.lrp import movement, register_rule
 
-    @register_rule(MyScale, description="MyScale: x * constant, diagonal epsilon rule")
+    @register_rule(MyScale, description="MyScale: relevance passes unchanged (identity rule)")
     def _my_scale(ctx):
-        return steps.ScaleStep(ctx.name, ctx.single(), lambda x, m=ctx.module: m(x))
+        return movement.CallStep(ctx.name, [ctx.single()], ctx.call(), movement.identity_rule)
 
 The list of supported layers in error messages, :data:`isnet_kernels.lrp.SUPPORTED` and README's table are
 generated from the registered descriptions (:meth:`RuleRegistry.table`).
@@ -61,22 +61,23 @@ class RuleRegistry:
         imported). A later registration of the same key overrides the earlier one."""
         if not keys:
             raise ValueError("register needs at least one module type, function or method name")
+        for key in keys:  # checked here, so that a bad key fails where it is written, before anything is stored
+            if isinstance(key, type) and not issubclass(key, nn.Module):
+                raise TypeError(f"{key.__name__} is not an nn.Module subclass")
+            if not isinstance(key, (type, str)) and not callable(key):
+                raise TypeError(f"cannot register {key!r}: give a module class, a function or a method name")
 
         def decorate(builder: Builder) -> Builder:
             entry = Entry(tuple(keys), builder, group, description)
             for key in keys:
                 if isinstance(key, type):
-                    if not issubclass(key, nn.Module):
-                        raise TypeError(f"{key.__name__} is not an nn.Module subclass")
                     self.modules[key] = entry
                 elif isinstance(key, str) and "." in key:
                     self.by_name[key] = entry
                 elif isinstance(key, str):
                     self.methods[key] = entry
-                elif callable(key):
-                    self.functions[key] = entry
                 else:
-                    raise TypeError(f"cannot register {key!r}: give a module class, a function or a method name")
+                    self.functions[key] = entry
             self.entries.append(entry)
             return builder
 
