@@ -385,6 +385,15 @@ def _permute(ctx: NodeContext):
     return MV.CallStep(ctx.name, [source], ctx.call(), MV.transpose_rule(d0, d1), passes_input=True)
 
 
+@register(getattr, group="data movement", description="")
+def _attribute(ctx: NodeContext):
+    """``x.mT`` (the transpose of the last two axes); other attributes of an activation have no rule."""
+    name = ctx.node.args[1] if len(ctx.node.args) > 1 else None
+    if name != "mT":
+        raise ctx.unsupported(f"the attribute {name!r} of an activation (x.mT and sizes have rules)")
+    return MV.CallStep(ctx.name, [ctx.single()], ctx.call(), MV.transpose_rule(-2, -1), passes_input=True)
+
+
 @register("expand", "expand_as", group="data movement", description="")
 def _expand(ctx: NodeContext):
     return MV.CallStep(ctx.name, [ctx.single()], _batch_kept(ctx.name, ctx.single(), ctx.call()), MV.expand_rule,

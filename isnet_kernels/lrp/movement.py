@@ -139,7 +139,8 @@ def narrow_rule(dim: int) -> Callable:
         part, start = out
         axis = _axis(dim, x.dim())
         full = R.new_zeros(R.shape[:2] + x.shape[1:])
-        full.narrow(axis, start, part.shape[dim % x.dim()]).copy_(R if part.dim() == x.dim() else R.unsqueeze(axis))
+        kept = part.dim() == x.dim()  # chunk/split keep the axis; unbind removes it (a part of length 1)
+        full.narrow(axis, start, part.shape[dim % x.dim()] if kept else 1).copy_(R if kept else R.unsqueeze(axis))
         return [full]
 
     return rule
