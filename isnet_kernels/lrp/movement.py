@@ -196,7 +196,10 @@ def identity_rule(R: Tensor, inputs: list[Tensor], out: Tensor, cfg: RuleConfig)
 
 def ratio_rule(R: Tensor, inputs: list[Tensor], out: Tensor, cfg: RuleConfig) -> list[Tensor]:
     """``y = c * x`` with ``c`` a constant of the forward (stochastic depth's random mask and rescaling): the
-    diagonal epsilon rule ``R_x = x c R / stab(c x) = R y / stab(y)`` (zero where the path was dropped)."""
+    diagonal epsilon rule ``R_x = x c R / stab(c x) = R y / stab(y)`` (zero where the path was dropped). When the
+    op returned its input itself (stochastic depth in eval mode, or ``p = 0``: the identity), ``R_x = R``."""
+    if out is inputs[0]:
+        return [R]
     return [R * (out / ops.stabilize(out, cfg.eps)).unsqueeze(1)]
 
 

@@ -21,11 +21,13 @@ generated from the registered descriptions (:meth:`RuleRegistry.table`).
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import torch.fx as fx
 from torch import nn
 
@@ -216,20 +218,36 @@ class NodeContext:
                             fx.node.map_arg(kwargs, lambda n: env[n.name]))
 
     def call(self) -> Callable[[dict[str, Any]], Any]:
-        """A function of the environment that evaluates the node as the traced model would."""
+        """A function of the environment that evaluates the node as the traced model would, but never in place
+        (``nn.SiLU(inplace=True)``, ``F.relu6(x, inplace=True)``, ``x.sigmoid_()``, ``torch.tanh_``): the input
+        is kept by the steps before it (a layer's output is its rule's denominator), so it must not change."""
         ev, node = self.evaluator(), self.node
         if node.op == "call_module":
             module = self.modules[node.target]
+            if getattr(module, "inplace", False) is True:
+                def run_module(env: dict[str, Any]) -> Any:
+                    out_of_place = copy.copy(module)  # shares the parameters; only this call's flag differs
+                    out_of_place.inplace = False
+                    args, kwargs = ev(env)
+                    return out_of_place(*args, **kwargs)
+
+                return run_module
             return lambda env: module(*ev(env)[0], **ev(env)[1])
+        if node.kwargs.get("inplace") is True:
+            kw, node_args = {**node.kwargs, "inplace": False}, node.args
+
+            def ev(env: dict[str, Any]) -> tuple[tuple, dict]:
+                return (fx.node.map_arg(node_args, lambda n: env[n.name]),
+                        fx.node.map_arg(kw, lambda n: env[n.name]))
         if node.op == "call_method":
-            method = node.target
+            method = _out_of_place_method(node.target)
 
             def run_method(env: dict[str, Any]) -> Any:
                 args, kwargs = ev(env)
                 return getattr(args[0], method)(*args[1:], **kwargs)
 
             return run_method
-        target = node.target
+        target = _out_of_place_function(node.target)
 
         def run_function(env: dict[str, Any]) -> Any:
             args, kwargs = ev(env)
@@ -243,6 +261,24 @@ class NodeContext:
 
     def unsupported(self, why: str) -> UnsupportedLayerError:
         return UnsupportedLayerError(f"{describe(self.node, self.modules)}: {why}")
+
+
+def _out_of_place_method(name: str) -> str:
+    """``"sigmoid"`` for ``"sigmoid_"`` (a tensor method's out-of-place form, where there is one)."""
+    if name.endswith("_") and not name.startswith("__") and hasattr(torch.Tensor, name[:-1]):
+        return name[:-1]
+    return name
+
+
+def _out_of_place_function(fn: Any) -> Any:
+    """``torch.sigmoid`` for ``torch.sigmoid_``, ``F.leaky_relu`` for ``F.leaky_relu_`` (where there is one)."""
+    name = getattr(fn, "__name__", "")
+    if not name.endswith("_") or name.startswith("__"):
+        return fn
+    for space in (torch.nn.functional, torch):
+        if getattr(space, name, None) is fn and callable(getattr(space, name[:-1], None)):
+            return getattr(space, name[:-1])
+    return fn
 
 
 def module_path(node: fx.Node) -> str:

@@ -223,6 +223,11 @@ CASES = [
     *[_case(f"function-{i}", Fn(f), ident) for i, f in enumerate(_ACT_FUNCTIONS)],
     _case("function-prelu", Fn(lambda x, w: F.prelu(x, w), torch.full((4,), 0.3, dtype=DT)), ident),
     *[_case(f"method-{i}", Fn(f), ident) for i, f in enumerate(_ACT_METHODS)],
+    # in place: the engine evaluates them out of place (the conv's output is its rule's denominator)
+    *[_case(f"inplace-{i}", op, ident) for i, op in enumerate([
+        nn.SiLU(inplace=True), nn.ReLU6(inplace=True), nn.Hardswish(inplace=True), nn.ELU(inplace=True),
+        Fn(lambda x: F.silu(x, inplace=True)), Fn(lambda x: x.sigmoid_()), Fn(lambda x: torch.tanh_(x)),
+        Fn(lambda x: F.leaky_relu_(x, 0.1)), Fn(lambda x: F.hardtanh(x, -0.2, 0.3, inplace=True))])],
     # products
     _case("se-gate", Fn(_se), se_gate),
     _case("product-halves", Fn(lambda x: x[:, :2] * x[:, 2:]), lambda R, u, y, m, eps: torch.cat([R / 2] * 2, 1)),
@@ -397,7 +402,8 @@ def test_stochastic_depth(train):
     if train:
         assert 0 < keep.sum() < 6  # some rows dropped, some kept: both branches of the rule are checked
     R_y = logit_rule(y.flatten(1), model.fc, target, 1e-2).view_as(y)
-    R_u = R_y * y / stabilize(y, 1e-2)  # y = c x: R_x = x c R / stab(c x) = R y / stab(y)
+    # train: y = c x, R_x = x c R / stab(c x) = R y / stab(y); eval: the identity, R_x = R
+    R_u = R_y * y / stabilize(y, 1e-2) if train else R_y
     expected = conv_epsilon(x, model.conv, R_u, 1e-2)
     torch.testing.assert_close(maps[:, 0], expected, rtol=1e-9, atol=1e-14)
     assert (maps[:, 0].flatten(1).abs().sum(1) == 0).tolist() == (keep.flatten() == 0).tolist()
