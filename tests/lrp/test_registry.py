@@ -295,6 +295,25 @@ def test_conv_subclass_with_own_padding_equals_padded_conv(first_layer):
     torch.testing.assert_close(b[1], a[1], rtol=1e-10, atol=1e-12)
 
 
+def test_conv_subclass_with_asymmetric_padding_keeps_the_pad_step():
+    """TensorFlow-style "same" padding of a stride-2 conv pads one side only: no ``nn.Conv2d`` equals it, the pad
+    stays a step of its own (its border carries no relevance under epsilon: the border activations are zero)."""
+    torch.manual_seed(6)
+    model = nn.Sequential(PadConv2d(3, 4, 3, pad=(0, 1, 0, 1), stride=2), nn.Flatten(), nn.Linear(4 * 3 * 3, 3))
+    model = model.to(DT)
+    x = torch.rand(2, 3, 6, 6, dtype=DT)
+    assert any(type(s).__name__ == "CallStep" and s.name == "pad" for s in get_program(model).steps)
+    eps = 1e-2
+    heat = _heat(model, x, target=1, eps=eps)
+    conv = model[0]
+    xp = F.pad(x, (0, 1, 0, 1))
+    z = F.conv2d(xp, conv.weight, conv.bias, 2)
+    R_z = _linear_logit(z.flatten(1), model[2], 1, eps).view_as(z)
+    adj = torch.nn.grad.conv2d_input(xp.shape, conv.weight, R_z / stabilize(z, eps), 2)
+    expected = (xp * adj)[:, :, :6, :6]
+    torch.testing.assert_close(heat, expected, rtol=1e-10, atol=1e-14)
+
+
 # --- dotted-name registration ----------------------------------------------------------------------------------
 def _negate_twice(x):
     return (-1.0) * ((-1.0) * x)
