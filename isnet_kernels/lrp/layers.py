@@ -375,14 +375,63 @@ def _permute(ctx: NodeContext):
         if node.op == "call_method" and len(dims) == 1 and isinstance(dims[0], (list, tuple)):
             dims = dims[0]
         dims = list(node.kwargs.get("dims", dims))
-        if not all(isinstance(d, int) for d in dims) or dims[0] % len(dims) != 0:
-            raise ctx.unsupported("a permutation that moves the batch axis")
+        if not all(isinstance(d, int) for d in dims):
+            raise ctx.unsupported("a permutation with computed axes")
+        if dims[0] % len(dims) != 0:
+            if _selected_along_first(node, dims):  # qkv.permute(2, 0, 3, 1, 4) then q, k, v = qkv.unbind(0)
+                return S.TupleNode(ctx.name, _select_part(source, [d % len(dims) for d in dims]))
+            raise ctx.unsupported("a permutation that moves the batch axis (other than to axis 1 with the new "
+                                  "axis 0 then taken apart by unbind(0) or [i], as attention's q, k, v)")
         return MV.CallStep(ctx.name, [source], ctx.call(), MV.permute_rule(dims), passes_input=True)
     b = ctx.bind(["input", "dim0", "dim1"])
     d0, d1 = b["dim0"], b["dim1"]
     if not (isinstance(d0, int) and isinstance(d1, int)) or d0 == 0 or d1 == 0:
         raise ctx.unsupported("a transpose of the batch axis")
     return MV.CallStep(ctx.name, [source], ctx.call(), MV.transpose_rule(d0, d1), passes_input=True)
+
+
+def _selected_along_first(node: fx.Node, dims: list[int]) -> bool:
+    """Whether ``x.permute(dims)`` puts the batch axis at 1 and its result is only taken apart along the new axis
+    0, by ``[i]`` or ``unbind(0)`` (the q, k, v split of attention as timm and many ViTs write it)."""
+    if len(dims) < 3 or dims[1] % len(dims) != 0 or not node.users:
+        return False
+    for user in node.users:
+        if user.target is operator.getitem and isinstance(user.args[1], int):
+            continue
+        if user.target in ("unbind", torch.unbind) and user.args[0] is node:
+            dim = user.args[1] if len(user.args) > 1 else user.kwargs.get("dim", 0)
+            if dim == 0:
+                continue
+        return False
+    return True
+
+
+def _select_part(source: str, dims: list[int]):
+    """The parts ``x.permute(dims)[i]`` of :func:`_selected_along_first`: ``x.select(s, i).permute(rest)`` with
+    ``s = dims[0]``, each a data-movement step (relevance permuted back and put in slice ``i`` of axis ``s``)."""
+    s = dims[0]
+    rest = [d - 1 if d > s else d for d in dims[1:]]
+
+    def part(item_ctx: NodeContext, index: Any):
+        if not isinstance(index, int):
+            raise item_ctx.unsupported("a slice of the parts of a permuted tensor (take them one by one)")
+
+        def call(env: dict[str, Any]):
+            return env[source].select(s, index).permute(rest)
+
+        def rule(R, inputs, out, cfg):
+            x = inputs[0]
+            inverse = [0] * len(rest)
+            for j, p in enumerate(rest):
+                inverse[p] = j
+            back = R.permute(0, 1, *[inverse[j] + 1 for j in range(1, len(rest))])
+            full = R.new_zeros(R.shape[:2] + x.shape[1:])
+            full.select(s + 1, index).copy_(back)
+            return [full]
+
+        return MV.CallStep(item_ctx.name, [source], call, rule, passes_input=True)
+
+    return part
 
 
 @register(getattr, group="data movement", description="")
@@ -450,6 +499,10 @@ def _split(ctx: NodeContext):
     else:
         b = ctx.bind(["input", "split_size_or_sections", "dim"], {"dim": 0})
     ctx.constants(b, skip=("input", "tensor"))
+    src = b.get("input", b.get("tensor"))
+    producer = ctx.producers.get(src.name) if isinstance(src, fx.Node) else None
+    if producer is not None and b["dim"] == 0 and node.target in (torch.unbind, "unbind"):
+        return S.TupleNode(ctx.name, producer)  # the parts of a permutation that moved the batch axis to 1
     if b["dim"] == 0:
         raise ctx.unsupported("splitting the batch axis")
     source, call, dim = ctx.single(), ctx.call(), b["dim"]

@@ -558,16 +558,26 @@ class MHA(nn.Module):
 
 
 class SDPA(nn.Module):
-    """Attention written with ``F.scaled_dot_product_attention`` and separate projections."""
+    """Attention written with ``F.scaled_dot_product_attention`` and one packed projection, q, k and v taken apart
+    as timm writes it (``permute(2, 0, 3, 1, 4).unbind(0)``: the batch axis moves to 1), as older ViTs do
+    (``qkv[0]``, ``qkv[1]``, ``qkv[2]``), or with the batch axis kept first (``unbind(1)``)."""
 
-    def __init__(self):
+    def __init__(self, split: str = "timm"):
         super().__init__()
         self.qkv = nn.Linear(4, 12)
         self.proj = nn.Linear(4, 4)
+        self.split = split
 
     def forward(self, t):
         B, T, E = t.shape
-        q, k, v = self.qkv(t).view(B, T, 3, 2, 2).permute(0, 2, 3, 1, 4).unbind(1)
+        qkv = self.qkv(t).view(B, T, 3, 2, 2)
+        if self.split == "timm":
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        elif self.split == "index":
+            qkv = qkv.permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+        else:
+            q, k, v = qkv.permute(0, 2, 3, 1, 4).unbind(1)
         o = F.scaled_dot_product_attention(q, k, v)
         return self.proj(o.transpose(1, 2).reshape(B, T, E))
 
@@ -591,10 +601,11 @@ def _token_reference(model: Tokens, x: Tensor, target: Tensor, eps: float, attn_
 
 
 @pytest.mark.parametrize("attention", ["attnlrp", "cp"])
-@pytest.mark.parametrize("op", ["mha", "sdpa"])
+@pytest.mark.parametrize("op", ["mha", "sdpa-timm", "sdpa-index", "sdpa-batch-first"])
 def test_attention_against_explicit_form(op, attention):
     torch.manual_seed(2)
-    module = {"mha": lambda: MHA(True), "sdpa": SDPA}[op]()
+    module = {"mha": lambda: MHA(True), "sdpa-timm": lambda: SDPA("timm"), "sdpa-index": lambda: SDPA("index"),
+              "sdpa-batch-first": lambda: SDPA("batch-first")}[op]()
     model = Tokens(module).to(DT).eval()
     x = torch.rand(2, 3, H, W, dtype=DT)
     target = torch.tensor([2, 1])
@@ -758,3 +769,10 @@ def test_backends_match_reference(backend):
         if r is not None:
             torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-10 * (1 + float(r.abs().max())), msg=name)
     assert dispatch.resolve(backend, x.device) == backend
+
+
+def test_permutation_moving_the_batch_axis_is_an_error_unless_taken_apart():
+    with pytest.raises(ik.UnsupportedLayerError, match="moves the batch axis"):
+        ik.LRP(_net(Fn(lambda x: x.permute(1, 0, 2, 3).permute(1, 0, 2, 3))))
+    with pytest.raises(ik.UnsupportedLayerError, match="moves the batch axis"):  # the batch axis to 2
+        ik.LRP(_net(Fn(lambda x: x.unsqueeze(1).permute(1, 2, 0, 3, 4)[0])))
