@@ -11,7 +11,9 @@ The rules match where both libraries define the same one (docs/rules.md#rules-fo
   (``functional.matmul``); residual sums and the position embedding: the epsilon split (``functional.add2``);
 - the scaling of the scores by ``1 / sqrt(d)`` (``functional.mul2`` with a constant: all relevance to ``q``),
   equal to our diagonal epsilon rule ``R y / stab(y)`` up to the stabiliser;
-- data movement (reshape, transpose, class token, ``x[:, 0]``): plain autograd in LXT (the adjoint), ours by rule.
+- data movement (reshape, transpose, timm's ``permute(2, 0, 3, 1, 4).unbind(0)``, class token, ``x[:, 0]``): plain
+  autograd in LXT (the adjoint), ours by rule;
+- ``F.scaled_dot_product_attention``: LXT has no rule for it, so its reference writes the products and softmax out.
 
 LXT's stabiliser is ``z + eps`` (not sign-aware) and ours ``z + eps sign(z)``: both are run with eps = 1e-12, where
 the stabilisers' difference is far below the 1e-6 tolerance. Relevance starts as ``z_c`` at the target logit in
@@ -26,6 +28,7 @@ import types
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import isnet_kernels as ik
@@ -38,26 +41,31 @@ EPS = 1e-12
 
 
 class Attention(nn.Module):
-    """Attention written out with matrix products and a softmax (as many ViT implementations do)."""
+    """timm's ViT attention: one packed projection taken apart with ``permute(2, 0, 3, 1, 4).unbind(0)``, then
+    ``F.scaled_dot_product_attention`` (``fused``) or the products and softmax written out."""
 
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, fused: bool):
         super().__init__()
-        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.heads, self.scale, self.fused = heads, (dim // heads) ** -0.5, fused
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x):
         B, T, E = x.shape
-        qkv = self.qkv(x).reshape(B, T, 3, self.heads, E // self.heads).permute(0, 2, 3, 1, 4)
-        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(B, T, E))
+        qkv = self.qkv(x).reshape(B, T, 3, self.heads, E // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        if self.fused:
+            x = F.scaled_dot_product_attention(q, k, v)
+        else:
+            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+            x = attn @ v
+        return self.proj(x.transpose(1, 2).reshape(B, T, E))
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp: int):
+    def __init__(self, dim: int, heads: int, mlp: int, fused: bool):
         super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads, fused)
         self.norm2 = nn.LayerNorm(dim)
         self.fc1, self.act, self.fc2 = nn.Linear(dim, mlp), nn.GELU(), nn.Linear(mlp, dim)
 
@@ -67,12 +75,13 @@ class Block(nn.Module):
 
 
 class TinyViT(nn.Module):
-    def __init__(self, dim: int = 8, heads: int = 2, mlp: int = 12, depth: int = 2, classes: int = 3):
+    def __init__(self, dim: int = 8, heads: int = 2, mlp: int = 12, depth: int = 2, classes: int = 3,
+                 fused: bool = False):
         super().__init__()
         self.patch = nn.Conv2d(3, dim, 2, stride=2)
         self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.5)
         self.pos = nn.Parameter(torch.randn(1, 5, dim) * 0.5)
-        self.blocks = nn.Sequential(*[Block(dim, heads, mlp) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[Block(dim, heads, mlp, fused) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, classes)
 
@@ -147,9 +156,10 @@ def _rel(a: Tensor, b: Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-def test_tiny_vit_matches_lxt():
+@pytest.mark.parametrize("fused", [False, True], ids=["matmul-softmax", "sdpa"])
+def test_tiny_vit_matches_lxt(fused):
     torch.manual_seed(0)
-    model = TinyViT().to(DT).eval()
+    model = TinyViT(fused=fused).to(DT).eval()
     _randomize(model)
     x = torch.rand(3, 3, 4, 4, dtype=DT)
     target = torch.tensor([0, 1, 2])
