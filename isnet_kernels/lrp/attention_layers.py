@@ -122,6 +122,10 @@ def _attention(ctx: NodeContext):
                                                              "is_causal": False})
         if b["key_padding_mask"] is not None or b["attn_mask"] is not None or b["is_causal"]:
             raise ctx.unsupported("nn.MultiheadAttention with masks")
+        if not mod.batch_first:
+            raise ctx.unsupported("nn.MultiheadAttention(batch_first=False) reads (L, B, E) tensors, but relevance "
+                                  "needs the batch axis first; build it with batch_first=True (as torchvision's "
+                                  "ViT does) and feed it (B, L, E)")
         if not mod._qkv_same_embed_dim:
             raise ctx.unsupported("nn.MultiheadAttention with separate kdim/vdim projections")
         if mod.bias_k is not None or mod.add_zero_attn:

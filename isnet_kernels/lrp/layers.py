@@ -77,7 +77,9 @@ class FunctionalLayer:
         self.env: dict[str, Any] = {}
 
     def bind(self, env: dict[str, Any]) -> None:
-        self.env = env
+        """Take the weight and bias values of this forward (the environment itself is not kept: the forward drops
+        values no later node reads, a parameter node among them, before the relevance pass reads the layer)."""
+        self.env = {a.name: env[a.name] for a in (self._weight, self._bias) if isinstance(a, fx.Node)}
 
     def _get(self, arg: Any) -> Any:
         return self.env[arg.name] if isinstance(arg, fx.Node) else arg
@@ -108,8 +110,41 @@ def _functional_linear(ctx: NodeContext):
         raise ctx.unsupported("a weight that is not a parameter or a tensor computed from parameters")
     if conv and isinstance(b["padding"], str):
         raise ctx.unsupported("F.conv2d with string padding (give the padding as numbers)")
-    layer = FunctionalLayer(b["weight"], b["bias"], conv, b["stride"], b["padding"], b["dilation"], b["groups"])
+    padding = b["padding"] if conv else 0
+    source = b["input"]
+    folded = _folded_pad(source) if conv and isinstance(source, fx.Node) else None
+    if folded is not None:  # F.pad(x, zeros) then F.conv2d(..., padding): one zero-padded conv of x
+        padding = tuple(p + q for p, q in zip(S._pair(padding), folded))
+    layer = FunctionalLayer(b["weight"], b["bias"], conv, b["stride"], padding, b["dilation"], b["groups"])
     return S.LinearBlock(ctx.name, ctx.single(), layer, None)
+
+
+_CONV_ARGS = ["input", "weight", "bias", "stride", "padding", "dilation", "groups"]
+
+
+def _folded_pad(node: fx.Node) -> tuple[int, int] | None:
+    """``(pad_h, pad_w)`` when ``node`` is ``F.pad(x, [w, w, h, h])`` with zeros (constant mode, value 0) read only
+    by ``F.conv2d`` calls with numeric padding as their input: the pad is then the convolution's own zero padding
+    (a library's ``Conv2d`` subclass with its own padding logic), so that the convolution reads ``x`` and its rule,
+    Z^B on the input included, is that of ``nn.Conv2d(padding=(h, w))``. None otherwise."""
+    if node.op != "call_function" or node.target is not F.pad:
+        return None
+    bound = dict(zip(["input", "pad", "mode", "value"], node.args))
+    bound.update(node.kwargs)
+    pad, mode, value = bound.get("pad"), bound.get("mode", "constant"), bound.get("value")
+    if mode != "constant" or value not in (None, 0, 0.0) or not isinstance(pad, (list, tuple)) or len(pad) != 4 \
+            or not all(isinstance(p, int) for p in pad) or pad[0] != pad[1] or pad[2] != pad[3]:
+        return None
+    for user in node.users:
+        if user.op != "call_function" or user.target not in (F.conv2d, torch.conv2d):
+            return None
+        args = dict(zip(_CONV_ARGS, user.args))
+        args.update(user.kwargs)
+        padding = args.get("padding", 0)
+        if args.get("input") is not node or any(a is node for k, a in args.items() if k != "input") \
+                or isinstance(padding, (str, fx.Node)):
+            return None
+    return (pad[2], pad[0])
 
 
 # --- pass-through ----------------------------------------------------------------------------------------------
@@ -340,14 +375,72 @@ def _permute(ctx: NodeContext):
         if node.op == "call_method" and len(dims) == 1 and isinstance(dims[0], (list, tuple)):
             dims = dims[0]
         dims = list(node.kwargs.get("dims", dims))
-        if not all(isinstance(d, int) for d in dims) or dims[0] % len(dims) != 0:
-            raise ctx.unsupported("a permutation that moves the batch axis")
+        if not all(isinstance(d, int) for d in dims):
+            raise ctx.unsupported("a permutation with computed axes")
+        if dims[0] % len(dims) != 0:
+            if _selected_along_first(node, dims):  # qkv.permute(2, 0, 3, 1, 4) then q, k, v = qkv.unbind(0)
+                return S.TupleNode(ctx.name, _select_part(source, [d % len(dims) for d in dims]))
+            raise ctx.unsupported("a permutation that moves the batch axis (other than to axis 1 with the new "
+                                  "axis 0 then taken apart by unbind(0) or [i], as attention's q, k, v)")
         return MV.CallStep(ctx.name, [source], ctx.call(), MV.permute_rule(dims), passes_input=True)
     b = ctx.bind(["input", "dim0", "dim1"])
     d0, d1 = b["dim0"], b["dim1"]
     if not (isinstance(d0, int) and isinstance(d1, int)) or d0 == 0 or d1 == 0:
         raise ctx.unsupported("a transpose of the batch axis")
     return MV.CallStep(ctx.name, [source], ctx.call(), MV.transpose_rule(d0, d1), passes_input=True)
+
+
+def _selected_along_first(node: fx.Node, dims: list[int]) -> bool:
+    """Whether ``x.permute(dims)`` puts the batch axis at 1 and its result is only taken apart along the new axis
+    0, by ``[i]`` or ``unbind(0)`` (the q, k, v split of attention as timm and many ViTs write it)."""
+    if len(dims) < 3 or dims[1] % len(dims) != 0 or not node.users:
+        return False
+    for user in node.users:
+        if user.target is operator.getitem and isinstance(user.args[1], int):
+            continue
+        if user.target in ("unbind", torch.unbind) and user.args[0] is node:
+            dim = user.args[1] if len(user.args) > 1 else user.kwargs.get("dim", 0)
+            if dim == 0:
+                continue
+        return False
+    return True
+
+
+def _select_part(source: str, dims: list[int]):
+    """The parts ``x.permute(dims)[i]`` of :func:`_selected_along_first`: ``x.select(s, i).permute(rest)`` with
+    ``s = dims[0]``, each a data-movement step (relevance permuted back and put in slice ``i`` of axis ``s``)."""
+    s = dims[0]
+    rest = [d - 1 if d > s else d for d in dims[1:]]
+
+    def part(item_ctx: NodeContext, index: Any):
+        if not isinstance(index, int):
+            raise item_ctx.unsupported("a slice of the parts of a permuted tensor (take them one by one)")
+
+        def call(env: dict[str, Any]):
+            return env[source].select(s, index).permute(rest)
+
+        def rule(R, inputs, out, cfg):
+            x = inputs[0]
+            inverse = [0] * len(rest)
+            for j, p in enumerate(rest):
+                inverse[p] = j
+            back = R.permute(0, 1, *[inverse[j] + 1 for j in range(1, len(rest))])
+            full = R.new_zeros(R.shape[:2] + x.shape[1:])
+            full.select(s + 1, index).copy_(back)
+            return [full]
+
+        return MV.CallStep(item_ctx.name, [source], call, rule, passes_input=True)
+
+    return part
+
+
+@register(getattr, group="data movement", description="")
+def _attribute(ctx: NodeContext):
+    """``x.mT`` (the transpose of the last two axes); other attributes of an activation have no rule."""
+    name = ctx.node.args[1] if len(ctx.node.args) > 1 else None
+    if name != "mT":
+        raise ctx.unsupported(f"the attribute {name!r} of an activation (x.mT and sizes have rules)")
+    return MV.CallStep(ctx.name, [ctx.single()], ctx.call(), MV.transpose_rule(-2, -1), passes_input=True)
 
 
 @register("expand", "expand_as", group="data movement", description="")
@@ -374,6 +467,9 @@ def _pad(ctx: NodeContext):
     ctx.constants(b)
     if b["mode"] != "constant":
         raise ctx.unsupported(f"F.pad mode {b['mode']!r} (only 'constant')")
+    if _folded_pad(ctx.node) is not None:  # the convolutions reading it pad x themselves: its value is x
+        source = ctx.single()
+        return MV.CallStep(ctx.name, [source], lambda env: env[source], MV.identity_rule, passes_input=True)
     return MV.CallStep(ctx.name, [ctx.single()], ctx.call(), MV.pad_rule(list(b["pad"])), passes_input=True)
 
 
@@ -403,6 +499,10 @@ def _split(ctx: NodeContext):
     else:
         b = ctx.bind(["input", "split_size_or_sections", "dim"], {"dim": 0})
     ctx.constants(b, skip=("input", "tensor"))
+    src = b.get("input", b.get("tensor"))
+    producer = ctx.producers.get(src.name) if isinstance(src, fx.Node) else None
+    if producer is not None and b["dim"] == 0 and node.target in (torch.unbind, "unbind"):
+        return S.TupleNode(ctx.name, producer)  # the parts of a permutation that moved the batch axis to 1
     if b["dim"] == 0:
         raise ctx.unsupported("splitting the batch axis")
     source, call, dim = ctx.single(), ctx.call(), b["dim"]

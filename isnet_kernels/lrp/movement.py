@@ -139,7 +139,8 @@ def narrow_rule(dim: int) -> Callable:
         part, start = out
         axis = _axis(dim, x.dim())
         full = R.new_zeros(R.shape[:2] + x.shape[1:])
-        full.narrow(axis, start, part.shape[dim % x.dim()]).copy_(R if part.dim() == x.dim() else R.unsqueeze(axis))
+        kept = part.dim() == x.dim()  # chunk/split keep the axis; unbind removes it (a part of length 1)
+        full.narrow(axis, start, part.shape[dim % x.dim()] if kept else 1).copy_(R if kept else R.unsqueeze(axis))
         return [full]
 
     return rule
@@ -195,7 +196,10 @@ def identity_rule(R: Tensor, inputs: list[Tensor], out: Tensor, cfg: RuleConfig)
 
 def ratio_rule(R: Tensor, inputs: list[Tensor], out: Tensor, cfg: RuleConfig) -> list[Tensor]:
     """``y = c * x`` with ``c`` a constant of the forward (stochastic depth's random mask and rescaling): the
-    diagonal epsilon rule ``R_x = x c R / stab(c x) = R y / stab(y)`` (zero where the path was dropped)."""
+    diagonal epsilon rule ``R_x = x c R / stab(c x) = R y / stab(y)`` (zero where the path was dropped). When the
+    op returned its input itself (stochastic depth in eval mode, or ``p = 0``: the identity), ``R_x = R``."""
+    if out is inputs[0]:
+        return [R]
     return [R * (out / ops.stabilize(out, cfg.eps)).unsqueeze(1)]
 
 

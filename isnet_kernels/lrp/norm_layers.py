@@ -65,12 +65,17 @@ def _norm(ctx: NodeContext):
         b = ctx.bind(["input", "normalized_shape", "weight", "bias", "eps"], {"weight": None, "bias": None,
                                                                               "eps": 1e-5})
         ctx.constants(b)
-        shape, eps = tuple(b["normalized_shape"]), b["eps"]
-        if any(isinstance(s, fx.Node) for s in shape):
-            raise ctx.unsupported("a normalized_shape computed in the forward")
+        shape, eps = b["normalized_shape"], b["eps"]
+        if isinstance(shape, int):
+            shape = (shape,)
+        if not isinstance(shape, (tuple, list)):
+            raise ctx.unsupported("a normalized_shape computed in the forward as a whole (give its sizes, e.g. "
+                                  "(x.shape[-1],))")
+        sizes = [_value(s) for s in shape]  # numbers, or sizes read from the input (x.shape[1])
         weight, bias = _value(b["weight"]), _value(b["bias"])
         return NormStep(ctx.name, ctx.single(), ops.NormLayout.layer_norm(len(shape)),
-                        lambda x, env: ops.layer_norm_forward(x, shape, weight(env), bias(env), eps),
+                        lambda x, env: ops.layer_norm_forward(x, [int(s(env)) for s in sizes], weight(env),
+                                                              bias(env), eps),
                         lambda env: (weight(env), bias(env)))
     b = ctx.bind(["input", "num_groups", "weight", "bias", "eps"], {"weight": None, "bias": None, "eps": 1e-5})
     ctx.constants(b)

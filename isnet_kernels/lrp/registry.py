@@ -9,11 +9,11 @@ implements its rule. Module types are looked up along the class hierarchy, so a 
 
 Users add or override rules without editing the package::
 
-    from isnet_kernels.lrp import register_rule, steps
+    from isnet_kernels.lrp import movement, register_rule
 
-    @register_rule(MyScale, description="MyScale: x * constant, diagonal epsilon rule")
+    @register_rule(MyScale, description="MyScale: relevance passes unchanged (identity rule)")
     def _my_scale(ctx):
-        return steps.ScaleStep(ctx.name, ctx.single(), lambda x, m=ctx.module: m(x))
+        return movement.CallStep(ctx.name, [ctx.single()], ctx.call(), movement.identity_rule)
 
 The list of supported layers in error messages, :data:`isnet_kernels.lrp.SUPPORTED` and README's table are
 generated from the registered descriptions (:meth:`RuleRegistry.table`).
@@ -21,11 +21,13 @@ generated from the registered descriptions (:meth:`RuleRegistry.table`).
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import torch.fx as fx
 from torch import nn
 
@@ -61,22 +63,23 @@ class RuleRegistry:
         imported). A later registration of the same key overrides the earlier one."""
         if not keys:
             raise ValueError("register needs at least one module type, function or method name")
+        for key in keys:  # checked here, so that a bad key fails where it is written, before anything is stored
+            if isinstance(key, type) and not issubclass(key, nn.Module):
+                raise TypeError(f"{key.__name__} is not an nn.Module subclass")
+            if not isinstance(key, (type, str)) and not callable(key):
+                raise TypeError(f"cannot register {key!r}: give a module class, a function or a method name")
 
         def decorate(builder: Builder) -> Builder:
             entry = Entry(tuple(keys), builder, group, description)
             for key in keys:
                 if isinstance(key, type):
-                    if not issubclass(key, nn.Module):
-                        raise TypeError(f"{key.__name__} is not an nn.Module subclass")
                     self.modules[key] = entry
                 elif isinstance(key, str) and "." in key:
                     self.by_name[key] = entry
                 elif isinstance(key, str):
                     self.methods[key] = entry
-                elif callable(key):
-                    self.functions[key] = entry
                 else:
-                    raise TypeError(f"cannot register {key!r}: give a module class, a function or a method name")
+                    self.functions[key] = entry
             self.entries.append(entry)
             return builder
 
@@ -224,20 +227,36 @@ class NodeContext:
                             fx.node.map_arg(kwargs, lambda n: env[n.name]))
 
     def call(self) -> Callable[[dict[str, Any]], Any]:
-        """A function of the environment that evaluates the node as the traced model would."""
+        """A function of the environment that evaluates the node as the traced model would, but never in place
+        (``nn.SiLU(inplace=True)``, ``F.relu6(x, inplace=True)``, ``x.sigmoid_()``, ``torch.tanh_``): the input
+        is kept by the steps before it (a layer's output is its rule's denominator), so it must not change."""
         ev, node = self.evaluator(), self.node
         if node.op == "call_module":
             module = self.modules[node.target]
+            if getattr(module, "inplace", False) is True:
+                def run_module(env: dict[str, Any]) -> Any:
+                    out_of_place = copy.copy(module)  # shares the parameters; only this call's flag differs
+                    out_of_place.inplace = False
+                    args, kwargs = ev(env)
+                    return out_of_place(*args, **kwargs)
+
+                return run_module
             return lambda env: module(*ev(env)[0], **ev(env)[1])
+        if node.kwargs.get("inplace") is True:
+            kw, node_args = {**node.kwargs, "inplace": False}, node.args
+
+            def ev(env: dict[str, Any]) -> tuple[tuple, dict]:
+                return (fx.node.map_arg(node_args, lambda n: env[n.name]),
+                        fx.node.map_arg(kw, lambda n: env[n.name]))
         if node.op == "call_method":
-            method = node.target
+            method = _out_of_place_method(node.target)
 
             def run_method(env: dict[str, Any]) -> Any:
                 args, kwargs = ev(env)
                 return getattr(args[0], method)(*args[1:], **kwargs)
 
             return run_method
-        target = node.target
+        target = _out_of_place_function(node.target)
 
         def run_function(env: dict[str, Any]) -> Any:
             args, kwargs = ev(env)
@@ -251,6 +270,24 @@ class NodeContext:
 
     def unsupported(self, why: str) -> UnsupportedLayerError:
         return UnsupportedLayerError(f"{describe(self.node, self.modules)}: {why}")
+
+
+def _out_of_place_method(name: str) -> str:
+    """``"sigmoid"`` for ``"sigmoid_"`` (a tensor method's out-of-place form, where there is one)."""
+    if name.endswith("_") and not name.startswith("__") and hasattr(torch.Tensor, name[:-1]):
+        return name[:-1]
+    return name
+
+
+def _out_of_place_function(fn: Any) -> Any:
+    """``torch.sigmoid`` for ``torch.sigmoid_``, ``F.leaky_relu`` for ``F.leaky_relu_`` (where there is one)."""
+    name = getattr(fn, "__name__", "")
+    if not name.endswith("_") or name.startswith("__"):
+        return fn
+    for space in (torch.nn.functional, torch):
+        if getattr(space, name, None) is fn and callable(getattr(space, name[:-1], None)):
+            return getattr(space, name[:-1])
+    return fn
 
 
 def module_path(node: fx.Node) -> str:
