@@ -14,6 +14,8 @@ ZENNIT  := zennit==0.5.1
 # torchvision's classification models for the zoo tests: a CUDA build whose compiled ops are never loaded
 # (see tests/conftest.py), installed without dependencies so that it cannot replace the CPU torch.
 TORCHVISION := torchvision==0.28.0
+# AttnLRP's authors' library, the independent implementation the attention comparison tests run against.
+LXT     := lxt==2.1
 STAMP   := $(VENV)/.installed
 BENCH_JSON ?= benchmarks/results/latest.json
 
@@ -39,7 +41,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*/*)
 	$(PIP) install $(TORCH) setuptools wheel
 	$(PIP) install --no-build-isolation -e '.[test]' $(TORCH)
 	$(PIP) install $(TRITON) $(TORCH)
-	$(PIP) install --no-deps $(ZENNIT) $(TORCHVISION)
+	$(PIP) install --no-deps $(ZENNIT) $(TORCHVISION) $(LXT)
 	@touch $@
 
 demo: venv

@@ -26,6 +26,9 @@ from . import steps as S
 from .registry import REGISTRY, NodeContext, is_leaf, module_path, node_kind
 
 _SHAPE_METHODS = {"size", "dim"}
+#: The rule of Conv2d and Linear as the package registers it: a layer taking it (a subclass that keeps its base's
+#: forward) folds the BatchNorm after it.
+_LINEAR_ENTRY = REGISTRY.modules[nn.Conv2d]
 _SHAPE_ATTRS = {"shape", "ndim"}
 
 
@@ -181,7 +184,7 @@ def compile_model(model: nn.Module) -> Program:
                 and REGISTRY.module_entry(modules[node.target]) is REGISTRY.modules[nn.modules.batchnorm._BatchNorm]:
             src = node.args[0] if node.args else None
             if (isinstance(src, fx.Node) and src.op == "call_module"
-                    and type(modules[src.target]) in (nn.Conv2d, nn.Linear) and users[src.name] == 1):
+                    and REGISTRY.module_entry(modules[src.target]) is _LINEAR_ENTRY and users[src.name] == 1):
                 folded[src.name] = node
     folded_into = {bn.name: conv for conv, bn in folded.items()}  # BatchNorm node name -> its conv/linear name
     node_by_name = {n.name: n for n in nodes}
