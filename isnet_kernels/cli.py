@@ -123,16 +123,21 @@ def _build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="write a data set")
     data_sub = data.add_subparsers(dest="dataset", metavar="DATASET")
     data_sub.required = True
-    digits = data_sub.add_parser("biased-digits", help="handwritten digits with a class-coding background artefact")
-    digits.add_argument("root", type=Path, help="folder to write (images/, masks/, info.json)")
-    digits.add_argument("--size", type=int, default=32, help="image side in pixels, >= 24 (default 32)")
-    digits.add_argument("--seed", type=int, default=0)
-    digits.add_argument("--per-class", type=int, default=300, help="training images per class (default 300)")
-    digits.add_argument("--per-class-val", type=int, default=20, help="validation images per class (default 20)")
-    digits.add_argument("--per-class-test", type=int, default=50, help="images per class of each test split "
+    for name, text, size in (("biased-digits", "handwritten digits with a class-coding background artefact", 32),
+                             ("biased-tags", "digits over photographic texture with a class-coding text tag in the "
+                              "background (the bias of burnt-in labels)", 40)):
+        ds = data_sub.add_parser(name, help=text)
+        ds.add_argument("root", type=Path, help="folder to write (images/, masks/, info.json)")
+        ds.add_argument("--size", type=int, default=size, help=f"image side in pixels (default {size})")
+        ds.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+        ds.add_argument("--per-class", type=int, default=300, help="training images per class (default 300)")
+        ds.add_argument("--per-class-val", type=int, default=20, help="validation images per class (default 20)")
+        ds.add_argument("--per-class-test", type=int, default=50, help="images per class of each test split "
                         "(default 50)")
-    digits.add_argument("--overwrite", action="store_true", help="replace a biased-digits set written there before")
-    digits.add_argument("--quiet", action="store_true", help="no progress bar")
+        ds.add_argument("--no-train-clean", dest="train_clean", action="store_false",
+                        help="do not write train_clean (the training images without the artefact)")
+        ds.add_argument("--overwrite", action="store_true", help="replace a data set written there before")
+        ds.add_argument("--quiet", action="store_true", help="no progress bar")
 
     # train: generated from TrainConfig's fields; every option defaults to "not given", so that a resumed run can
     # tell what was asked to change
@@ -176,17 +181,18 @@ def _build_parser() -> argparse.ArgumentParser:
 
 # --- commands ----------------------------------------------------------------------------------------------------
 def _cmd_data(args: argparse.Namespace) -> int:
-    from .data import write_biased_digits
+    from .data import write_biased_digits, write_biased_tags
 
+    writer = write_biased_digits if args.dataset == "biased-digits" else write_biased_tags
     try:
-        info = write_biased_digits(args.root, size=args.size, per_class_train=args.per_class,
-                                   per_class_val=args.per_class_val, per_class_test=args.per_class_test,
-                                   seed=args.seed, progress=not args.quiet, overwrite=args.overwrite)
+        info = writer(args.root, size=args.size, per_class_train=args.per_class, per_class_val=args.per_class_val,
+                      per_class_test=args.per_class_test, seed=args.seed, progress=not args.quiet,
+                      overwrite=args.overwrite, train_clean=args.train_clean)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     counts = ", ".join(f"{split} {n}" for split, n in info["counts"].items())
-    print(f"wrote biased digits to {info['root']}: {info['size']}x{info['size']} px, {len(info['classes'])} "
-          f"classes, seed {info['seed']}; images per split: {counts}")
+    print(f"wrote {args.dataset.replace('-', ' ')} to {info['root']}: {info['size']}x{info['size']} px, "
+          f"{len(info['classes'])} classes, seed {info['seed']}; images per split: {counts}")
     print(f"train with: isnet train --data {info['root']} --out runs/isnet")
     return 0
 

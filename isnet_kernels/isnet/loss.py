@@ -253,7 +253,7 @@ class ISNetLoss(nn.Module):
         ce = F.cross_entropy(logits, labels)
         if self.P == 0:
             zero = ce.new_zeros(())
-            return self._finish(ISNetLossOutput(ce, ce, zero, zero, zero))
+            return self.finish(ISNetLossOutput(ce, ce, zero, zero, zero))
         if output.heatmaps is None:
             raise ValueError("the ISNet output carries no heatmaps: call the ISNet in training mode (isnet.train()) "
                              "or with heatmaps=True")
@@ -263,9 +263,10 @@ class ISNetLoss(nn.Module):
                                     for name, h in output.intermediate.items()]
         heat = levels[0] if len(levels) == 1 else gwrp(torch.stack(levels), self.d_loss)
         total = (1 - self.P) * ce + self.P * heat
-        return self._finish(ISNetLossOutput(total, ce, heat, first.background, first.foreground, levels), flags[:1])
+        return self.finish(ISNetLossOutput(total, ce, heat, first.background, first.foreground, levels), flags[:1])
 
-    def _finish(self, out: ISNetLossOutput, flags: Sequence[Tensor] = ()) -> ISNetLossOutput:
+    def finish(self, out: ISNetLossOutput, flags: Sequence[Tensor] = ()) -> ISNetLossOutput:
+        """Apply the non-finite policy to a loss (and raise for the non-binary accelerator masks in ``flags``)."""
         if self.nonfinite == "propagate":
             return out
         finite, *bad_masks = torch.stack([torch.isfinite(out.total), *flags]).tolist()  # one synchronisation

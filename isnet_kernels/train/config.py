@@ -17,14 +17,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..dispatch import BACKENDS
+from ..isnet.baselines import DEFAULT_LAMBDA
 from ..isnet.loss import FOREGROUND_RULES, NONFINITE_POLICIES
-from ..isnet.wrapper import SELECTIONS
+from ..isnet.wrapper import HEATMAPS, SELECTIONS
 from ..lrp.engine import BATCH_STATS, FIRST_LAYER_RULES
 from ..models import ARCHITECTURES
 from .errors import TrainError
 
-#: ``"none"`` trains the plain classifier with cross-entropy; the others are :class:`~isnet_kernels.ISNet` variants.
-TRAIN_VARIANTS = ("none", "original", "selective", "stochastic", "dual")
+#: ``"none"`` trains the plain classifier with cross-entropy; ``"rrr"`` with Right for the Right Reasons (the input
+#: gradient penalised on the background, :class:`~isnet_kernels.isnet.RRRLoss`); the others are
+#: :class:`~isnet_kernels.ISNet` variants.
+TRAIN_VARIANTS = ("none", "rrr", "original", "selective", "stochastic", "dual")
 DEVICES = ("auto", "cpu", "cuda")
 CHANNELS = (1, 3)
 
@@ -84,8 +87,13 @@ class TrainConfig:
     arch: str = option("small", "architecture", choices=tuple(ARCHITECTURES))
     model_kwargs: dict[str, Any] = option(dict, "constructor argument of the architecture, e.g. width=8 "
                                           "(repeatable)", flag="--model-arg", metavar="KEY=VALUE")
-    variant: str = option("selective", "none = plain classifier (no LRP); else the ISNet variant",
-                          choices=TRAIN_VARIANTS)
+    variant: str = option("selective", "none = plain classifier (no LRP); rrr = Right for the Right Reasons (input "
+                          "gradient penalised on the background); else the ISNet variant", choices=TRAIN_VARIANTS)
+    heatmap: str = option("lrp", "the ISNet's heatmaps: LRP, or Grad x Input (the authors' ablation)",
+                          choices=HEATMAPS)
+    rrr_lambda: float = option(DEFAULT_LAMBDA, "weight of the RRR penalty (variant rrr; for inputs in [0, 1])")
+    map_chunk: int | None = option(None, "maps per chunk of the original variant's relevance pass",
+                                   default_text="chosen from the memory available")
     epochs: int = option(10, "epochs in all (on --resume, extends the run)")
     batch_size: int = option(32, "GLOBAL batch, split over torchrun processes")
     lr: float = option(1e-2, "SGD learning rate")
@@ -145,7 +153,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise bad(name, "an int >= 0")
-        for name in ("lr", "momentum", "weight_decay", "E", "A", "B", "eps"):
+        for name in ("lr", "momentum", "weight_decay", "E", "A", "B", "eps", "rrr_lambda"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise bad(name, "a finite number >= 0")
@@ -169,6 +177,14 @@ class TrainConfig:
             raise bad("nonfinite", f"one of {NONFINITE_POLICIES}")
         if self.first_layer not in FIRST_LAYER_RULES:
             raise bad("first_layer", f"one of {FIRST_LAYER_RULES}")
+        if self.heatmap not in HEATMAPS:
+            raise bad("heatmap", f"one of {HEATMAPS}")
+        if self.heatmap == "gradinput" and self.variant == "dual":
+            raise TrainError("the dual variant's z+ map has no Grad x Input counterpart; use --heatmap lrp with "
+                             "--variant dual")
+        if self.map_chunk is not None and (isinstance(self.map_chunk, bool) or not isinstance(self.map_chunk, int)
+                                           or self.map_chunk < 1):
+            raise bad("map_chunk", "None or a positive int")
         if self.select not in SELECTIONS:
             raise bad("select", f"one of {SELECTIONS}")
         if self.batch_stats not in BATCH_STATS:
@@ -185,14 +201,14 @@ class TrainConfig:
             raise bad("backend", f"None or one of {BACKENDS}")
         if not self.train_split:
             raise bad("train_split", "a split folder name")
-        if self.variant == "none" and self.tune_cut:
-            raise TrainError("tune_cut chooses C1/C2 of the heatmap loss, which variant 'none' does not use; drop "
-                             "--tune-cut or pick an ISNet variant")
+        if self.variant in ("none", "rrr") and self.tune_cut:
+            raise TrainError(f"tune_cut chooses C1/C2 of the heatmap loss, which variant {self.variant!r} does not "
+                             "use; drop --tune-cut or pick an ISNet variant")
 
     @property
     def is_isnet(self) -> bool:
-        """Whether the heatmap loss is trained (every variant but ``"none"``)."""
-        return self.variant != "none"
+        """Whether the heatmap loss is trained (every variant but ``"none"`` and ``"rrr"``)."""
+        return self.variant not in ("none", "rrr")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (kept in ``config.json`` and in checkpoints)."""

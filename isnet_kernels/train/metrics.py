@@ -30,7 +30,8 @@ from torch import Tensor
 
 from ..isnet.loss import prepare_mask
 
-#: Loss parts of a training step: ISNetLossOutput's total, classification, heatmap, background, foreground.
+#: Loss parts of a training step: the total, cross-entropy, heatmap loss (the RRR penalty for variant "rrr"),
+#: background and foreground terms.
 LOSS_PARTS = ("loss", "classification", "heatmap", "background", "foreground")
 #: Columns of ``metrics.csv``: one row per epoch.
 COLUMNS = ("epoch", "lr", *(f"train_{p}" for p in LOSS_PARTS), "train_accuracy", "val_loss", "val_accuracy",

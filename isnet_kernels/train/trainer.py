@@ -44,7 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import dispatch
-from ..isnet import ISNet, ISNetLoss, ISNetOutput, tune_cut
+from ..isnet import ISNet, ISNetLoss, ISNetLossOutput, ISNetOutput, RRRLoss, tune_cut
 from ..models import build_model
 from .checkpoint import BEST, FORMAT, LAST, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .config import RESUMABLE_FIELDS, TrainConfig
@@ -182,7 +182,8 @@ class Trainer:
         # a plain classifier uses nothing of the LRP engine: a model with layers it has no rules for trains too
         self.isnet = ISNet(self.model, cfg.variant, eps=cfg.eps, first_layer=cfg.first_layer,
                            deep_supervision=cfg.deep_supervision, select=cfg.select, generator=self.generator,
-                           backend=cfg.backend, batch_stats=cfg.batch_stats) if cfg.is_isnet else None
+                           backend=cfg.backend, batch_stats=cfg.batch_stats, heatmap=cfg.heatmap,
+                           map_chunk=cfg.map_chunk) if cfg.is_isnet else None
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
         self.net: nn.Module = self.isnet if self.isnet is not None else self.model
@@ -217,6 +218,7 @@ class Trainer:
             if ctx.is_main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        self.rrr = RRRLoss(cfg.rrr_lambda) if cfg.variant == "rrr" else None
         self.loss_fn = ISNetLoss(P=cfg.P if cfg.is_isnet else 0.0, d=cfg.d, E=cfg.E, A=cfg.A, B=cfg.B, C1=cfg.C1,
                                  C2=cfg.C2, foreground=cfg.foreground, d_loss=cfg.d_loss, nonfinite=cfg.nonfinite)
         self._boundary = self._snapshot()
@@ -324,8 +326,16 @@ class Trainer:
         x = images.to(dev, non_blocking=True)
         m = masks.to(dev, non_blocking=True)
         y = labels.to(dev, non_blocking=True)
-        out = self.net(x, y, heatmaps=True) if cfg.is_isnet else ISNetOutput(self.net(x))
-        loss = self.loss_fn(out, y, m)
+        if self.rrr is not None:  # Right for the Right Reasons: the input gradient penalised on the background
+            x = x.requires_grad_(True)
+            out = ISNetOutput(self.net(x))
+            rrr = self.rrr(out.logits, x, y, m)
+            zero = rrr.total.new_zeros(())
+            loss = ISNetLossOutput(rrr.total, rrr.classification, rrr.penalty, zero, zero)
+            loss = self.loss_fn.finish(loss)
+        else:
+            out = self.net(x, y, heatmaps=True) if cfg.is_isnet else ISNetOutput(self.net(x))
+            loss = self.loss_fn(out, y, m)
         self.optimizer.zero_grad(set_to_none=True)
         loss.total.backward()
         if cfg.clip:
