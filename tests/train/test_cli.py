@@ -34,7 +34,7 @@ def test_data_biased_digits(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     rc = cli.main(["data", "biased-digits", str(root), "--size", "24", "--per-class", "2", "--per-class-val", "1",
                    "--per-class-test", "1", "--seed", "3", "--quiet"])
     assert rc == 0
-    splits = ["test_biased", "test_confounding", "test_unbiased", "train", "val"]
+    splits = ["test_biased", "test_confounding", "test_unbiased", "train", "train_clean", "val"]
     assert sorted(p.name for p in (root / "images").iterdir()) == splits
     assert sorted(p.name for p in (root / "masks").iterdir()) == splits
     assert len(list((root / "images" / "train").glob("*/*.png"))) == 20
