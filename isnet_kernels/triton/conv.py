@@ -128,39 +128,41 @@ def _conv_transpose_kernel(
 
     acc = tl.zeros([BLOCK_P, BLOCK_CI], dtype=COMPUTE_DTYPE)
     acc2 = tl.zeros([BLOCK_P, BLOCK_CI], dtype=COMPUTE_DTYPE)  # second sign (TWO_SIGNS only)
-    for k0 in range(0, Co_g, BLOCK_K):  # output channels of the group, BLOCK_K at a time
-        co = k0 + offs_k
+    # one flat loop over (channel block, tap): a single long loop that Triton's pipeliner overlaps, where nested
+    # tap loops would each be peeled into prologue and epilogue copies (and run out of registers)
+    n_taps = KH * KW
+    for step in range(0, tl.cdiv(Co_g, BLOCK_K) * n_taps):
+        co = (step // n_taps) * BLOCK_K + offs_k  # output channels of the group, BLOCK_K at a time
+        i = (step % n_taps) // KW  # kernel tap (i, j): the output pixel (ho, wo) it reads, if any
+        j = step % KW
         k_mask = co < Co_g
-        R_tile = R_rows[:, None] + (co * R_c_stride)[None, :]  # [BLOCK_P, BLOCK_K], pixel (0, 0)
-        Z_tile = Z_rows[:, None] + (co * Z_c_stride)[None, :]
-        W_tile = W_cols[None, :] + (co * W_o_stride)[:, None]  # [BLOCK_K, BLOCK_CI] offsets, tap (0, 0)
+        h_num = h + PAD_H - i * DIL_H
+        ho = h_num // STRIDE_H
+        w_num = w + PAD_W - j * DIL_W
+        wo = w_num // STRIDE_W
+        valid = (p_mask & (h_num >= 0) & (h_num - ho * STRIDE_H == 0) & (ho < Ho) & (w_num >= 0)
+                 & (w_num - wo * STRIDE_W == 0) & (wo < Wo))
+        rz_mask = valid[:, None] & k_mask[None, :]
+        r = tl.load(R_rows[:, None] + (co * R_c_stride)[None, :] + (ho * R_h_stride + wo * R_w_stride)[:, None],
+                    mask=rz_mask, other=0.0)
+        z = tl.load(Z_rows[:, None] + (co * Z_c_stride)[None, :] + (ho * Z_h_stride + wo * Z_w_stride)[:, None],
+                    mask=rz_mask, other=1.0)
+        s = r.to(COMPUTE_DTYPE) / stabilize(z.to(COMPUTE_DTYPE), eps)  # prologue: [BLOCK_P, BLOCK_K]
+        w_off = W_cols[None, :] + (co * W_o_stride)[:, None] + (i * W_h_stride + j * W_w_stride)  # [BLOCK_K, CI]
         w_mask = k_mask[:, None] & ci_mask[None, :]
-        for i in range(KH):  # kernel taps: the output pixel (ho, wo) each one reads, if any
-            h_num = h + PAD_H - i * DIL_H
-            ho = h_num // STRIDE_H
-            valid_h = p_mask & (h_num >= 0) & (h_num - ho * STRIDE_H == 0) & (ho < Ho)
-            for j in range(KW):
-                w_num = w + PAD_W - j * DIL_W
-                wo = w_num // STRIDE_W
-                valid = valid_h & (w_num >= 0) & (w_num - wo * STRIDE_W == 0) & (wo < Wo)
-                rz_mask = valid[:, None] & k_mask[None, :]
-                r = tl.load(R_tile + (ho * R_h_stride + wo * R_w_stride)[:, None], mask=rz_mask, other=0.0)
-                z = tl.load(Z_tile + (ho * Z_h_stride + wo * Z_w_stride)[:, None], mask=rz_mask, other=1.0)
-                s = r.to(COMPUTE_DTYPE) / stabilize(z.to(COMPUTE_DTYPE), eps)  # prologue: [BLOCK_P, BLOCK_K]
-                w_off = W_tile + (i * W_h_stride + j * W_w_stride)
-                wt = tl.load(W_ptr + w_off, mask=w_mask, other=0.0)
-                if USE_DOT:
-                    s_op = s.to(wt.dtype)
-                    acc = tl.dot(s_op, wt, acc, input_precision=INPUT_PRECISION, out_dtype=COMPUTE_DTYPE)
-                    if TWO_SIGNS:
-                        wt2 = tl.load(W2_ptr + w_off, mask=w_mask, other=0.0)
-                        acc2 = tl.dot(s_op, wt2, acc2, input_precision=INPUT_PRECISION, out_dtype=COMPUTE_DTYPE)
-                else:  # one reduced channel: a rank-1 update [BLOCK_P, 1] * [1, BLOCK_CI], no reduction
-                    tl.static_assert(BLOCK_K == 1)
-                    acc += s * wt.to(COMPUTE_DTYPE)
-                    if TWO_SIGNS:
-                        wt2 = tl.load(W2_ptr + w_off, mask=w_mask, other=0.0)
-                        acc2 += s * wt2.to(COMPUTE_DTYPE)
+        wt = tl.load(W_ptr + w_off, mask=w_mask, other=0.0)
+        if USE_DOT:
+            s_op = s.to(wt.dtype)
+            acc = tl.dot(s_op, wt, acc, input_precision=INPUT_PRECISION, out_dtype=COMPUTE_DTYPE)
+            if TWO_SIGNS:
+                wt2 = tl.load(W2_ptr + w_off, mask=w_mask, other=0.0)
+                acc2 = tl.dot(s_op, wt2, acc2, input_precision=INPUT_PRECISION, out_dtype=COMPUTE_DTYPE)
+        else:  # one reduced channel: a rank-1 update [BLOCK_P, 1] * [1, BLOCK_CI], no reduction
+            tl.static_assert(BLOCK_K == 1)
+            acc += s * wt.to(COMPUTE_DTYPE)
+            if TWO_SIGNS:
+                wt2 = tl.load(W2_ptr + w_off, mask=w_mask, other=0.0)
+                acc2 += s * wt2.to(COMPUTE_DTYPE)
 
     # epilogue: multiply by the layer input(s) at [b, ci, h, w]
     ci_abs = g * Ci_g + ci
@@ -228,26 +230,24 @@ def _conv_epsilon_backward_kernel(
         n64 = b64 * M + m
         U_rows = U_ptr + n64 * U_n_stride + g * Ci_g * U_c_stride  # [BLOCK_P] channel g*Ci_g of image n
         acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=COMPUTE_DTYPE)
-        for k0 in range(0, Ci_g, BLOCK_K):  # input channels of the group, BLOCK_K at a time
-            ci = k0 + offs_k
+        n_taps = KH * KW
+        for step in range(0, tl.cdiv(Ci_g, BLOCK_K) * n_taps):  # one flat loop over (channel block, tap)
+            ci = (step // n_taps) * BLOCK_K + offs_k  # input channels of the group, BLOCK_K at a time
+            i = (step % n_taps) // KW  # kernel tap (i, j): the input pixel it reads, if inside the image
+            j = step % KW
             k_mask = ci < Ci_g
-            U_tile = U_rows[:, None] + (ci * U_c_stride)[None, :]  # [BLOCK_P, BLOCK_K], pixel (0, 0)
-            W_tile = W_cols[None, :] + (ci * W_i_stride)[:, None]  # [BLOCK_K, BLOCK_CO], tap (0, 0)
-            w_mask = k_mask[:, None] & co_mask[None, :]
-            for i in range(KH):  # kernel taps: the input pixel each one reads, if inside the image
-                h_in = h0 + i * DIL_H
-                valid_h = p_mask & (h_in >= 0) & (h_in < H)
-                for j in range(KW):
-                    w_in = w0 + j * DIL_W
-                    valid = valid_h & (w_in >= 0) & (w_in < W)
-                    u = tl.load(U_tile + (h_in * U_h_stride + w_in * U_w_stride)[:, None],
-                                mask=valid[:, None] & k_mask[None, :], other=0.0)
-                    wt = tl.load(W_tile + (i * W_h_stride + j * W_w_stride), mask=w_mask, other=0.0)
-                    if USE_DOT:
-                        acc = tl.dot(u, wt, acc, input_precision=INPUT_PRECISION, out_dtype=COMPUTE_DTYPE)
-                    else:  # one reduced channel: a rank-1 update [BLOCK_P, 1] * [1, BLOCK_CO], no reduction
-                        tl.static_assert(BLOCK_K == 1)
-                        acc += u.to(COMPUTE_DTYPE) * wt.to(COMPUTE_DTYPE)
+            h_in = h0 + i * DIL_H
+            w_in = w0 + j * DIL_W
+            valid = p_mask & (h_in >= 0) & (h_in < H) & (w_in >= 0) & (w_in < W)
+            u = tl.load(U_rows[:, None] + (ci * U_c_stride)[None, :] + (h_in * U_h_stride + w_in * U_w_stride)[:, None],
+                        mask=valid[:, None] & k_mask[None, :], other=0.0)
+            wt = tl.load(W_cols[None, :] + (ci * W_i_stride)[:, None] + (i * W_h_stride + j * W_w_stride),
+                         mask=k_mask[:, None] & co_mask[None, :], other=0.0)
+            if USE_DOT:
+                acc = tl.dot(u, wt, acc, input_precision=INPUT_PRECISION, out_dtype=COMPUTE_DTYPE)
+            else:  # one reduced channel: a rank-1 update [BLOCK_P, 1] * [1, BLOCK_CO], no reduction
+                tl.static_assert(BLOCK_K == 1)
+                acc += u.to(COMPUTE_DTYPE) * wt.to(COMPUTE_DTYPE)
         # epilogue: dR = V / t, and the map's term of dZ
         off = n64[:, None] * S_n_stride + pix_s
         dr = acc / t
@@ -269,6 +269,8 @@ TENSOR_CORE_TILES = ((128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (64, 64, 32, 4, 3
 #: Tiles for ``tl.dot`` without tensor cores (fp32 at IEEE precision, fp64): Triton lowers the product to FMAs
 #: with both operands staged through shared memory, so the tiles are smaller (same selection rule).
 FMA_DOT_TILES = ((64, 64, 16, 4, 2), (64, 32, 16, 4, 2), (32, 64, 16, 4, 2), (32, 32, 16, 2, 2), (64, 16, 16, 2, 2))
+#: Software-pipelining depth of the CUDA-core path (its loads are few and small; deeper pipelines spill).
+FMA_STAGES = 1
 #: The one small tile used under the interpreter (which would otherwise benchmark every tile on the CPU).
 INTERPRETER_TILE = (128, 16, 16, 4, 1)
 
@@ -349,7 +351,7 @@ def _launch_implicit_gemm(dot_kernels: dict, fma_kernel, args: tuple, meta: dict
     grid = (triton.cdiv(n_pixels, block_p), groups * triton.cdiv(n_out, block_n))
     meta = dict(meta, INPUT_PRECISION="ieee")  # no tl.dot on this path: one compiled variant for both precisions
     with device_guard(device):
-        fma_kernel[grid](*args, USE_DOT=False, BLOCK_P=block_p, BLOCK_K=1, num_warps=num_warps,
+        fma_kernel[grid](*args, USE_DOT=False, BLOCK_P=block_p, BLOCK_K=1, num_warps=num_warps, num_stages=FMA_STAGES,
                          **{block_out: block_n}, **meta)
 
 
