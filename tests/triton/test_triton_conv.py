@@ -295,7 +295,7 @@ def test_dot_tiles_are_pruned_to_the_problem(monkeypatch: pytest.MonkeyPatch) ->
         assert len(configs) == len(tiles) > 1
         prune = conv._dot_pruner("BLOCK_CI", "Ci_g", "Co_g")
 
-        def kept(Ci_g: int, Co_g: int, n_pixels: int) -> list[dict]:
+        def kept(Ci_g: int, Co_g: int, n_pixels: int, prune=prune, configs=configs) -> list[dict]:
             args = {"Ci_g": Ci_g, "Co_g": Co_g, "P_BUCKET": conv.pixel_bucket(n_pixels)}
             return [c.kwargs for c in prune(configs, args)]
 

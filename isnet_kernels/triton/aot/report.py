@@ -43,7 +43,7 @@ def row(request, target: int, figures: dict) -> dict:
                launchers=sorted({label["launcher"] for label in labels}),
                models=sorted({label["model"] for label in labels}),
                layers=sorted({label["layer"] for label in labels})[:6], target=target,
-               **{k: v for k, v in figures.items() if k not in ("ttir", "ttgir", "ptx")})
+               **{k: v for k, v in figures.items() if k not in ("ttir", "ttgir", "ptx", "num_warps", "num_stages")})
     out["problems"] = problems(out)
     return out
 
