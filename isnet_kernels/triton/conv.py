@@ -146,7 +146,7 @@ def _conv_transpose_kernel(
         r = tl.load(R_rows[:, None] + (co * R_c_stride)[None, :] + (ho * R_h_stride + wo * R_w_stride)[:, None],
                     mask=rz_mask, other=0.0)
         z = tl.load(Z_rows[:, None] + (co * Z_c_stride)[None, :] + (ho * Z_h_stride + wo * Z_w_stride)[:, None],
-                    mask=rz_mask, other=1.0)
+                    mask=rz_mask, other=0.0)  # stab(0) = eps: s = 0 / eps = 0 where r is masked
         s = r.to(COMPUTE_DTYPE) / stabilize(z.to(COMPUTE_DTYPE), eps)  # prologue: [BLOCK_P, BLOCK_K]
         w_off = W_cols[None, :] + (co * W_o_stride)[:, None] + (i * W_h_stride + j * W_w_stride)  # [BLOCK_K, CI]
         w_mask = k_mask[:, None] & ci_mask[None, :]
@@ -214,12 +214,13 @@ def _conv_epsilon_backward_kernel(
     wo = p % Wo
     ho = (p // Wo) % Ho
     b64 = (p // (Ho * Wo)).to(tl.int64)
-    out_mask = p_mask[:, None] & co_mask[None, :]
-
-    z_off = (b64 * Z_b_stride + ho * Z_h_stride + wo * Z_w_stride)[:, None] + co_abs[None, :] * Z_c_stride
-    z = tl.load(Z_ptr + z_off, mask=out_mask, other=1.0).to(COMPUTE_DTYPE)
-    t = stabilize(z, rebuild_eps(eps_hi, eps_lo, COMPUTE_DTYPE))
-    pix_s = (ho * S_h_stride + wo * S_w_stride)[:, None] + co_abs[None, :] * S_c_stride
+    # row ([BLOCK_P]) and column ([BLOCK_CO]) offsets only: [BLOCK_P, BLOCK_CO] tensors other than the two
+    # accumulators are formed in the epilogue, so they hold no registers through the reduction
+    z_rows = b64 * Z_b_stride + ho * Z_h_stride + wo * Z_w_stride
+    z_cols = co_abs * Z_c_stride
+    s_rows = ho * S_h_stride + wo * S_w_stride
+    s_cols = co_abs * S_c_stride
+    eps = rebuild_eps(eps_hi, eps_lo, COMPUTE_DTYPE)
     W_cols = W_ptr + co_abs * W_o_stride  # [BLOCK_CO]
     offs_k = tl.arange(0, BLOCK_K)
     h0 = ho * STRIDE_H - PAD_H
@@ -249,11 +250,14 @@ def _conv_epsilon_backward_kernel(
                 tl.static_assert(BLOCK_K == 1)
                 acc += u.to(COMPUTE_DTYPE) * wt.to(COMPUTE_DTYPE)
         # epilogue: dR = V / t, and the map's term of dZ
-        off = n64[:, None] * S_n_stride + pix_s
-        dr = acc / t
+        out_mask = p_mask[:, None] & co_mask[None, :]
+        z = tl.load(Z_ptr + z_rows[:, None] + z_cols[None, :], mask=out_mask, other=1.0).to(COMPUTE_DTYPE)
+        off = (n64 * S_n_stride + s_rows)[:, None] + s_cols[None, :]
+        dr = acc / stabilize(z, eps)
         tl.store(DR_ptr + off, dr.to(DR_ptr.dtype.element_ty), mask=out_mask)
         dz += dr * tl.load(S_ptr + off, mask=out_mask, other=0.0).to(COMPUTE_DTYPE)
-    tl.store(DZ_ptr + z_off, (-dz).to(DZ_ptr.dtype.element_ty), mask=out_mask)
+    out_mask = p_mask[:, None] & co_mask[None, :]
+    tl.store(DZ_ptr + z_rows[:, None] + z_cols[None, :], (-dz).to(DZ_ptr.dtype.element_ty), mask=out_mask)
 
 
 # ----------------------------------------------------------------------------------------------------------------
