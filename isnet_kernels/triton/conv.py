@@ -65,16 +65,19 @@ from .utils import (
 #: Groups with at least this many input and output channels use ``tl.dot``; smaller ones the FMA path.
 MIN_DOT_CHANNELS = 8
 
-# Integer arguments (sizes and strides) are not specialised on their value (1, multiples of 16): the loads gather
-# along pixels (p % W), so nothing vectorises on them, and one compiled variant then serves every layer shape.
+# Integer arguments (sizes, strides, the convolution's geometry) are not specialised on their value (1, multiples
+# of 16): the loads gather along pixels (p % W), so nothing vectorises on them, and one compiled variant serves
+# every layer shape. The geometry is a runtime argument too: the taps are one flat loop whose tap indices are
+# uniform scalars, so only the transposed convolution's per-pixel division by the stride costs anything.
+_GEOMETRY_INTS = ["KH", "KW", "STRIDE_H", "STRIDE_W", "PAD_H", "PAD_W", "DIL_H", "DIL_W"]
 _TRANSPOSE_INTS = ["R_n_stride", "R_c_stride", "R_h_stride", "R_w_stride", "Z_b_stride", "Z_c_stride", "Z_h_stride",
                    "Z_w_stride", "A_b_stride", "A_c_stride", "A_h_stride", "A_w_stride", "W_o_stride", "W_i_stride",
                    "W_h_stride", "W_w_stride", "OUT_n_stride", "OUT_c_stride", "OUT_h_stride", "OUT_w_stride", "M",
-                   "H", "W", "Ho", "Wo", "Ci_g", "Co_g", "n_pixels", "P_BUCKET"]
+                   "H", "W", "Ho", "Wo", "Ci_g", "Co_g", "n_pixels", "P_BUCKET", *_GEOMETRY_INTS]
 _BACKWARD_INTS = ["U_n_stride", "U_c_stride", "U_h_stride", "U_w_stride", "W_o_stride", "W_i_stride", "W_h_stride",
                   "W_w_stride", "S_n_stride", "S_c_stride", "S_h_stride", "S_w_stride", "Z_b_stride", "Z_c_stride",
                   "Z_h_stride", "Z_w_stride", "M", "H", "W", "Ho", "Wo", "Ci_g", "Co_g", "n_pixels", "P_BUCKET",
-                  "M_BUCKET"]
+                  "M_BUCKET", *_GEOMETRY_INTS]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -90,8 +93,7 @@ def _conv_transpose_kernel(
     W_ptr, W2_ptr, W_o_stride, W_i_stride, W_h_stride, W_w_stride,
     OUT_ptr, C_ptr, C2_ptr, OUT_n_stride, OUT_c_stride, OUT_h_stride, OUT_w_stride,
     M, H, W, Ho, Wo, Ci_g, Co_g, n_pixels, P_BUCKET, eps_hi, eps_lo,
-    KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, PAD_H: tl.constexpr,
-    PAD_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+    KH, KW, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,
     KEEP_C: tl.constexpr, TWO_SIGNS: tl.constexpr, USE_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -191,8 +193,7 @@ def _conv_epsilon_backward_kernel(
     S_ptr, DR_ptr, S_n_stride, S_c_stride, S_h_stride, S_w_stride,
     Z_ptr, DZ_ptr, Z_b_stride, Z_c_stride, Z_h_stride, Z_w_stride,
     M, H, W, Ho, Wo, Ci_g, Co_g, n_pixels, P_BUCKET, M_BUCKET, eps_hi, eps_lo,
-    KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, PAD_H: tl.constexpr,
-    PAD_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+    KH, KW, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,
     USE_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -265,14 +266,25 @@ def _conv_epsilon_backward_kernel(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-#: Tensor-core tiles (bf16, fp16, and fp32 at TF32 precision), (BLOCK_P, BLOCK_N, BLOCK_K, num_warps, num_stages):
-#: the ones that fit the shared memory of sm_80 and sm_90 and use no local memory on either, in every variant the
-#: launchers produce (benchmarks/results/aot/, ``python -m isnet_kernels.triton.aot``).
-TENSOR_CORE_TILES = ((128, 64, 32, 4, 3), (64, 128, 32, 4, 3), (64, 64, 32, 4, 3), (128, 32, 32, 4, 3),
-                     (64, 32, 32, 4, 3), (32, 32, 32, 2, 3), (64, 16, 16, 2, 2))
-#: Tiles for ``tl.dot`` without tensor cores (fp32 at IEEE precision, fp64): Triton lowers the product to FMAs
-#: with both operands staged through shared memory, so the tiles are smaller (same selection rule).
-FMA_DOT_TILES = ((64, 64, 16, 4, 2), (64, 32, 16, 4, 2), (32, 64, 16, 4, 2), (32, 32, 16, 2, 2), (64, 16, 16, 2, 2))
+# Tiles, (BLOCK_P, BLOCK_N, BLOCK_K, num_warps, num_stages), per kernel and tile set: "tensor_core" for bf16, fp16
+# and fp32 at TF32 precision; "fma" for tl.dot without tensor cores (fp32 at IEEE precision, which Triton lowers to
+# FMAs with both operands staged through shared memory, and fp64, on DMMA). Chosen from the compiler's figures
+# (``python -m isnet_kernels.triton.aot``, benchmarks/results/aot/): the tiles that fit the shared memory of sm_80
+# and sm_90 and spill no registers on either, in every variant the launchers produce. Tiles of 4 warps over
+# 64 x 32 outputs and larger ones of 128 x 64 spill on both targets (the gathers' addresses take the registers).
+TRANSPOSE_TILES = {
+    "tensor_core": ((64, 64, 32, 8, 3), (64, 32, 32, 8, 3), (32, 32, 32, 4, 3)),
+    "fma": ((64, 64, 16, 8, 2), (64, 32, 16, 8, 2), (32, 32, 16, 4, 2)),
+}
+#: The Z^B rule's form of the transposed convolution (two accumulators, two weight tiles) needs smaller tiles.
+ZBOX_TILES = {
+    "tensor_core": ((32, 64, 32, 4, 3),),
+    "fma": ((64, 32, 16, 8, 2), (32, 32, 16, 4, 2)),
+}
+BACKWARD_TILES = {
+    "tensor_core": ((64, 32, 16, 8, 3), (32, 32, 32, 8, 3), (32, 32, 16, 4, 3)),
+    "fma": ((64, 32, 16, 8, 2), (32, 32, 16, 4, 2)),
+}
 #: Software-pipelining depth of the CUDA-core path (its loads are few and small; deeper pipelines spill).
 FMA_STAGES = 1
 #: The one small tile used under the interpreter (which would otherwise benchmark every tile on the CPU).
@@ -310,21 +322,25 @@ _TRANSPOSE_KEY = ["P_BUCKET", "Ci_g", "Co_g", "Ho", "Wo", *_GEOMETRY_KEY, "KEEP_
 _BACKWARD_KEY = ["P_BUCKET", "M_BUCKET", "Ci_g", "Co_g", "H", "W", *_GEOMETRY_KEY]
 
 
-def _autotuned(kernel, n_block: str, key: list[str], n_arg: str, k_arg: str) -> dict:
+def _autotuned(kernel, tile_sets: dict, n_block: str, key: list[str], n_arg: str, k_arg: str) -> dict:
     """``{"tensor_core": ..., "fma": ...}``: ``kernel`` autotuned over each tile set (one JIT cache under both)."""
     return {name: triton.autotune(configs=_dot_configs(n_block, tiles), key=key,
                                   prune_configs_by={"early_config_prune": _dot_pruner(n_block, n_arg, k_arg)})(kernel)
-            for name, tiles in (("tensor_core", TENSOR_CORE_TILES), ("fma", FMA_DOT_TILES))}
+            for name, tiles in tile_sets.items()}
 
 
-_conv_transpose_dot = _autotuned(_conv_transpose_kernel, "BLOCK_CI", _TRANSPOSE_KEY, "Ci_g", "Co_g")
-_conv_epsilon_backward_dot = _autotuned(_conv_epsilon_backward_kernel, "BLOCK_CO", _BACKWARD_KEY, "Co_g", "Ci_g")
+_conv_transpose_dot = _autotuned(_conv_transpose_kernel, TRANSPOSE_TILES, "BLOCK_CI", _TRANSPOSE_KEY, "Ci_g", "Co_g")
+_conv_zbox_dot = _autotuned(_conv_transpose_kernel, ZBOX_TILES, "BLOCK_CI", _TRANSPOSE_KEY, "Ci_g", "Co_g")
+_conv_epsilon_backward_dot = _autotuned(_conv_epsilon_backward_kernel, BACKWARD_TILES, "BLOCK_CO", _BACKWARD_KEY,
+                                        "Co_g", "Ci_g")
 
 
 def _fma_tiles(n_out: int) -> tuple[int, int, int]:
     """(BLOCK_P, BLOCK_N, num_warps) for the CUDA-core path with ``n_out`` output channels per group (the reduced
-    channels go one at a time, BLOCK_K = 1)."""
-    return 128, min(triton.next_power_of_2(n_out), 16), 4
+    channels go one at a time, BLOCK_K = 1): 128 pixels, up to 16 channels, 8 warps for 16 channels (4 warps
+    spill there on sm_80 and sm_90), 4 below."""
+    block_n = min(triton.next_power_of_2(n_out), 16)
+    return 128, block_n, 8 if block_n >= 16 else 4
 
 
 def uses_dot(n_out: int, n_reduce: int) -> bool:
@@ -413,8 +429,8 @@ def _conv_transpose(R: Tensor, z: Tensor, a: Tensor, a2: Tensor | None, weight: 
         M, H, W, Ho, Wo, Ci_g, Co_g, n_pixels, pixel_bucket(n_pixels), *eps_parts(eps),
     )
     meta = dict(_geometry_meta(weight, geom, R.dtype), KEEP_C=keep_c, TWO_SIGNS=two)
-    _launch_implicit_gemm(_conv_transpose_dot, _conv_transpose_kernel, args, meta, R.dtype, n_pixels, groups, Ci_g,
-                          Co_g, "BLOCK_CI", R.device)
+    _launch_implicit_gemm(_conv_zbox_dot if two else _conv_transpose_dot, _conv_transpose_kernel, args, meta, R.dtype,
+                          n_pixels, groups, Ci_g, Co_g, "BLOCK_CI", R.device)
     return out, c, c2
 
 

@@ -142,7 +142,7 @@ def test_explain_resnet18_triton_matches_reference() -> None:
             out = explain(model, x, backend="triton")
     finally:
         torch.backends.cuda.matmul.fp32_precision = saved
-    assert _error(out, ref) < 1e-4
+    assert _error(out, ref) < 1e-3
 
 
 def test_launch_follows_the_tensor_device() -> None:

@@ -290,7 +290,7 @@ def test_dot_tiles_are_pruned_to_the_problem(monkeypatch: pytest.MonkeyPatch) ->
     from isnet_kernels.triton import conv
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    for tiles in (conv.TENSOR_CORE_TILES, conv.FMA_DOT_TILES):
+    for tiles in (*conv.TRANSPOSE_TILES.values(), *conv.BACKWARD_TILES.values(), conv.ZBOX_TILES["fma"]):
         configs = conv._dot_configs("BLOCK_CI", tiles)
         assert len(configs) == len(tiles) > 1
         prune = conv._dot_pruner("BLOCK_CI", "Ci_g", "Co_g")
@@ -321,7 +321,7 @@ def test_interpreter_uses_one_small_tile() -> None:
     if DEVICE != "cpu":
         pytest.skip("interpreter only")
     for name in ("BLOCK_CI", "BLOCK_CO"):
-        (config,) = conv._dot_configs(name, conv.TENSOR_CORE_TILES)
+        (config,) = conv._dot_configs(name, conv.TRANSPOSE_TILES["tensor_core"])
         assert config.kwargs["BLOCK_P"] * config.kwargs[name] * config.kwargs["BLOCK_K"] <= 128 * 16 * 16
 
 
