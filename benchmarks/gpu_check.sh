@@ -29,6 +29,7 @@ PY="$VENV/bin/python"
 "$PY" -m pip install -q --upgrade pip setuptools wheel
 "$PY" -m pip install -q --index-url "$INDEX" --extra-index-url https://pypi.org/simple torch==2.13.0 triton==3.7.1
 ISNET_KERNELS_NO_EXT=1 "$PY" -m pip install -q --no-build-isolation -e '.[test]' torch==2.13.0
+"$PY" -m pip install -q --no-deps zennit  # as `make venv` does: its torchvision pin would replace torch
 "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' || {
     echo "gpu-check: torch $("$PY" -c 'import torch; print(torch.__version__)') in $VENV sees no CUDA device" >&2
     exit 2

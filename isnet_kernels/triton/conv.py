@@ -270,19 +270,20 @@ def _conv_epsilon_backward_kernel(
 # and fp32 at TF32 precision; "fma" for tl.dot without tensor cores (fp32 at IEEE precision, which Triton lowers to
 # FMAs with both operands staged through shared memory, and fp64, on DMMA). Chosen from the compiler's figures
 # (``python -m isnet_kernels.triton.aot``, benchmarks/results/aot/): the tiles that fit the shared memory of sm_80
-# and sm_90 and spill no registers on either, in every variant the launchers produce. Tiles of 4 warps over
-# 64 x 32 outputs and larger ones of 128 x 64 spill on both targets (the gathers' addresses take the registers).
+# and sm_90 and spill no registers on either, for every dtype of their set. Rejected there, each spilling on at
+# least one target and dtype: 128 x 64 and larger; 4-warp tensor-core tiles over 32 x 32 outputs or more (for the
+# backward); 64 x 64 x 32 with 8 warps (bf16 on sm_80); 32 x 32 x 16 (bf16 / TF32 backward).
 TRANSPOSE_TILES = {
-    "tensor_core": ((64, 64, 32, 8, 3), (64, 32, 32, 8, 3), (32, 32, 32, 4, 3)),
+    "tensor_core": ((64, 32, 32, 8, 3), (32, 64, 32, 8, 3), (32, 32, 32, 8, 3)),
     "fma": ((64, 64, 16, 8, 2), (64, 32, 16, 8, 2), (32, 32, 16, 4, 2)),
 }
 #: The Z^B rule's form of the transposed convolution (two accumulators, two weight tiles) needs smaller tiles.
 ZBOX_TILES = {
-    "tensor_core": ((32, 64, 32, 4, 3),),
+    "tensor_core": ((32, 64, 32, 8, 3),),
     "fma": ((64, 32, 16, 8, 2), (32, 32, 16, 4, 2)),
 }
 BACKWARD_TILES = {
-    "tensor_core": ((64, 32, 16, 8, 3), (32, 32, 32, 8, 3), (32, 32, 16, 4, 3)),
+    "tensor_core": ((64, 32, 16, 8, 3), (32, 32, 32, 8, 3)),
     "fma": ((64, 32, 16, 8, 2), (32, 32, 16, 4, 2)),
 }
 #: Software-pipelining depth of the CUDA-core path (its loads are few and small; deeper pipelines spill).

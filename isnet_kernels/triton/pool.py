@@ -360,7 +360,9 @@ def _adjoint_launch(R: Tensor, z: Tensor, a: Tensor, G: Tensor | None, out: Tens
     if n_elements == 0:
         return
     # one program per 1024 elements under the interpreter (numpy vectorises a block; programs run one at a time)
-    BLOCK_SIZE, num_warps = (min(triton.next_power_of_2(n_elements), 1024), 1) if interpreting() else (512, 4)
+    # 512 elements per program; 256 in float64, whose adaptive gather spills at 512 on sm_90
+    BLOCK_SIZE, num_warps = (min(triton.next_power_of_2(n_elements), 1024), 1) if interpreting() else (
+        256 if R.dtype == torch.float64 else 512, 4)
     with device_guard(R.device):
         _avgpool_adjoint_kernel[(triton.cdiv(n_elements, BLOCK_SIZE),)](
             R, z, a, G if grad_a else R, out, M, C, H, W, Ho, Wo, n_elements, M if grad_a else 1,
@@ -406,13 +408,16 @@ def avgpool_backward(G: Tensor, R: Tensor, a: Tensor, z: Tensor, windows: AvgPoo
     if n_windows:
         n_members = plan["NMEM_H"] * plan["NMEM_W"]
         BLOCK_J = max(1, min(triton.next_power_of_2(n_members), 256 if interpreting() else 128))
-        BLOCK_O = max(16, min(triton.next_power_of_2(n_windows), 4096 // BLOCK_J))
+        # at most 1024 (window, member) pairs per program, 512 in float64, over 8 warps, and no software pipelining
+        # of the member loop: more spill on sm_80 or sm_90 (benchmarks/results/aot/)
+        pairs = 4096 if interpreting() else 512 if R.dtype == torch.float64 else 1024
+        BLOCK_O = max(16, min(triton.next_power_of_2(n_windows), pairs // BLOCK_J))
         with device_guard(G.device):
             _avgpool_backward_kernel[(triton.cdiv(n_windows, BLOCK_O),)](
                 G, a, R, z, dR, dz, M, C, H, W, Ho, Wo, n_windows, plan["KH"], plan["KW"], plan["SH"], plan["SW"],
                 plan["PH"], plan["PW"], plan["DIVISOR"], plan["NMEM_H"], plan["NMEM_W"], *eps_parts(eps),
                 ADAPTIVE=plan["ADAPTIVE"], COUNT_PAD=plan["COUNT_PAD"], COMPUTE_DTYPE=compute_dtype(R.dtype),
-                BLOCK_O=BLOCK_O, BLOCK_J=BLOCK_J, num_warps=4,
+                BLOCK_O=BLOCK_O, BLOCK_J=BLOCK_J, num_warps=8, num_stages=1,
             )
     da = None
     if compute_da:
