@@ -26,17 +26,21 @@ Transposed convolution, gather formulation: output pixel (n, ci, h, w), with ci 
 
 over the taps (i, j) for which both divisions are exact and land inside (Ho, Wo). A program owns a tile of
 BLOCK_P output pixels (flattened over n, h, w) by BLOCK_CI input channels of one group and loops over the
-reduction K = (Co/groups) * kh * kw: output channels outside, in blocks of BLOCK_K, taps inside.
+reduction K = (Co/groups) * kh * kw in one flat loop: output channels in blocks of BLOCK_K, taps inside.
 
 Forward convolution: output pixel (n, co, ho, wo) sums ``U[n, ci, ho*stride - pad + i*dil, ...] * W[co, ci, i, j]``
 over the group's input channels (blocks of BLOCK_K) and the taps inside the input. A program owns BLOCK_P
 pixels of one image's batch index b (flattened over b, ho, wo) by BLOCK_CO output channels, and loops over the
 M maps of b, so the sum over M of the epilogue stays in registers (no atomics, deterministic).
 
-Each reduction step is a (BLOCK_P x BLOCK_K) @ (BLOCK_K x BLOCK_N) product on tensor cores (``tl.dot``) or, where
-a group has fewer than 8 input or output channels (depthwise convolutions, RGB first layers), a broadcast
-multiply-add on CUDA cores. Tensor-core tiles are autotuned over Ampere / Hopper configurations keyed on the
-shapes; under the interpreter a single small tile is used.
+Each reduction step is a (BLOCK_P x BLOCK_K) @ (BLOCK_K x BLOCK_N) product (``tl.dot``, BLOCK_K >= 16: tensor
+cores for bf16, fp16 and TF32, FMAs for IEEE fp32, DMMA for fp64) or, where a group has fewer than 8 input or
+output channels (depthwise convolutions, RGB and grayscale first layers), a rank-1 update on CUDA cores: one
+reduced channel per step, ``acc += s[:, None] * w[None, :]`` with no reduction, so that Triton cannot rewrite it
+into a ``tl.dot`` with K < 16 (which counts each product 2x or 8x on the GPU; tests/triton/test_aot.py checks the
+compiled IR). The ``tl.dot`` tiles are autotuned (keys: shapes, the pixel count's power-of-two bucket, the input
+precision) over tile sets chosen from the ahead-of-time compile figures; under the interpreter a single small
+tile is used.
 """
 
 from __future__ import annotations

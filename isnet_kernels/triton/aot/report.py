@@ -53,16 +53,16 @@ def _tile_text(r: dict) -> str:
     return f"{tile} w{r['num_warps']} s{r['num_stages']}"
 
 
+_FLAGS = ("USE_DOT", "KEEP_C", "TWO_SIGNS", "HAS_C", "GRAD_A", "ADAPTIVE", "COUNT_PAD")
+
+
 def _variant_text(r: dict) -> str:
+    """The variant's flags, its tl.dot precision, and the integer arguments Triton specialised as 1 (``M=1``)."""
     v = r["variant"]
-    parts = []
-    if "KH" in v:
-        parts.append(f"{v['KH']}x{v['KW']}/{v['STRIDE_H']}")
-    for flag in ("USE_DOT", "KEEP_C", "TWO_SIGNS", "HAS_C", "GRAD_A", "ADAPTIVE"):
-        if v.get(flag):
-            parts.append(flag.lower())
-    if "INPUT_PRECISION" in v and v.get("USE_DOT"):
+    parts = [flag.lower() for flag in _FLAGS if v.get(flag) is True]
+    if v.get("USE_DOT"):
         parts.append(v["INPUT_PRECISION"])
+    parts += [f"{k}=1" for k, value in v.items() if value == 1 and not isinstance(value, bool) and k not in _FLAGS]
     return " ".join(parts) or "-"
 
 
@@ -103,7 +103,7 @@ def write(rows: list[dict], out_dir: Path, meta: dict) -> tuple[Path, Path]:
              "every configuration its launcher can pick x dtype, over the layer shapes of "
              f"{', '.join(meta['models'])} at 224x224, batch {meta['batch']}, for {', '.join(stats)}. "
              "Registers, spills and stack from `ptxas -v`, shared memory from the kernel's metadata, the tensor-core "
-             "instruction from the PTX, the `tt.dot` reduction lengths (K) from the TTGIR. A variant fails on a "
+             "instruction from the PTX, the `tt.dot` reduction lengths (K) from the TTIR. A variant fails on a "
              "compile error, shared memory over the limit "
              f"({', '.join(f'{k}: {v // 1024} KiB' for k, v in meta['shared_memory_limit'].items())}), a spill, or "
              f"a `tt.dot` with K < {MIN_DOT_K}.", "",
@@ -115,15 +115,16 @@ def write(rows: list[dict], out_dir: Path, meta: dict) -> tuple[Path, Path]:
                      f"{s['shared_over_limit']} | {s['spilling']} | {s['short_k_dots']} | {s['max_registers']} | "
                      f"{s['max_shared'] / 1024:.1f} | {s['mma']['wgmma']} / {s['mma']['mma']} / {s['mma']['none']} |")
     lines += ["", "| kernel | variant | tile (w warps, s stages) | dtypes | target | registers | spill st/ld | "
-              "shared (KiB) | tensor cores | dot K | status |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "shared (KiB) | tensor cores | dot K | status | launchers |", "|---" * 12 + "|"]
     for r in rows:
         status = "; ".join(r["problems"]) or "ok"
         head = f"| {r['kernel'].lstrip('_')} | {_variant_text(r)} | {_tile_text(r)} | {', '.join(r['dtypes'])} "
         if r["ok"]:
             dot_k = ",".join(map(str, r["dot_k"])) or "-"
             lines.append(f"{head}| sm_{r['target']} | {r['registers']} | {r['spill_stores']}/{r['spill_loads']} | "
-                         f"{r['shared'] / 1024:.1f} | {r['mma']} | {dot_k} | {status} |")
+                         f"{r['shared'] / 1024:.1f} | {r['mma']} | {dot_k} | {status} | {', '.join(r['launchers'])} |")
         else:
-            lines.append(f"{head}| sm_{r['target']} | - | - | - | - | - | {status}: {r['error'][:200]} |")
+            lines.append(f"{head}| sm_{r['target']} | - | - | - | - | - | {status}: {r['error'][:200]} | "
+                         f"{', '.join(r['launchers'])} |")
     md_path.write_text("\n".join(lines) + "\n")
     return json_path, md_path
