@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Run the benchmark suites on a CUDA GPU: explain, per-op and training timings with the reference and Triton
-# backends, JSON to benchmarks/results/gpu-{explain,ops,training}.json, tables and plots via report.py
-# (gpu-*.md, gpu-*.png, gpu-targets.md), and the H100 roofline (results/roofline.md) to compare against.
+# backends, JSON to $BENCH_RESULTS/gpu-{explain,ops,training}.json (default benchmarks/results/gpu), tables and
+# plots via report.py (gpu-*.md, gpu-*.png, gpu-targets.md), and the H100 roofline (results/roofline.md) to
+# compare against. `make gpu-check` (benchmarks/gpu_check.sh) runs it after the tests on CUDA.
 #
 # Usage, from anywhere in the repository:  bash benchmarks/run_gpu.sh [extra pytest args]
-# Environment (optional): BENCH_ROUNDS, BENCH_OP_ROUNDS, BENCH_TRAIN_ROUNDS, BENCH_MEMORY=0, BENCH_MODELS,
+# Environment (optional): BENCH_RESULTS, BENCH_ROUNDS, BENCH_OP_ROUNDS, BENCH_TRAIN_ROUNDS, BENCH_MEMORY=0, BENCH_MODELS,
 # BENCH_SUITES (default "explain ops training"), PYTHON (default: .venv/bin/python if present, else python).
 set -euo pipefail
 
@@ -26,7 +27,7 @@ fi
 export BENCH_DEVICE=cuda
 export BENCH_BACKENDS="${BENCH_BACKENDS:-reference,triton}"
 export BENCH_OP_BACKENDS="${BENCH_OP_BACKENDS:-reference,torch,triton}"
-RESULTS=benchmarks/results
+RESULTS="${BENCH_RESULTS:-benchmarks/results/gpu}"
 mkdir -p "$RESULTS"
 
 status=0
@@ -42,7 +43,7 @@ done
 shopt -s nullglob
 files=("$RESULTS"/gpu-*.json)
 if (( ${#files[@]} )); then
-    "$PYTHON" benchmarks/report.py "${files[@]}"
+    "$PYTHON" benchmarks/report.py "${files[@]}" --out-dir "$RESULTS"
 fi
 "$PYTHON" benchmarks/roofline.py > /dev/null && echo "roofline: $RESULTS/roofline.md"
 exit $status

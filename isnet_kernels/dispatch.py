@@ -8,6 +8,12 @@ primitives (the kernels' specification; useful to test the Functions on any mach
 tensors when Triton imports, ``cpp`` for CPU tensors when the compiled extension is built, and the plain-PyTorch
 ``reference`` otherwise. A backend asked for by name that cannot run raises
 :class:`~isnet_kernels.errors.BackendUnavailableError` saying why: never a silent fallback.
+
+Triton chosen by ``auto`` resolves to :data:`AUTO_TRITON` (``"triton-auto"``), by name to ``"triton"``: both run
+the kernels with a first-call check of each specialisation against the torch primitive
+(:mod:`isnet_kernels.triton.selfcheck`); a kernel that fails it warns and falls back to the torch primitive for
+that case under ``auto``, and raises :class:`~isnet_kernels.triton.selfcheck.KernelSelfCheckError` when asked
+for by name.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from .ops.primitives import TorchPrimitives
 
 BACKENDS = ("auto", "reference", "torch", "cpp", "triton")
 ENV_VAR = "ISNET_KERNELS_BACKEND"
+#: The resolved name of the triton backend when ``auto`` chose it (self-check failures fall back to torch).
+AUTO_TRITON = "triton-auto"
 
 
 def cpp_status() -> tuple[bool, str]:
@@ -53,14 +61,17 @@ def backend_status() -> dict[str, tuple[bool, str]]:
 
 
 def resolve(backend: str | None, device: torch.device) -> str:
-    """The backend that runs tensors on ``device``: ``backend`` if given, else ``$ISNET_KERNELS_BACKEND``, else auto."""
+    """The backend that runs tensors on ``device``: ``backend`` if given, else ``$ISNET_KERNELS_BACKEND``, else auto.
+
+    Returns one of ``reference``, ``torch``, ``cpp``, ``triton`` (asked for by name) or :data:`AUTO_TRITON`.
+    """
     name = backend if backend is not None else os.environ.get(ENV_VAR, "auto")
     if name not in BACKENDS:
         source = "backend" if backend is not None else ENV_VAR
         raise ValueError(f"{source}={name!r} is not a backend; choose one of {BACKENDS}")
     if name == "auto":
         if device.type == "cuda" and triton_status()[0]:
-            return "triton"
+            return AUTO_TRITON
         if device.type == "cpu" and cpp_status()[0]:
             return "cpp"
         return "reference"
@@ -80,7 +91,8 @@ def resolve(backend: str | None, device: torch.device) -> str:
 
 @functools.cache
 def primitives(name: str) -> TorchPrimitives | None:
-    """The kernel set of a resolved backend (None for ``reference``: plain autograd ops)."""
+    """The kernel set of a resolved backend (None for ``reference``: plain autograd ops); one per process, so the
+    triton self-check's verdicts persist."""
     if name == "reference":
         return None
     if name == "torch":
@@ -89,8 +101,8 @@ def primitives(name: str) -> TorchPrimitives | None:
         from .cpp import CppPrimitives
 
         return CppPrimitives()
-    if name == "triton":
+    if name in ("triton", AUTO_TRITON):
         from .triton import TritonPrimitives
 
-        return TritonPrimitives()
+        return TritonPrimitives(fallback=name == AUTO_TRITON)
     raise ValueError(f"unknown backend {name!r}")

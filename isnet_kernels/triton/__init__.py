@@ -28,6 +28,7 @@ from torch import Tensor
 
 from ..ops.pool import AvgPoolWindows
 from ..ops.primitives import Geometry, TorchPrimitives
+from .reference import FusedReference
 
 _INSTALL_HINT = "triton is not installed: pip install triton==3.7.1"
 
@@ -54,55 +55,71 @@ def available() -> tuple[bool, str]:
                   "the kernels on CPU, slowly)"
 
 
+_TORCH = FusedReference()
+
+
 class TritonPrimitives(TorchPrimitives):
     """Primitives on Triton kernels; contractions other than the fused conv-epsilon forward stay PyTorch's.
 
-    Tensors must live where triton runs: on a CUDA device, or on the CPU under ``TRITON_INTERPRET=1``.
+    Tensors must live where triton runs: on a CUDA device, or on the CPU under ``TRITON_INTERPRET=1``. The first
+    call of each kernel specialisation is checked against the torch primitive (:mod:`.selfcheck`): with
+    ``fallback=True`` (the backend ``auto`` picked) a disagreement warns and the torch primitive serves that case
+    from then on; with ``fallback=False`` (``backend="triton"`` by name) it raises
+    :class:`~.selfcheck.KernelSelfCheckError`.
     """
 
     name = "triton"
 
+    def __init__(self, fallback: bool = False) -> None:
+        from .selfcheck import SelfCheck
+
+        self.fallback = fallback
+        self.self_check = SelfCheck(fallback)
+
+    def _checked(self, method: str, kernel, *args):
+        return self.self_check.run(method, kernel, getattr(_TORCH, method), args)
+
     def stab_divide(self, R: Tensor, z: Tensor, eps: float) -> Tensor:
         from .elementwise import stab_divide
 
-        return stab_divide(R, z, eps)
+        return self._checked("stab_divide", stab_divide, R, z, eps)
 
     def mul_activation(self, c: Tensor, a: Tensor) -> Tensor:
         from .elementwise import mul_activation
 
-        return mul_activation(c, a)
+        return self._checked("mul_activation", mul_activation, c, a)
 
     def epsilon_backward_input(self, G: Tensor, a: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
         from .elementwise import epsilon_backward_input
 
-        return epsilon_backward_input(G, a, c)
+        return self._checked("epsilon_backward_input", epsilon_backward_input, G, a, c)
 
     def epsilon_backward_stab(self, V: Tensor, s: Tensor, z: Tensor, eps: float) -> tuple[Tensor, Tensor]:
         from .elementwise import epsilon_backward_stab
 
-        return epsilon_backward_stab(V, s, z, eps)
+        return self._checked("epsilon_backward_stab", epsilon_backward_stab, V, s, z, eps)
 
     def residual_forward(self, R: Tensor, x: Tensor, f: Tensor, y: Tensor, eps: float) -> tuple[Tensor, Tensor]:
         from .elementwise import residual_forward
 
-        return residual_forward(R, x, f, y, eps)
+        return self._checked("residual_forward", residual_forward, R, x, f, y, eps)
 
     def residual_backward(self, Gx: Tensor, Gf: Tensor, R: Tensor, x: Tensor, f: Tensor, y: Tensor,
                           eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         from .elementwise import residual_backward
 
-        return residual_backward(Gx, Gf, R, x, f, y, eps)
+        return self._checked("residual_backward", residual_backward, Gx, Gf, R, x, f, y, eps)
 
     def maxpool_forward(self, R: Tensor, z: Tensor, indices: Tensor, length: int, eps: float) -> Tensor:
         from .pool import maxpool_forward
 
-        return maxpool_forward(R, z, indices, length, eps)
+        return self._checked("maxpool_forward", maxpool_forward, R, z, indices, length, eps)
 
     def maxpool_backward(self, G: Tensor, R: Tensor, z: Tensor, indices: Tensor,
                          eps: float) -> tuple[Tensor, Tensor]:
         from .pool import maxpool_backward
 
-        return maxpool_backward(G, R, z, indices, eps)
+        return self._checked("maxpool_backward", maxpool_backward, G, R, z, indices, eps)
 
     # --- average pooling, epsilon: used by ops.pool.AvgPoolFunction (avg_pool2d, adaptive pooling, a mean) ------
     def avgpool_forward(self, R: Tensor, a: Tensor, z: Tensor, windows: AvgPoolWindows | None, eps: float) -> Tensor:
@@ -110,7 +127,7 @@ class TritonPrimitives(TorchPrimitives):
         launch. ``windows`` are avg_pool2d's, or None for adaptive_avg_pool2d to (Ho, Wo)."""
         from .pool import avgpool_forward
 
-        return avgpool_forward(R, a, z, windows, eps)
+        return self._checked("avgpool_forward", avgpool_forward, R, a, z, windows, eps)
 
     def avgpool_backward(self, G: Tensor, R: Tensor, a: Tensor, z: Tensor, windows: AvgPoolWindows | None,
                          eps: float, compute_da: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -118,7 +135,7 @@ class TritonPrimitives(TorchPrimitives):
         ``compute_da``), with ``s = R / t``; two launches."""
         from .pool import avgpool_backward
 
-        return avgpool_backward(G, R, a, z, windows, eps, compute_da)
+        return self._checked("avgpool_backward", avgpool_backward, G, R, a, z, windows, eps, compute_da)
 
     def conv_epsilon_forward(self, R: Tensor, a: Tensor, z: Tensor, weight: Tensor, input_size: tuple[int, ...],
                              geom: Geometry, eps: float, keep_c: bool) -> tuple[Tensor, Tensor | None]:
@@ -136,7 +153,8 @@ class TritonPrimitives(TorchPrimitives):
             return R_in, c.view(R_in.shape) if keep_c else None
         from .conv import conv_epsilon_forward
 
-        return conv_epsilon_forward(R, a, z, weight, tuple(input_size), geom, eps, keep_c)
+        return self._checked("conv_epsilon_forward", conv_epsilon_forward, R, a, z, weight, tuple(input_size), geom,
+                             eps, keep_c)
 
     def zbox_forward(self, R: Tensor, a_low: Tensor, a_high: Tensor, z_box: Tensor, w_pos: Tensor, w_neg: Tensor,
                      input_size: tuple[int, ...], geom: Geometry, eps: float,
@@ -159,7 +177,8 @@ class TritonPrimitives(TorchPrimitives):
             return R_in, c_pos.view(R_in.shape), c_neg.view(R_in.shape)
         from .conv import zbox_forward
 
-        return zbox_forward(R, a_low, a_high, z_box, w_pos, w_neg, tuple(input_size), geom, eps, keep_c)
+        return self._checked("zbox_forward", zbox_forward, R, a_low, a_high, z_box, w_pos, w_neg, tuple(input_size),
+                             geom, eps, keep_c)
 
     def conv_epsilon_backward(self, U: Tensor, weight: Tensor, s: Tensor, z: Tensor, geom: Geometry,
                               eps: float) -> tuple[Tensor, Tensor]:
@@ -177,7 +196,7 @@ class TritonPrimitives(TorchPrimitives):
             return dR.view(s.shape), dZ.view(z.shape)
         from .conv import conv_epsilon_backward
 
-        return conv_epsilon_backward(U, weight, s, z, geom, eps)
+        return self._checked("conv_epsilon_backward", conv_epsilon_backward, U, weight, s, z, geom, eps)
 
 
 __all__ = ["TritonPrimitives", "available"]

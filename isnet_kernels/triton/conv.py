@@ -26,17 +26,21 @@ Transposed convolution, gather formulation: output pixel (n, ci, h, w), with ci 
 
 over the taps (i, j) for which both divisions are exact and land inside (Ho, Wo). A program owns a tile of
 BLOCK_P output pixels (flattened over n, h, w) by BLOCK_CI input channels of one group and loops over the
-reduction K = (Co/groups) * kh * kw: output channels outside, in blocks of BLOCK_K, taps inside.
+reduction K = (Co/groups) * kh * kw in one flat loop: output channels in blocks of BLOCK_K, taps inside.
 
 Forward convolution: output pixel (n, co, ho, wo) sums ``U[n, ci, ho*stride - pad + i*dil, ...] * W[co, ci, i, j]``
 over the group's input channels (blocks of BLOCK_K) and the taps inside the input. A program owns BLOCK_P
 pixels of one image's batch index b (flattened over b, ho, wo) by BLOCK_CO output channels, and loops over the
 M maps of b, so the sum over M of the epilogue stays in registers (no atomics, deterministic).
 
-Each reduction step is a (BLOCK_P x BLOCK_K) @ (BLOCK_K x BLOCK_N) product on tensor cores (``tl.dot``) or, where
-a group has fewer than 8 input or output channels (depthwise convolutions, RGB first layers), a broadcast
-multiply-add on CUDA cores. Tensor-core tiles are autotuned over Ampere / Hopper configurations keyed on the
-shapes; under the interpreter a single small tile is used.
+Each reduction step is a (BLOCK_P x BLOCK_K) @ (BLOCK_K x BLOCK_N) product (``tl.dot``, BLOCK_K >= 16: tensor
+cores for bf16, fp16 and TF32, FMAs for IEEE fp32, DMMA for fp64) or, where a group has fewer than 8 input or
+output channels (depthwise convolutions, RGB and grayscale first layers), a rank-1 update on CUDA cores: one
+reduced channel per step, ``acc += s[:, None] * w[None, :]`` with no reduction, so that Triton cannot rewrite it
+into a ``tl.dot`` with K < 16 (which counts each product 2x or 8x on the GPU; tests/triton/test_aot.py checks the
+compiled IR). The ``tl.dot`` tiles are autotuned (keys: shapes, the pixel count's power-of-two bucket, the input
+precision) over tile sets chosen from the ahead-of-time compile figures; under the interpreter a single small
+tile is used.
 """
 
 from __future__ import annotations
@@ -50,10 +54,34 @@ from torch import Tensor
 
 from ..ops.conv import conv_transpose_output_padding
 from ..ops.primitives import Geometry, new_output
-from .utils import check_floating, compute_dtype, eps_parts, interpreting, rebuild_eps, stabilize
+from .utils import (
+    check_floating,
+    compute_dtype,
+    device_guard,
+    eps_parts,
+    input_precision,
+    interpreting,
+    pixel_bucket,
+    rebuild_eps,
+    stabilize,
+)
 
 #: Groups with at least this many input and output channels use ``tl.dot``; smaller ones the FMA path.
 MIN_DOT_CHANNELS = 8
+
+# Integer arguments (sizes, strides, the convolution's geometry) are not specialised on their value (1, multiples
+# of 16): the loads gather along pixels (p % W), so nothing vectorises on them, and one compiled variant serves
+# every layer shape. The geometry is a runtime argument too: the taps are one flat loop whose tap indices are
+# uniform scalars, so only the transposed convolution's per-pixel division by the stride costs anything.
+_GEOMETRY_INTS = ["KH", "KW", "STRIDE_H", "STRIDE_W", "PAD_H", "PAD_W", "DIL_H", "DIL_W"]
+_TRANSPOSE_INTS = ["R_n_stride", "R_c_stride", "R_h_stride", "R_w_stride", "Z_b_stride", "Z_c_stride", "Z_h_stride",
+                   "Z_w_stride", "A_b_stride", "A_c_stride", "A_h_stride", "A_w_stride", "W_o_stride", "W_i_stride",
+                   "W_h_stride", "W_w_stride", "OUT_n_stride", "OUT_c_stride", "OUT_h_stride", "OUT_w_stride", "M",
+                   "H", "W", "Ho", "Wo", "Ci_g", "Co_g", "n_pixels", "P_BUCKET", *_GEOMETRY_INTS]
+_BACKWARD_INTS = ["U_n_stride", "U_c_stride", "U_h_stride", "U_w_stride", "W_o_stride", "W_i_stride", "W_h_stride",
+                  "W_w_stride", "S_n_stride", "S_c_stride", "S_h_stride", "S_w_stride", "Z_b_stride", "Z_c_stride",
+                  "Z_h_stride", "Z_w_stride", "M", "H", "W", "Ho", "Wo", "Ci_g", "Co_g", "n_pixels", "P_BUCKET",
+                  "M_BUCKET", *_GEOMETRY_INTS]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -61,16 +89,15 @@ MIN_DOT_CHANNELS = 8
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_TRANSPOSE_INTS)
 def _conv_transpose_kernel(
     R_ptr, R_n_stride, R_c_stride, R_h_stride, R_w_stride,
     Z_ptr, Z_b_stride, Z_c_stride, Z_h_stride, Z_w_stride,
     A_ptr, A2_ptr, A_b_stride, A_c_stride, A_h_stride, A_w_stride,
     W_ptr, W2_ptr, W_o_stride, W_i_stride, W_h_stride, W_w_stride,
     OUT_ptr, C_ptr, C2_ptr, OUT_n_stride, OUT_c_stride, OUT_h_stride, OUT_w_stride,
-    M, H, W, Ho, Wo, Ci_g, Co_g, n_pixels, eps_hi, eps_lo,
-    KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, PAD_H: tl.constexpr,
-    PAD_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+    M, H, W, Ho, Wo, Ci_g, Co_g, n_pixels, P_BUCKET, eps_hi, eps_lo,
+    KH, KW, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,
     KEEP_C: tl.constexpr, TWO_SIGNS: tl.constexpr, USE_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -107,38 +134,41 @@ def _conv_transpose_kernel(
 
     acc = tl.zeros([BLOCK_P, BLOCK_CI], dtype=COMPUTE_DTYPE)
     acc2 = tl.zeros([BLOCK_P, BLOCK_CI], dtype=COMPUTE_DTYPE)  # second sign (TWO_SIGNS only)
-    for k0 in range(0, Co_g, BLOCK_K):  # output channels of the group, BLOCK_K at a time
-        co = k0 + offs_k
+    # one flat loop over (channel block, tap): a single long loop that Triton's pipeliner overlaps, where nested
+    # tap loops would each be peeled into prologue and epilogue copies (and run out of registers)
+    n_taps = KH * KW
+    for step in range(0, tl.cdiv(Co_g, BLOCK_K) * n_taps):
+        co = (step // n_taps) * BLOCK_K + offs_k  # output channels of the group, BLOCK_K at a time
+        i = (step % n_taps) // KW  # kernel tap (i, j): the output pixel (ho, wo) it reads, if any
+        j = step % KW
         k_mask = co < Co_g
-        R_tile = R_rows[:, None] + (co * R_c_stride)[None, :]  # [BLOCK_P, BLOCK_K], pixel (0, 0)
-        Z_tile = Z_rows[:, None] + (co * Z_c_stride)[None, :]
-        W_tile = W_cols[None, :] + (co * W_o_stride)[:, None]  # [BLOCK_K, BLOCK_CI] offsets, tap (0, 0)
+        h_num = h + PAD_H - i * DIL_H
+        ho = h_num // STRIDE_H
+        w_num = w + PAD_W - j * DIL_W
+        wo = w_num // STRIDE_W
+        valid = (p_mask & (h_num >= 0) & (h_num - ho * STRIDE_H == 0) & (ho < Ho) & (w_num >= 0)
+                 & (w_num - wo * STRIDE_W == 0) & (wo < Wo))
+        rz_mask = valid[:, None] & k_mask[None, :]
+        r = tl.load(R_rows[:, None] + (co * R_c_stride)[None, :] + (ho * R_h_stride + wo * R_w_stride)[:, None],
+                    mask=rz_mask, other=0.0)
+        z = tl.load(Z_rows[:, None] + (co * Z_c_stride)[None, :] + (ho * Z_h_stride + wo * Z_w_stride)[:, None],
+                    mask=rz_mask, other=0.0)  # stab(0) = eps: s = 0 / eps = 0 where r is masked
+        s = r.to(COMPUTE_DTYPE) / stabilize(z.to(COMPUTE_DTYPE), eps)  # prologue: [BLOCK_P, BLOCK_K]
+        w_off = W_cols[None, :] + (co * W_o_stride)[:, None] + (i * W_h_stride + j * W_w_stride)  # [BLOCK_K, CI]
         w_mask = k_mask[:, None] & ci_mask[None, :]
-        for i in range(KH):  # kernel taps: the output pixel (ho, wo) each one reads, if any
-            h_num = h + PAD_H - i * DIL_H
-            ho = h_num // STRIDE_H
-            valid_h = p_mask & (h_num >= 0) & (h_num - ho * STRIDE_H == 0) & (ho < Ho)
-            for j in range(KW):
-                w_num = w + PAD_W - j * DIL_W
-                wo = w_num // STRIDE_W
-                valid = valid_h & (w_num >= 0) & (w_num - wo * STRIDE_W == 0) & (wo < Wo)
-                rz_mask = valid[:, None] & k_mask[None, :]
-                r = tl.load(R_tile + (ho * R_h_stride + wo * R_w_stride)[:, None], mask=rz_mask, other=0.0)
-                z = tl.load(Z_tile + (ho * Z_h_stride + wo * Z_w_stride)[:, None], mask=rz_mask, other=1.0)
-                s = r.to(COMPUTE_DTYPE) / stabilize(z.to(COMPUTE_DTYPE), eps)  # prologue: [BLOCK_P, BLOCK_K]
-                w_off = W_tile + (i * W_h_stride + j * W_w_stride)
-                wt = tl.load(W_ptr + w_off, mask=w_mask, other=0.0)
-                if USE_DOT:
-                    s_op = s.to(wt.dtype)
-                    acc = tl.dot(s_op, wt, acc, input_precision=INPUT_PRECISION, out_dtype=COMPUTE_DTYPE)
-                    if TWO_SIGNS:
-                        wt2 = tl.load(W2_ptr + w_off, mask=w_mask, other=0.0)
-                        acc2 = tl.dot(s_op, wt2, acc2, input_precision=INPUT_PRECISION, out_dtype=COMPUTE_DTYPE)
-                else:
-                    acc += tl.sum(s[:, :, None] * wt.to(COMPUTE_DTYPE)[None, :, :], axis=1)
-                    if TWO_SIGNS:
-                        wt2 = tl.load(W2_ptr + w_off, mask=w_mask, other=0.0)
-                        acc2 += tl.sum(s[:, :, None] * wt2.to(COMPUTE_DTYPE)[None, :, :], axis=1)
+        wt = tl.load(W_ptr + w_off, mask=w_mask, other=0.0)
+        if USE_DOT:
+            s_op = s.to(wt.dtype)
+            acc = tl.dot(s_op, wt, acc, input_precision=INPUT_PRECISION, out_dtype=COMPUTE_DTYPE)
+            if TWO_SIGNS:
+                wt2 = tl.load(W2_ptr + w_off, mask=w_mask, other=0.0)
+                acc2 = tl.dot(s_op, wt2, acc2, input_precision=INPUT_PRECISION, out_dtype=COMPUTE_DTYPE)
+        else:  # one reduced channel: a rank-1 update [BLOCK_P, 1] * [1, BLOCK_CI], no reduction
+            tl.static_assert(BLOCK_K == 1)
+            acc += s * wt.to(COMPUTE_DTYPE)
+            if TWO_SIGNS:
+                wt2 = tl.load(W2_ptr + w_off, mask=w_mask, other=0.0)
+                acc2 += s * wt2.to(COMPUTE_DTYPE)
 
     # epilogue: multiply by the layer input(s) at [b, ci, h, w]
     ci_abs = g * Ci_g + ci
@@ -160,15 +190,14 @@ def _conv_transpose_kernel(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_BACKWARD_INTS)
 def _conv_epsilon_backward_kernel(
     U_ptr, U_n_stride, U_c_stride, U_h_stride, U_w_stride,
     W_ptr, W_o_stride, W_i_stride, W_h_stride, W_w_stride,
     S_ptr, DR_ptr, S_n_stride, S_c_stride, S_h_stride, S_w_stride,
     Z_ptr, DZ_ptr, Z_b_stride, Z_c_stride, Z_h_stride, Z_w_stride,
-    M, H, W, Ho, Wo, Ci_g, Co_g, n_pixels, eps_hi, eps_lo,
-    KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, PAD_H: tl.constexpr,
-    PAD_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+    M, H, W, Ho, Wo, Ci_g, Co_g, n_pixels, P_BUCKET, M_BUCKET, eps_hi, eps_lo,
+    KH, KW, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,
     USE_DOT: tl.constexpr, INPUT_PRECISION: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -190,12 +219,13 @@ def _conv_epsilon_backward_kernel(
     wo = p % Wo
     ho = (p // Wo) % Ho
     b64 = (p // (Ho * Wo)).to(tl.int64)
-    out_mask = p_mask[:, None] & co_mask[None, :]
-
-    z_off = (b64 * Z_b_stride + ho * Z_h_stride + wo * Z_w_stride)[:, None] + co_abs[None, :] * Z_c_stride
-    z = tl.load(Z_ptr + z_off, mask=out_mask, other=1.0).to(COMPUTE_DTYPE)
-    t = stabilize(z, rebuild_eps(eps_hi, eps_lo, COMPUTE_DTYPE))
-    pix_s = (ho * S_h_stride + wo * S_w_stride)[:, None] + co_abs[None, :] * S_c_stride
+    # row ([BLOCK_P]) and column ([BLOCK_CO]) offsets only: [BLOCK_P, BLOCK_CO] tensors other than the two
+    # accumulators are formed in the epilogue, so they hold no registers through the reduction
+    z_rows = b64 * Z_b_stride + ho * Z_h_stride + wo * Z_w_stride
+    z_cols = co_abs * Z_c_stride
+    s_rows = ho * S_h_stride + wo * S_w_stride
+    s_cols = co_abs * S_c_stride
+    eps = rebuild_eps(eps_hi, eps_lo, COMPUTE_DTYPE)
     W_cols = W_ptr + co_abs * W_o_stride  # [BLOCK_CO]
     offs_k = tl.arange(0, BLOCK_K)
     h0 = ho * STRIDE_H - PAD_H
@@ -206,31 +236,33 @@ def _conv_epsilon_backward_kernel(
         n64 = b64 * M + m
         U_rows = U_ptr + n64 * U_n_stride + g * Ci_g * U_c_stride  # [BLOCK_P] channel g*Ci_g of image n
         acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=COMPUTE_DTYPE)
-        for k0 in range(0, Ci_g, BLOCK_K):  # input channels of the group, BLOCK_K at a time
-            ci = k0 + offs_k
+        n_taps = KH * KW
+        for step in range(0, tl.cdiv(Ci_g, BLOCK_K) * n_taps):  # one flat loop over (channel block, tap)
+            ci = (step // n_taps) * BLOCK_K + offs_k  # input channels of the group, BLOCK_K at a time
+            i = (step % n_taps) // KW  # kernel tap (i, j): the input pixel it reads, if inside the image
+            j = step % KW
             k_mask = ci < Ci_g
-            U_tile = U_rows[:, None] + (ci * U_c_stride)[None, :]  # [BLOCK_P, BLOCK_K], pixel (0, 0)
-            W_tile = W_cols[None, :] + (ci * W_i_stride)[:, None]  # [BLOCK_K, BLOCK_CO], tap (0, 0)
-            w_mask = k_mask[:, None] & co_mask[None, :]
-            for i in range(KH):  # kernel taps: the input pixel each one reads, if inside the image
-                h_in = h0 + i * DIL_H
-                valid_h = p_mask & (h_in >= 0) & (h_in < H)
-                for j in range(KW):
-                    w_in = w0 + j * DIL_W
-                    valid = valid_h & (w_in >= 0) & (w_in < W)
-                    u = tl.load(U_tile + (h_in * U_h_stride + w_in * U_w_stride)[:, None],
-                                mask=valid[:, None] & k_mask[None, :], other=0.0)
-                    wt = tl.load(W_tile + (i * W_h_stride + j * W_w_stride), mask=w_mask, other=0.0)
-                    if USE_DOT:
-                        acc = tl.dot(u, wt, acc, input_precision=INPUT_PRECISION, out_dtype=COMPUTE_DTYPE)
-                    else:
-                        acc += tl.sum(u.to(COMPUTE_DTYPE)[:, :, None] * wt.to(COMPUTE_DTYPE)[None, :, :], axis=1)
+            h_in = h0 + i * DIL_H
+            w_in = w0 + j * DIL_W
+            valid = p_mask & (h_in >= 0) & (h_in < H) & (w_in >= 0) & (w_in < W)
+            u = tl.load(U_rows[:, None] + (ci * U_c_stride)[None, :] + (h_in * U_h_stride + w_in * U_w_stride)[:, None],
+                        mask=valid[:, None] & k_mask[None, :], other=0.0)
+            wt = tl.load(W_cols[None, :] + (ci * W_i_stride)[:, None] + (i * W_h_stride + j * W_w_stride),
+                         mask=k_mask[:, None] & co_mask[None, :], other=0.0)
+            if USE_DOT:
+                acc = tl.dot(u, wt, acc, input_precision=INPUT_PRECISION, out_dtype=COMPUTE_DTYPE)
+            else:  # one reduced channel: a rank-1 update [BLOCK_P, 1] * [1, BLOCK_CO], no reduction
+                tl.static_assert(BLOCK_K == 1)
+                acc += u.to(COMPUTE_DTYPE) * wt.to(COMPUTE_DTYPE)
         # epilogue: dR = V / t, and the map's term of dZ
-        off = n64[:, None] * S_n_stride + pix_s
-        dr = acc / t
+        out_mask = p_mask[:, None] & co_mask[None, :]
+        z = tl.load(Z_ptr + z_rows[:, None] + z_cols[None, :], mask=out_mask, other=1.0).to(COMPUTE_DTYPE)
+        off = (n64 * S_n_stride + s_rows)[:, None] + s_cols[None, :]
+        dr = acc / stabilize(z, eps)
         tl.store(DR_ptr + off, dr.to(DR_ptr.dtype.element_ty), mask=out_mask)
         dz += dr * tl.load(S_ptr + off, mask=out_mask, other=0.0).to(COMPUTE_DTYPE)
-    tl.store(DZ_ptr + z_off, (-dz).to(DZ_ptr.dtype.element_ty), mask=out_mask)
+    out_mask = p_mask[:, None] & co_mask[None, :]
+    tl.store(DZ_ptr + z_rows[:, None] + z_cols[None, :], (-dz).to(DZ_ptr.dtype.element_ty), mask=out_mask)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -238,96 +270,121 @@ def _conv_epsilon_backward_kernel(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _dot_configs(n_block: str) -> list[triton.Config]:
-    """Tile configurations for the tensor-core path (``n_block`` names the output-channel block): Ampere- and
-    Hopper-sized tiles, or one small tile under the interpreter (which would otherwise benchmark every
-    configuration on the CPU)."""
+# Tiles, (BLOCK_P, BLOCK_N, BLOCK_K, num_warps, num_stages), per kernel and tile set: "tensor_core" for bf16, fp16
+# and fp32 at TF32 precision; "fma" for tl.dot without tensor cores (fp32 at IEEE precision, which Triton lowers to
+# FMAs with both operands staged through shared memory, and fp64, on DMMA). Chosen from the compiler's figures
+# (``python -m isnet_kernels.triton.aot``, benchmarks/results/aot/): the tiles that fit the shared memory of sm_80
+# and sm_90 and spill no registers on either, for every dtype of their set. Rejected there, each spilling on at
+# least one target and dtype: 128 x 64 and larger; 4-warp tensor-core tiles over 32 x 32 outputs or more (for the
+# backward); 64 x 64 x 32 with 8 warps (bf16 on sm_80); 32 x 32 x 16 (bf16 / TF32 backward).
+TRANSPOSE_TILES = {
+    "tensor_core": ((64, 32, 32, 8, 3), (32, 64, 32, 8, 3), (32, 32, 32, 8, 3)),
+    "fma": ((64, 64, 16, 8, 2), (64, 32, 16, 8, 2), (32, 32, 16, 4, 2)),
+}
+#: The Z^B rule's form of the transposed convolution (two accumulators, two weight tiles) needs smaller tiles.
+ZBOX_TILES = {
+    "tensor_core": ((32, 64, 32, 8, 3),),
+    "fma": ((64, 32, 16, 8, 2), (32, 32, 16, 4, 2)),
+}
+BACKWARD_TILES = {
+    "tensor_core": ((64, 32, 16, 8, 3), (32, 32, 32, 8, 3)),
+    "fma": ((64, 32, 16, 8, 2), (32, 32, 16, 4, 2)),
+}
+#: Software-pipelining depth of the CUDA-core path (its loads are few and small; deeper pipelines spill).
+FMA_STAGES = 1
+#: The one small tile used under the interpreter (which would otherwise benchmark every tile on the CPU).
+INTERPRETER_TILE = (128, 16, 16, 4, 1)
+
+
+def _dot_configs(n_block: str, tiles: tuple[tuple[int, ...], ...]) -> list[triton.Config]:
+    """The autotuner's configurations for ``tiles`` (``n_block`` names the output-channel block), or the single
+    :data:`INTERPRETER_TILE` under the interpreter."""
     if interpreting():
-        return [triton.Config({"BLOCK_P": 128, n_block: 16, "BLOCK_K": 16}, num_warps=4, num_stages=1)]
-    shapes = [  # (BLOCK_P, BLOCK_N, BLOCK_K, num_warps, num_stages)
-        (128, 128, 32, 8, 3), (256, 64, 32, 8, 3), (64, 256, 32, 8, 3),  # Hopper / large Ampere tiles
-        (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 64, 4, 3),  # Ampere tiles
-        (128, 32, 32, 4, 4), (128, 16, 32, 4, 4), (32, 32, 32, 2, 5), (16, 16, 16, 1, 2),  # narrow groups, fp64
-    ]
+        tiles = (INTERPRETER_TILE,)
     return [triton.Config({"BLOCK_P": p, n_block: c, "BLOCK_K": k}, num_warps=nw, num_stages=ns)
-            for p, c, k, nw, ns in shapes]
+            for p, c, k, nw, ns in tiles]
 
 
-def _dot_pruner(n_block: str, n_arg: str, k_arg: str, data_arg: str, accumulators_arg: str | None = None
-                ) -> Callable[..., list[triton.Config]]:
+def _dot_pruner(n_block: str, n_arg: str, k_arg: str) -> Callable[..., list[triton.Config]]:
     """An ``early_config_prune``: drop tiles wider than the group's channels (``n_arg`` along the output block,
-    ``k_arg`` along the reduction; beyond the 16-wide minimum of ``tl.dot``), tiles taller than the pixel count,
-    for float64 (``data_arg``'s dtype; no tensor cores for it) tiles over 64 x 64 outputs, and, when the
-    constexpr ``accumulators_arg`` is set (two accumulators), tiles over 8192 outputs."""
+    ``k_arg`` along the reduction; beyond the 16-wide minimum of ``tl.dot``) and tiles taller than the pixel
+    bucket; never returns an empty list (the smallest tile stays)."""
 
     def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
         n_cap = max(16, triton.next_power_of_2(named_args[n_arg]))
         k_cap = max(16, triton.next_power_of_2(named_args[k_arg]))
-        p_cap = max(16, triton.next_power_of_2(named_args["n_pixels"]))
-        is_fp64 = named_args[data_arg].dtype == torch.float64
-        two = bool(accumulators_arg and kwargs.get(accumulators_arg, named_args.get(accumulators_arg, False)))
-        max_out = 4096 if is_fp64 else 8192 if two else 1 << 30
+        p_cap = named_args["P_BUCKET"]
         kept = [c for c in configs if c.kwargs[n_block] <= n_cap and c.kwargs["BLOCK_K"] <= k_cap
-                and c.kwargs["BLOCK_P"] <= p_cap and c.kwargs["BLOCK_P"] * c.kwargs[n_block] <= max_out]
+                and c.kwargs["BLOCK_P"] <= p_cap]
         return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_P"] * c.kwargs[n_block] * c.kwargs["BLOCK_K"])]
 
     return prune
 
 
-_GEOMETRY_KEY = ["KH", "KW", "STRIDE_H", "STRIDE_W", "DIL_H", "DIL_W"]
-
-_conv_transpose_dot = triton.autotune(
-    configs=_dot_configs("BLOCK_CI"),
-    key=["n_pixels", "Ci_g", "Co_g", "Ho", "Wo", *_GEOMETRY_KEY, "KEEP_C", "TWO_SIGNS"],
-    prune_configs_by={"early_config_prune": _dot_pruner("BLOCK_CI", "Ci_g", "Co_g", "R_ptr", "TWO_SIGNS")},
-)(_conv_transpose_kernel)
-
-_conv_epsilon_backward_dot = triton.autotune(
-    configs=_dot_configs("BLOCK_CO"),
-    key=["n_pixels", "M", "Ci_g", "Co_g", "H", "W", *_GEOMETRY_KEY],
-    prune_configs_by={"early_config_prune": _dot_pruner("BLOCK_CO", "Co_g", "Ci_g", "U_ptr")},
-)(_conv_epsilon_backward_kernel)
+_GEOMETRY_KEY = ["KH", "KW", "STRIDE_H", "STRIDE_W", "DIL_H", "DIL_W", "INPUT_PRECISION"]
+# the autotune keys hold the pixel count (and map count) as powers of two: a new batch size does not retune
+_TRANSPOSE_KEY = ["P_BUCKET", "Ci_g", "Co_g", "Ho", "Wo", *_GEOMETRY_KEY, "KEEP_C", "TWO_SIGNS"]
+_BACKWARD_KEY = ["P_BUCKET", "M_BUCKET", "Ci_g", "Co_g", "H", "W", *_GEOMETRY_KEY]
 
 
-def _fma_tiles(n_out: int, n_reduce: int) -> tuple[int, int, int, int]:
-    """(BLOCK_P, BLOCK_N, BLOCK_K, num_warps) for the CUDA-core path with ``n_out`` output channels and
-    ``n_reduce`` reduced channels per group, keeping the P x K x N product tile at 8192 elements at most."""
+def _autotuned(kernel, tile_sets: dict, n_block: str, key: list[str], n_arg: str, k_arg: str) -> dict:
+    """``{"tensor_core": ..., "fma": ...}``: ``kernel`` autotuned over each tile set (one JIT cache under both)."""
+    return {name: triton.autotune(configs=_dot_configs(n_block, tiles), key=key,
+                                  prune_configs_by={"early_config_prune": _dot_pruner(n_block, n_arg, k_arg)})(kernel)
+            for name, tiles in tile_sets.items()}
+
+
+_conv_transpose_dot = _autotuned(_conv_transpose_kernel, TRANSPOSE_TILES, "BLOCK_CI", _TRANSPOSE_KEY, "Ci_g", "Co_g")
+_conv_zbox_dot = _autotuned(_conv_transpose_kernel, ZBOX_TILES, "BLOCK_CI", _TRANSPOSE_KEY, "Ci_g", "Co_g")
+_conv_epsilon_backward_dot = _autotuned(_conv_epsilon_backward_kernel, BACKWARD_TILES, "BLOCK_CO", _BACKWARD_KEY,
+                                        "Co_g", "Ci_g")
+
+
+def _fma_tiles(n_out: int) -> tuple[int, int, int]:
+    """(BLOCK_P, BLOCK_N, num_warps) for the CUDA-core path with ``n_out`` output channels per group (the reduced
+    channels go one at a time, BLOCK_K = 1): 128 pixels, up to 16 channels, 8 warps for 16 channels (4 warps
+    spill there on sm_80 and sm_90), 4 below."""
     block_n = min(triton.next_power_of_2(n_out), 16)
-    block_p = 128
-    block_k = max(1, min(triton.next_power_of_2(n_reduce), 8192 // (block_p * block_n), 16))
-    return block_p, block_n, block_k, 4
+    return 128, block_n, 8 if block_n >= 16 else 4
 
 
-def _launch_implicit_gemm(dot_kernel, fma_kernel, args: tuple, meta: dict, n_pixels: int, groups: int,
-                          n_out: int, n_reduce: int, block_out: str) -> None:
+def uses_dot(n_out: int, n_reduce: int) -> bool:
+    """Whether a convolution with these per-group channel counts runs the ``tl.dot`` form of its kernel."""
+    return n_out >= MIN_DOT_CHANNELS and n_reduce >= MIN_DOT_CHANNELS
+
+
+def tile_set(dtype: torch.dtype, precision: str) -> str:
+    """``"tensor_core"`` for bf16, fp16 and fp32 at TF32 precision; ``"fma"`` for fp32 at IEEE precision and fp64."""
+    return "tensor_core" if dtype in (torch.float16, torch.bfloat16) or precision == "tf32" else "fma"
+
+
+def _launch_implicit_gemm(dot_kernels: dict, fma_kernel, args: tuple, meta: dict, dtype: torch.dtype,
+                          n_pixels: int, groups: int, n_out: int, n_reduce: int, block_out: str, device) -> None:
     """Launch an implicit-GEMM convolution kernel over (pixel tiles, groups x output-channel tiles): its autotuned
-    ``tl.dot`` form when both per-group channel counts reach ``MIN_DOT_CHANNELS``, else its CUDA-core form with
-    :func:`_fma_tiles`. ``block_out`` names the kernel's output-channel tile parameter."""
-    if n_out >= MIN_DOT_CHANNELS and n_reduce >= MIN_DOT_CHANNELS:
+    ``tl.dot`` form (:func:`uses_dot`; tiles by :func:`tile_set`), else its CUDA-core form (rank-1 updates, one
+    reduced channel at a time, :func:`_fma_tiles`). ``block_out`` names the kernel's output-channel tile parameter.
+    """
+    if uses_dot(n_out, n_reduce):
 
         def grid(meta: dict) -> tuple[int, int]:
             return triton.cdiv(n_pixels, meta["BLOCK_P"]), groups * triton.cdiv(n_out, meta[block_out])
 
-        dot_kernel[grid](*args, USE_DOT=True, **meta)
+        with device_guard(device):
+            dot_kernels[tile_set(dtype, meta["INPUT_PRECISION"])][grid](*args, USE_DOT=True, **meta)
         return
-    block_p, block_n, block_k, num_warps = _fma_tiles(n_out, n_reduce)
+    block_p, block_n, num_warps = _fma_tiles(n_out)
     grid = (triton.cdiv(n_pixels, block_p), groups * triton.cdiv(n_out, block_n))
-    fma_kernel[grid](*args, USE_DOT=False, BLOCK_P=block_p, BLOCK_K=block_k, num_warps=num_warps,
-                     **{block_out: block_n}, **meta)
-
-
-def _input_precision(dtype: torch.dtype) -> str:
-    """float32 products use TF32 tensor cores only where PyTorch's matmul precision allows it; exact otherwise."""
-    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest" and not interpreting():
-        return "tf32"
-    return "ieee"
+    meta = dict(meta, INPUT_PRECISION="ieee")  # no tl.dot on this path: one compiled variant for both precisions
+    with device_guard(device):
+        fma_kernel[grid](*args, USE_DOT=False, BLOCK_P=block_p, BLOCK_K=1, num_warps=num_warps, num_stages=FMA_STAGES,
+                         **{block_out: block_n}, **meta)
 
 
 def _geometry_meta(weight: Tensor, geom: Geometry, dtype: torch.dtype) -> dict:
     KH, KW = weight.shape[-2:]
     return dict(KH=KH, KW=KW, STRIDE_H=geom.stride[0], STRIDE_W=geom.stride[1], PAD_H=geom.padding[0],
                 PAD_W=geom.padding[1], DIL_H=geom.dilation[0], DIL_W=geom.dilation[1],
-                INPUT_PRECISION=_input_precision(dtype), COMPUTE_DTYPE=compute_dtype(dtype))
+                INPUT_PRECISION=input_precision(dtype), COMPUTE_DTYPE=compute_dtype(dtype))
 
 
 def _check_conv(name: str, n_pixels: int, Ci: int, HW: tuple[int, int], Co: int, HoWo: tuple[int, int],
@@ -374,11 +431,11 @@ def _conv_transpose(R: Tensor, z: Tensor, a: Tensor, a2: Tensor | None, weight: 
         a, a2, a.stride(0), a.stride(1), a.stride(2), a.stride(3),
         Wt, Wt2, Wt.stride(2), Wt.stride(3), Wt.stride(0), Wt.stride(1),
         out, out_c, out_c2, out.stride(1), out.stride(2), out.stride(3), out.stride(4),
-        M, H, W, Ho, Wo, Ci_g, Co_g, n_pixels, *eps_parts(eps),
+        M, H, W, Ho, Wo, Ci_g, Co_g, n_pixels, pixel_bucket(n_pixels), *eps_parts(eps),
     )
     meta = dict(_geometry_meta(weight, geom, R.dtype), KEEP_C=keep_c, TWO_SIGNS=two)
-    _launch_implicit_gemm(_conv_transpose_dot, _conv_transpose_kernel, args, meta, n_pixels, groups, Ci_g, Co_g,
-                          "BLOCK_CI")
+    _launch_implicit_gemm(_conv_zbox_dot if two else _conv_transpose_dot, _conv_transpose_kernel, args, meta, R.dtype,
+                          n_pixels, groups, Ci_g, Co_g, "BLOCK_CI", R.device)
     return out, c, c2
 
 
@@ -498,11 +555,11 @@ def conv_epsilon_backward(U: Tensor, weight: Tensor, s: Tensor, z: Tensor, geom:
         Wt, Wt.stride(3), Wt.stride(2), Wt.stride(0), Wt.stride(1),
         s, dR, s.stride(1), s.stride(2), s.stride(3), s.stride(4),
         z, dZ, z.stride(0), z.stride(1), z.stride(2), z.stride(3),
-        M, H, W, Ho, Wo, Ci_g, Co_g, n_pixels, *eps_parts(eps),
+        M, H, W, Ho, Wo, Ci_g, Co_g, n_pixels, pixel_bucket(n_pixels), triton.next_power_of_2(M), *eps_parts(eps),
     )
     meta = _geometry_meta(weight, geom, U.dtype)
-    _launch_implicit_gemm(_conv_epsilon_backward_dot, _conv_epsilon_backward_kernel, args, meta, n_pixels, groups,
-                          Co_g, Ci_g, "BLOCK_CO")
+    _launch_implicit_gemm(_conv_epsilon_backward_dot, _conv_epsilon_backward_kernel, args, meta, U.dtype, n_pixels,
+                          groups, Co_g, Ci_g, "BLOCK_CO", U.device)
     return dR, dZ
 
 

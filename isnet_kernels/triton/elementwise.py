@@ -16,7 +16,16 @@ import triton.language as tl
 from torch import Tensor
 
 from ..ops.primitives import new_output
-from .utils import calculate_settings, check_floating, compute_dtype, eps_parts, rebuild_eps, row_tile, stabilize
+from .utils import (
+    calculate_settings,
+    check_floating,
+    compute_dtype,
+    device_guard,
+    eps_parts,
+    rebuild_eps,
+    row_tile,
+    stabilize,
+)
 
 # ----------------------------------------------------------------------------------------------------------------
 # kernels producing map tensors only: grid = B*M rows x column blocks, flattened to one axis
@@ -193,10 +202,11 @@ def stab_divide(R: Tensor, z: Tensor, eps: float) -> Tensor:
     S = new_output((B, M, N), R)
     BLOCK_SIZE, num_warps = calculate_settings(N)
     n_col_blocks = triton.cdiv(N, BLOCK_SIZE)
-    _stab_divide_kernel[(B * M * n_col_blocks,)](
-        R, _row_stride(R), z, _row_stride(z), S, _row_stride(S), M, N, n_col_blocks, *eps_parts(eps),
-        COMPUTE_DTYPE=compute_dtype(R.dtype), BLOCK_SIZE=BLOCK_SIZE, num_warps=num_warps,
-    )
+    with device_guard(R.device):
+        _stab_divide_kernel[(B * M * n_col_blocks,)](
+            R, _row_stride(R), z, _row_stride(z), S, _row_stride(S), M, N, n_col_blocks, *eps_parts(eps),
+            COMPUTE_DTYPE=compute_dtype(R.dtype), BLOCK_SIZE=BLOCK_SIZE, num_warps=num_warps,
+        )
     return S
 
 
@@ -209,10 +219,11 @@ def mul_activation(c: Tensor, a: Tensor) -> Tensor:
     Y = new_output((B, M, N), c)
     BLOCK_SIZE, num_warps = calculate_settings(N)
     n_col_blocks = triton.cdiv(N, BLOCK_SIZE)
-    _mul_activation_kernel[(B * M * n_col_blocks,)](
-        c, _row_stride(c), a, _row_stride(a), Y, _row_stride(Y), M, N, n_col_blocks,
-        COMPUTE_DTYPE=compute_dtype(c.dtype), BLOCK_SIZE=BLOCK_SIZE, num_warps=num_warps,
-    )
+    with device_guard(c.device):
+        _mul_activation_kernel[(B * M * n_col_blocks,)](
+            c, _row_stride(c), a, _row_stride(a), Y, _row_stride(Y), M, N, n_col_blocks,
+            COMPUTE_DTYPE=compute_dtype(c.dtype), BLOCK_SIZE=BLOCK_SIZE, num_warps=num_warps,
+        )
     return Y
 
 
@@ -235,11 +246,12 @@ def epsilon_backward_input(G: Tensor, a: Tensor, c: Tensor | None) -> tuple[Tens
     dA = new_output((B, N), G) if c is not None else None
     BLOCK_SIZE, num_warps = calculate_settings(N)
     n_col_blocks = triton.cdiv(N, BLOCK_SIZE)
-    _epsilon_backward_input_kernel[(B * n_col_blocks,)](
-        G, _row_stride(G), a, _row_stride(a), G if c is None else c, _row_stride(G if c is None else c),
-        U, _row_stride(U), U if dA is None else dA, 0 if dA is None else _row_stride(dA), M, N, n_col_blocks,
-        HAS_C=c is not None, COMPUTE_DTYPE=compute_dtype(G.dtype), BLOCK_SIZE=BLOCK_SIZE, num_warps=num_warps,
-    )
+    with device_guard(G.device):
+        _epsilon_backward_input_kernel[(B * n_col_blocks,)](
+            G, _row_stride(G), a, _row_stride(a), G if c is None else c, _row_stride(G if c is None else c),
+            U, _row_stride(U), U if dA is None else dA, 0 if dA is None else _row_stride(dA), M, N, n_col_blocks,
+            HAS_C=c is not None, COMPUTE_DTYPE=compute_dtype(G.dtype), BLOCK_SIZE=BLOCK_SIZE, num_warps=num_warps,
+        )
     return U, dA
 
 
@@ -255,11 +267,12 @@ def epsilon_backward_stab(V: Tensor, s: Tensor, z: Tensor, eps: float) -> tuple[
     dZ = new_output((B, N), V)
     BLOCK_SIZE, num_warps = calculate_settings(N)
     n_col_blocks = triton.cdiv(N, BLOCK_SIZE)
-    _epsilon_backward_stab_kernel[(B * n_col_blocks,)](
-        V, _row_stride(V), s, _row_stride(s), z, _row_stride(z), dR, _row_stride(dR), dZ, _row_stride(dZ),
-        M, N, n_col_blocks, *eps_parts(eps), COMPUTE_DTYPE=compute_dtype(V.dtype), BLOCK_SIZE=BLOCK_SIZE,
-        num_warps=num_warps,
-    )
+    with device_guard(V.device):
+        _epsilon_backward_stab_kernel[(B * n_col_blocks,)](
+            V, _row_stride(V), s, _row_stride(s), z, _row_stride(z), dR, _row_stride(dR), dZ, _row_stride(dZ),
+            M, N, n_col_blocks, *eps_parts(eps), COMPUTE_DTYPE=compute_dtype(V.dtype), BLOCK_SIZE=BLOCK_SIZE,
+            num_warps=num_warps,
+        )
     return dR, dZ
 
 
@@ -275,10 +288,11 @@ def residual_forward(R: Tensor, x: Tensor, f: Tensor, y: Tensor, eps: float) -> 
     Rx, Rf = new_output((B, M, N), R), new_output((B, M, N), R)
     BLOCK_SIZE, num_warps = calculate_settings(N)
     n_col_blocks = triton.cdiv(N, BLOCK_SIZE)
-    _residual_forward_kernel[(B * M * n_col_blocks,)](
-        R, _row_stride(R), x, f, y, N, Rx, Rf, N, M, N, n_col_blocks, *eps_parts(eps),
-        COMPUTE_DTYPE=compute_dtype(R.dtype), BLOCK_SIZE=BLOCK_SIZE, num_warps=num_warps,
-    )
+    with device_guard(R.device):
+        _residual_forward_kernel[(B * M * n_col_blocks,)](
+            R, _row_stride(R), x, f, y, N, Rx, Rf, N, M, N, n_col_blocks, *eps_parts(eps),
+            COMPUTE_DTYPE=compute_dtype(R.dtype), BLOCK_SIZE=BLOCK_SIZE, num_warps=num_warps,
+        )
     return Rx, Rf
 
 
@@ -297,10 +311,11 @@ def residual_backward(Gx: Tensor, Gf: Tensor, R: Tensor, x: Tensor, f: Tensor, y
     dx, df, dy = (new_output((B, N), R) for _ in range(3))
     BLOCK_SIZE, num_warps = calculate_settings(N)
     n_col_blocks = triton.cdiv(N, BLOCK_SIZE)
-    _residual_backward_kernel[(B * n_col_blocks,)](
-        Gx, Gf, R, N, x, f, y, N, dR, N, dx, df, dy, N, M, N, n_col_blocks, *eps_parts(eps),
-        COMPUTE_DTYPE=compute_dtype(R.dtype), BLOCK_SIZE=BLOCK_SIZE, num_warps=num_warps,
-    )
+    with device_guard(Gx.device):
+        _residual_backward_kernel[(B * n_col_blocks,)](
+            Gx, Gf, R, N, x, f, y, N, dR, N, dx, df, dy, N, M, N, n_col_blocks, *eps_parts(eps),
+            COMPUTE_DTYPE=compute_dtype(R.dtype), BLOCK_SIZE=BLOCK_SIZE, num_warps=num_warps,
+        )
     return dR, dx, df, dy
 
 

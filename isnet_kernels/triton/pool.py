@@ -24,6 +24,7 @@ from .utils import (
     calculate_settings,
     check_floating,
     compute_dtype,
+    device_guard,
     eps_parts,
     interpreting,
     rebuild_eps,
@@ -109,10 +110,11 @@ def maxpool_forward(R: Tensor, z: Tensor, indices: Tensor, length: int, eps: flo
         return out.to(R.dtype)
     BLOCK_SIZE, num_warps = calculate_settings(N)
     n_col_blocks = triton.cdiv(N, BLOCK_SIZE)
-    _maxpool_forward_kernel[(B * M * n_col_blocks,)](
-        R, z, indices, out, C * length, M, N, Lo, length, n_col_blocks, *eps_parts(eps),
-        COMPUTE_DTYPE=compute_dtype(R.dtype), BLOCK_SIZE=BLOCK_SIZE, num_warps=num_warps,
-    )
+    with device_guard(R.device):
+        _maxpool_forward_kernel[(B * M * n_col_blocks,)](
+            R, z, indices, out, C * length, M, N, Lo, length, n_col_blocks, *eps_parts(eps),
+            COMPUTE_DTYPE=compute_dtype(R.dtype), BLOCK_SIZE=BLOCK_SIZE, num_warps=num_warps,
+        )
     return out.to(R.dtype)
 
 
@@ -133,10 +135,11 @@ def maxpool_backward(G: Tensor, R: Tensor, z: Tensor, indices: Tensor, eps: floa
         return dR, dz.zero_()
     BLOCK_SIZE, num_warps = calculate_settings(N)
     n_col_blocks = triton.cdiv(N, BLOCK_SIZE)
-    _maxpool_backward_kernel[(B * n_col_blocks,)](
-        G, C * G.shape[-1], R, z, indices, dR, dz, M, N, Lo, G.shape[-1], n_col_blocks, *eps_parts(eps),
-        COMPUTE_DTYPE=compute_dtype(R.dtype), BLOCK_SIZE=BLOCK_SIZE, num_warps=num_warps,
-    )
+    with device_guard(G.device):
+        _maxpool_backward_kernel[(B * n_col_blocks,)](
+            G, C * G.shape[-1], R, z, indices, dR, dz, M, N, Lo, G.shape[-1], n_col_blocks, *eps_parts(eps),
+            COMPUTE_DTYPE=compute_dtype(R.dtype), BLOCK_SIZE=BLOCK_SIZE, num_warps=num_warps,
+        )
     return dR, dz
 
 
@@ -357,13 +360,16 @@ def _adjoint_launch(R: Tensor, z: Tensor, a: Tensor, G: Tensor | None, out: Tens
     if n_elements == 0:
         return
     # one program per 1024 elements under the interpreter (numpy vectorises a block; programs run one at a time)
-    BLOCK_SIZE, num_warps = (min(triton.next_power_of_2(n_elements), 1024), 1) if interpreting() else (512, 4)
-    _avgpool_adjoint_kernel[(triton.cdiv(n_elements, BLOCK_SIZE),)](
-        R, z, a, G if grad_a else R, out, M, C, H, W, Ho, Wo, n_elements, M if grad_a else 1,
-        plan["KH"], plan["KW"], plan["SH"], plan["SW"], plan["PH"], plan["PW"], plan["DIVISOR"], plan["NCOV_H"],
-        plan["NCOV_W"], *eps_parts(eps), ADAPTIVE=plan["ADAPTIVE"], COUNT_PAD=plan["COUNT_PAD"], GRAD_A=grad_a,
-        COMPUTE_DTYPE=compute_dtype(R.dtype), BLOCK_SIZE=BLOCK_SIZE, num_warps=num_warps,
-    )
+    # 512 elements per program; 256 in float64, whose adaptive gather spills at 512 on sm_90
+    BLOCK_SIZE, num_warps = (min(triton.next_power_of_2(n_elements), 1024), 1) if interpreting() else (
+        256 if R.dtype == torch.float64 else 512, 4)
+    with device_guard(R.device):
+        _avgpool_adjoint_kernel[(triton.cdiv(n_elements, BLOCK_SIZE),)](
+            R, z, a, G if grad_a else R, out, M, C, H, W, Ho, Wo, n_elements, M if grad_a else 1,
+            plan["KH"], plan["KW"], plan["SH"], plan["SW"], plan["PH"], plan["PW"], plan["DIVISOR"], plan["NCOV_H"],
+            plan["NCOV_W"], *eps_parts(eps), ADAPTIVE=plan["ADAPTIVE"], COUNT_PAD=plan["COUNT_PAD"], GRAD_A=grad_a,
+            COMPUTE_DTYPE=compute_dtype(R.dtype), BLOCK_SIZE=BLOCK_SIZE, num_warps=num_warps,
+        )
 
 
 def avgpool_forward(R: Tensor, a: Tensor, z: Tensor, windows: AvgPoolWindows | None, eps: float) -> Tensor:
@@ -402,13 +408,17 @@ def avgpool_backward(G: Tensor, R: Tensor, a: Tensor, z: Tensor, windows: AvgPoo
     if n_windows:
         n_members = plan["NMEM_H"] * plan["NMEM_W"]
         BLOCK_J = max(1, min(triton.next_power_of_2(n_members), 256 if interpreting() else 128))
-        BLOCK_O = max(16, min(triton.next_power_of_2(n_windows), 4096 // BLOCK_J))
-        _avgpool_backward_kernel[(triton.cdiv(n_windows, BLOCK_O),)](
-            G, a, R, z, dR, dz, M, C, H, W, Ho, Wo, n_windows, plan["KH"], plan["KW"], plan["SH"], plan["SW"],
-            plan["PH"], plan["PW"], plan["DIVISOR"], plan["NMEM_H"], plan["NMEM_W"], *eps_parts(eps),
-            ADAPTIVE=plan["ADAPTIVE"], COUNT_PAD=plan["COUNT_PAD"], COMPUTE_DTYPE=compute_dtype(R.dtype),
-            BLOCK_O=BLOCK_O, BLOCK_J=BLOCK_J, num_warps=4,
-        )
+        # at most 1024 (window, member) pairs per program, 512 in float64, over 8 warps, and no software pipelining
+        # of the member loop: more spill on sm_80 or sm_90 (benchmarks/results/aot/)
+        pairs = 4096 if interpreting() else 512 if R.dtype == torch.float64 else 1024
+        BLOCK_O = max(16, min(triton.next_power_of_2(n_windows), pairs // BLOCK_J))
+        with device_guard(G.device):
+            _avgpool_backward_kernel[(triton.cdiv(n_windows, BLOCK_O),)](
+                G, a, R, z, dR, dz, M, C, H, W, Ho, Wo, n_windows, plan["KH"], plan["KW"], plan["SH"], plan["SW"],
+                plan["PH"], plan["PW"], plan["DIVISOR"], plan["NMEM_H"], plan["NMEM_W"], *eps_parts(eps),
+                ADAPTIVE=plan["ADAPTIVE"], COUNT_PAD=plan["COUNT_PAD"], COMPUTE_DTYPE=compute_dtype(R.dtype),
+                BLOCK_O=BLOCK_O, BLOCK_J=BLOCK_J, num_warps=8, num_stages=1,
+            )
     da = None
     if compute_da:
         da = new_output((B, C, H, W), R)

@@ -1,4 +1,4 @@
-"""Helpers shared by the Triton kernels: the stabiliser, dtypes, ``eps`` passing and launch settings.
+"""Helpers shared by the Triton kernels: the stabiliser, dtypes, ``eps`` passing, precision and launch settings.
 
 Triton passes a Python ``float`` kernel argument as float32, which would round ``eps`` to 24 bits and break
 float64 results at the 1e-10 level. So ``eps`` travels as two float32 scalars, ``eps_hi = fp32(eps)`` and
@@ -8,6 +8,7 @@ about 48 bits in float64; equal to ``fp32(eps)``, which is what PyTorch uses, in
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -47,7 +48,35 @@ def check_floating(*tensors: torch.Tensor) -> torch.dtype:
     return dtype
 
 
-MAX_FUSED_SIZE = 4096
+def input_precision(dtype: torch.dtype) -> str:
+    """``tl.dot``'s ``input_precision`` for data of ``dtype``: ``"tf32"`` for float32 where PyTorch's float32 matmul
+    precision allows TF32, ``"ieee"`` otherwise (and for every other dtype).
+
+    PyTorch's setting is ``torch.backends.cuda.matmul.fp32_precision`` (``"ieee"``, ``"tf32"``, or ``"none"``,
+    which defers to the global ``torch.backends.fp32_precision``); the legacy ``allow_tf32`` flag and
+    ``torch.set_float32_matmul_precision`` write it too. It is read, never ``allow_tf32`` (which raises once the
+    two interfaces have been mixed). The value is a constexpr of the convolution kernels and part of their
+    autotune keys, so changing the setting in a process compiles and tunes the other variant.
+    """
+    if dtype != torch.float32:
+        return "ieee"
+    setting = torch.backends.cuda.matmul.fp32_precision
+    if setting == "none":
+        setting = torch.backends.fp32_precision
+    return "tf32" if setting == "tf32" else "ieee"
+
+
+def pixel_bucket(n: int) -> int:
+    """The pixel count as the autotune keys hold it: the next power of two, at least 16."""
+    return max(16, triton.next_power_of_2(n))
+
+
+def device_guard(device: torch.device) -> contextlib.AbstractContextManager:
+    """The context a launch runs in: ``torch.cuda.device(device)`` for a CUDA tensor (Triton launches on the
+    current device, which need not be the tensor's), nothing for a CPU tensor (the interpreter)."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 def calculate_settings(n: int) -> tuple[int, int]:

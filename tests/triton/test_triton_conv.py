@@ -286,26 +286,35 @@ def test_conv_epsilon_backward_rejects_mismatched_inputs() -> None:
 
 
 def test_dot_tiles_are_pruned_to_the_problem(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The GPU configurations (not the interpreter's single one) shrink to the channels, pixels and dtype."""
+    """The GPU configurations (not the interpreter's single one) shrink to the channels and the pixel bucket."""
     from isnet_kernels.triton import conv
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    configs = conv._dot_configs("BLOCK_CI")
-    assert len(configs) > 1
-    prune = conv._dot_pruner("BLOCK_CI", "Ci_g", "Co_g", "R_ptr", "TWO_SIGNS")
+    for tiles in (*conv.TRANSPOSE_TILES.values(), *conv.BACKWARD_TILES.values(), conv.ZBOX_TILES["fma"]):
+        configs = conv._dot_configs("BLOCK_CI", tiles)
+        assert len(configs) == len(tiles) > 1
+        prune = conv._dot_pruner("BLOCK_CI", "Ci_g", "Co_g")
 
-    def kept(dtype: torch.dtype, Ci_g: int, Co_g: int, n_pixels: int, two: bool) -> list[dict]:
-        args = {"R_ptr": torch.empty(0, dtype=dtype), "Ci_g": Ci_g, "Co_g": Co_g, "n_pixels": n_pixels}
-        return [c.kwargs for c in prune(configs, args, TWO_SIGNS=two)]
+        def kept(Ci_g: int, Co_g: int, n_pixels: int, prune=prune, configs=configs) -> list[dict]:
+            args = {"Ci_g": Ci_g, "Co_g": Co_g, "P_BUCKET": conv.pixel_bucket(n_pixels)}
+            return [c.kwargs for c in prune(configs, args)]
 
-    big = kept(torch.float16, 512, 512, 1 << 20, False)
-    assert len(big) == len(configs)
-    assert all(c["BLOCK_CI"] <= 16 and c["BLOCK_K"] <= 16 for c in kept(torch.float16, 8, 8, 1 << 20, False))
-    assert all(c["BLOCK_P"] <= 32 for c in kept(torch.float16, 64, 64, 20, False))
-    assert all(c["BLOCK_P"] * c["BLOCK_CI"] <= 4096 for c in kept(torch.float64, 512, 512, 1 << 20, False))
-    two = kept(torch.float16, 512, 512, 1 << 20, True)
-    assert 0 < len(two) < len(big) and all(c["BLOCK_P"] * c["BLOCK_CI"] <= 8192 for c in two)
-    assert len(kept(torch.float64, 1, 1, 1, True)) >= 1  # never empty
+        assert len(kept(512, 512, 1 << 20)) == len(configs)
+        narrow = kept(8, 8, 1 << 20)  # the tiles within 16 channels, else the smallest tile alone
+        fitting = [c.kwargs for c in configs if c.kwargs["BLOCK_CI"] <= 16 and c.kwargs["BLOCK_K"] <= 16]
+        smallest = min(configs, key=lambda c: c.kwargs["BLOCK_P"] * c.kwargs["BLOCK_CI"] * c.kwargs["BLOCK_K"])
+        assert narrow == (fitting or [smallest.kwargs])
+        few = kept(64, 64, 20)
+        assert few and all(c["BLOCK_P"] <= 32 for c in few)
+        assert len(kept(1, 1, 1)) == 1  # never empty
+
+
+def test_tile_set_follows_dtype_and_precision() -> None:
+    from isnet_kernels.triton import conv
+
+    assert conv.tile_set(torch.bfloat16, "ieee") == conv.tile_set(torch.float16, "ieee") == "tensor_core"
+    assert conv.tile_set(torch.float32, "tf32") == "tensor_core"
+    assert conv.tile_set(torch.float32, "ieee") == conv.tile_set(torch.float64, "ieee") == "fma"
 
 
 def test_interpreter_uses_one_small_tile() -> None:
@@ -314,7 +323,7 @@ def test_interpreter_uses_one_small_tile() -> None:
     if DEVICE != "cpu":
         pytest.skip("interpreter only")
     for name in ("BLOCK_CI", "BLOCK_CO"):
-        (config,) = conv._dot_configs(name)
+        (config,) = conv._dot_configs(name, conv.TRANSPOSE_TILES["tensor_core"])
         assert config.kwargs["BLOCK_P"] * config.kwargs[name] * config.kwargs["BLOCK_K"] <= 128 * 16 * 16
 
 
