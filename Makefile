@@ -19,7 +19,7 @@ LXT     := lxt==2.1
 STAMP   := $(VENV)/.installed
 BENCH_JSON ?= benchmarks/results/latest.json
 
-.PHONY: help venv demo ablation explain-demo test lint bench clean cuda-compile
+.PHONY: help venv demo ablation explain-demo test lint bench clean cuda-compile aot-check gpu-check
 
 help:
 	@echo "make venv   create $(VENV) and install the package with its test dependencies"
@@ -30,6 +30,8 @@ help:
 	@echo "make lint   ruff check ."
 	@echo "make bench  run benchmarks/ and write $(BENCH_JSON)"
 	@echo "make cuda-compile  compile the CUDA sources with nvcc for sm_80 and sm_90, write benchmarks/results/aot/cuda.md"
+	@echo "make aot-check  compile every Triton kernel for sm_80 and sm_90 (no GPU); table in benchmarks/results/aot/"
+	@echo "make gpu-check  on a CUDA machine: own .venv-gpu, tests on CUDA, benchmarks -> benchmarks/results/gpu/"
 	@echo "make clean  remove $(VENV), build outputs and caches"
 
 venv: $(STAMP)
@@ -65,6 +67,14 @@ lint: venv
 # Compiles csrc/cuda with nvcc (warnings as errors) for sm_80 and sm_90; no GPU needed. Fails without nvcc.
 cuda-compile: venv
 	$(PY) csrc/cuda/compile_check.py
+
+# Every Triton kernel x config x dtype compiled for sm_80 and sm_90 over ResNet-18/50 and ViT-B shapes; fails on a
+# compile error, shared memory over the limit, a spill or a short-K dot. Results cached by content hash.
+aot-check: venv
+	$(PY) -m isnet_kernels.triton.aot --jobs 2
+
+gpu-check:
+	bash benchmarks/gpu_check.sh
 
 bench: venv
 	@mkdir -p $(dir $(BENCH_JSON))

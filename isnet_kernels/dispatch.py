@@ -26,7 +26,7 @@ import torch
 from .errors import BackendUnavailableError
 from .ops.primitives import TorchPrimitives
 
-BACKENDS = ("auto", "reference", "torch", "cpp", "triton")
+BACKENDS = ("auto", "reference", "torch", "cpp", "triton", "cuda")
 ENV_VAR = "ISNET_KERNELS_BACKEND"
 #: The resolved name of the triton backend when ``auto`` chose it (self-check failures fall back to torch).
 AUTO_TRITON = "triton-auto"
@@ -52,11 +52,21 @@ def triton_status() -> tuple[bool, str]:
         return False, f"isnet_kernels.triton failed: {type(exc).__name__}: {exc}"
 
 
+def cuda_status() -> tuple[bool, str]:
+    """Whether the CUDA C++ backend can run (its extension built and a CUDA device present), and why not."""
+    try:
+        from . import cuda
+
+        return cuda.available()
+    except Exception as exc:
+        return False, f"isnet_kernels.cuda failed: {type(exc).__name__}: {exc}"
+
+
 def backend_status() -> dict[str, tuple[bool, str]]:
     """Every backend's availability and reason, e.g. ``{"cpp": (False, "not built: ...")}``."""
     status = {"reference": (True, "plain PyTorch ops under autograd, always available"),
               "torch": (True, "hand-written backwards on plain-PyTorch primitives, always available"),
-              "cpp": cpp_status(), "triton": triton_status()}
+              "cpp": cpp_status(), "triton": triton_status(), "cuda": cuda_status()}
     return {name: (ok, why or ("ready" if ok else "unknown reason")) for name, (ok, why) in status.items()}
 
 
@@ -77,12 +87,15 @@ def resolve(backend: str | None, device: torch.device) -> str:
         return "reference"
     if name in ("reference", "torch"):
         return name
-    ok, why = cpp_status() if name == "cpp" else triton_status()
+    ok, why = {"cpp": cpp_status, "triton": triton_status, "cuda": cuda_status}[name]()
     if not ok:
         raise BackendUnavailableError(f"backend {name!r} is not available: {why}. Use backend='auto' or "
                                       "'reference', or see `python -m isnet_kernels.info`")
     if name == "cpp" and device.type != "cpu":
         raise BackendUnavailableError(f"backend 'cpp' runs CPU tensors only, got a tensor on {device}; use 'auto'")
+    if name == "cuda" and device.type != "cuda":
+        raise BackendUnavailableError(f"backend 'cuda' runs CUDA tensors only, got a tensor on {device}; use 'auto' "
+                                      "or 'cpp'")
     if name == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise BackendUnavailableError("backend 'triton' runs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 "
                                       "set before isnet_kernels is imported); use 'auto'")
@@ -101,6 +114,10 @@ def primitives(name: str) -> TorchPrimitives | None:
         from .cpp import CppPrimitives
 
         return CppPrimitives()
+    if name == "cuda":
+        from .cuda import CudaPrimitives
+
+        return CudaPrimitives()
     if name in ("triton", AUTO_TRITON):
         from .triton import TritonPrimitives
 

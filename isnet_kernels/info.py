@@ -10,17 +10,6 @@ import torch
 from . import __version__, dispatch
 
 
-def cuda_status() -> tuple[bool, str]:
-    """Whether the cuda backend can run here (its extension built, and a CUDA device present), and why not: the
-    reason says which of the two is missing."""
-    try:
-        from . import cuda
-
-        return cuda.available()
-    except Exception as exc:
-        return False, f"isnet_kernels.cuda failed: {type(exc).__name__}: {exc}"
-
-
 def report() -> str:
     """A human-readable report of the installation."""
     lines = [
@@ -35,10 +24,7 @@ def report() -> str:
     except ImportError:
         lines.append("triton not installed")
     lines.append("backends:")
-    status = dispatch.backend_status()
-    if "cuda" not in status:  # listed here until dispatch offers the cuda backend
-        status["cuda"] = cuda_status()
-    for name, (ok, why) in status.items():
+    for name, (ok, why) in dispatch.backend_status().items():
         lines.append(f"  {name:<9} {'available' if ok else 'unavailable'}: {why or 'ready'}")
     for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
         try:
