@@ -1,4 +1,4 @@
-"""Roofline of the relevance ops on an H100: FLOPs and bytes moved per op, from KERNELS.md's formulas.
+"""Roofline of the relevance ops on an H100: FLOPs and bytes moved per op, from docs/kernels.md's formulas.
 
 Usage (from the repository root)::
 
@@ -14,7 +14,7 @@ running the model zoo's ``resnet18`` on the ``meta`` device (no computation). Fo
   convolution's FLOPs per map, ``2 * B * M * Co * Ho * Wo * (Ci / groups) * kh * kw``; the backward has two
   (``V = conv(U, W')`` and the weight gradient), Z^B twice as many (W+ and W-), pooling the window's FLOPs and no
   weight gradient. Elementwise work (stabiliser, divisions, products, sums over M) is counted per element as in
-  KERNELS.md (a few FLOPs each) against the same peak: it is negligible next to its bytes.
+  docs/kernels.md (a few FLOPs each) against the same peak: it is negligible next to its bytes.
 * **Bytes** of an ideally fused kernel: every input tensor of the op read once and every output written once,
   intermediates (s, t, U, V, Q, T) never touching memory. Forward: reads R, z, W, a (op-specific), writes R_in.
   Backward: reads G (dL/dR_in), R, z, a, W and the ``c = W'^T s`` the forward saved for ``dL/da`` (its write in
@@ -238,7 +238,7 @@ def network_table(ops: list[Op], M: int, b: int) -> list[str]:
 
 
 def classifier_flops(ops: list[Op]) -> float:
-    """F: one forward's convolution/linear FLOPs (KERNELS.md's cost model unit)."""
+    """F: one forward's convolution/linear FLOPs (the cost model of docs/kernels.md#cost-model unit)."""
     f = 0.0
     for op in ops:
         if op.kind in ("epsilon", "zbox"):

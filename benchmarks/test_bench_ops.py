@@ -1,4 +1,4 @@
-"""Per-op timings: each relevance op of KERNELS.md on every backend, at ResNet-18 (64x64, batch 16, M = 1) shapes.
+"""Per-op timings: each relevance op of docs/kernels.md on every backend, at ResNet-18 (64x64, batch 16, M = 1) shapes.
 
 For each op (one shape each, below) and each backend (``reference``: the plain-PyTorch op under autograd;
 ``torch``: the autograd Function with the hand-written backward on plain-PyTorch primitives; ``cpp``: the same

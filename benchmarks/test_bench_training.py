@@ -8,7 +8,7 @@ a batch of ``BATCH`` 64x64 images in [0, 1] with one label per image, ``torch.se
 * ``isnet(<backend>)``: ``logits, maps = LRP(model, backend=<backend>)(x, y.view(-1, 1), output="selective")``
   (the forward and the relevance pass, M = 1 map per image, differentiable), ``loss = cross_entropy(logits, y) +
   heatmap_loss(maps)``, and ``torch.autograd.grad(loss, params)``: the gradient w.r.t. every parameter, through
-  the relevance pass and the forward (KERNELS.md's cost model: about (3 + 3M)F against 3F).
+  the relevance pass and the forward (the cost model of docs/kernels.md#cost-model: about (3 + 3M)F against 3F).
 
 ``heatmap_loss`` is an ISNet-like background-attention loss: the share of each heatmap's absolute relevance
 that falls outside a fixed central foreground box (the inner half of the image), averaged over the batch. It is a

@@ -1,6 +1,7 @@
 """What makes the selective ISNet learn the biased digits: the demo's ISNet with its three choices switched.
 
-The ISNet of ``python/biased_digits.py`` differs from the reference settings (ISNET.md) in three choices; this
+The ISNet of ``python/biased_digits.py`` differs from the reference settings (docs/isnet.md#variants,
+docs/rules.md#batch_stats) in three choices; this
 script trains the ISNet once per combination below, with everything else as in the demo (same data, seed, SGD,
 epochs, loss parameters), and evaluates each on the three test splits:
 

@@ -1,4 +1,4 @@
-"""The ISNet loss: cross-entropy plus the heatmap loss of ISNET.md §4 (``LRPLossCEValleysGWRP``).
+"""The ISNet loss: cross-entropy plus the heatmap loss of docs/isnet.md#the-heatmap-loss (``LRPLossCEValleysGWRP``).
 
 Heatmaps ``H`` (B, M, C, h, w), mask (1 = foreground) resized to (h, w) by adaptive average pooling and binarised
 with ``!= 0`` (a cell is background only if it holds no foreground at all).
@@ -14,8 +14,9 @@ Background term, per image b and map m::
 
 Foreground term on the raw map: ``F = sum(|H| * mask)`` per (b, m); left ``(min(F / C1, 1) - 1)^2`` (too little
 relevance inside the mask), right ``((max(F, C2) - C2) / C1)^2`` ("l2"), or, "hybrid" (Faster ISNet), that l2
-term while ``F <= C1 + C2`` (tested on a detached value) and ``F - C1 - C2 + 1`` beyond (the same value and slope
-1/C1 * 2 at the seam: no exploding gradient for very large maps). ``L_fg = mean_m(left + right)``.
+term while ``F <= C1 + C2`` (tested on a detached value) and ``F - C1 - C2 + 1`` beyond (the same value, 1, at the
+seam; slope 2 / C1 on the quadratic side and 1 on the linear one, equal only for C1 = 2: the gradient stays bounded
+for very large maps). ``L_fg = mean_m(left + right)``.
 
 ``L_heat = mean_b(A * L_bkg + B * L_fg)`` and ``L = (1 - P) * CE(logits, y) + P * L_heat``. With deep
 supervision the heatmap losses of the input and of each supervised layer are combined by a 1-D GWRP with decay
@@ -189,7 +190,7 @@ class ISNetLossOutput:
 
 
 class ISNetLoss(nn.Module):
-    """``L = (1 - P) * CE(logits, y) + P * L_heat`` (ISNET.md §4, defaults from the reference code).
+    """``L = (1 - P) * CE(logits, y) + P * L_heat`` (docs/isnet.md#the-heatmap-loss, defaults from the reference code).
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Choosing the foreground bounds C1 and C2 of the heatmap loss (ISNET.md §4).
+"""Choosing the foreground bounds C1 and C2 of the heatmap loss (docs/isnet.md#choosing-c1-and-c2).
 
 Train the classifier without the heatmap loss for a few epochs; over the last epoch collect, per image, the total
 absolute relevance ``T = sum |H|`` (over channels and pixels, averaged over the maps of the original variant, kept
@@ -124,7 +124,8 @@ def _unpack(batch: Iterable) -> tuple[Tensor, Tensor]:
 def tune_cut(isnet: ISNet, loader: Iterable, *, epochs: int = 5, lr: float = 1e-2, momentum: float = 0.9,
              clip: float | None = 1.0, optimizer: torch.optim.Optimizer | None = None, copy_model: bool = True,
              progress: bool = True) -> CutResult:
-    """C1/C2 for :class:`~isnet_kernels.ISNetLoss` by the procedure of ISNET.md §4 (module docstring).
+    """C1/C2 for :class:`~isnet_kernels.ISNetLoss` by the procedure of docs/isnet.md#choosing-c1-and-c2 (module
+    docstring).
 
     Trains ``isnet``'s classifier (a deep copy when ``copy_model``, the default, so the ISNet to be trained stays
     untouched) with cross-entropy only for ``epochs`` epochs (SGD with ``lr``, ``momentum`` and gradient-norm clip

@@ -1,6 +1,6 @@
 """The ISNet: a classifier whose LRP heatmaps are computed in training, so that a loss can keep them inside masks.
 
-Variants (ISNET.md §3), by the maps M each image gets:
+Variants (docs/isnet.md#variants), by the maps M each image gets:
 
 - ``"original"``: M = K, one map per class logit (logit rule); the cost grows linearly with K.
 - ``"selective"`` (Faster ISNet): M = 1, the selective output rule for one class per image, chosen by ``select``:
@@ -50,7 +50,8 @@ STOCHASTIC_ARGMAX_P = 5 / 11
 
 
 def default_supervision(model: nn.Module) -> list[str]:
-    """The layers deep supervision penalises by default, from the input side to the output side (ISNET.md §3).
+    """The layers deep supervision penalises by default, from the input side to the output side
+    (docs/isnet.md#deep-supervision).
 
     ResNet-like (``layer1`` .. ``layer4``): the four stage outputs. DenseNet-like (``transition*`` modules): the
     transitions and ``features``. Otherwise every ``nn.MaxPool2d`` (VGG, :class:`~isnet_kernels.models.SmallCNN`).

@@ -208,7 +208,7 @@ class BatchNormStep(Step):
 
 
 class PassStep(Step):
-    """ReLU, dropout, identity, ``contiguous``: relevance passes unchanged (ISNET.md §2)."""
+    """ReLU, dropout, identity, ``contiguous``: relevance passes unchanged (docs/rules.md#relu-dropout-identity)."""
 
     def __init__(self, name: str, input_name: str, fn: Callable[[Tensor], Tensor]):
         self.name, self.inputs, self.fn = name, [input_name], fn

@@ -1,4 +1,4 @@
-"""BatchNorm under the LRP rules (ISNET.md §2 "BatchNorm").
+"""BatchNorm under the LRP rules (docs/rules.md#folded-batchnorm).
 
 A BatchNorm after a convolution or linear layer is folded into it:
 

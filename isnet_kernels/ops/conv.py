@@ -1,4 +1,5 @@
-"""Epsilon rule for ``Conv2d`` and ``Linear`` (ISNET.md §2, KERNELS.md "Conv / Linear, epsilon").
+"""Epsilon rule for ``Conv2d`` and ``Linear`` (docs/rules.md#epsilon-conv-and-linear,
+docs/kernels.md#epsilon-conv-and-linear).
 
 With layer input ``a``, pre-activation ``z`` (read from the forward pass, BatchNorm folded) and incoming
 relevance ``R`` of shape (B, M, ...), the epsilon rule is
@@ -53,7 +54,7 @@ def reference_linear_epsilon(R: Tensor, a: Tensor, z: Tensor, weight: Tensor, ep
 
 
 class EpsilonFunction(torch.autograd.Function):
-    """Epsilon rule through a conv or linear layer with a hand-written backward (KERNELS.md).
+    """Epsilon rule through a conv or linear layer with a hand-written backward (docs/kernels.md).
 
     Forward: ``s = R / t``, ``c = W^T s``, ``R_in = a * c`` with ``t = stab(z)``. Backward, given
     ``G = dL/dR_in``: ``U = G * a``, ``dL/da = sum_M G * c``; ``V = W U``; ``dL/dW = weight_grad(U, s)``;

@@ -1,4 +1,4 @@
-"""Where relevance starts: the output rules, applied through the last (linear) layer (ISNET.md §2).
+"""Where relevance starts: the output rules, applied through the last (linear) layer (docs/rules.md#output-rules).
 
 Logit rule: ``R_out = z_c e_c`` (the logit's value), then epsilon through the last layer:
 

@@ -1,4 +1,4 @@
-"""Pooling rules (ISNET.md §2, KERNELS.md "Max-pool" and "Avg-pool").
+"""Pooling rules (docs/rules.md#max-pool, docs/kernels.md#max-pool and docs/kernels.md#average-pooling).
 
 Max-pool, winner-take-all: ``R_in = scatter_add_idx(R * z / stab(z))`` at the forward's argmax indices, where
 ``z`` is the pool output (the winner's value). Inputs that win several overlapping windows collect the sum.

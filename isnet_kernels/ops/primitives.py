@@ -1,6 +1,7 @@
 """The kernel set a fused backend provides, and its plain-PyTorch implementation.
 
-The autograd Functions of the relevance ops (hand-written backwards, KERNELS.md) are written once, in terms of
+The autograd Functions of the relevance ops (hand-written backwards, docs/kernels.md#primitives) are written once, in
+terms of
 these primitives; a backend (``cpp``, ``triton``) supplies faster versions of some or all of them. Shapes are
 flattened so that every primitive is a simple loop nest:
 

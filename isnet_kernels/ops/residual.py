@@ -1,4 +1,5 @@
-"""Residual-add split (ISNET.md §2): for ``y = x + f``, ``T = R / stab(y)``, ``R_x = x * T``, ``R_f = f * T``.
+"""Residual-add split (docs/rules.md#residual-add): for ``y = x + f``, ``T = R / stab(y)``, ``R_x = x * T``, ``R_f =
+f * T``.
 
 ``y`` is the forward output of the addition, read, never recomputed. Both parts are propagated on and summed
 where the branches meet again.
@@ -22,11 +23,11 @@ def reference_residual_split(R: Tensor, x: Tensor, f: Tensor, y: Tensor, eps: fl
 
 
 class ResidualFunction(torch.autograd.Function):
-    """Residual split with a hand-written backward (KERNELS.md "Residual add"): one pass each way.
+    """Residual split with a hand-written backward (docs/kernels.md#residual-add): one pass each way.
 
     Backward with ``G_x``, ``G_f``: ``Q = G_x x + G_f f``; ``dR = Q / t``; ``dx = sum_M G_x T``;
     ``df = sum_M G_f T``; ``dy = -sum_M Q T / t`` (``y`` is the forward's sum: its gradient reaches ``x`` and
-    ``f`` through the forward graph, which completes KERNELS.md's ``dL/dx`` and ``dL/df``).
+    ``f`` through the forward graph, which completes the ``dL/dx`` and ``dL/df`` of docs/kernels.md#residual-add).
     """
 
     @staticmethod

@@ -1,4 +1,4 @@
-"""The LRP stabiliser ``stab(z) = z + eps * sign(z)`` with ``sign(0) = +1`` (ISNET.md §2)."""
+"""The LRP stabiliser ``stab(z) = z + eps * sign(z)`` with ``sign(0) = +1`` (docs/rules.md#the-stabiliser)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The Z^B (box) rule for the first layer, whose input lies in known bounds ``l <= x <= h`` (ISNET.md §2).
+"""The Z^B (box) rule for the first layer, whose input lies in known bounds ``l <= x <= h``
+(docs/rules.md#zb-first-layer).
 
 With ``W+ = max(W, 0)``, ``W- = min(W, 0)``, ``b+ = max(b, 0)``, ``b- = min(b, 0)`` (BatchNorm folded first,
 the bias detached) and zero padding:

@@ -1,6 +1,7 @@
 """Everything a training run is configured by, as one dataclass that a run directory and its checkpoints keep.
 
-Defaults follow ISNET.md §4 (the reference code's ResNet/MNIST scripts): SGD with learning rate 1e-2, momentum
+Defaults follow docs/isnet.md#defaults (the reference code's ResNet/MNIST scripts): SGD with learning rate 1e-2,
+momentum
 0.9, gradient-norm clip 1; heatmap loss P = 0.7, d = 0.9, E = 1, A = 1, B = 3, C1 = 1, C2 = 25, the hybrid
 foreground term; LRP eps = 1e-2 with Z^B on the first layer.
 

@@ -1,4 +1,4 @@
-"""The ``triton`` backend: Triton kernels for the relevance primitives (KERNELS.md).
+"""The ``triton`` backend: Triton kernels for the relevance primitives (docs/kernels.md).
 
 Fused here: every elementwise primitive (one pass over memory, reductions over the M maps inside the kernel),
 the max-pool scatter and gather, the epsilon rule through average pooling (one gather kernel forward, two

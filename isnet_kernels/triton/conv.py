@@ -1,13 +1,13 @@
-"""Implicit-GEMM convolution kernels with the relevance rules' elementwise work fused in (KERNELS.md).
+"""Implicit-GEMM convolution kernels with the relevance rules' elementwise work fused in (docs/kernels.md).
 
 Three products share the structures below:
 
-- :func:`conv_epsilon_forward`, the epsilon rule's forward (KERNELS.md "Conv / Linear, epsilon")::
+- :func:`conv_epsilon_forward`, the epsilon rule's forward (docs/kernels.md#epsilon-conv-and-linear)::
 
       c = conv_transpose2d(R / stab(z), W)        (same stride, padding, dilation, groups; output size H, W)
       R_in = a * c
 
-- :func:`zbox_forward`, the Z^B rule's forward (KERNELS.md "Z^B first layer"): the same transposed convolution
+- :func:`zbox_forward`, the Z^B rule's forward (docs/kernels.md#zb-first-layer): the same transposed convolution
   with two weights and two accumulators, sharing every load of ``s = R / stab(z_B)``::
 
       R_in = A_l * conv_transpose2d(s, W+) + A_h * conv_transpose2d(s, W-),    A_l = a - l, A_h = a - h
@@ -473,7 +473,7 @@ def zbox_forward(
     R: Tensor, a_low: Tensor, a_high: Tensor, z_box: Tensor, w_pos: Tensor, w_neg: Tensor,
     input_size: tuple[int, int], geom: Geometry, eps: float, keep_c: bool,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Fused Z^B rule through a 2-d convolution, one launch (KERNELS.md "Z^B first layer")::
+    """Fused Z^B rule through a 2-d convolution, one launch (docs/kernels.md#zb-first-layer)::
 
         s = R / stab(z_box),  R_in = a_low * conv_transpose2d(s, W+) + a_high * conv_transpose2d(s, W-)
 
@@ -513,7 +513,7 @@ def _check_transpose_inputs(name: str, R: Tensor, z: Tensor, weight: Tensor, inp
 
 def conv_epsilon_backward(U: Tensor, weight: Tensor, s: Tensor, z: Tensor, geom: Geometry,
                           eps: float) -> tuple[Tensor, Tensor]:
-    """The epsilon rule's backward through a convolution, output side, in one launch (KERNELS.md, Fusion)::
+    """The epsilon rule's backward through a convolution, output side, in one launch (docs/kernels.md#fusion)::
 
         V = conv2d(U, W),  dR = V / stab(z),  dZ = -sum_M V * s / stab(z)
 

@@ -1,4 +1,4 @@
-"""Elementwise relevance kernels (KERNELS.md): one pass over memory each, reductions over the M maps fused.
+"""Elementwise relevance kernels (docs/kernels.md): one pass over memory each, reductions over the M maps fused.
 
 Shapes follow :class:`isnet_kernels.ops.primitives.TorchPrimitives`: a *map* tensor is (B, M, N), viewed as
 B*M rows of N elements; an *activation* tensor is (B, N), read at row ``b = row // M`` and never expanded M
@@ -37,7 +37,8 @@ def _stab_divide_kernel(
     R_ptr, R_row_stride, Z_ptr, Z_row_stride, S_ptr, S_row_stride, M, N, n_col_blocks, eps_hi, eps_lo,
     COMPUTE_DTYPE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
-    """``S[b, m, n] = R[b, m, n] / stab(Z[b, n])``: the epsilon rule's division (KERNELS.md, Conv / Linear)."""
+    """``S[b, m, n] = R[b, m, n] / stab(Z[b, n])``: the epsilon rule's division
+    (docs/kernels.md#epsilon-conv-and-linear)."""
     row, col, mask = row_tile(n_col_blocks, N, BLOCK_SIZE)
     b = row // M
     r = tl.load(R_ptr + row * R_row_stride + col, mask=mask, other=0.0).to(COMPUTE_DTYPE)
@@ -64,7 +65,7 @@ def _residual_forward_kernel(
     R_ptr, R_row_stride, X_ptr, F_ptr, Y_ptr, act_row_stride, RX_ptr, RF_ptr, out_row_stride, M, N, n_col_blocks,
     eps_hi, eps_lo, COMPUTE_DTYPE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
-    """Residual split of ``y = x + f`` (KERNELS.md): ``T = R / stab(y)``; ``RX = x * T``, ``RF = f * T``.
+    """Residual split of ``y = x + f`` (docs/kernels.md): ``T = R / stab(y)``; ``RX = x * T``, ``RF = f * T``.
 
     ``X``, ``F``, ``Y`` are activations (B, N) sharing ``act_row_stride``; ``RX``, ``RF`` share ``out_row_stride``.
     """
@@ -90,7 +91,7 @@ def _epsilon_backward_input_kernel(
     G_ptr, G_row_stride, A_ptr, A_row_stride, C_ptr, C_row_stride, U_ptr, U_row_stride, DA_ptr, DA_row_stride,
     M, N, n_col_blocks, HAS_C: tl.constexpr, COMPUTE_DTYPE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
-    """Epsilon rule backward, input side (KERNELS.md): with ``G = dL/dR_in``,
+    """Epsilon rule backward, input side (docs/kernels.md): with ``G = dL/dR_in``,
 
     ``U[b, m, n] = G[b, m, n] * A[b, n]`` and, when ``HAS_C``, ``DA[b, n] = sum_m G[b, m, n] * C[b, m, n]``.
     """
@@ -113,7 +114,7 @@ def _epsilon_backward_stab_kernel(
     V_ptr, V_row_stride, S_ptr, S_row_stride, Z_ptr, Z_row_stride, DR_ptr, DR_row_stride, DZ_ptr, DZ_row_stride,
     M, N, n_col_blocks, eps_hi, eps_lo, COMPUTE_DTYPE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
-    """Epsilon rule backward, output side (KERNELS.md): with ``V = W U = dL/ds`` and ``s = R / t``,
+    """Epsilon rule backward, output side (docs/kernels.md): with ``V = W U = dL/ds`` and ``s = R / t``,
 
     ``DR[b, m, n] = V[b, m, n] / t[b, n]`` and ``DZ[b, n] = -sum_m V[b, m, n] * S[b, m, n] / t[b, n]``.
     """
@@ -137,7 +138,7 @@ def _residual_backward_kernel(
     DX_ptr, DF_ptr, DY_ptr, grad_row_stride, M, N, n_col_blocks, eps_hi, eps_lo,
     COMPUTE_DTYPE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
 ):
-    """Residual split backward (KERNELS.md): with ``t = stab(y)``, ``T = R / t``, ``Q = GX x + GF f``,
+    """Residual split backward (docs/kernels.md): with ``t = stab(y)``, ``T = R / t``, ``Q = GX x + GF f``,
 
     ``DR = Q / t``; ``DX = sum_m GX T``; ``DF = sum_m GF T``; ``DY = -sum_m Q T / t``.
     ``GX``, ``GF``, ``R`` share ``map_row_stride``; ``X``, ``F``, ``Y`` share ``act_row_stride``; the three

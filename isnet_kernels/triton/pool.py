@@ -1,5 +1,6 @@
-"""Pooling kernels: max-pool winner-take-all (KERNELS.md, "Max-pool"), a scatter forward and a gather backward;
-and the epsilon rule through average pooling (KERNELS.md, "Avg-pool"), a gather forward and a two-launch backward
+"""Pooling kernels: max-pool winner-take-all (docs/kernels.md#max-pool), a scatter forward and a gather backward;
+and the epsilon rule through average pooling (docs/kernels.md#average-pooling), a gather forward and a two-launch
+backward
 (see :func:`avgpool_forward`, :func:`avgpool_backward`).
 
 Max-pool shapes follow :meth:`isnet_kernels.ops.primitives.TorchPrimitives.maxpool_forward`: relevance R (B, M, C, Lo),

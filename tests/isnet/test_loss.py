@@ -1,4 +1,5 @@
-"""ISNetLoss against a direct, loop-by-loop transcription of ISNET.md §4 in float64, its edge cases and errors."""
+"""ISNetLoss against a direct, loop-by-loop transcription of docs/isnet.md#the-heatmap-loss in float64, its edge
+cases and errors."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def transcribed_gwrp(values: list[float], d: float) -> float:
 
 
 def transcribed_heatmap_loss(H, mask, d, E, A, B, C1, C2, foreground):
-    """ISNET.md §4, one image, map and channel at a time. ``mask`` (B, h, w) already at the heatmap's size."""
+    """docs/isnet.md#the-heatmap-loss, one image, map and channel at a time. ``mask`` (B, h, w) already at the
+    heatmap's size."""
     Bsz, M, C, h, w = H.shape
     total = 0.0
     bkg_sum = fg_sum = 0.0

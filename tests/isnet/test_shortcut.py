@@ -55,7 +55,8 @@ def _model() -> nn.Module:
     """conv-ReLU-maxpool twice, conv-ReLU, global average pooling, linear: 8, 16, 16 channels, no BatchNorm.
 
     Without BatchNorm the heatmap loss's gradient w.r.t. the weights is the exact derivative. With BatchNorm in
-    train mode the rules detach the batch statistics (ISNET.md §2), and on this task the logit-rule variants
+    train mode the rules detach the batch statistics (docs/rules.md#batch_stats), and on this task the logit-rule
+    variants
     (original, stochastic) on :class:`~isnet_kernels.models.SmallCNN` then failed to lower the fraction for some
     seeds (selective and dual did), so the test would hinge on the seed.
     """

@@ -410,7 +410,8 @@ def _mask() -> Tensor:
 
 def _exact_parameters(isnet: ISNet) -> list[str]:
     """The parameters whose heatmap-loss gradient is the exact derivative: the rules detach every bias, BatchNorm's
-    beta and (train mode) its batch statistics (ISNET.md §2), so biases are left out, and in train mode so is the
+    beta and (train mode) its batch statistics (docs/rules.md#detach-semantics), so biases are left out, and in train
+    mode so is the
     weight of a layer whose output a BatchNorm normalises with batch statistics (its effect on them is detached)."""
     names = [n for n, _ in isnet.named_parameters() if n.endswith("weight")]
     modules = dict(isnet.named_modules())
@@ -463,7 +464,8 @@ def test_loss_gradcheck(variant, train, deep):
 
 
 def test_relevance_pass_detaches_the_logit_bias():
-    """The bias is in z but detached (ISNET.md §2): the heatmap loss has no gradient w.r.t. the last layer's bias
+    """The bias is in z but detached (docs/rules.md#detach-semantics): the heatmap loss has no gradient w.r.t. the
+    last layer's bias
     (which reaches the heatmap only through the output rule's z)."""
     model = _tiny()
     isnet = ISNet(model, "original").eval()

@@ -1,4 +1,4 @@
-"""BatchNorm under the rules (ISNET.md §2): folding into the layer before it, the rule pre-activation with its
+"""BatchNorm under the rules (docs/rules.md): folding into the layer before it, the rule pre-activation with its
 restricted gradient, and the epsilon rule through a standalone BatchNorm (a diagonal linear layer)."""
 
 import pytest
@@ -173,7 +173,7 @@ def oracle_bn_epsilon(R, a, gamma, beta, mean, invstd, eps):
         return (t - mean.view(view)) * (g * invstd).view(view) + b.view(view)
 
     D = jacobian(bn, a[:1]).reshape(a[0].numel(), a[0].numel())
-    assert torch.count_nonzero(D - torch.diag(torch.diagonal(D))) == 0  # diagonal, as ISNET.md says
+    assert torch.count_nonzero(D - torch.diag(torch.diagonal(D))) == 0  # diagonal (docs/rules.md#standalone-batchnorm)
     z = bn(a).reshape(B, -1)
     s = R.reshape(B, M, -1) / stab(z, eps)[:, None, :]
     out = a.reshape(B, 1, -1) * torch.einsum("kj,bmk->bmj", D, s)

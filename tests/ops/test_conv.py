@@ -2,7 +2,8 @@
 
 The oracle writes the convolution as a dense matrix ``A`` (rows: output units, columns: input units) built by
 index arithmetic from the definition of a strided, padded, dilated, grouped cross-correlation, then applies
-ISNET.md's epsilon rule as an explicit sum: ``R_j = a_j * sum_k A_kj R_k / stab(z_k)``.
+The epsilon rule of docs/rules.md#epsilon-conv-and-linear as an explicit sum: ``R_j = a_j * sum_k A_kj R_k /
+stab(z_k)``.
 """
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Output rules (ISNET.md §2, output.py docstring): the logit rule and the selective (Faster ISNet) rule through
+"""Output rules (docs/rules.md#output-rules): the logit rule and the selective (Faster ISNet) rule through
 the last linear layer, against explicit per-class loops in float64."""
 
 import math

@@ -239,7 +239,8 @@ def test_adaptive_avgpool_matches_matrix_oracle(in_hw, out_hw, B, M):
 
 @pytest.mark.parametrize("in_hw,out_hw", [((8, 6), (4, 3)), ((7, 5), (1, 1)), ((9, 6), (3, 2))])
 def test_adaptive_avgpool_divisible_equals_strided_pool(in_hw, out_hw):
-    """ISNET.md: stride = in // out, kernel = in - (out - 1) * stride, exact when out divides in."""
+    """docs/differences.md#adaptive-average-pooling: stride = in // out, kernel = in - (out - 1) * stride, exact when
+    out divides in."""
     torch.manual_seed(9)
     a = torch.randn(2, 3, *in_hw, dtype=torch.float64)
     z = F.adaptive_avg_pool2d(a, out_hw)

@@ -1,4 +1,4 @@
-"""Residual-add split and concatenation split (ISNET.md §2)."""
+"""Residual-add split and concatenation split (docs/rules.md#residual-add, docs/rules.md#concatenation)."""
 
 import pytest
 import torch

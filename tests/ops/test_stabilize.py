@@ -1,4 +1,4 @@
-"""Tests for ``stabilize``: ``stab(z) = z + eps * sign(z)`` with ``sign(0) = +1`` (ISNET.md §2)."""
+"""Tests for ``stabilize``: ``stab(z) = z + eps * sign(z)`` with ``sign(0) = +1`` (docs/rules.md#the-stabiliser)."""
 
 import pytest
 import torch

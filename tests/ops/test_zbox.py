@@ -1,4 +1,4 @@
-"""Z^B (box) rule for the first layer against an explicit matrix oracle (ISNET.md §2, zbox.py docstring).
+"""Z^B (box) rule for the first layer against an explicit matrix oracle (docs/rules.md#zb-first-layer).
 
 With the convolution's dense matrix ``A`` (one-hot basis inputs), ``A+ = max(A, 0)``, ``A- = min(A, 0)``, bound
 vectors ``l``, ``h`` over the input units, the bias bounds ``l_b = min(l)``, ``h_b = max(h)`` and ``ch(k)`` the
@@ -194,7 +194,7 @@ def test_conv_zbox_gradcheck(bound_kind):
 
 
 def oracle_linear_zbox(R, x, z, weight, bias, lvec, hvec, eps):
-    """Explicit loops over the formula of ISNET.md §2 for a linear layer."""
+    """Explicit loops over the formula of docs/rules.md#zb-first-layer for a linear layer."""
     B, M, K = R.shape
     Fdim = x.shape[1]
     lb, hb = float(lvec.min()), float(hvec.max())

@@ -1,4 +1,4 @@
-"""Triton average-pooling relevance kernels against the reference ops (KERNELS.md "Avg-pool").
+"""Triton average-pooling relevance kernels against the reference ops (docs/kernels.md#average-pooling).
 
 ``avgpool_forward`` (``R_in = a * P^T (R / stab(z))``) and ``avgpool_backward`` (``dR``, ``dz``, ``da``) are
 compared with the reference op and autograd through it, for avg_pool2d with each of its options (overlap,
