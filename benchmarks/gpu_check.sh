@@ -6,7 +6,10 @@
 #   3. the backend tests on CUDA tensors, compiled kernels (TRITON_INTERPRET=0): tests/triton, with
 #      tests/triton/test_gpu.py (triton and torch against the float64 reference in fp32, TF32, bf16, fp16; the
 #      short-K case of an RGB and a grayscale first layer; explain on ResNet-18) -> $GPU_RESULTS/tests.{txt,xml};
-#   4. the explain, per-op and ISNet-step (training) benchmarks, via benchmarks/run_gpu.sh -> $GPU_RESULTS/.
+#      and tests/cuda (the CUDA C++ kernels of the cuda backend against the torch primitives and the CPU kernels);
+#   4. the bandwidth of every elementwise kernel (torch, triton, cuda) against a clone of the same bytes
+#      (benchmarks/bandwidth.py -> $GPU_RESULTS/bandwidth.{json,md});
+#   5. the explain, per-op and ISNet-step (training) benchmarks, via benchmarks/run_gpu.sh -> $GPU_RESULTS/.
 # Exit status: 0 when every step passed, 1 when a test or a suite failed, 2 when there is no CUDA GPU.
 # Environment (optional): GPU_VENV, GPU_RESULTS (default benchmarks/results/gpu), TORCH_INDEX_URL (default the
 # CUDA 12.8 wheels), PYTHON3 (the interpreter that creates the venv), GPU_TEST_TIMEOUT (seconds, default 300).
@@ -28,7 +31,9 @@ echo "== environment ($VENV)"
 PY="$VENV/bin/python"
 "$PY" -m pip install -q --upgrade pip setuptools wheel
 "$PY" -m pip install -q --index-url "$INDEX" --extra-index-url https://pypi.org/simple torch==2.13.0 triton==3.7.1
-ISNET_KERNELS_NO_EXT=1 "$PY" -m pip install -q --no-build-isolation -e '.[test]' torch==2.13.0
+# with a CUDA torch and nvcc this builds both extensions, _C (cpp) and _C_cuda (the cuda backend); a failed build
+# warns and leaves that backend out (its tests then skip, naming the reason)
+"$PY" -m pip install -q --no-build-isolation -e '.[test]' torch==2.13.0
 "$PY" -m pip install -q --no-deps zennit  # as `make venv` does: its torchvision pin would replace torch
 "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' || {
     echo "gpu-check: torch $("$PY" -c 'import torch; print(torch.__version__)') in $VENV sees no CUDA device" >&2
@@ -39,11 +44,15 @@ mkdir -p "$OUT"
 
 status=0
 echo "== tests on CUDA ($(( $(date +%s) - start ))s)"
-if ! TRITON_INTERPRET=0 timeout "${GPU_TEST_TIMEOUT:-300}" "$PY" -m pytest -q -p no:cacheprovider tests/triton \
+"$PY" -m isnet_kernels.info | tee "$OUT/info.txt"
+if ! TRITON_INTERPRET=0 timeout "${GPU_TEST_TIMEOUT:-300}" "$PY" -m pytest -q -p no:cacheprovider tests/triton tests/cuda \
         --junitxml="$OUT/tests.xml" 2>&1 | tee "$OUT/tests.txt"; then
     echo "gpu-check: tests failed (see $OUT/tests.txt)" >&2
     status=1
 fi
+
+echo "== bandwidth of the elementwise kernels against a copy ($(( $(date +%s) - start ))s)"
+"$PY" benchmarks/bandwidth.py --out "$OUT" || status=1
 
 echo "== benchmarks ($(( $(date +%s) - start ))s)"
 if ! PYTHON="$PY" BENCH_RESULTS="$OUT" BENCH_SUITES="${BENCH_SUITES:-explain ops training}" \

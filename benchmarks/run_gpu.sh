@@ -25,8 +25,10 @@ if ! "$PYTHON" -c 'import sys, torch; from isnet_kernels import dispatch; dispat
 fi
 
 export BENCH_DEVICE=cuda
-export BENCH_BACKENDS="${BENCH_BACKENDS:-reference,triton}"
-export BENCH_OP_BACKENDS="${BENCH_OP_BACKENDS:-reference,torch,triton}"
+cuda_ok=$("$PYTHON" -c 'from isnet_kernels import dispatch; print(int(dispatch.cuda_status()[0]))' 2>/dev/null || echo 0)
+extra=""; [[ "$cuda_ok" == 1 ]] && extra=",cuda"
+export BENCH_BACKENDS="${BENCH_BACKENDS:-reference,triton$extra}"
+export BENCH_OP_BACKENDS="${BENCH_OP_BACKENDS:-reference,torch,triton$extra}"
 RESULTS="${BENCH_RESULTS:-benchmarks/results/gpu}"
 mkdir -p "$RESULTS"
 
