@@ -314,14 +314,15 @@ def _md(rows: list[dict[str, Any]], skipped: list[Case], meta: dict[str, Any]) -
         "",
         "Per builder: `explain` (eval, float32, two images), conservation (float64, eps 1e-9, no biases or shifts, "
         f"epsilon first layer: |sum R - logit| / |logit|, required <= {CONSERVATION_TOL:g} where the rules conserve), "
-        "one selective ISNet step (train mode, ISNetLoss, backward, finite gradients). Time: all three, seconds.",
+        "one selective ISNet step (train mode, ISNetLoss, backward, finite gradients). Time: all three, seconds of "
+        "wall clock on a shared machine (the load varied during the run).",
         "",
         "| builder | family | input | status | time (s) | conservation error | note |",
         "| --- | --- | ---: | --- | ---: | ---: | --- |",
     ]
     for r in rows:
         err = r.get("conservation_error")
-        note = r.get("error") or (f"not conserved by design: {r['absorbs']}" if r["absorbs"] else
+        note = (r.get("error") or "")[:110] or (f"not conserved by design: {r['absorbs']}" if r["absorbs"] else
                                   KNOWN_BUGS.get(r["family"], "") if r["status"] != "ok" else "")
         lines.append(f"| {r['name']} | {r['family']} | {r['input']} | {r['status']} | {r['time_s']:.1f} | "
                      f"{'' if err is None else f'{err:.1e}'} | {note} |")
@@ -351,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = json.loads((args.out / "zoo.json").read_text())["rows"]
         t0 -= sum(r["time_s"] for r in rows)
     done = {r["name"] for r in rows}
-    todo = [c for c in todo if c.name not in done]
+    order = {c.name: i for i, c in enumerate(todo)}
+    todo = sorted((c for c in todo if c.name not in done), key=lambda c: c.name not in SAMPLE)  # the sample first
     total = len(rows) + len(todo)
     args.out.mkdir(parents=True, exist_ok=True)
     for c in todo:
@@ -367,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "zoo.json").write_text(json.dumps({"meta": meta, "rows": rows,
                                                        "skipped": {c.name: c.heavy for c in skipped}}, indent=1)
                                            + "\n")
-        (args.out / "zoo.md").write_text(_md(rows, skipped, meta))
+        (args.out / "zoo.md").write_text(_md(sorted(rows, key=lambda r: order.get(r["name"], 0)), skipped, meta))
     print(f"wrote {args.out / 'zoo.md'} ({time.perf_counter() - t0:.0f} s)")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
