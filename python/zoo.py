@@ -267,14 +267,14 @@ def check_isnet_step(c: Case) -> dict[str, Any]:
     isnet = ik.ISNet(model, "selective").train()
     out = isnet(x, labels)
     loss = ik.ISNetLoss()(out, labels, masks)
-    assert bool(torch.isfinite(loss.total)), f"{c.name}: loss {float(loss.total)}"
+    assert bool(torch.isfinite(loss.total)), f"{c.name}: loss {float(loss.total.detach())}"
     loss.total.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert grads, f"{c.name}: no parameter received a gradient"
     bad = [n for n, g in grads.items() if not bool(torch.isfinite(g).all())]
     assert not bad, f"{c.name}: non-finite gradients of {bad[:5]}"
     assert any(float(g.abs().max()) > 0 for g in grads.values()), f"{c.name}: every gradient is zero"
-    return {"loss": float(loss.total), "params_with_grad": len(grads),
+    return {"loss": float(loss.total.detach()), "params_with_grad": len(grads),
             "params": sum(1 for p in model.parameters() if p.requires_grad)}
 
 
