@@ -15,12 +15,13 @@ Methods, all for one class per image (the logit of ``target``), float32, eval mo
 * ``input_gradient``: forward + ``torch.autograd.grad(logits.gather(1, t).sum(), x)``, the cheapest backward
   pass of the same model (the floor any gradient-based explainer pays).
 * ``zennit``: zennit 0.5.1 with matched rules: BatchNorm merged into the preceding Conv2d
-  (``SequentialMergeBatchNorm``, inside ``zennit.torchvision.ResNetCanonizer`` for the ResNet, whose block
-  canonizer also turns the residual add into a ``zennit.layer.Sum``); ``Epsilon(1e-2)`` on every Conv2d, Linear,
-  max/average pool and ``Sum``; ``ZBox(0, 1, stabilizer=1e-2)`` on the first convolution (``isnet_kernels``
-  stabilises its Z^B denominator with the same eps; zennit's default would be 1e-6); relevance starts as
-  ``one_hot(target) * logits`` (``grad_outputs`` of ``torch.autograd.grad``). The composite is registered once,
-  outside the timed region (like ``isnet_kernels``' compiled program, which is cached per model).
+  (``SequentialMergeBatchNorm``, with zennit's ResNet block canonizers for the ResNet, matched against
+  ``isnet_kernels.models.resnet``'s blocks, which also turn the residual add into a ``zennit.layer.Sum``);
+  ``Epsilon(1e-2)`` on every Conv2d, Linear, max/average pool and ``Sum``; ``ZBox(0, 1, stabilizer=1e-2)`` on
+  the first convolution (``isnet_kernels`` stabilises its Z^B denominator with the same eps; zennit's default
+  would be 1e-6); relevance starts as ``one_hot(target) * logits`` (``grad_outputs`` of
+  ``torch.autograd.grad``). The composite is registered once, outside the timed region (like
+  ``isnet_kernels``' compiled program, which is cached per model).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import contextlib
 import copy
 import os
 import re
+import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -103,11 +106,24 @@ def describe_device() -> str:
     return f"cpu, {THREADS} threads"
 
 
-def install_torchvision_stubs() -> None:
-    """zennit imports torchvision, which does not import beside this torch: use the package's stand-ins."""
-    from isnet_kernels._torchvision_stub import install_torchvision_stub
+def import_torchvision() -> types.ModuleType:
+    """Import the real torchvision (0.28.0, installed with ``--no-deps``) beside the CPU build of torch; zennit
+    imports it at import time.
 
-    install_torchvision_stub()
+    PyPI's torchvision is a CUDA build: its compiled operators do not load here, and importing
+    ``torchvision._meta_registrations`` (meta kernels for those operators) fails. An empty module in its place lets
+    ``torchvision.models`` import; classification models need none of the compiled operators.
+    """
+    name = "torchvision._meta_registrations"
+    if "torchvision" not in sys.modules:
+        sys.modules.setdefault(name, types.ModuleType(name))
+    import torchvision
+    import torchvision.models  # noqa: F401
+
+    return torchvision
+
+
+install_torchvision_stubs = import_torchvision  # the name test_bench_isnet.py and memprobe.py call
 
 
 @dataclass(frozen=True)
@@ -155,13 +171,35 @@ def make_inputs() -> tuple[Tensor, Tensor]:
     return x.to(DEVICE), target.to(DEVICE)
 
 
+def _resnet_canonizer():
+    """zennit's ``ResNetCanonizer`` (BatchNorm merge, residual add -> ``zennit.layer.Sum``) with its block
+    canonizers matched against ``isnet_kernels.models.resnet``'s blocks (stock zennit matches torchvision's)."""
+    from zennit.canonizers import CompositeCanonizer, SequentialMergeBatchNorm
+    from zennit.layer import Sum
+    from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
+
+    from isnet_kernels.models.resnet import BasicBlock, Bottleneck
+
+    def matched(base, block):
+        class Canonizer(base):
+            @classmethod
+            def _attribute_map(cls, name, module):
+                if isinstance(module, block):
+                    return {"forward": cls.forward.__get__(module), "canonizer_sum": Sum()}
+                return None
+
+        return Canonizer()
+
+    return CompositeCanonizer([SequentialMergeBatchNorm(), matched(ResNetBasicBlockCanonizer, BasicBlock),
+                               matched(ResNetBottleneckCanonizer, Bottleneck)])
+
+
 def _zennit_composite(first_layer: str, resnet: bool):
-    install_torchvision_stubs()
+    import_torchvision()
     from zennit.canonizers import SequentialMergeBatchNorm
     from zennit.core import Composite
     from zennit.layer import Sum
     from zennit.rules import Epsilon, ZBox
-    from zennit.torchvision import ResNetCanonizer
 
     epsilon_types = (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, Sum)
 
@@ -172,7 +210,7 @@ def _zennit_composite(first_layer: str, resnet: bool):
             return Epsilon(epsilon=EPS)
         return None  # ReLU, Dropout, merged BatchNorm, containers: relevance passes as the gradient
 
-    canonizers = [ResNetCanonizer()] if resnet else [SequentialMergeBatchNorm()]
+    canonizers = [_resnet_canonizer()] if resnet else [SequentialMergeBatchNorm()]
     return Composite(module_map=module_map, canonizers=canonizers)
 
 

@@ -1,4 +1,4 @@
-"""Benchmark set-up: two intra-op threads, torchvision stand-ins for zennit, and the machine's state in the JSON.
+"""Benchmark set-up: two intra-op threads, the real torchvision (for zennit), and the machine's state in the JSON.
 
 Run from the repository root, one suite per JSON file (see README.md), e.g.
 ``python -m pytest benchmarks/test_bench_explain.py -q --benchmark-json=benchmarks/results/explain.json``.
@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common  # noqa: E402
 
 torch.set_num_threads(bench_common.THREADS)
-bench_common.install_torchvision_stubs()
+bench_common.import_torchvision()
 
 _LOAD_AT_START: list[float] = []
 

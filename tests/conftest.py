@@ -1,24 +1,39 @@
-"""Shared test set-up: Triton's CPU interpreter, torchvision stubs for zennit, a fixed seed, one thread.
+"""Shared test set-up: Triton's CPU interpreter, the real torchvision, a fixed seed, one thread.
 
 ``TRITON_INTERPRET`` must be set before any ``@triton.jit`` function is defined, so it is set here, before
-anything else is imported. zennit imports ``torchvision.models.resnet`` at import time, and PyPI's torchvision
-does not work with the pinned torch, so when torchvision cannot be imported, small stand-in modules are put
-in ``sys.modules`` first (zennit only needs ``BasicBlock`` and ``Bottleneck`` from it).
+anything else is imported. torchvision (0.28.0, installed with ``--no-deps``) is imported here, before zennit
+(which imports ``torchvision.models.resnet`` at import time): see :func:`import_torchvision`.
 """
 
 import os
+import sys
+import types
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from isnet_kernels._torchvision_stub import install_torchvision_stub  # noqa: E402
-
 torch.set_num_threads(1)  # the tests use tiny tensors: threads only add overhead
 
 
-install_torchvision_stub()
+def import_torchvision() -> types.ModuleType:
+    """Import the real torchvision beside the CPU build of torch.
+
+    PyPI's torchvision 0.28.0 is a CUDA build: its compiled operators do not load here, and importing
+    ``torchvision._meta_registrations`` (meta kernels for those operators) fails. An empty module in its place lets
+    ``torchvision.models`` import; classification models need none of the compiled operators.
+    """
+    name = "torchvision._meta_registrations"
+    if "torchvision" not in sys.modules:
+        sys.modules.setdefault(name, types.ModuleType(name))
+    import torchvision
+    import torchvision.models  # noqa: F401
+
+    return torchvision
+
+
+import_torchvision()
 
 
 @pytest.fixture(autouse=True)

@@ -13,8 +13,8 @@ What this module adds to stock zennit, and why:
   BatchNorm's ``eps`` to 0 (an exact identity) and restore it on removal, and mark the merged BatchNorms so that
   the rule map leaves them without a rule (an epsilon rule on an identity would not pass relevance unchanged).
 * :class:`BasicBlockCanonizer`, :class:`BottleneckCanonizer`: zennit's ResNet block canonizers (their forward with
-  a ``zennit.layer.Sum`` for the residual add), matched against ``isnet_kernels.models.resnet``'s blocks directly,
-  so they apply whatever ``torchvision`` stand-in is installed.
+  a ``zennit.layer.Sum`` for the residual add), matched against ``isnet_kernels.models.resnet``'s blocks (stock
+  zennit matches torchvision's own ``BasicBlock`` and ``Bottleneck`` classes).
 * :class:`ZBoxWithBias`: zennit's ``ZBox`` rule but with the bias counted as an input in the box, the way the
   ISNet reference code (and ``isnet_kernels``) does it. Stock ``ZBox`` clamps *all* parameters in its bound terms,
   so their biases ``b+`` and ``b-`` cancel the layer's own bias ``b = b+ + b-``: its denominator is
@@ -32,24 +32,14 @@ import types
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from zennit.canonizers import NamedMergeBatchNorm, SequentialMergeBatchNorm
+from zennit.core import BasicHook, Composite, ParamMod, Stabilizer, expand
+from zennit.layer import Sum
+from zennit.rules import Epsilon, NoMod, ZBox
+from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 
-from isnet_kernels._torchvision_stub import install_torchvision_stub
 from isnet_kernels.models.densenet import DenseNet
 from isnet_kernels.models.resnet import BasicBlock, Bottleneck
-
-
-def _ensure_torchvision() -> None:
-    """zennit imports ``torchvision.models.resnet`` at import time; put stand-ins there if torchvision is unusable."""
-    install_torchvision_stub()
-
-
-_ensure_torchvision()
-
-from zennit.canonizers import NamedMergeBatchNorm, SequentialMergeBatchNorm  # noqa: E402
-from zennit.core import BasicHook, Composite, ParamMod, Stabilizer, expand  # noqa: E402
-from zennit.layer import Sum  # noqa: E402
-from zennit.rules import Epsilon, NoMod, ZBox  # noqa: E402
-from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer  # noqa: E402
 
 __all__ = [
     "BasicBlockCanonizer",
