@@ -19,7 +19,7 @@ LXT     := lxt==2.1
 STAMP   := $(VENV)/.installed
 BENCH_JSON ?= benchmarks/results/latest.json
 
-.PHONY: help venv demo ablation explain-demo test lint bench clean cuda-compile aot-check gpu-check
+.PHONY: help venv demo ablation explain-demo test lint bench clean cuda-compile aot-check gpu-check zoo
 
 help:
 	@echo "make venv   create $(VENV) and install the package with its test dependencies"
@@ -30,6 +30,7 @@ help:
 	@echo "make lint   ruff check ."
 	@echo "make bench  run benchmarks/ and write $(BENCH_JSON)"
 	@echo "make cuda-compile  compile the CUDA sources with nvcc for sm_80 and sm_90, write benchmarks/results/aot/cuda.md"
+	@echo "make zoo    every torchvision classifier: explain, conservation, ISNet step; writes python/results/zoo/zoo.md"
 	@echo "make aot-check  compile every Triton kernel for sm_80 and sm_90 (no GPU); table in benchmarks/results/aot/"
 	@echo "make gpu-check  on a CUDA machine: own .venv-gpu, tests on CUDA, benchmarks -> benchmarks/results/gpu/"
 	@echo "make clean  remove $(VENV), build outputs and caches"
@@ -51,6 +52,9 @@ demo: venv
 
 ablation: venv
 	$(PY) python/biased_digits_ablation.py --out demo/
+
+zoo: venv
+	$(PY) python/zoo.py --out python/results/zoo/
 
 explain-demo: venv
 	$(PY) python/explain_digits.py --out demo/explain/

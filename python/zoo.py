@@ -70,15 +70,6 @@ ABSORBS = {
                        "which absorbs its share (x s R / (x s + t))",
 }
 
-# Families whose conservation fails today because of an engine bug (to be removed once fixed): torchvision builds
-# its activations in place (``Conv2dNormActivation``: ``Hardswish(inplace=True)``, ``SiLU(inplace=True)``,
-# ``ReLU6(inplace=True)``). An in-place Hardswish or SiLU (identity rule) overwrites the output that the preceding
-# layer saved for its rule, so that layer divides by the activation's output instead of its own pre-activation.
-# MobileNet V2's in-place ReLU6 breaks it too (error 17 relative; 4e-8 with the same model's activations made
-# out of place), though a BatchNorm -> ReLU6(inplace=True) chain alone conserves.
-INPLACE_BUG = "engine bug: in-place activations (Hardswish, SiLU, ReLU6 with inplace=True) break conservation"
-KNOWN_BUGS = {"mobilenetv2": INPLACE_BUG, "mobilenetv3": INPLACE_BUG, "efficientnet": INPLACE_BUG}
-
 # Builders too heavy for a 2-core CI machine with ~16 GB of memory (float64 parameters, plus gradients in the
 # ISNet step); `python python/zoo.py --heavy` runs them too.
 HEAVY = {
@@ -322,8 +313,7 @@ def _md(rows: list[dict[str, Any]], skipped: list[Case], meta: dict[str, Any]) -
     ]
     for r in rows:
         err = r.get("conservation_error")
-        note = (r.get("error") or "")[:110] or (f"not conserved by design: {r['absorbs']}" if r["absorbs"] else
-                                  KNOWN_BUGS.get(r["family"], "") if r["status"] != "ok" else "")
+        note = (r.get("error") or "")[:110] or (f"not conserved by design: {r['absorbs']}" if r["absorbs"] else "")
         lines.append(f"| {r['name']} | {r['family']} | {r['input']} | {r['status']} | {r['time_s']:.1f} | "
                      f"{'' if err is None else f'{err:.1e}'} | {note} |")
     if skipped:

@@ -23,7 +23,6 @@ import sys
 import pytest
 import torch
 
-from isnet_kernels import UnsupportedLayerError
 from tests.scripts import PYTHON
 
 
@@ -39,11 +38,6 @@ def _load_zoo():
 
 zoo = _load_zoo()
 
-#: Builders whose layers have no rule yet: Swin's ``shifted_window_attention`` and MaxViT's ``einsum``
-#: attention. Strict: once the rules are registered these cases pass and the marks must go.
-PENDING_RULES = {"swin_t": "shifted_window_attention", "swin_v2_t": "shifted_window_attention",
-                 "maxvit_t": "einsum attention"}
-
 # Explain and train on the transform_input forms of GoogLeNet and Inception V3 (they hold every layer of the
 # plain forms); conservation on the plain forms (the input transform's shift absorbs relevance).
 EXPLAIN_SAMPLE = [n for n in zoo.SAMPLE if n not in ("googlenet", "inception_v3")]
@@ -53,14 +47,7 @@ CONSERVING_SAMPLE = [n for n in zoo.SAMPLE if zoo.case(n).absorbs is None]
 def _params(names: list[str], conservation: bool = False) -> list:
     out = []
     for name in names:
-        marks = []
-        if name in PENDING_RULES:
-            marks.append(pytest.mark.xfail(strict=True, raises=UnsupportedLayerError,
-                                           reason=f"no rule for {PENDING_RULES[name]} yet"))
-        family = zoo.case(name).family
-        if conservation and family in zoo.KNOWN_BUGS:
-            marks.append(pytest.mark.xfail(strict=True, raises=AssertionError, reason=zoo.KNOWN_BUGS[family]))
-        out.append(pytest.param(name, marks=marks, id=name))
+        out.append(pytest.param(name, id=name))
     return out
 
 
