@@ -4,8 +4,6 @@ conservation as eps -> 0, gradcheck, the engine on einsum attention and on a sma
 from __future__ import annotations
 
 import itertools
-import sys
-import types
 
 import pytest
 import torch
@@ -208,14 +206,10 @@ def test_engine_rejects_batch_not_first():
 
 
 def _torchvision():
-    """The real torchvision (its CUDA wheel imports here once its meta registrations are stubbed out), replacing
-    the stand-in the test set-up installs when torchvision did not import."""
-    tv = sys.modules.get("torchvision")
-    if tv is not None and getattr(tv, "__isnet_kernels_stub__", False):
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-    sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
-    return pytest.importorskip("torchvision.models.maxvit")
+    """torchvision's MaxViT module (torchvision is imported by tests/conftest.py beside the CPU torch)."""
+    import torchvision.models.maxvit as maxvit
+
+    return maxvit
 
 
 def test_maxvit_explains():

@@ -23,8 +23,6 @@ both.
 from __future__ import annotations
 
 import math
-import sys
-import types
 
 import pytest
 import torch
@@ -185,15 +183,8 @@ def test_tiny_vit_cp_differs_from_lxt_attnlrp():
 
 # --- torchvision's VisionTransformer (nn.MultiheadAttention) ---------------------------------------------------
 def _torchvision():
-    tv = sys.modules.get("torchvision")
-    if tv is not None and getattr(tv, "__isnet_kernels_stub__", False):
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-    sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
-    try:
-        import torchvision.models.vision_transformer as vit
-    except Exception as exc:  # pragma: no cover - depends on the installation
-        pytest.skip(f"torchvision cannot be imported: {exc}")
+    import torchvision.models.vision_transformer as vit
+
     return vit
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
-import types
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -33,17 +31,10 @@ H, W = 5, 4
 
 
 def _torchvision():
-    """The real torchvision (0.28, a CUDA build whose compiled ops do not load here; classification and
-    ``torchvision.ops.StochasticDepth`` need none of them), replacing the test suite's zennit stand-in if present."""
-    tv = sys.modules.get("torchvision")
-    if tv is not None and getattr(tv, "__isnet_kernels_stub__", False):
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-    sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
-    try:
-        import torchvision
-    except Exception as exc:  # pragma: no cover - depends on the installation
-        pytest.skip(f"torchvision cannot be imported: {exc}")
+    """torchvision (imported by tests/conftest.py beside the CPU torch; classification and
+    ``torchvision.ops.StochasticDepth`` need none of its compiled operators)."""
+    import torchvision
+
     return torchvision
 
 

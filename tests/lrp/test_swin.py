@@ -4,9 +4,6 @@ a composition of the reference ops with the data movement's adjoints taken by au
 
 from __future__ import annotations
 
-import sys
-import types
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,15 +17,10 @@ DT = torch.float64
 
 
 def _swin():
-    """torchvision's swin_transformer module (the real torchvision: its CUDA wheel imports here once its meta
-    registrations are stubbed out), replacing the stand-in the test set-up installs when torchvision did not
-    import."""
-    tv = sys.modules.get("torchvision")
-    if tv is not None and getattr(tv, "__isnet_kernels_stub__", False):
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-    sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
-    return pytest.importorskip("torchvision.models.swin_transformer")
+    """torchvision's swin_transformer module (torchvision is imported by tests/conftest.py beside the CPU torch)."""
+    import torchvision.models.swin_transformer as swin
+
+    return swin
 
 
 # (B, H, W, C, heads, window, shift): padding (H, W not multiples of the window), shift, no shift, and a window
