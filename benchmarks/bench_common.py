@@ -123,7 +123,6 @@ def import_torchvision() -> types.ModuleType:
     return torchvision
 
 
-install_torchvision_stubs = import_torchvision  # the name test_bench_isnet.py and memprobe.py call
 
 
 @dataclass(frozen=True)

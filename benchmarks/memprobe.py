@@ -59,7 +59,7 @@ def probe(model_name: str, method: str) -> dict[str, float | None]:
     import torch
 
     torch.set_num_threads(bc.THREADS)
-    bc.install_torchvision_stubs()
+    bc.import_torchvision()
     model = bc.make_model(model_name)
     x, target = bc.make_inputs()
     if bc.DEVICE.type == "cuda":

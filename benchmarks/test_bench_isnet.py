@@ -307,7 +307,7 @@ if __name__ == "__main__":
     if len(sys.argv) not in (4, 5):
         sys.exit("usage: python benchmarks/test_bench_isnet.py VARIANT K BACKEND [WARMUP]  (BACKEND '-' for plain; "
                  "WARMUP 0 measures the first step)")
-    bc.install_torchvision_stubs()
+    bc.import_torchvision()
     _variant, _K, _backend = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     _warmup = len(sys.argv) == 4 or sys.argv[4] != "0"
     print(json.dumps(probe(_variant, _K, None if _backend == "-" else _backend, _warmup)))

@@ -18,7 +18,6 @@ rule: in zennit's copy the gate is detached and the product is a module ``y = g 
 from __future__ import annotations
 
 import copy
-import sys
 import types
 
 import pytest
@@ -38,15 +37,9 @@ TOL = 1e-6
 
 
 def _torchvision():
-    tv = sys.modules.get("torchvision")
-    if tv is not None and getattr(tv, "__isnet_kernels_stub__", False):
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-    sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
-    try:
-        import torchvision
-    except Exception as exc:  # pragma: no cover - depends on the installation
-        pytest.skip(f"torchvision cannot be imported: {exc}")
+    """torchvision (imported by tests/conftest.py beside the CPU torch)."""
+    import torchvision
+
     return torchvision
 
 

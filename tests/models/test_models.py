@@ -1,9 +1,9 @@
 """Tests of the model zoo: torchvision state_dict compatibility, forward shapes, fx traceability, factory.
 
 The expected state_dict counts, parameter counts, digests and sample shapes below were generated from
-torchvision 0.28.0's ``models/resnet.py``, ``vgg.py`` and ``densenet.py`` (run with stubbed weight enums, since
-the torchvision wheel does not import beside this torch) and checked there to equal these models' listings key
-by key, in order; a torchvision ``state_dict`` also loaded with ``strict=True`` and gave identical outputs.
+torchvision 0.28.0's ``models/resnet.py``, ``vgg.py`` and ``densenet.py`` (with stubbed weight enums; the zoo
+tests, tests/lrp/test_zoo.py, run torchvision's own builders) and checked there to equal these models' listings
+key by key, in order; a torchvision ``state_dict`` also loaded with ``strict=True`` and gave identical outputs.
 """
 
 from __future__ import annotations
