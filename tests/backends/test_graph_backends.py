@@ -98,4 +98,6 @@ def test_unavailable_backend_is_an_error_not_a_fallback(monkeypatch):
     with pytest.raises(ik.BackendUnavailableError, match="'cpp' is not available"):
         ik.explain(model, torch.rand(1, 3, 2, 2), backend="cpp")
     with pytest.raises(ValueError, match="backend must be one of"):
-        ik.LRP(model, backend="cuda")
+        ik.LRP(model, backend="metal")
+    with pytest.raises(ik.BackendUnavailableError, match="'cuda'"):  # not built here, or CPU tensors
+        ik.explain(model, torch.rand(1, 3, 2, 2), backend="cuda")
