@@ -56,6 +56,8 @@ GENERATED = {
     "compile.md": "python -m isnet_kernels.triton.aot (make aot-check), into benchmarks/results/aot/",
     "cuda.md": "csrc/cuda/compile_check.py (make cuda-compile), into benchmarks/results/aot/",
     "env.md": "benchmarks/gpu_env.py (make gpu-check), into benchmarks/results/gpu/",
+    "bandwidth.md": "benchmarks/bandwidth.py (make gpu-check), into benchmarks/results/gpu/",
+    "zoo.md": "python/zoo.py (make zoo), into its output folder",
 }
 
 # A path ending in .md that starts at a word boundary: not inside an absolute path, a URL or a name assembled at
