@@ -49,15 +49,12 @@ def _linear(ctx: NodeContext):
           description="`nn.BatchNorm1d`/`2d`: folded into the `Conv2d`/`Linear` before it when that layer feeds only "
                       "it, otherwise its own diagonal epsilon layer; train and eval mode")
 def _batchnorm(ctx: NodeContext):
-    src = ctx.node.args[0] if ctx.node.args else None
-    conv = ctx.folded_source
+    conv = ctx.folded_source  # the Conv2d/Linear folded into this BatchNorm, if any
     if conv is not None:
         layer = ctx.modules[conv.target]
         if isinstance(layer, nn.Conv2d):
             _check_conv(ctx, layer)
-        return S.LinearBlock(ctx.name, conv.args[0].name if isinstance(conv.args[0], fx.Node) else ctx.single(),
-                             layer, ctx.module)
-    del src
+        return S.LinearBlock(ctx.name, conv.args[0].name, layer, ctx.module)
     return S.BatchNormStep(ctx.name, ctx.single(), ctx.module)
 
 
