@@ -281,7 +281,7 @@ def _add(ctx: NodeContext):
         const = node.args[1] if x_first else node.args[0]
         value = _scalar_or_const(ctx, const)
         shift = (lambda env: -value(env)) if subtract else value
-        return MV.affine_rule(None, shift)(ctx.name, tensors[0].name, ctx.call())
+        return MV.AffineStep(ctx.name, tensors[0].name, ctx.call(), shift=shift)
     raise ctx.unsupported("only the sum of two tensors, or of a tensor and a constant, has a rule")
 
 
@@ -309,7 +309,7 @@ def _mul(ctx: NodeContext):
             raise ctx.unsupported("a constant divided by a tensor")
         value = _scalar_or_const(ctx, node.args[1] if x_first else node.args[0])
         scale = (lambda env: 1.0 / value(env)) if divide else value
-        return MV.affine_rule(scale, None)(ctx.name, tensors[0].name, ctx.call())
+        return MV.AffineStep(ctx.name, tensors[0].name, ctx.call(), scale=scale)
     raise ctx.unsupported("no operand carries relevance")
 
 

@@ -203,27 +203,29 @@ def ratio_rule(R: Tensor, inputs: list[Tensor], out: Tensor, cfg: RuleConfig) ->
     return [R * (out / ops.stabilize(out, cfg.eps)).unsqueeze(1)]
 
 
-def affine_rule(scale: Callable[[dict[str, Any]], Any] | None, shift: Callable[[dict[str, Any]], Any] | None):
+Env = dict[str, Any]
+
+
+class AffineStep(Step):
     """``y = scale * x + shift`` with constants (numbers, parameters such as a layer scale, buffers): the diagonal
-    epsilon rule ``R_x = x scale R / stab(y)`` (the shift absorbs its share; the scale trains through the map)."""
+    epsilon rule ``R_x = x scale R / stab(y)`` (the shift absorbs its share; the scale trains through the map).
+    ``scale`` and ``shift`` are functions of the environment giving the constant, or None."""
 
-    class AffineStep(Step):
-        def __init__(self, name: str, input_name: str, call: Callable[[dict[str, Any]], Tensor]):
-            self.name, self.inputs, self.call = name, [input_name], call
+    def __init__(self, name: str, input_name: str, call: Callable[[Env], Tensor],
+                 scale: Callable[[Env], Any] | None = None, shift: Callable[[Env], Any] | None = None):
+        self.name, self.inputs, self.call, self.scale, self.shift = name, [input_name], call, scale, shift
 
-        def forward(self, env: dict[str, Any]) -> tuple[Tensor, Any]:
-            y = self.call(env)
-            return y, (env[self.inputs[0]], y, None if scale is None else scale(env),
-                       None if shift is None else shift(env))
+    def forward(self, env: Env) -> tuple[Tensor, Any]:
+        y = self.call(env)
+        return y, (env[self.inputs[0]], y, None if self.scale is None else self.scale(env),
+                   None if self.shift is None else self.shift(env))
 
-        def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> list[Tensor]:
-            x, y, c, d = saved
-            if d is None and (c is None or not isinstance(c, Tensor) or not c.requires_grad):
-                # a pure constant scaling: R_x = R * y / stab(y) (equal to the diagonal rule, one pass)
-                return ratio_rule(R, [x], y, cfg)
-            return [ops.reference_affine_constant(R, x, y, c, d, cfg.eps)]
-
-    return AffineStep
+    def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> list[Tensor]:
+        x, y, c, d = saved
+        if d is None and (c is None or not isinstance(c, Tensor) or not c.requires_grad):
+            # a pure constant scaling: R_x = R * y / stab(y) (equal to the diagonal rule, one pass)
+            return ratio_rule(R, [x], y, cfg)
+        return [ops.reference_affine_constant(R, x, y, c, d, cfg.eps)]
 
 
 class ProductStep(Step):
