@@ -1,9 +1,12 @@
 """Everything a training run is configured by, as one dataclass that a run directory and its checkpoints keep.
 
-Defaults follow docs/isnet.md#defaults (the reference code's ResNet/MNIST scripts): SGD with learning rate 1e-2,
-momentum
-0.9, gradient-norm clip 1; heatmap loss P = 0.7, d = 0.9, E = 1, A = 1, B = 3, C1 = 1, C2 = 25, the hybrid
-foreground term; LRP eps = 1e-2 with Z^B on the first layer.
+Defaults (docs/isnet.md#defaults): SGD with momentum 0.9 and gradient-norm clip 1; the heatmap loss's constants
+are the authors' (P = 0.7, d = 0.9, E = 1, A = 1, B = 3, C1 = 1, C2 = 25, the hybrid foreground term), LRP eps =
+1e-2. The settings a preset governs (:mod:`isnet_kernels.isnet.presets`) are None until the preset fills them in:
+``preset="default"`` gives what trained best across data sets (label class, live BatchNorm statistics, deep
+supervision where the model has the layers, epsilon first layer, lr 0.05 with a cosine decay), ``"paper"`` the
+authors' (lowest logit, detached statistics, no deep supervision, Z^B, lr 0.01 constant). A saved configuration
+holds the resolved values.
 
 ``batch_size`` is the GLOBAL batch: under ``torchrun`` with W processes each process takes ``batch_size / W``
 images per step (it must divide), so a run gives the same optimisation steps whatever the number of processes.
@@ -20,6 +23,7 @@ from typing import Any
 from ..dispatch import BACKENDS
 from ..isnet.baselines import DEFAULT_LAMBDA
 from ..isnet.loss import FOREGROUND_RULES, NONFINITE_POLICIES
+from ..isnet.presets import PRESETS, TRAINER_PRESETS
 from ..isnet.wrapper import HEATMAPS, SELECTIONS
 from ..lrp.engine import BATCH_STATS, FIRST_LAYER_RULES
 from ..models import ARCHITECTURES
@@ -30,10 +34,22 @@ from .errors import TrainError
 #: :class:`~isnet_kernels.ISNet` variants.
 TRAIN_VARIANTS = ("none", "rrr", "original", "selective", "stochastic", "dual")
 DEVICES = ("auto", "cpu", "cuda")
+#: Learning-rate schedules: ``"constant"``, or ``"cosine"``: ``lr * (1 + cos(pi * t / T)) / 2`` at optimisation step
+#: ``t`` of the run's ``T = epochs * steps_per_epoch`` (a resumed run that extends ``epochs`` stretches it).
+LR_SCHEDULES = ("constant", "cosine")
 CHANNELS = (1, 3)
 
 #: Fields a resumed run may change: they do not alter what is computed (``epochs`` only extends the run).
 RESUMABLE_FIELDS = ("epochs", "device", "num_workers", "progress", "backend", "data")
+
+
+def _preset_text(name: str) -> str:
+    """How the command line states a preset-governed default."""
+
+    def show(value: Any) -> str:
+        return {True: "on", False: "off"}.get(value, str(value)) if isinstance(value, bool) else str(value)
+
+    return f"{show(TRAINER_PRESETS['default'][name])}; {show(TRAINER_PRESETS['paper'][name])} with --preset paper"
 
 
 def option(default: Any, help: str, *, choices: tuple | None = None, flag: str | None = None,
@@ -67,12 +83,16 @@ class TrainConfig:
     variant : ``"none"`` (plain classifier, cross-entropy only) or an ISNet variant: ``"original"``,
         ``"selective"``, ``"stochastic"``, ``"dual"``.
     epochs, batch_size : epochs to train in all, and the global batch (module docstring).
-    lr, momentum, clip, weight_decay : SGD; ``clip`` is the gradient-norm clip (``None`` or 0: no clipping).
+    lr, lr_schedule, momentum, clip, weight_decay : SGD and its learning-rate schedule (:data:`LR_SCHEDULES`);
+        ``clip`` is the gradient-norm clip (``None`` or 0: no clipping).
     P, d, E, A, B, C1, C2, foreground, d_loss, nonfinite : the :class:`~isnet_kernels.ISNetLoss` parameters
         (C1/C2 a number, or per level as :func:`~isnet_kernels.tune_cut` returns them).
+    preset : ``"default"`` or ``"paper"``: the values of ``lr``, ``lr_schedule``, ``first_layer``,
+        ``deep_supervision``, ``select`` and ``batch_stats`` left at None (module docstring).
     eps, first_layer, deep_supervision, select, batch_stats : the :class:`~isnet_kernels.ISNet` (and evaluation
-        heatmap) settings; ``deep_supervision`` is False, True or a list of module names; ``batch_stats="live"``
-        keeps train-mode BatchNorm statistics on the heatmap's graph (the default ``"detached"`` is the reference).
+        heatmap) settings; ``deep_supervision`` is False, True, ``"auto"`` or a list of module names;
+        ``batch_stats="live"`` keeps train-mode BatchNorm statistics on the heatmap's graph (``"detached"``: the
+        reference code's constants).
     tune_cut : epochs of :func:`~isnet_kernels.tune_cut` run before training to choose C1/C2 (0: use C1/C2).
     seed : seeds the model's initialisation, the data order and every random draw.
     num_workers : DataLoader worker processes.
@@ -88,6 +108,8 @@ class TrainConfig:
     arch: str = option("small", "architecture", choices=tuple(ARCHITECTURES))
     model_kwargs: dict[str, Any] = option(dict, "constructor argument of the architecture, e.g. width=8 "
                                           "(repeatable)", flag="--model-arg", metavar="KEY=VALUE")
+    preset: str = option("default", "where a setting it governs is not given: 'default' (what trains best across "
+                         "data sets) or 'paper' (the authors' settings)", choices=PRESETS)
     variant: str = option("selective", "none = plain classifier (no LRP); rrr = Right for the Right Reasons (input "
                           "gradient penalised on the background); else the ISNet variant", choices=TRAIN_VARIANTS)
     heatmap: str = option("lrp", "the ISNet's heatmaps: LRP, or Grad x Input (the authors' ablation)",
@@ -97,7 +119,9 @@ class TrainConfig:
                                    default_text="chosen from the memory available")
     epochs: int = option(10, "epochs in all (on --resume, extends the run)")
     batch_size: int = option(32, "GLOBAL batch, split over torchrun processes")
-    lr: float = option(1e-2, "SGD learning rate")
+    lr: float = option(None, "SGD learning rate", default_text=_preset_text("lr"))
+    lr_schedule: str = option(None, "learning-rate schedule over the run's steps", choices=LR_SCHEDULES,
+                              default_text=_preset_text("lr_schedule"))
     momentum: float = option(0.9, "SGD momentum")
     clip: float | None = option(1.0, "gradient-norm clip, 0 = none")
     weight_decay: float = option(0.0, "SGD weight decay")
@@ -112,12 +136,15 @@ class TrainConfig:
     d_loss: float = option(1.0, "GWRP decay over deep-supervision levels")
     nonfinite: str = option("raise", "non-finite loss policy", choices=NONFINITE_POLICIES)
     eps: float = option(1e-2, "LRP stabiliser")
-    first_layer: str = option("zb", "first-layer rule", choices=FIRST_LAYER_RULES)
-    deep_supervision: bool | list[str] = option(False, "penalise intermediate heatmaps too: the default layers, or "
-                                                "the modules named", metavar="MODULE")
-    select: str = option("lowest", "selective variant's class", choices=SELECTIONS)
-    batch_stats: str = option("detached", "train-mode BatchNorm statistics in the heatmap's gradient: detached "
-                              "constants (the reference) or live", choices=BATCH_STATS)
+    first_layer: str = option(None, "first-layer rule", choices=FIRST_LAYER_RULES,
+                              default_text=_preset_text("first_layer"))
+    deep_supervision: bool | str | list[str] = option(
+        None, "penalise intermediate heatmaps too: no MODULE = the default layers, 'auto' = those when the model has "
+        "them, 'off' = none, else the modules named", metavar="MODULE", default_text=_preset_text("deep_supervision"))
+    select: str = option(None, "selective variant's class", choices=SELECTIONS, default_text=_preset_text("select"))
+    batch_stats: str = option(None, "train-mode BatchNorm statistics in the heatmap's gradient: live (as in the "
+                              "forward) or detached constants (the reference code)", choices=BATCH_STATS,
+                              default_text=_preset_text("batch_stats"))
     tune_cut: int = option(0, "choose C1/C2 by tune_cut first: EPOCHS of plain training on a copy (0: use C1/C2)",
                            metavar="EPOCHS")
     seed: int = option(0, "seed of the initialisation, the data order and every random draw")
@@ -132,6 +159,11 @@ class TrainConfig:
     progress: bool = option(True, "no progress bars (the per-epoch lines stay)", flag="--quiet")
 
     def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise TrainError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        for name, value in TRAINER_PRESETS[self.preset].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         self.validate()
 
     def validate(self) -> None:
@@ -186,12 +218,14 @@ class TrainConfig:
         if self.map_chunk is not None and (isinstance(self.map_chunk, bool) or not isinstance(self.map_chunk, int)
                                            or self.map_chunk < 1):
             raise bad("map_chunk", "None or a positive int")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise bad("lr_schedule", f"one of {LR_SCHEDULES}")
         if self.select not in SELECTIONS:
             raise bad("select", f"one of {SELECTIONS}")
         if self.batch_stats not in BATCH_STATS:
             raise bad("batch_stats", f"one of {BATCH_STATS}")
-        if not isinstance(self.deep_supervision, (bool, list)):
-            raise bad("deep_supervision", "True, False or a list of module names")
+        if not isinstance(self.deep_supervision, (bool, list)) and self.deep_supervision != "auto":
+            raise bad("deep_supervision", "True, False, 'auto' or a list of module names")
         if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1):
             raise bad("size", "None or a positive int")
         if self.channels is not None and self.channels not in CHANNELS:

@@ -338,6 +338,11 @@ class Trainer:
             loss = self.loss_fn(out, y, m)
         self.optimizer.zero_grad(set_to_none=True)
         loss.total.backward()
+        if cfg.lr_schedule == "cosine":
+            per_epoch = -(-(len(self.sampler) + self.sampler.start) // self.local_batch)  # before any skip
+            t, total = self.epoch * per_epoch + self.step, cfg.epochs * per_epoch
+            for group in self.optimizer.param_groups:
+                group["lr"] = cfg.lr * (1 + math.cos(math.pi * t / total)) / 2
         if cfg.clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
         self.optimizer.step()
