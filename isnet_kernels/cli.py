@@ -138,6 +138,9 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="do not write train_clean (the training images without the artefact)")
         ds.add_argument("--overwrite", action="store_true", help="replace a data set written there before")
         ds.add_argument("--quiet", action="store_true", help="no progress bar")
+        if name == "biased-digits":
+            ds.add_argument("--noise", type=float, default=0.0, help="background uniform in [0, NOISE] instead of "
+                            "black (default 0)")
 
     # train: generated from TrainConfig's fields; every option defaults to "not given", so that a resumed run can
     # tell what was asked to change
@@ -187,7 +190,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
     try:
         info = writer(args.root, size=args.size, per_class_train=args.per_class, per_class_val=args.per_class_val,
                       per_class_test=args.per_class_test, seed=args.seed, progress=not args.quiet,
-                      overwrite=args.overwrite, train_clean=args.train_clean)
+                      overwrite=args.overwrite, train_clean=args.train_clean,
+                      **({"noise": args.noise} if args.dataset == "biased-digits" else {}))
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     counts = ", ".join(f"{split} {n}" for split, n in info["counts"].items())
@@ -205,7 +209,8 @@ def _train_config(args: argparse.Namespace):
     if "model_kwargs" in given:
         given["model_kwargs"] = dict(given["model_kwargs"])
     if "deep_supervision" in given:
-        given["deep_supervision"] = list(given["deep_supervision"]) or True
+        names = list(given["deep_supervision"])
+        given["deep_supervision"] = {("off",): False, ("auto",): "auto", (): True}.get(tuple(names), names)
     if "clip" in given and given["clip"] == 0:
         given["clip"] = None
     if getattr(args, "resume", False):

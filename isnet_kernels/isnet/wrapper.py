@@ -41,6 +41,7 @@ from ..lrp.engine import LRP, BoundsLike, ForwardState, check_input
 from ..lrp.graph import Program, module_output
 from .chunking import auto_map_chunk, bytes_per_map, check_map_chunk, chunked_relevance
 from .output import ISNetOutput
+from .presets import check_preset, preset_value
 
 VARIANTS = ("original", "selective", "stochastic", "dual")
 SELECTIONS = ("lowest", "highest", "label")
@@ -56,6 +57,15 @@ def default_supervision(model: nn.Module) -> list[str]:
     ResNet-like (``layer1`` .. ``layer4``): the four stage outputs. DenseNet-like (``transition*`` modules): the
     transitions and ``features``. Otherwise every ``nn.MaxPool2d`` (VGG, :class:`~isnet_kernels.models.SmallCNN`).
     """
+    layers = _default_layers(model)
+    if layers:
+        return layers
+    raise ValueError(f"{type(model).__name__} has no layers deep supervision knows to pick (ResNet stages, DenseNet "
+                     "transitions, max-pools); pass deep_supervision=[module names] instead")
+
+
+def _default_layers(model: nn.Module) -> list[str] | None:
+    """:func:`default_supervision`'s layers, or None when the model has none of the kinds it knows."""
     names = dict(model.named_modules())
     stages = [f"layer{i}" for i in range(1, 5)]
     if all(s in names for s in stages):
@@ -64,10 +74,7 @@ def default_supervision(model: nn.Module) -> list[str]:
     if transitions:
         return transitions + (["features"] if "features" in names else [])
     pools = [n for n, m in names.items() if isinstance(m, nn.MaxPool2d)]
-    if pools:
-        return pools
-    raise ValueError(f"{type(model).__name__} has no layers deep supervision knows to pick (ResNet stages, DenseNet "
-                     "transitions, max-pools); pass deep_supervision=[module names] instead")
+    return pools or None
 
 
 class _PerProgram:
@@ -115,14 +122,19 @@ class ISNet(nn.Module):
         differentiable classifier with ``heatmap="gradinput"``).
     variant : ``"original"``, ``"selective"`` (default), ``"stochastic"`` or ``"dual"`` (module docstring).
     eps : the rules' stabiliser.
-    first_layer : ``"zb"`` (Z^B, default) or ``"epsilon"`` for the layers reading the input.
+    preset : ``"default"`` or ``"paper"`` (the authors' settings): where ``first_layer``, ``deep_supervision``,
+        ``select`` or ``batch_stats`` is not given (None), the preset's value (:mod:`isnet_kernels.isnet.presets`).
+    first_layer : ``"epsilon"`` (default) or ``"zb"`` (Z^B, paper) for the layers reading the input.
     bounds : ``(low, high)`` of the input values for Z^B: floats or per-channel tensors (normalised inputs).
-    deep_supervision : False, True (the default layers, :func:`default_supervision`) or a list of module names.
-    select : the selective variant's class: ``"lowest"`` logit, ``"highest"`` or ``"label"``.
+    deep_supervision : ``"auto"`` (default: the default layers, :func:`default_supervision`, when the model has
+        them, else none), True (the default layers; an error when there are none), False (paper) or a list of
+        module names.
+    select : the selective variant's class: the ``"label"`` (default; ``isnet(x, labels)``), the ``"lowest"``
+        logit (paper) or the ``"highest"``.
     generator : a ``torch.Generator`` for the stochastic variant's draws.
     backend : the relevance backend (``None``/"auto", "reference", "cpp", "triton"; see :mod:`isnet_kernels.dispatch`).
-    batch_stats : ``"detached"`` (default, the reference: train-mode BatchNorm statistics are constants in the
-        heatmap's gradient) or ``"live"`` (they keep their gradient, as in the classifier's forward; :class:`LRP`).
+    batch_stats : ``"live"`` (default: train-mode BatchNorm statistics keep their gradient in the heatmap's graph,
+        as in the classifier's forward; :class:`LRP`) or ``"detached"`` (paper: they are constants there).
         With ``"detached"`` the heatmap loss has a gradient along the weights before a BatchNorm that the
         classifier is blind to, and those weights grow in training; ``"live"`` removes it.
     heatmap : ``"lrp"`` (default) or ``"gradinput"`` (Grad x Input, module docstring; no LRP program is compiled
@@ -136,11 +148,18 @@ class ISNet(nn.Module):
     After each call with heatmaps, ``last_map_chunk`` holds the chunk size used (M when not chunked).
     """
 
-    def __init__(self, model: nn.Module, variant: str = "selective", *, eps: float = 1e-2, first_layer: str = "zb",
-                 bounds: BoundsLike = (0.0, 1.0), deep_supervision: bool | Sequence[str] = False,
-                 select: str = "lowest", generator: torch.Generator | None = None, backend: str | None = None,
-                 batch_stats: str = "detached", heatmap: str = "lrp", map_chunk: int | None = None):
+    def __init__(self, model: nn.Module, variant: str = "selective", *, eps: float = 1e-2,
+                 first_layer: str | None = None, bounds: BoundsLike = (0.0, 1.0),
+                 deep_supervision: bool | str | Sequence[str] | None = None, select: str | None = None,
+                 generator: torch.Generator | None = None, backend: str | None = None, batch_stats: str | None = None,
+                 heatmap: str = "lrp", map_chunk: int | None = None, preset: str = "default"):
         super().__init__()
+        check_preset(preset)
+        first_layer = preset_value(preset, "first_layer", first_layer)
+        deep_supervision = preset_value(preset, "deep_supervision", deep_supervision)
+        select = preset_value(preset, "select", select)
+        batch_stats = preset_value(preset, "batch_stats", batch_stats)
+        self.preset = preset
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if select not in SELECTIONS:
@@ -158,8 +177,13 @@ class ISNet(nn.Module):
         self.last_map_chunk: int | None = None
         if deep_supervision is True:
             self.supervised = default_supervision(model)
-        elif deep_supervision is False or deep_supervision is None:
+        elif deep_supervision == "auto":
+            self.supervised = _default_layers(model) or []
+        elif deep_supervision is False:
             self.supervised = []
+        elif isinstance(deep_supervision, str):
+            raise ValueError(f"deep_supervision must be True, False, 'auto' or a list of module names, got "
+                             f"{deep_supervision!r}")
         else:
             self.supervised = list(deep_supervision)
         self._capture = _PerProgram()

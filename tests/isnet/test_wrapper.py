@@ -8,6 +8,7 @@ heatmap of the model's head explained on the activation where the supervised lay
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import pytest
@@ -16,12 +17,18 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 import isnet_kernels as ik
-from isnet_kernels import ISNet, ISNetLoss
+from isnet_kernels import ISNet as _ISNet
+from isnet_kernels import ISNetLoss
 from isnet_kernels.isnet import default_supervision
 from isnet_kernels.isnet.wrapper import STOCHASTIC_ARGMAX_P
 from isnet_kernels.models import SmallCNN, densenet121, resnet18, vgg11
 
 from ..lrp.models import randomize_bn
+
+# The maths here is checked against references written for the authors' settings (Z^B first layer, lowest logit,
+# detached statistics, no deep supervision unless asked): every ISNet below takes the "paper" preset. The default
+# preset is tested in test_presets.py.
+ISNet = functools.partial(_ISNet, preset="paper")
 
 DT = torch.float64
 

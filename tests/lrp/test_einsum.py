@@ -248,7 +248,8 @@ def test_maxvit_selective_isnet_step_trains():
     x = torch.rand(2, 3, 32, 32)
     masks = torch.zeros(2, 1, 32, 32)
     masks[:, :, 8:24, 8:24] = 1
-    loss = ik.ISNetLoss()(isnet(x), torch.tensor([0, 3]), masks)
+    labels = torch.tensor([0, 3])
+    loss = ik.ISNetLoss()(isnet(x, labels), labels, masks)
     loss.total.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
     attention = m.blocks[0].layers[0].layers.window_attention.attn_layer[1]

@@ -297,8 +297,9 @@ def test_selective_isnet_step_trains(v2):
     x = torch.rand(2, 3, 12, 12)
     masks = torch.zeros(2, 1, 12, 12)
     masks[:, :, 3:9, 3:9] = 1
-    out = isnet(x)
-    loss = ik.ISNetLoss()(out, torch.tensor([0, 2]), masks)
+    labels = torch.tensor([0, 2])
+    out = isnet(x, labels)
+    loss = ik.ISNetLoss()(out, labels, masks)
     loss.total.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(gr is not None and torch.isfinite(gr).all() for gr in grads)

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from isnet_kernels import cli
+from isnet_kernels.isnet.presets import TRAINER_PRESETS
 from isnet_kernels.train import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,8 +57,10 @@ def test_train_writes_a_run_and_resumes(cli_run: Path, tiny_data: Path, tmp_path
         assert (cli_run / name).is_file(), name
     config = json.loads((cli_run / "config.json").read_text())
     assert config["variant"] == "dual" and config["C1"] == 2.0 and config["model_kwargs"] == {"width": 2}
-    assert config["batch_stats"] == "live" and config["select"] == "lowest"
-    assert config["epochs"] == 1 and config["lr"] == 0.01 and config["clip"] == 1.0
+    # every setting the default preset governs saved as its resolved value
+    assert config["preset"] == "default"
+    assert {k: config[k] for k in TRAINER_PRESETS["default"]} == TRAINER_PRESETS["default"]
+    assert config["epochs"] == 1 and config["lr"] == 0.05 and config["clip"] == 1.0
 
     run = tmp_path / "run"
     assert cli.main(_train_args(tiny_data, run, "--variant", "none")) == 0
@@ -66,6 +69,23 @@ def test_train_writes_a_run_and_resumes(cli_run: Path, tiny_data: Path, tmp_path
     assert state["epoch"] == 2 and state["config"]["variant"] == "none" and state["config"]["epochs"] == 2
     assert len(json.loads((run / "metrics.json").read_text())) == 2
     assert "done: 2 epoch(s)" in capsys.readouterr().out
+
+
+def test_train_preset_paper_and_deep_supervision_words(tiny_data: Path, tmp_path: Path) -> None:
+    """--preset paper fills in the authors' settings, an option given beside it wins; --deep-supervision takes
+    'off', 'auto', no name (the default layers) or module names."""
+    run = tmp_path / "paper"
+    assert cli.main(_train_args(tiny_data, run, "--preset", "paper", "--lr", "0.02")) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["preset"] == "paper" and config["lr"] == 0.02
+    paper = {k: v for k, v in TRAINER_PRESETS["paper"].items() if k != "lr"}
+    assert {k: config[k] for k in paper} == paper
+    assert paper["select"] == "lowest" and paper["batch_stats"] == "detached" and paper["first_layer"] == "zb"
+    assert paper["deep_supervision"] is False and paper["lr_schedule"] == "constant"
+    for words, expected in ((["off"], False), (["auto"], "auto"), ([], True), (["features.3"], ["features.3"])):
+        config = cli._train_config(cli._build_parser().parse_args(
+            _train_args(tiny_data, tmp_path / "unused", "--deep-supervision", *words)))
+        assert config.deep_supervision == expected, words
 
 
 def test_train_errors(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture, cli_run: Path) -> None:

@@ -88,7 +88,8 @@ def test_plain_classifier_reports_background_fraction(tiny_data: Path, tmp_path:
 
 def test_resume_equals_uninterrupted_run(tiny_data: Path, tmp_path: Path) -> None:
     # dropout (torch RNG) and the stochastic variant (its own generator) make every RNG state matter
-    kw = dict(variant="stochastic")
+    # extending a run keeps the steps it has taken only under a constant learning rate (a cosine decays over epochs)
+    kw = dict(variant="stochastic", lr_schedule="constant")
     straight = train(_config(tiny_data, tmp_path / "a", **kw), model=_net())
     first = train(_config(tiny_data, tmp_path / "b", epochs=1, **kw), model=_net())
     assert first.epochs_done == 1
@@ -135,7 +136,9 @@ def test_tune_cut_chooses_the_loss_bounds(tiny_data: Path, tmp_path: Path) -> No
     trainer = Trainer(_config(tiny_data, tmp_path / "run", epochs=1, tune_cut=1, batch_stats="live"))
     result = trainer.fit()
     assert trainer.isnet.lrp.batch_stats == "live"
-    assert isinstance(result.C1, dict) and set(result.C1) == {"input"} and result.C1["input"] > 0
+    levels = {"input", *trainer.isnet.supervised}  # the default supervises the SmallCNN's max-pools too
+    assert len(levels) == 4 and isinstance(result.C1, dict) and set(result.C1) == levels
+    assert min(result.C1.values()) > 0
     assert result.C2["input"] >= result.C1["input"] and result.C1["input"] != 1.0
     assert trainer.loss_fn.C1 == result.C1 and trainer.loss_fn.C2 == result.C2  # the loss trained with them
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -147,7 +150,7 @@ def test_run_directory_errors(tiny_data: Path, tmp_path: Path) -> None:
     train(_config(tiny_data, run, epochs=1, variant="none"))
     with pytest.raises(TrainError, match="already holds a checkpoint.*--resume"):
         train(_config(tiny_data, run, epochs=1, variant="none"))
-    with pytest.raises(TrainError, match=r"lr: 0\.01 -> 0\.5.*may only change"):
+    with pytest.raises(TrainError, match=r"lr: 0\.05 -> 0\.5.*may only change"):
         train(_config(tiny_data, run, epochs=2, variant="none", lr=0.5), resume=True)
     with pytest.raises(TrainError, match="cannot resume.*does not exist"):
         train(_config(tiny_data, tmp_path / "new"), resume=True)
@@ -177,9 +180,37 @@ def test_config_errors_name_the_fix() -> None:
         TrainConfig(batch_stats="frozen")
 
 
-def test_config_defaults_follow_the_paper() -> None:
+def test_config_defaults_and_presets() -> None:
     c = TrainConfig()
-    assert (c.lr, c.momentum, c.clip) == (1e-2, 0.9, 1.0)
+    assert (c.preset, c.momentum, c.clip) == ("default", 0.9, 1.0)
     assert (c.P, c.d, c.E, c.A, c.B, c.C1, c.C2, c.foreground) == (0.7, 0.9, 1.0, 1.0, 3.0, 1.0, 25.0, "hybrid")
-    assert (c.select, c.batch_stats, c.first_layer) == ("lowest", "detached", "zb")
+    assert (c.select, c.batch_stats, c.first_layer, c.deep_supervision) == ("label", "live", "epsilon", "auto")
+    assert (c.lr, c.lr_schedule) == (0.05, "cosine")
     assert TrainConfig.from_dict(c.to_dict()) == c
+    paper = TrainConfig(preset="paper")
+    assert (paper.select, paper.batch_stats, paper.first_layer, paper.deep_supervision) == ("lowest", "detached",
+                                                                                            "zb", False)
+    assert (paper.lr, paper.lr_schedule) == (0.01, "constant")
+    assert (paper.P, paper.C2) == (c.P, c.C2)  # the loss constants are the authors' in both
+    # an explicit value wins over the preset's, and the saved configuration keeps it
+    mixed = TrainConfig(preset="paper", select="label", lr=0.2)
+    assert (mixed.select, mixed.lr, mixed.batch_stats) == ("label", 0.2, "detached")
+    assert TrainConfig.from_dict(mixed.to_dict()) == mixed
+    with pytest.raises(TrainError, match="unknown preset 'fast'.*default, paper"):
+        TrainConfig(preset="fast")
+    with pytest.raises(TrainError, match="lr_schedule must be one of"):
+        TrainConfig(lr_schedule="step")
+
+
+def test_cosine_schedule_decays_per_step_to_zero(tiny_data: Path, tmp_path: Path) -> None:
+    """lr_t = lr (1 + cos(pi t / T)) / 2 at step t of T, set before each step."""
+    seen: list[float] = []
+
+    def record(trainer: Trainer, epoch: int, step: int) -> None:
+        seen.append(trainer.optimizer.param_groups[0]["lr"])
+
+    train(_config(tiny_data, tmp_path / "cos", epochs=2, lr=0.1, lr_schedule="cosine"), model=_net(),
+          callbacks=[record])
+    steps = len(seen)
+    expected = [0.1 * (1 + math.cos(math.pi * t / steps)) / 2 for t in range(steps)]
+    assert steps >= 4 and seen == pytest.approx(expected, rel=1e-12)
