@@ -18,7 +18,8 @@ Geometry, for a canvas of ``size`` x ``size`` pixels (default 32):
   (``n = size - 2 * border``; 14..22 for ``size = 32``) and put at a random position of the interior;
 - the mask is the digit's footprint: the enlarged scan above 0.2, dilated by one pixel. Digit pixels outside
   it are set to zero, so every nonzero pixel of an image is either in the mask or in the artefact, and the
-  artefact never touches the mask (one pixel of the band always separates them).
+  artefact never touches the mask (one pixel of the band always separates them);
+- with ``noise > 0`` the background outside the mask is uniform noise in ``[0, noise]`` instead of black.
 
 Splits (``ROOT/images/<split>/<digit>/<nnnn>.png``, masks at ``ROOT/masks/...``, 8-bit grey PNGs):
 
@@ -114,8 +115,10 @@ def _dilate(footprint: np.ndarray) -> np.ndarray:
     return out
 
 
-def _render(scan: np.ndarray, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One digit on an empty canvas: (image float32 (size, size) in [0, 1], mask bool (size, size))."""
+def _render(scan: np.ndarray, rng: np.random.Generator, size: int,
+            noise: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """One digit on an empty canvas (background uniform in [0, noise] when ``noise > 0``, drawn after the digit's
+    size and position): (image float32 (size, size) in [0, 1], mask bool (size, size))."""
     border = _border(size)
     n = size - 2 * border
     side = int(rng.integers(max(8, round(0.6 * n)), n - 2, endpoint=True))
@@ -127,6 +130,8 @@ def _render(scan: np.ndarray, rng: np.random.Generator, size: int) -> tuple[np.n
     mask = np.zeros((size, size), dtype=bool)
     image[y : y + side + 2, x : x + side + 2] = digit_patch
     mask[y : y + side + 2, x : x + side + 2] = mask_patch
+    if noise > 0:
+        image = np.where(mask, image, rng.uniform(0.0, noise, (size, size))).astype(np.float32)
     return image, mask
 
 
@@ -203,6 +208,7 @@ def write_biased_digits(
     progress: bool = True,
     overwrite: bool = False,
     train_clean: bool = True,
+    noise: float = 0.0,
 ) -> dict[str, Any]:
     """Write the biased-digits data set to ``root`` in the masked image folder layout.
 
@@ -226,6 +232,9 @@ def write_biased_digits(
         by its ``info.json``). Folders written by anything else are never deleted.
     train_clean : bool, default True
         Also write ``train_clean``, the train images without the artefact (the artefact-free upper bound).
+    noise : float, default 0
+        Background outside the mask uniform in ``[0, noise]`` (``noise`` in [0, 1), a faint texture), drawn per
+        image; 0 keeps the black canvas (and the files written without it byte for byte).
 
     Returns
     -------
@@ -249,6 +258,8 @@ def write_biased_digits(
             "write_biased_digits reads scikit-learn's handwritten digits: pip install scikit-learn"
         ) from exc
     positions = artefact_positions(size)  # validates size
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < 1:
+        raise ValueError(f"noise must be a number in [0, 1), the background's highest grey level, got {noise!r}")
     counts_per_class = {
         "train": _check_count("per_class_train", per_class_train),
         "val": _check_count("per_class_val", per_class_val),
@@ -297,7 +308,7 @@ def write_biased_digits(
                 scan_ids = pools[pool][c]
                 for k in range(counts_per_class[pool]):
                     scan = int(scan_ids[k % len(scan_ids)])
-                    image, mask = _render(scans[scan], rng, size)
+                    image, mask = _render(scans[scan], rng, size, noise)
                     name = f"{k:04d}.png"
                     if pool != "test":
                         write(pool, c, name, image, mask, c, scan)
@@ -324,6 +335,7 @@ def write_biased_digits(
         ),
         "size": size,
         "seed": seed,
+        "noise": noise,
         "classes": [str(c) for c in range(NUM_CLASSES)],
         "splits": {
             "train": "artefact of the image's own class",

@@ -243,3 +243,22 @@ def test_argument_checks(tmp_path):
     with pytest.raises(ValueError, match="per_class_val"):
         write_biased_digits(tmp_path, per_class_val=0, progress=False)
     assert not (tmp_path / "images").exists()
+
+
+def test_noise_background(tmp_path: Path, digits_root: tuple[Path, dict]) -> None:
+    """noise > 0: the background outside mask and artefact is uniform noise in [0, noise]; the first image of each
+    pool keeps the digit, mask and artefact of the black-canvas set of the same seed."""
+    root, _ = digits_root
+    noisy = tmp_path / "noisy"
+    info = write_biased_digits(noisy, size=SIZE, seed=3, progress=False, noise=0.3, **PER_CLASS)
+    assert info["noise"] == 0.3
+    image, mask = _read(noisy / "images/train/0/0000.png"), _read(noisy / "masks/train/0/0000.png") > 0
+    black, black_mask = _read(root / "images/train/0/0000.png"), _read(root / "masks/train/0/0000.png") > 0
+    assert np.array_equal(mask, black_mask) and np.array_equal(image[mask], black[mask])
+    art = np.zeros_like(mask)
+    art[_box(artefact_positions(SIZE)[0])] = True
+    assert np.array_equal(image[art], black[art])
+    background = image[~mask & ~art].astype(np.float64) / 255
+    assert background.max() <= 0.3 + 1 / 255 and background.std() > 0.05 and black[~mask & ~art].max() == 0
+    with pytest.raises(ValueError, match=r"noise must be a number in \[0, 1\)"):
+        write_biased_digits(tmp_path / "bad", noise=1.5, progress=False)
