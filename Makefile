@@ -19,12 +19,15 @@ LXT     := lxt==2.1
 STAMP   := $(VENV)/.installed
 BENCH_JSON ?= benchmarks/results/latest.json
 
-.PHONY: help venv demo ablation explain-demo test lint bench clean cuda-compile aot-check gpu-check zoo
+.PHONY: help venv demo study compare explain-demo test lint bench clean cuda-compile aot-check gpu-check zoo
 
 help:
 	@echo "make venv   create $(VENV) and install the package with its test dependencies"
 	@echo "make demo   biased digits: train a plain classifier and a selective ISNet, write demo/report.md"
-	@echo "make ablation  the demo's ISNet with its settings switched one by one, write demo/ablation.md"
+	@echo "make study  the selective ISNet's settings on two data sets, two seeds, and the defaults on a held-out one"
+	@echo "            (python/results/defaults/study.md)"
+	@echo "make compare  plain, RRR, ISNet (LRP), ISNet (Grad x Input), plain on clean data: both data sets, three"
+	@echo "            seeds (python/results/compare/compare.md, .png)"
 	@echo "make explain-demo  train a small CNN on handwritten digits and write demo/explain/heatmaps.png"
 	@echo "make test   run the test suite (tests/, Triton kernels in interpreter mode)"
 	@echo "make lint   ruff check ."
@@ -50,8 +53,11 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*/*)
 demo: venv
 	$(PY) python/biased_digits.py --out demo/
 
-ablation: venv
-	$(PY) python/biased_digits_ablation.py --out demo/
+study: venv
+	$(PY) python/defaults_study.py --out python/results/defaults/
+
+compare: venv
+	$(PY) python/compare.py --out python/results/compare/
 
 zoo: venv
 	$(PY) python/zoo.py --out python/results/zoo/

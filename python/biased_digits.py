@@ -5,11 +5,12 @@ A complete experiment on the CPU (a few minutes on 2 cores):
 1. ``isnet data biased-digits``: scikit-learn's real handwritten digits on a 32x32 canvas, with a bright 3x3
    artefact in the background whose position encodes the class (train, val, test_biased); the same test digits
    without it (test_unbiased) and with the artefact of another class (test_confounding);
-2. train ``isnet_kernels.models.SmallCNN`` twice with the same seed and optimiser: a plain classifier
-   (cross-entropy) and a selective ISNet (cross-entropy plus the heatmap loss, P = 0.7) that explains each image's
-   label class, with LRP deep supervision (the relevance after each max-pool is penalised too) and the BatchNorm
-   statistics live in the heatmap's gradient (``--select``, ``--deep-supervision``, ``--batch-stats``; what each
-   of them changes is measured by ``python/biased_digits_ablation.py``, see README);
+2. train ``isnet_kernels.models.SmallCNN`` twice with the same seed and the trainer's defaults, side by side (two
+   processes of one thread each, deterministic algorithms: the figures depend only on the seed): a plain
+   classifier (cross-entropy) and a selective ISNet (cross-entropy plus the heatmap loss, P = 0.7) with the
+   package's defaults: it explains each image's label class, penalises the relevance after each max-pool too
+   (deep supervision) and keeps the BatchNorm statistics live in the heatmap's gradient (``--preset paper``: the
+   authors' settings instead; ``python/defaults_study.py`` measures each choice);
 3. evaluate both on the three test splits: accuracy and background-relevance fraction (the share of the
    predicted class's |LRP| outside the digit's mask);
 4. write ``OUT/report.md`` (the table, the settings, the times) and ``OUT/heatmaps.png`` (confounding test
@@ -20,7 +21,7 @@ the digit, so its confounding accuracy stays near its unbiased accuracy.
 
 Usage::
 
-    python python/biased_digits.py --out demo/ [--plain-epochs 3] [--isnet-epochs 12] [--seed 0]
+    python python/biased_digits.py --out demo/ [--plain-epochs 3] [--isnet-epochs 12] [--seed 0] [--preset paper]
 """
 
 from __future__ import annotations
@@ -36,9 +37,15 @@ from typing import Any
 import torch
 
 import isnet_kernels as ik
+from isnet_kernels import ISNet
 from isnet_kernels.data import MaskedImageFolder, write_biased_digits
+from isnet_kernels.isnet.presets import PRESETS
+from isnet_kernels.models import SmallCNN
 from isnet_kernels.plot import save_heatmap_grid
-from isnet_kernels.train import TrainConfig, evaluate_run, load_run, train
+from isnet_kernels.train import TrainConfig, load_run
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from experiment_grid import Job, run_jobs  # noqa: E402  (beside this script)
 
 SPLITS = ("test_biased", "test_unbiased", "test_confounding")
 
@@ -48,18 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="demo", help="output folder (data, runs, report.md, heatmaps.png)")
     p.add_argument("--plain-epochs", type=int, default=3, help="epochs of the plain classifier (default 3)")
     p.add_argument("--isnet-epochs", type=int, default=12, help="epochs of the ISNet (default 12)")
-    p.add_argument("--select", default="label", choices=["lowest", "highest", "label"],
-                   help="the class each image's selective map explains (default label; the reference code's is "
-                        "lowest)")
-    p.add_argument("--deep-supervision", default=True, action=argparse.BooleanOptionalAction,
-                   help="penalise the relevance after each max-pool too (default on)")
-    p.add_argument("--batch-stats", default="live", choices=["detached", "live"],
-                   help="train-mode BatchNorm statistics in the heatmap's gradient (default live; the reference "
-                        "detaches them)")
-    p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate of both (default 0.05)")
-    p.add_argument("--first-layer", default="epsilon", choices=["epsilon", "zb"],
-                   help="first-layer rule of the ISNet and of every heatmap (default epsilon: the digits lie on "
-                        "black, where Z^B would give every black pixel relevance)")
+    p.add_argument("--preset", default="default", choices=list(PRESETS),
+                   help="the ISNet's settings: the package's defaults, or the authors' (paper)")
     p.add_argument("--per-class", type=int, default=300, help="training images per class (default 300)")
     p.add_argument("--per-class-test", type=int, default=50, help="test images per class and split (default 50)")
     p.add_argument("--seed", type=int, default=0)
@@ -77,14 +74,6 @@ def prepare_data(data: Path, per_class: int, per_class_test: int, seed: int, pro
     write_biased_digits(data, per_class_train=per_class, per_class_val=max(2, per_class // 15),
                         per_class_test=per_class_test, seed=seed, progress=progress)
     return False
-
-
-def run_config(data: Path, out: Path, variant: str, epochs: int, *, lr: float, seed: int, progress: bool,
-               **isnet: Any) -> TrainConfig:
-    """A SmallCNN run on ``data`` with batch 32 and the SGD defaults; ``isnet``: the ISNet settings
-    (``first_layer``, ``select``, ``batch_stats``, ``deep_supervision``)."""
-    return TrainConfig(data=str(data), out=str(out), arch="small", variant=variant, epochs=epochs, batch_size=32,
-                       lr=lr, seed=seed, progress=progress, **isnet)
 
 
 def figure(out: Path, data: Path, runs: dict[str, Path], n: int, first_layer: str) -> Path:
@@ -132,24 +121,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t = time.perf_counter()
     prepare_data(data, args.per_class, args.per_class_test, args.seed, not args.quiet)
     seconds["data"] = time.perf_counter() - t
-    for name, variant, epochs in (("plain", "none", args.plain_epochs), ("isnet", "selective", args.isnet_epochs)):
-        t = time.perf_counter()
-        shutil.rmtree(runs[name], ignore_errors=True)
-        print(f"== training the {name} model ({epochs} epochs)")
-        train(run_config(data, runs[name], variant, epochs, lr=args.lr, seed=args.seed, progress=not args.quiet,
-                         first_layer=args.first_layer, select=args.select, batch_stats=args.batch_stats,
-                         deep_supervision=args.deep_supervision))
-        seconds[name] = time.perf_counter() - t
-    t = time.perf_counter()
-    results = {name: evaluate_run(path, data, list(SPLITS), which="last")["splits"] for name, path in runs.items()}
-    seconds["evaluation"] = time.perf_counter() - t
-    figure(out, data, runs, args.num_images, args.first_layer)
-    settings = {"model": "SmallCNN (width 16)", "SGD lr": args.lr, "momentum": 0.9, "gradient clip": 1.0,
-                "batch": 32, "plain epochs": args.plain_epochs, "ISNet epochs": args.isnet_epochs,
-                "ISNet": f"selective ({args.select} class), P 0.7, d 0.9, E 1, A 1, B 3, C1 1, C2 25, hybrid",
-                "deep supervision": "after each max-pool" if args.deep_supervision else "off",
-                "BatchNorm statistics in the heatmap's gradient": args.batch_stats,
-                "first-layer rule": args.first_layer, "seed": args.seed}
+    base = {"arch": "small", "batch_size": 32, "seed": args.seed, "preset": args.preset}
+    jobs = [Job("plain", "biased digits", str(data), str(runs["plain"]),
+                {**base, "variant": "none", "epochs": args.plain_epochs}),
+            Job("isnet", "biased digits", str(data), str(runs["isnet"]),
+                {**base, "variant": "selective", "epochs": args.isnet_epochs})]
+    print(f"== training the plain classifier ({args.plain_epochs} epochs) and the ISNet ({args.isnet_epochs} "
+          "epochs) side by side, one thread each")
+    records = dict(zip(runs, run_jobs(jobs, workers=2, progress=not args.quiet)))
+    results = {name: r["splits"] for name, r in records.items()}
+    seconds.update({name: r["train_seconds"] for name, r in records.items()})
+    config = TrainConfig.from_dict(json.loads((runs["isnet"] / "config.json").read_text()))
+    figure(out, data, runs, args.num_images, config.first_layer)
+    supervised = ISNet(SmallCNN(), deep_supervision=config.deep_supervision).supervised
+    settings = {"model": "SmallCNN (width 16)", "preset": config.preset, "SGD lr": config.lr,
+                "schedule": config.lr_schedule, "momentum": config.momentum, "gradient clip": config.clip,
+                "batch": config.batch_size, "plain epochs": args.plain_epochs, "ISNet epochs": args.isnet_epochs,
+                "ISNet": f"selective ({config.select} class), P {config.P}, d {config.d}, E {config.E}, A {config.A}, "
+                f"B {config.B}, C1 {config.C1}, C2 {config.C2}, {config.foreground}",
+                "deep supervision": ", ".join(supervised) if supervised else "off",
+                "BatchNorm statistics in the heatmap's gradient": config.batch_stats,
+                "first-layer rule": config.first_layer, "seed": args.seed, "threads per run": 1}
     text = report(out, results, settings, seconds)
     (out / "report.md").write_text(text)
     summary = {"results": results, "settings": settings, "seconds": seconds}

@@ -1,9 +1,13 @@
 """End to end: the biased-digits experiment (python/biased_digits.py) with tiny settings."""
 
 import json
+import statistics
+from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from isnet_kernels.isnet.presets import TRAINER_PRESETS
 
 from .scripts import load_script
 
@@ -23,8 +27,8 @@ def test_demo_writes_report_table_and_figure(tmp_path):
         row = next(line for line in report.splitlines() if line.startswith(f"| {split} |"))
         assert f"{100 * summary['results']['isnet'][split]['accuracy']:.1f}%" in row
     config = json.loads((out / "runs" / "isnet" / "config.json").read_text())
-    assert (config["variant"], config["select"], config["batch_stats"]) == ("selective", "label", "live")
-    assert config["deep_supervision"] is True and config["first_layer"] == "epsilon"
+    assert config["variant"] == "selective" and config["preset"] == "default"
+    assert {k: config[k] for k in TRAINER_PRESETS["default"]} == TRAINER_PRESETS["default"]
     for name in ("plain", "isnet"):
         assert (out / "runs" / name / "last.pt").is_file()
         metrics = json.loads((out / "runs" / name / "metrics.json").read_text())
@@ -37,21 +41,53 @@ def test_demo_writes_report_table_and_figure(tmp_path):
 
 
 @pytest.mark.slow
-def test_ablation_writes_one_row_per_setting(tmp_path):
-    ablation = load_script("biased_digits_ablation.py")
-    out = tmp_path / "ablation"
-    rows = ablation.main(["--out", str(out), "--epochs", "1", "--per-class", "4", "--per-class-test", "1", "--quiet"])
-    assert [r["name"] for r in rows] == [s[0] for s in ablation.SETTINGS]
-    for row, (_, select, stats, deep) in zip(rows, ablation.SETTINGS):
-        config = json.loads((out / "runs" / "ablation" / str(rows.index(row)) / "config.json").read_text())
-        assert (config["select"], config["batch_stats"], config["deep_supervision"]) == (select, stats, deep)
-        assert set(row["splits"]) == set(ablation.SPLITS) and row["splits"]["test_unbiased"]["images"] == 10
-    lines = (out / "ablation.md").read_text().splitlines()
-    table = [line for line in lines if line.startswith("| ") and not line.startswith("| ---")]
-    assert len(table) == 1 + len(rows)
-    first = rows[0]["splits"]
-    assert table[1].startswith("| reference (lowest, detached) | lowest | detached | no |")
-    assert f"{100 * first['test_confounding']['accuracy']:.1f}%" in table[1]
-    assert json.loads((out / "ablation.json").read_text())["rows"] == json.loads(json.dumps(rows))
-    with Image.open(out / "ablation.png") as png:
-        assert png.size == (1100, 360)
+def test_defaults_study_trains_every_setting_and_the_heldout_defaults(tmp_path):
+    study = load_script("defaults_study.py")
+    out = tmp_path / "study"
+    study.main(["--out", str(out), "--epochs", "1", "--seeds", "0", "--per-class", "2", "--per-class-heldout", "2",
+                "--per-class-test", "1"])
+    result = json.loads((out / "study.json").read_text())
+    runs = result["runs"]
+    names = [study.CLEAN, *study.SETTINGS]
+    assert [r["method"] for r in runs[:len(names)]] == names
+    for r in runs[:len(names)]:
+        config = json.loads((Path(r["settings"]["out"]) / "config.json").read_text())
+        for key, value in study.SETTINGS.get(r["method"], {}).items():
+            assert config[key] == value, (r["method"], key)
+        assert set(r["splits"]) == set(study.SPLITS) and r["splits"]["test_unbiased"]["images"] == 10
+    heldout = [r for r in runs if "held out" in r["dataset"]]
+    assert [r["method"] for r in heldout] == [study.PLAIN, study.CLEAN, study.DEFAULTS]
+    config = json.loads((Path(heldout[2]["settings"]["out"]) / "config.json").read_text())
+    # the held-out run is the package's defaults: nothing but the variant, arch, epochs and seed was given
+    assert {k: config[k] for k in TRAINER_PRESETS["default"]} == TRAINER_PRESETS["default"]
+    table = [line for line in (out / "study.md").read_text().splitlines() if line.startswith("| ")][2:]
+    assert len(table) == len(result["rows"]) == 2 * len(names) + 3
+
+
+@pytest.mark.slow
+def test_compare_every_method_both_data_sets_mean_and_std(tmp_path):
+    compare = load_script("compare.py")
+    out = tmp_path / "compare"
+    args = ["--out", str(out), "--epochs", "1", "--seeds", "0", "1", "--per-class", "2", "--per-class-test", "1",
+            "--quiet"]
+    rows = compare.main(args)
+    assert [(r["dataset"], r["method"]) for r in rows] == [(d, m) for d in ("biased digits", "biased tags")
+                                                           for m in compare.METHODS]
+    runs = json.loads((out / "compare.json").read_text())["runs"]
+    assert len(runs) == 2 * 2 * len(compare.METHODS)
+    for row in rows:
+        accs = [r["splits"]["test_unbiased"]["accuracy"] for r in runs
+                if (r["dataset"], r["method"]) == (row["dataset"], row["method"])]
+        assert row["seeds"] == 2 and row["test_unbiased"]["mean"] == pytest.approx(statistics.mean(accs))
+        assert row["test_unbiased"]["std"] == pytest.approx(statistics.stdev(accs))
+    for r in runs:
+        config = json.loads((Path(r["settings"]["out"]) / "config.json").read_text())
+        for key, value in compare.METHODS[r["method"]].items():
+            assert config[key] == value
+    text = (out / "compare.md").read_text()
+    assert sum(line.startswith("| biased") for line in text.splitlines()) == len(rows)
+    with Image.open(out / "compare.png") as png:
+        assert png.size == (1400, 680)
+    # a second call trains nothing again: every run's record (with its training time) is read back
+    again = compare.main(args)
+    assert json.loads((out / "compare.json").read_text())["runs"] == runs and len(again) == len(rows)
