@@ -13,7 +13,8 @@ became the defaults:
 - each of its choices switched back once: lowest logit, detached statistics, no deep supervision, Z^B;
 - the classification step: the heatmap loss takes P = 0.7 of the loss, so cross-entropy moves the weights with
   (1 - P) lr, and the gradient-norm clip shrinks it further on steps where the heatmap gradient is large: a higher
-  learning rate, a smaller P, no clip.
+  learning rate, a smaller P, no clip;
+- C1/C2 chosen by ``tune_cut`` (one epoch of plain training first) instead of the fixed 1 and 25.
 
 Then the defaults chosen, exactly as ``isnet train --variant selective`` runs them, beside the plain classifier
 and the artefact-free one, on a data set the study did not see (digits at 40x40 on a faint noise background,
@@ -52,6 +53,7 @@ SETTINGS: dict[str, dict] = {
     "... + cosine, lr 0.15": {**BEST, "lr": 0.15},
     "... + cosine, P 0.5": {**BEST, "P": 0.5},
     "... + cosine, no gradient clip": {**BEST, "clip": None},
+    "... + cosine, C1/C2 from tune_cut (1 epoch)": {**BEST, "tune_cut": 1},
 }
 CLEAN = "plain classifier on train_clean (the target)"
 PLAIN = "plain classifier"
