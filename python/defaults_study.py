@@ -73,30 +73,30 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     work = args.out / "work"
     jobs = []
-    for dataset in DATASETS:
-        data = prepare_dataset(dataset, work / "data" / dataset.replace(" ", "_"), per_class=args.per_class,
-                               per_class_test=args.per_class_test)
-        for seed in args.seeds:
+    data = {dataset: prepare_dataset(dataset, work / "data" / dataset.replace(" ", "_"), per_class=args.per_class,
+                                     per_class_test=args.per_class_test) for dataset in DATASETS}
+    for seed in args.seeds:  # seed by seed: a study cut short has every setting on every data set
+        for dataset in DATASETS:
             base = {"arch": "small", "epochs": args.epochs, "batch_size": 32, "seed": seed}
             runs = work / "runs" / dataset.replace(" ", "_") / f"seed{seed}"
-            jobs.append(Job(CLEAN, dataset, str(data), str(runs / "clean"),
+            jobs.append(Job(CLEAN, dataset, str(data[dataset]), str(runs / "clean"),
                             {**base, "variant": "none", "lr": 0.05, "lr_schedule": "cosine",
                              "train_split": "train_clean"}))
             for i, (name, settings) in enumerate(SETTINGS.items()):
-                jobs.append(Job(name, dataset, str(data), str(runs / f"isnet{i}"),
+                jobs.append(Job(name, dataset, str(data[dataset]), str(runs / f"isnet{i}"),
                                 {**base, "variant": "selective", **settings}))
     # the defaults chosen, as `isnet train --variant selective` runs them, on a data set the study did not see
     for dataset in HELDOUT:
         slug = "heldout"
-        data = prepare_dataset(dataset, work / "data" / slug, per_class=args.per_class_heldout,
-                               per_class_test=args.per_class_test)
+        heldout = prepare_dataset(dataset, work / "data" / slug, per_class=args.per_class_heldout,
+                                  per_class_test=args.per_class_test)
         for seed in args.seeds:
             runs = work / "runs" / slug / f"seed{seed}"
             base = {"arch": "small", "epochs": args.epochs, "seed": seed}
             for name, settings in ((PLAIN, {"variant": "none"}), (CLEAN, {"variant": "none",
                                                                           "train_split": "train_clean"}),
                                    (DEFAULTS, {"variant": "selective"})):
-                jobs.append(Job(name, dataset, str(data), str(runs / name.split()[0]), {**base, **settings}))
+                jobs.append(Job(name, dataset, str(heldout), str(runs / name.split()[0]), {**base, **settings}))
     start = time.perf_counter()
     records = run_jobs(jobs, workers=args.workers)
     minutes = (time.perf_counter() - start) / 60

@@ -77,19 +77,24 @@ def _run(job: Job) -> dict[str, Any]:
 
     out = Path(job.out)
     settings = {**job.settings, "data": job.data, "out": job.out, "progress": False}
+    # the settings as the trainer resolves them (presets, defaults): a change of the package's defaults retrains
+    resolved = {k: v for k, v in TrainConfig(**settings).to_dict().items() if k not in ("C1", "C2")}
+
+    def trained_with() -> dict[str, Any] | None:
+        path = out / "config.json"
+        if not path.is_file():
+            return None
+        saved = {"preset": "default", **json.loads(path.read_text())}  # runs saved before presets: resolved values
+        return {k: v for k, v in saved.items() if k not in ("C1", "C2")}
+
     done = out / "eval.json"
-    if done.is_file():
+    if done.is_file() and trained_with() == resolved:
         saved = json.loads(done.read_text())
         if saved.get("settings") == settings:
             return saved
-    if out.exists() and not (out / "last.pt").is_file():
-        shutil.rmtree(out)
-    resume = (out / "last.pt").is_file()
-    if resume:
-        saved_cfg = json.loads((out / "config.json").read_text())
-        if any(saved_cfg.get(k) != v for k, v in settings.items() if k not in ("C1", "C2")):
-            shutil.rmtree(out)  # trained with other settings: start again
-            resume = False
+    resume = (out / "last.pt").is_file() and trained_with() == resolved
+    if out.exists() and not resume:
+        shutil.rmtree(out)  # nothing saved yet, or trained with other settings: start again
     start = time.perf_counter()
     result = train(TrainConfig(**settings), resume=resume)
     seconds = time.perf_counter() - start

@@ -4,7 +4,8 @@ Variants (docs/isnet.md#variants), by the maps M each image gets:
 
 - ``"original"``: M = K, one map per class logit (logit rule); the cost grows linearly with K.
 - ``"selective"`` (Faster ISNet): M = 1, the selective output rule for one class per image, chosen by ``select``:
-  ``"lowest"`` logit (the reference code's choice), ``"highest"`` or the ``"label"``.
+  the ``"label"`` (the default), the ``"lowest"`` logit (the reference code's choice, ``preset="paper"``) or the
+  ``"highest"``.
 - ``"stochastic"``: M = 1, the logit rule for, per image, the argmax logit with probability 5/11 and otherwise a
   class drawn uniformly from the K - 1 others (from ``generator`` when given, for reproducibility).
 - ``"dual"``: M = 2, both explaining all logits together (relevance starts as the logit vector): map 0 with the
