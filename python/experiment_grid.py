@@ -13,6 +13,7 @@ from its ``last.pt``: a grid stopped by Ctrl-C continues where it stopped when s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -74,6 +75,7 @@ def _init_worker(threads: int) -> None:
 
 def _run(job: Job) -> dict[str, Any]:
     from isnet_kernels.train import TrainConfig, evaluate_run, train
+    from isnet_kernels.train.config import default_of
 
     out = Path(job.out)
     settings = {**job.settings, "data": job.data, "out": job.out, "progress": False}
@@ -84,7 +86,9 @@ def _run(job: Job) -> dict[str, Any]:
         path = out / "config.json"
         if not path.is_file():
             return None
-        saved = {"preset": "default", **json.loads(path.read_text())}  # runs saved before presets: resolved values
+        # a field added to TrainConfig after the run was saved takes its default (its value then)
+        fields = {f.name: default_of(f) for f in dataclasses.fields(TrainConfig)} | {"preset": "default"}
+        saved = {**fields, **json.loads(path.read_text())}
         return {k: v for k, v in saved.items() if k not in ("C1", "C2")}
 
     done = out / "eval.json"

@@ -40,7 +40,7 @@ LR_SCHEDULES = ("constant", "cosine")
 CHANNELS = (1, 3)
 
 #: Fields a resumed run may change: they do not alter what is computed (``epochs`` only extends the run).
-RESUMABLE_FIELDS = ("epochs", "device", "num_workers", "progress", "backend", "data")
+RESUMABLE_FIELDS = ("epochs", "device", "num_workers", "progress", "backend", "data", "threads")
 
 
 def _preset_text(name: str) -> str:
@@ -96,6 +96,7 @@ class TrainConfig:
     tune_cut : epochs of :func:`~isnet_kernels.tune_cut` run before training to choose C1/C2 (0: use C1/C2).
     seed : seeds the model's initialisation, the data order and every random draw.
     num_workers : DataLoader worker processes.
+    threads : ``torch.set_num_threads`` for the run (restored afterwards); None keeps PyTorch's setting.
     size : resize images and masks to ``size`` x ``size`` when loading (None: keep their size).
     channels : convert images to 1 or 3 channels (None: as stored).
     train_split, val_split : split folder names; ``val_split=""`` trains without validation (no ``best.pt``).
@@ -149,6 +150,9 @@ class TrainConfig:
                            metavar="EPOCHS")
     seed: int = option(0, "seed of the initialisation, the data order and every random draw")
     num_workers: int = option(0, "DataLoader workers")
+    threads: int | None = option(None, "CPU threads of the training process (torch.set_num_threads): a fixed count "
+                                 "makes CPU results independent of the machine's core count",
+                                 default_text="PyTorch's default, the cores")
     size: int | None = option(None, "resize images to SIZE x SIZE", default_text="as stored")
     channels: int | None = option(None, "convert images to 1 or 3 channels", choices=CHANNELS,
                                 default_text="as stored")
@@ -182,6 +186,9 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "epochs" else 1):
                 raise bad(name, "a positive int" if name == "batch_size" else "an int >= 0")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise bad("threads", "None or a positive int")
         for name in ("tune_cut", "num_workers", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -118,6 +118,9 @@ class Trainer:
         """Run (or continue) the training; returns when done, or after saving a checkpoint on Ctrl-C."""
         self.ctx = setup(self.config.device)
         previous = None
+        threads = torch.get_num_threads()
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
         try:
             self._check_backend()  # before any data is read: a backend that cannot run fails at once
             self._prepare()  # Ctrl-C here (data, model, tune_cut) simply stops: there is nothing to save yet
@@ -135,6 +138,7 @@ class Trainer:
             return TrainResult(self.run_dir, self.epoch, self.step, interrupted, list(self.history), self.best,
                                self.config.C1, self.config.C2)
         finally:
+            torch.set_num_threads(threads)
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
             self.ctx.close()

@@ -214,3 +214,13 @@ def test_cosine_schedule_decays_per_step_to_zero(tiny_data: Path, tmp_path: Path
     steps = len(seen)
     expected = [0.1 * (1 + math.cos(math.pi * t / steps)) / 2 for t in range(steps)]
     assert steps >= 4 and seen == pytest.approx(expected, rel=1e-12)
+
+
+def test_threads_set_for_the_run_and_restored(tiny_data: Path, tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    train(_config(tiny_data, tmp_path / "t", epochs=1, threads=1 if before > 1 else 2), model=_net(),
+          callbacks=[lambda trainer, epoch, step: seen.append(torch.get_num_threads())])
+    assert seen and set(seen) == {1 if before > 1 else 2} and torch.get_num_threads() == before
+    with pytest.raises(TrainError, match="threads must be None or a positive int"):
+        TrainConfig(threads=0)
