@@ -124,15 +124,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64, help="training batch size (default: 64)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak Adam learning rate (default: 3e-3)")
     parser.add_argument("--num-images", type=int, default=8, help="held-out digits to explain (default: 8)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: the figures then depend "
+                        "only on the seed, not on the machine's core count)")
     args = parser.parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1 or args.num_images < 1:
-        parser.error("--epochs, --batch-size and --num-images must be positive")
+    if args.epochs < 1 or args.batch_size < 1 or args.num_images < 1 or args.threads < 1:
+        parser.error("--epochs, --batch-size, --num-images and --threads must be positive")
     return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the experiment; return the summary that is also written to ``OUT/summary.json``."""
     args = parse_args(argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     start = time.perf_counter()
 
