@@ -50,7 +50,7 @@ SETTINGS: dict[str, dict] = {
     "... + cosine, detached statistics": {**BEST, "batch_stats": "detached"},
     "... + cosine, no deep supervision": {**BEST, "deep_supervision": False},
     "... + cosine, Z^B first layer": {**BEST, "first_layer": "zb"},
-    "... + cosine, lr 0.15": {**BEST, "lr": 0.15},
+    "... + cosine, lr 0.15: the defaults": {**BEST, "lr": 0.15},
     "... + cosine, P 0.5": {**BEST, "P": 0.5},
     "... + cosine, no gradient clip": {**BEST, "clip": None},
     "... + cosine, C1/C2 from tune_cut (1 epoch)": {**BEST, "tune_cut": 1},

@@ -95,7 +95,7 @@ def _run(job: Job) -> dict[str, Any]:
     if done.is_file() and trained_with() == resolved:
         saved = json.loads(done.read_text())
         if saved.get("settings") == settings:
-            return saved
+            return {**saved, "method": job.method, "dataset": job.dataset}
     resume = (out / "last.pt").is_file() and trained_with() == resolved
     if out.exists() and not resume:
         shutil.rmtree(out)  # nothing saved yet, or trained with other settings: start again

@@ -12,7 +12,7 @@ batch_stats       ``"live"``: BatchNorm statistics keep their    ``"detached"``:
 deep_supervision  ``"auto"``: the default layers when the        ``False``: the input heatmap only
                   model has them (:func:`default_supervision`)
 first_layer       ``"epsilon"``                                  ``"zb"`` (Z^B)
-lr (trainer)      0.05                                           0.01
+lr (trainer)      0.15                                           0.01
 lr_schedule       ``"cosine"``                                   ``"constant"``
 ================  ===========================================  ============================================
 
@@ -31,7 +31,7 @@ ISNET_PRESETS: dict[str, dict[str, Any]] = {
 }
 #: What the trainer adds to them (:class:`~isnet_kernels.train.TrainConfig` fields).
 TRAINER_PRESETS: dict[str, dict[str, Any]] = {
-    "default": {**ISNET_PRESETS["default"], "lr": 0.05, "lr_schedule": "cosine"},
+    "default": {**ISNET_PRESETS["default"], "lr": 0.15, "lr_schedule": "cosine"},
     "paper": {**ISNET_PRESETS["paper"], "lr": 0.01, "lr_schedule": "constant"},
 }
 PRESETS = tuple(ISNET_PRESETS)

@@ -4,7 +4,7 @@ Defaults (docs/isnet.md#defaults): SGD with momentum 0.9 and gradient-norm clip 
 are the authors' (P = 0.7, d = 0.9, E = 1, A = 1, B = 3, C1 = 1, C2 = 25, the hybrid foreground term), LRP eps =
 1e-2. The settings a preset governs (:mod:`isnet_kernels.isnet.presets`) are None until the preset fills them in:
 ``preset="default"`` gives what trained best across data sets (label class, live BatchNorm statistics, deep
-supervision where the model has the layers, epsilon first layer, lr 0.05 with a cosine decay), ``"paper"`` the
+supervision where the model has the layers, epsilon first layer, lr 0.15 with a cosine decay), ``"paper"`` the
 authors' (lowest logit, detached statistics, no deep supervision, Z^B, lr 0.01 constant). A saved configuration
 holds the resolved values.
 

@@ -60,7 +60,7 @@ def test_train_writes_a_run_and_resumes(cli_run: Path, tiny_data: Path, tmp_path
     # every setting the default preset governs saved as its resolved value
     assert config["preset"] == "default"
     assert {k: config[k] for k in TRAINER_PRESETS["default"]} == TRAINER_PRESETS["default"]
-    assert config["epochs"] == 1 and config["lr"] == 0.05 and config["clip"] == 1.0
+    assert config["epochs"] == 1 and config["lr"] == 0.15 and config["clip"] == 1.0
 
     run = tmp_path / "run"
     assert cli.main(_train_args(tiny_data, run, "--variant", "none")) == 0

@@ -150,7 +150,7 @@ def test_run_directory_errors(tiny_data: Path, tmp_path: Path) -> None:
     train(_config(tiny_data, run, epochs=1, variant="none"))
     with pytest.raises(TrainError, match="already holds a checkpoint.*--resume"):
         train(_config(tiny_data, run, epochs=1, variant="none"))
-    with pytest.raises(TrainError, match=r"lr: 0\.05 -> 0\.5.*may only change"):
+    with pytest.raises(TrainError, match=r"lr: 0\.15 -> 0\.5.*may only change"):
         train(_config(tiny_data, run, epochs=2, variant="none", lr=0.5), resume=True)
     with pytest.raises(TrainError, match="cannot resume.*does not exist"):
         train(_config(tiny_data, tmp_path / "new"), resume=True)
@@ -185,7 +185,7 @@ def test_config_defaults_and_presets() -> None:
     assert (c.preset, c.momentum, c.clip) == ("default", 0.9, 1.0)
     assert (c.P, c.d, c.E, c.A, c.B, c.C1, c.C2, c.foreground) == (0.7, 0.9, 1.0, 1.0, 3.0, 1.0, 25.0, "hybrid")
     assert (c.select, c.batch_stats, c.first_layer, c.deep_supervision) == ("label", "live", "epsilon", "auto")
-    assert (c.lr, c.lr_schedule) == (0.05, "cosine")
+    assert (c.lr, c.lr_schedule) == (0.15, "cosine")
     assert TrainConfig.from_dict(c.to_dict()) == c
     paper = TrainConfig(preset="paper")
     assert (paper.select, paper.batch_stats, paper.first_layer, paper.deep_supervision) == ("lowest", "detached",
