@@ -44,8 +44,8 @@ def test_demo_writes_report_table_and_figure(tmp_path):
 def test_defaults_study_trains_every_setting_and_the_heldout_defaults(tmp_path):
     study = load_script("defaults_study.py")
     out = tmp_path / "study"
-    study.main(["--out", str(out), "--epochs", "1", "--seeds", "0", "--per-class", "2", "--per-class-heldout", "2",
-                "--per-class-test", "1"])
+    study.main(["--out", str(out), "--epochs", "1", "--epochs-heldout", "1", "--seeds", "0", "--per-class", "2",
+                "--per-class-heldout", "2", "--per-class-test", "1"])
     result = json.loads((out / "study.json").read_text())
     runs = result["runs"]
     names = [study.CLEAN, *study.SETTINGS]
