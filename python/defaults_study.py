@@ -97,10 +97,10 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             runs = work / "runs" / slug / f"seed{seed}"
             base = {"arch": "small", "epochs": args.epochs_heldout, "seed": seed}
-            for name, settings in ((PLAIN, {"variant": "none"}), (CLEAN, {"variant": "none",
-                                                                          "train_split": "train_clean"}),
-                                   (DEFAULTS, {"variant": "selective"})):
-                jobs.append(Job(name, dataset, str(heldout), str(runs / name.split()[0]), {**base, **settings}))
+            for folder, name, settings in (("plain", PLAIN, {"variant": "none"}),
+                                           ("clean", CLEAN, {"variant": "none", "train_split": "train_clean"}),
+                                           ("isnet", DEFAULTS, {"variant": "selective"})):
+                jobs.append(Job(name, dataset, str(heldout), str(runs / folder), {**base, **settings}))
     start = time.perf_counter()
     records = run_jobs(jobs, workers=args.workers)
     minutes = (time.perf_counter() - start) / 60
