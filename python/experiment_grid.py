@@ -116,6 +116,10 @@ def run_jobs(jobs: list[Job], *, workers: int | None = None, threads: int = 1,
     """Run ``jobs`` in ``workers`` processes of ``threads`` threads each; results in the order of ``jobs``."""
     from tqdm.auto import tqdm
 
+    outs = [str(Path(job.out).resolve()) for job in jobs]
+    shared = sorted({o for o in outs if outs.count(o) > 1})
+    if shared:
+        raise ValueError(f"jobs share run folder(s) {shared}: each job needs its own out")
     workers = workers or os.cpu_count() or 1
     results: list[dict[str, Any] | None] = [None] * len(jobs)
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,

@@ -33,3 +33,10 @@ def test_the_same_job_twice_at_once_gives_identical_weights(tmp_path: Path) -> N
                                     {**settings, "seed": 6})], workers=1, progress=False)[0]
     wc = load_checkpoint(tmp_path / "c" / "last.pt")["model"]
     assert not all(torch.equal(wa[k], wc[k]) for k in wa) and other["settings"]["seed"] == 6
+
+
+def test_jobs_sharing_a_run_folder_are_refused(tmp_path: Path) -> None:
+    grid = load_script("experiment_grid.py")
+    jobs = [grid.Job(m, "biased digits", str(tmp_path / "data"), str(tmp_path / "run"), {}) for m in "ab"]
+    with pytest.raises(ValueError, match="share run folder"):
+        grid.run_jobs(jobs, workers=1, progress=False)
