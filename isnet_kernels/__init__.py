@@ -4,7 +4,8 @@ Public API
 ----------
 explain(model, x, target=None, *, eps, first_layer, bounds, output) -> (B, C, H, W) heatmaps
 LRP(model, *, eps, first_layer, bounds)(x, targets, output) -> (logits, (B, M, C, H, W) heatmaps)
-ISNet(model, variant="selective", *, eps, first_layer, bounds, deep_supervision, select, generator)
+ISNet(model, variant="selective", *, preset="default", eps, first_layer, bounds, deep_supervision, select,
+    generator, backend, batch_stats, heatmap, map_chunk)
 ISNetLoss(P, d, E, A, B, C1, C2, foreground, d_loss, nonfinite)(output, labels, masks) -> ISNetLossOutput
 tune_cut(isnet, loader, *, epochs) -> CutResult (C1, C2)
 ISNetError: the base of every exception the package raises (UnsupportedLayerError, BackendUnavailableError,
