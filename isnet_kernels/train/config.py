@@ -264,6 +264,8 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise TrainError(f"unknown configuration keys {unknown}; valid keys are {sorted(known)}")
+        if "preset" not in values:  # written before presets and schedules existed: it trained at a constant rate
+            values = {"lr_schedule": "constant", **values}
         return cls(**values)
 
     def replace(self, **changes: Any) -> TrainConfig:

@@ -196,6 +196,9 @@ def test_config_defaults_and_presets() -> None:
     mixed = TrainConfig(preset="paper", select="label", lr=0.2)
     assert (mixed.select, mixed.lr, mixed.batch_stats) == ("label", 0.2, "detached")
     assert TrainConfig.from_dict(mixed.to_dict()) == mixed
+    # a configuration saved before presets existed keeps the constant rate it trained with
+    old = {k: v for k, v in c.to_dict().items() if k not in ("preset", "lr_schedule", "threads")}
+    assert TrainConfig.from_dict(old).lr_schedule == "constant"
     with pytest.raises(TrainError, match="unknown preset 'fast'.*default, paper"):
         TrainConfig(preset="fast")
     with pytest.raises(TrainError, match="lr_schedule must be one of"):
