@@ -44,12 +44,14 @@ def test_demo_writes_report_table_and_figure(tmp_path):
 def test_defaults_study_trains_every_setting_and_the_heldout_defaults(tmp_path):
     study = load_script("defaults_study.py")
     out = tmp_path / "study"
-    study.main(["--out", str(out), "--epochs", "1", "--epochs-heldout", "1", "--seeds", "0", "--per-class", "2",
-                "--per-class-heldout", "2", "--per-class-test", "1"])
+    study.main(["--out", str(out), "--epochs", "1", "--epochs-heldout", "1", "--epochs-long", "2", "--seeds", "0",
+                "--per-class", "2", "--per-class-heldout", "2", "--per-class-test", "1"])
     result = json.loads((out / "study.json").read_text())
     runs = result["runs"]
     names = [study.CLEAN, *study.SETTINGS]
-    assert [r["method"] for r in runs[:len(names)]] == names
+    assert [r["method"] for r in runs[:len(names) + 2]] == names + [study.CLEAN_LONG.format(2),
+                                                                     study.DEFAULTS_LONG.format(2)]
+    assert runs[len(names) + 1]["settings"]["epochs"] == 2
     for r in runs[:len(names)]:
         config = json.loads((Path(r["settings"]["out"]) / "config.json").read_text())
         for key, value in study.SETTINGS.get(r["method"], {}).items():
@@ -61,7 +63,7 @@ def test_defaults_study_trains_every_setting_and_the_heldout_defaults(tmp_path):
     # the held-out run is the package's defaults: nothing but the variant, arch, epochs and seed was given
     assert {k: config[k] for k in TRAINER_PRESETS["default"]} == TRAINER_PRESETS["default"]
     table = [line for line in (out / "study.md").read_text().splitlines() if line.startswith("| ")][2:]
-    assert len(table) == len(result["rows"]) == 2 * len(names) + 3
+    assert len(table) == len(result["rows"]) == 2 * (len(names) + 2) + 3
 
 
 @pytest.mark.slow
