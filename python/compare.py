@@ -43,6 +43,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "ISNet (Grad x Input)": {"variant": "selective", "heatmap": "gradinput"},
     "plain on train_clean": {"variant": "none", "train_split": "train_clean"},
 }
+#: Labels of the seconds-per-epoch panel, where the full names do not fit.
+SHORT = {"ISNet (LRP)": "ISNet\nLRP", "ISNet (Grad x Input)": "ISNet\nG x I", "plain on train_clean": "clean"}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -87,11 +89,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.bar(range(len(methods)), [by[m]["epoch_seconds"]["mean"] for m in methods],
                yerr=[by[m]["epoch_seconds"]["std"] for m in methods], capsize=2,
                color=[colours[j % len(colours)] for j in range(len(methods))])
-        ax.set_xticks(range(len(methods)), [m.replace(" (", "\n(").replace(" on ", "\non ") for m in methods],
-                      fontsize=7)
+        ax.set_xticks(range(len(methods)), [SHORT.get(m, m) for m in methods], fontsize=7)
         ax.set_ylabel("seconds per epoch (1 thread)", fontsize=9)
-    axes[0][0].legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(methods), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
