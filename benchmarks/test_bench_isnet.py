@@ -7,8 +7,9 @@ labels uniform in [0, K), ``torch.set_num_threads(2)``. One pytest-benchmark gro
 * ``plain``: ``optimizer.zero_grad(set_to_none=True)``, ``loss = cross_entropy(model(x), y)``,
   ``loss.backward()``, ``optimizer.step()``;
 * ``<variant>(<backend>)`` for ``selective``, ``stochastic``, ``dual``, ``original``:
-  ``optimizer.zero_grad(set_to_none=True)``, ``out = isnet(x, y)`` (``ISNet(model, variant, backend=...)`` in
-  train mode: the forward and the differentiable relevance pass, M = 1, 1, 2, K maps per image),
+  ``optimizer.zero_grad(set_to_none=True)``, ``out = isnet(x, y)`` (``ISNet(model, variant, preset="paper",
+  backend=...)``, the authors' settings, in train mode: the forward and the differentiable relevance pass, M = 1,
+  1, 2, K maps per image),
   ``loss = ISNetLoss()(out, y, masks).total`` (defaults: P = 0.7, GWRP background term, hybrid foreground term),
   ``loss.backward()``, ``optimizer.step()``.
 
@@ -142,7 +143,7 @@ def make_step(variant: str, K: int, backend: str | None
 
     base = variant.removesuffix("-live")
     gen = torch.Generator(device=bc.DEVICE).manual_seed(0) if base == "stochastic" else None
-    net = isnet_kernels.ISNet(model, base, eps=bc.EPS, first_layer="zb", bounds=bc.BOUNDS, generator=gen,
+    net = isnet_kernels.ISNet(model, base, preset="paper", eps=bc.EPS, bounds=bc.BOUNDS, generator=gen,
                               backend=backend, batch_stats="live" if variant.endswith("-live") else "detached",
                               map_chunk=MAP_CHUNK).train()
     criterion = isnet_kernels.ISNetLoss()

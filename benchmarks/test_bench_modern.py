@@ -12,9 +12,9 @@ Per model, in eval mode (one pytest-benchmark group each, suite ``explain`` for 
 ``bench_common.py``) per backend, and ``input_gradient`` (forward + gradient of the target logits w.r.t. the
 input). On two models (``mobilenet_v2``, ``vit_b_16``), in train mode (suite ``training``):
 ``classifier_step`` (forward, cross-entropy, gradients of every parameter) and ``isnet(<backend>)``
-(``isnet_kernels.ISNet(model, "selective", backend=...)`` forward with heatmaps, ``ISNetLoss`` with a central
-foreground box, gradients of every parameter). Each method is warmed up once and timed ``BENCH_ROUNDS`` rounds
-(default 5), one call per round.
+(``isnet_kernels.ISNet(model, "selective", preset="paper", backend=...)`` forward with heatmaps, ``ISNetLoss``
+with a central foreground box, gradients of every parameter). Each method is warmed up once and timed
+``BENCH_ROUNDS`` rounds (default 5), one call per round.
 
 Run (a few minutes)::
 
@@ -107,7 +107,7 @@ def _step(method: str, model: nn.Module, x: Tensor, y: Tensor):
 
         return plain
 
-    isnet = isnet_kernels.ISNet(model, "selective", eps=bc.EPS, first_layer="zb", bounds=bc.BOUNDS,
+    isnet = isnet_kernels.ISNet(model, "selective", preset="paper", eps=bc.EPS, bounds=bc.BOUNDS,
                                 backend=method[len("isnet("):-1]).train()
     criterion = isnet_kernels.ISNetLoss()
     masks = torch.zeros(x.shape[0], 1, *x.shape[2:], device=x.device)
