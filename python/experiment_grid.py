@@ -58,9 +58,10 @@ def prepare_dataset(name: str, root: Path, *, per_class: int, per_class_test: in
     writer, kwargs = {**DATASETS, **HELDOUT}[name]
     counts = {"per_class_train": per_class, "per_class_val": max(2, per_class // 15), "per_class_test": per_class_test}
     info = root / "info.json"
-    if info.is_file() and json.loads(info.read_text())["counts"]["train"] == 10 * per_class and \
-            json.loads(info.read_text())["counts"]["test_unbiased"] == 10 * per_class_test:
-        return root
+    if info.is_file():
+        written = json.loads(info.read_text())["counts"]
+        if (written["train"], written["test_unbiased"]) == (10 * per_class, 10 * per_class_test):
+            return root
     shutil.rmtree(root, ignore_errors=True)
     writer(root, **kwargs, **counts, seed=seed, progress=False)
     return root
@@ -91,20 +92,20 @@ def _run(job: Job) -> dict[str, Any]:
         saved = {**fields, **json.loads(path.read_text())}
         return {k: v for k, v in saved.items() if k not in ("C1", "C2")}
 
+    same = trained_with() == resolved
     done = out / "eval.json"
-    if done.is_file() and trained_with() == resolved:
+    if done.is_file() and same:
         saved = json.loads(done.read_text())
         if saved.get("settings") == settings:
             return {**saved, "method": job.method, "dataset": job.dataset}
-    resume = (out / "last.pt").is_file() and trained_with() == resolved
+    resume = (out / "last.pt").is_file() and same
     if out.exists() and not resume:
         shutil.rmtree(out)  # nothing saved yet, or trained with other settings: start again
     start = time.perf_counter()
     result = train(TrainConfig(**settings), resume=resume)
     seconds = time.perf_counter() - start
     evaluation = evaluate_run(out, job.data, list(SPLITS), which="last", write=False)
-    history = result.history if hasattr(result, "history") else json.loads((out / "metrics.json").read_text())
-    epoch_seconds = [row["seconds"] for row in history]
+    epoch_seconds = [row["seconds"] for row in result.history]
     record = {"method": job.method, "dataset": job.dataset, "settings": settings, "splits": evaluation["splits"],
               "train_seconds": seconds, "epoch_seconds": median(epoch_seconds) if epoch_seconds else None}
     done.write_text(json.dumps(record, indent=2) + "\n")
