@@ -43,6 +43,22 @@ def _sources(*patterns: str) -> list[str]:
     return sorted(os.path.relpath(p, ROOT) for pattern in patterns for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
+def _find_cuda_home() -> str | None:
+    """A CUDA toolkit folder holding both ``bin/nvcc`` and ``include/cuda_runtime.h``: ``$CUDA_HOME``,
+    ``$CUDA_PATH``, ``/usr/local/cuda``, then the folder above nvcc on PATH. torch's own search stops at the folder
+    above the first ``nvcc`` on PATH, which is wrong where that nvcc is a wrapper script (``/usr/local/bin/nvcc``
+    calling ``/usr/local/cuda-13.0/bin/nvcc``): its headers are then not found."""
+    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        homes.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    for home in filter(None, homes):
+        if (os.path.exists(os.path.join(home, "bin", "nvcc"))
+                and os.path.exists(os.path.join(home, "include", "cuda_runtime.h"))):
+            return home
+    return None
+
+
 def _cuda_extension(torch_ext) -> object | None:
     """The CUDA extension, or None with a one-line reason when torch is not a CUDA build or nvcc is missing."""
     import torch
@@ -89,6 +105,9 @@ def _extension_build() -> dict:
         if CI:
             _fail("no C++ sources under csrc/cpu: cannot build isnet_kernels._C")
         return {}
+    home = _find_cuda_home()
+    if home and not os.environ.get("CUDA_HOME"):
+        os.environ["CUDA_HOME"] = home  # read by torch.utils.cpp_extension when it is imported
     try:
         import torch.utils.cpp_extension as torch_ext
     except Exception as exc:  # torch missing (build isolation on?) or broken: install the pure-Python package
