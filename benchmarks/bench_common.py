@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import os
 import re
 import sys
@@ -75,6 +76,8 @@ def explain_method(backend: str) -> str:
     return f"explain({backend})"
 
 
+#: Whether zennit (the independent implementation timed beside ``explain``) is installed; the GPU machines have none.
+HAVE_ZENNIT = importlib.util.find_spec("zennit") is not None
 METHODS = (*[explain_method(b) for b in backends()], "input_gradient", "zennit")
 #: The method the others are checked against: the plain-PyTorch reference.
 REFERENCE_METHOD = explain_method("reference")
@@ -107,22 +110,27 @@ def describe_device() -> str:
 
 
 def import_torchvision() -> types.ModuleType:
-    """Import the real torchvision (0.28.0, installed with ``--no-deps``) beside the CPU build of torch; zennit
-    imports it at import time.
+    """Import the real torchvision, also beside a CPU build of torch it was not built for; zennit imports it at
+    import time.
 
-    PyPI's torchvision is a CUDA build: its compiled operators do not load here, and importing
-    ``torchvision._meta_registrations`` (meta kernels for those operators) fails. An empty module in its place lets
-    ``torchvision.models`` import; classification models need none of the compiled operators.
+    A torchvision built for the installed torch (torch 2.11.0 with torchvision 0.26.0 on the GPU machines) imports
+    as it is. PyPI's torchvision 0.28.0 beside the CPU build of torch 2.13.0 is a CUDA build: its compiled operators
+    do not load there, and importing ``torchvision._meta_registrations`` (meta kernels for those operators) fails;
+    then an empty module in its place lets ``torchvision.models`` import (classification models need none of the
+    compiled operators).
     """
-    name = "torchvision._meta_registrations"
     if "torchvision" not in sys.modules:
-        sys.modules.setdefault(name, types.ModuleType(name))
+        try:
+            import torchvision.models  # noqa: F401
+        except (ImportError, RuntimeError):
+            for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+                del sys.modules[name]
+            name = "torchvision._meta_registrations"
+            sys.modules.setdefault(name, types.ModuleType(name))
     import torchvision
     import torchvision.models  # noqa: F401
 
     return torchvision
-
-
 
 
 @dataclass(frozen=True)

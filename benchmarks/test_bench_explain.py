@@ -53,6 +53,8 @@ def _reference(model_name: str) -> torch.Tensor:
 @pytest.mark.parametrize("method", bc.METHODS)
 @pytest.mark.parametrize("model_name", MODEL_NAMES)
 def test_explain(benchmark, model_name: str, method: str) -> None:
+    if method == "zennit" and not bc.HAVE_ZENNIT:
+        pytest.skip("zennit is not installed here (pip install --no-deps zennit==0.5.1 times it)")
     model, x, target = _setup(model_name)
     benchmark.group = f"{model_name} (B={bc.BATCH}, {bc.SIZE}x{bc.SIZE}, {bc.describe_device()})"
     benchmark.name = method

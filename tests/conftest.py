@@ -18,15 +18,28 @@ torch.set_num_threads(1)  # the tests use tiny tensors: threads only add overhea
 
 
 def import_torchvision() -> types.ModuleType:
-    """Import the real torchvision beside the CPU build of torch.
+    """Import the real torchvision, also beside a CPU build of torch it was not built for.
 
-    PyPI's torchvision 0.28.0 is a CUDA build: its compiled operators do not load here, and importing
-    ``torchvision._meta_registrations`` (meta kernels for those operators) fails. An empty module in its place lets
-    ``torchvision.models`` import; classification models need none of the compiled operators.
+    A torchvision built for the installed torch (as torch 2.11.0 with torchvision 0.26.0 on the GPU machines'
+    stack) imports as it is. PyPI's torchvision 0.28.0 beside the CPU build of torch 2.13.0 is a CUDA build: its
+    compiled operators do not load there, and importing ``torchvision._meta_registrations`` (meta kernels for those
+    operators) fails. Then an empty module in its place lets ``torchvision.models`` import; classification models
+    need none of the compiled operators.
     """
+    if "torchvision" in sys.modules:
+        import torchvision
+
+        return torchvision
+    try:
+        import torchvision
+        import torchvision.models  # noqa: F401
+
+        return torchvision
+    except (ImportError, RuntimeError):
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
     name = "torchvision._meta_registrations"
-    if "torchvision" not in sys.modules:
-        sys.modules.setdefault(name, types.ModuleType(name))
+    sys.modules.setdefault(name, types.ModuleType(name))
     import torchvision
     import torchvision.models  # noqa: F401
 

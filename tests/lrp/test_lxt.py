@@ -31,8 +31,10 @@ from torch import Tensor, nn
 
 import isnet_kernels as ik
 
-lf = pytest.importorskip("lxt.explicit.functional", reason="the package lxt (pip install lxt==2.1) is not installed")
-lr = pytest.importorskip("lxt.explicit.rules", reason="the package lxt (pip install lxt==2.1) is not installed")
+from ..optional import require
+
+lf = require("lxt.explicit.functional")
+lr = require("lxt.explicit.rules")
 
 DT = torch.float64
 EPS = 1e-12

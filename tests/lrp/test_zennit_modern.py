@@ -24,6 +24,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..optional import require
+
+require("zennit")
+
 from zennit.core import Composite
 from zennit.layer import Sum
 from zennit.rules import Epsilon, Pass

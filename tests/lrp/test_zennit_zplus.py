@@ -18,6 +18,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..optional import require
+
+require("zennit")
+
 from zennit.core import Composite
 from zennit.rules import ZPlus
 

@@ -32,6 +32,11 @@ import types
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..optional import require
+
+require("zennit")
+
 from zennit.canonizers import NamedMergeBatchNorm, SequentialMergeBatchNorm
 from zennit.core import BasicHook, Composite, ParamMod, Stabilizer, expand
 from zennit.layer import Sum
