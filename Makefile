@@ -17,9 +17,23 @@ TORCHVISION := torchvision==0.28.0
 # AttnLRP's authors' library, the independent implementation the attention comparison tests run against.
 LXT     := lxt==2.1
 STAMP   := $(VENV)/.installed
+# The GPU machines' stack (issue of the GPU check): Python 3.12 with the CUDA 13 build of torch 2.11.0, triton 3.6.0
+# and torchvision 0.26.0, plus the packages those machines have (no zennit, no LXT). $(MIRROR) mirrors it on a CPU
+# machine: `make gpu-dry-run` and `make test-mirror` run in it. PyPI's torch 2.11.0 is that same CUDA 13 build;
+# it runs on a CPU, and nvcc 13.0 builds the CUDA extension against it.
+PYTHON312 ?= $(shell for p in $$(ls $$HOME/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null) $$(command -v python3.12); do \
+	"$$p" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null && echo "$$p" && break; done)
+MIRROR  := .venv-mirror
+MPY     := $(MIRROR)/bin/python
+# numpy < 2.4: triton 3.6's interpreter (TRITON_INTERPRET=1, the CPU suite) converts one-element arrays with int(),
+# which numpy 2.4 refuses; compiled kernels on a GPU do not go through it.
+MIRROR_STACK := torch==2.11.0 triton==3.6.0 torchvision==0.26.0
+MIRROR_PACKAGES := "numpy<2.4" pytest pytest-benchmark pytest-timeout ninja pybind11 timm lightning tensorboard scikit-learn \
+	setuptools wheel pillow matplotlib tqdm
+MIRROR_STAMP := $(MIRROR)/.installed
 BENCH_JSON ?= benchmarks/results/latest.json
 
-.PHONY: help venv demo study compare explain-demo test lint bench clean cuda-compile aot-check gpu-check zoo
+.PHONY: help venv mirror-venv test-mirror gpu-dry-run aot-check-mirror demo study compare explain-demo test lint bench clean cuda-compile aot-check gpu-check zoo
 
 help:
 	@echo "make venv   create $(VENV) and install the package with its test dependencies"
@@ -35,7 +49,11 @@ help:
 	@echo "make cuda-compile  compile the CUDA sources with nvcc for sm_80 and sm_90, write benchmarks/results/aot/cuda.md"
 	@echo "make zoo    every torchvision classifier: explain, conservation, ISNet step; writes python/results/zoo/zoo.md"
 	@echo "make aot-check  compile every Triton kernel for sm_80 and sm_90 (no GPU); table in benchmarks/results/aot/"
-	@echo "make gpu-check  on a CUDA machine: own .venv-gpu, tests on CUDA, benchmarks -> benchmarks/results/gpu/"
+	@echo "make aot-check-mirror  the same with triton 3.6.0 (the GPU machines') for sm_90, in $(MIRROR)"
+	@echo "make gpu-check  on a CUDA machine, offline: builds both extensions in place against the python3 given"
+	@echo "            (PYTHON=...), tests on CUDA, bandwidth, benchmarks -> benchmarks/results/gpu/ (at most 8 files)"
+	@echo "make gpu-dry-run  every step of gpu-check that needs no GPU, in $(MIRROR) (the GPU machines' stack)"
+	@echo "make test-mirror  the CPU test suite on the GPU machines' stack ($(MIRROR): Python 3.12, torch 2.11.0)"
 	@echo "make clean  remove $(VENV), build outputs and caches"
 
 venv: $(STAMP)
@@ -48,6 +66,17 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*/*)
 	$(PIP) install --no-build-isolation -e '.[test]' $(TORCH)
 	$(PIP) install $(TRITON) $(TORCH)
 	$(PIP) install --no-deps $(ZENNIT) $(TORCHVISION) $(LXT)
+	@touch $@
+
+mirror-venv: $(MIRROR_STAMP)
+
+# The package itself is not installed there (as on the GPU machines): its extensions are built in place and it is
+# imported from the source tree (PYTHONPATH), as `make gpu-check` does.
+$(MIRROR_STAMP): Makefile
+	@test -n "$(PYTHON312)" || { echo "make mirror-venv: no Python 3.12 found (set PYTHON312=/path/to/python3.12)" >&2; exit 2; }
+	@test -x $(MPY) || $(PYTHON312) -m venv $(MIRROR)
+	$(MPY) -m pip install -q --upgrade pip
+	$(MPY) -m pip install -q $(MIRROR_STACK) $(MIRROR_PACKAGES)
 	@touch $@
 
 demo: venv
@@ -66,8 +95,9 @@ explain-demo: venv
 	$(PY) python/explain_digits.py --out demo/explain/
 
 # pytest exits with 5 when no test ran; make treats any non-zero status as a failure, this just says why.
+# The development environment has zennit, LXT and torchvision: their comparison tests must run, not skip.
 test: venv
-	TRITON_INTERPRET=1 $(PY) -m pytest -q tests --ignore=benchmarks; rc=$$?; \
+	TRITON_INTERPRET=1 ISNET_KERNELS_TEST_REQUIRE=zennit,lxt,torchvision $(PY) -m pytest -q tests --ignore=benchmarks; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no test ran (pytest exit code 5)" >&2; fi; \
 	exit $$rc
 
@@ -83,13 +113,29 @@ cuda-compile: venv
 aot-check: venv
 	$(PY) -m isnet_kernels.triton.aot --jobs 2
 
+# The same check with the GPU machines' compiler (triton 3.6.0), for sm_90 (H100, H200): same gates, own table.
+aot-check-mirror: mirror-venv
+	PYTHONPATH=$(CURDIR) $(MPY) -m isnet_kernels.triton.aot --jobs 2 --targets 90 --out benchmarks/results/aot/triton-3.6.0
+
+# On a GPU machine, offline: PYTHON (default python3) must have torch with CUDA; results in GPU_RESULTS.
 gpu-check:
 	bash benchmarks/gpu_check.sh
+
+gpu-dry-run: mirror-venv
+	PYTHON=$(MPY) bash benchmarks/gpu_check.sh --dry-run
+
+# The CPU suite on the GPU machines' stack (extensions built in place for Python 3.12 by gpu-dry-run or here).
+test-mirror: mirror-venv
+	$(MPY) setup.py -q build_ext --inplace
+	TRITON_INTERPRET=1 ISNET_KERNELS_TEST_REQUIRE=_C_cuda,torchvision PYTHONPATH=$(CURDIR) $(MPY) -m pytest -q \
+		-p no:cacheprovider tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-mirror: no test ran (pytest exit code 5)" >&2; fi; \
+	exit $$rc
 
 bench: venv
 	@mkdir -p $(dir $(BENCH_JSON))
 	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-json=$(BENCH_JSON)
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .benchmarks
+	rm -rf $(VENV) $(MIRROR) build dist *.egg-info .pytest_cache .ruff_cache .benchmarks
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,65 +1,135 @@
 #!/usr/bin/env bash
-# `make gpu-check`: on a machine with a CUDA GPU, in one command (about 8 minutes):
-#   1. an environment of its own ($GPU_VENV, default .venv-gpu) with a CUDA build of torch 2.13.0 and triton 3.7.1,
-#      and this package (no C++ extension: the GPU backend is triton);
-#   2. the machine: benchmarks/gpu_env.py -> $GPU_RESULTS/env.{json,md} (GPU, driver, CUDA, versions, commit);
-#   3. the backend tests on CUDA tensors, compiled kernels (TRITON_INTERPRET=0): tests/triton, with
-#      tests/triton/test_gpu.py (triton and torch against the float64 reference in fp32, TF32, bf16, fp16; the
-#      short-K case of an RGB and a grayscale first layer; explain on ResNet-18) -> $GPU_RESULTS/tests.{txt,xml};
-#      and tests/cuda (the CUDA C++ kernels of the cuda backend against the torch primitives and the CPU kernels);
-#   4. the bandwidth of every elementwise kernel (torch, triton, cuda) against a clone of the same bytes
-#      (benchmarks/bandwidth.py -> $GPU_RESULTS/bandwidth.{json,md});
-#   5. the explain, per-op and ISNet-step (training) benchmarks, via benchmarks/run_gpu.sh -> $GPU_RESULTS/.
-# Exit status: 0 when every step passed, 1 when a test or a suite failed, 2 when there is no CUDA GPU.
-# Environment (optional): GPU_VENV, GPU_RESULTS (default benchmarks/results/gpu), TORCH_INDEX_URL (default the
-# CUDA 12.8 wheels), PYTHON3 (the interpreter that creates the venv), GPU_TEST_TIMEOUT (seconds, default 300).
-set -euo pipefail
+# `make gpu-check`: the whole GPU check in one command, offline, on the interpreter it is given.
+#
+#   PYTHON=python3 GPU_RESULTS=DIR bash benchmarks/gpu_check.sh [--dry-run]
+#
+# Nothing is installed and nothing is downloaded: it uses $PYTHON (default: python3 on PATH), accepted when its torch
+# sees a CUDA device, and that machine's nvcc. Steps, each under its own timeout and all within $GPU_CHECK_BUDGET
+# seconds (default 470, under 8 minutes), so that one hang cannot eat the rest:
+#   1. environment: the machine and software (benchmarks/gpu_env.py);
+#   2. build: both extensions in place against that torch (setup.py build_ext --inplace: isnet_kernels._C, the cpp
+#      backend, and isnet_kernels._C_cuda, the cuda backend), then `python -m isnet_kernels.info`;
+#   3. tests on CUDA, compiled kernels (TRITON_INTERPRET=0): tests/triton, tests/cuda, tests/gpu (explain and an ISNet
+#      step on CUDA tensors for every backend); tests needing a package absent there (zennit, LXT) skip, saying so;
+#   4. bandwidth: every elementwise kernel (torch, triton, cuda) against a copy of the same bytes
+#      (benchmarks/bandwidth.py);
+#   5. benchmarks: the explain, per-op and ISNet-step suites on CUDA (benchmarks/run_gpu.sh);
+#   6. summary: benchmarks/gpu_summary.py.
+# It writes at most 8 files into $GPU_RESULTS (default benchmarks/results/gpu; build/gpu-dry-run with --dry-run): summary.md (every figure, each step's
+# status), results.json (the same as data: steps, tests, bandwidth, benchmarks), env.json (the machine), check.log (every
+# step's output, the test log included) and tests.xml (JUnit). Intermediate files go to a temporary folder.
+#
+# --dry-run (`make gpu-dry-run`, for a CPU machine with the GPU machines' stack): every step that needs no GPU. The
+# build is the same; the extension _C_cuda must import and register its operators for the CUDA dispatch key
+# (tests/cuda/test_registration.py runs); the GPU tests and benchmarks are collected, not run; bandwidth.py is
+# imported; the summary says "not run: no GPU" for what needs one.
+#
+# Exit status: 0 when every step passed, 1 when a step failed or ran out of time, 2 when $PYTHON is unusable or
+# (without --dry-run) its torch sees no CUDA device.
+set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-VENV="${GPU_VENV:-.venv-gpu}"
-OUT="${GPU_RESULTS:-benchmarks/results/gpu}"
-INDEX="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cu128}"
+DRY=0
+for arg in "$@"; do
+    case "$arg" in
+        --dry-run) DRY=1 ;;
+        -h|--help) sed -n '2,/^set -uo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "gpu-check: unknown argument '$arg' (use --dry-run or --help)" >&2; exit 2 ;;
+    esac
+done
+PY="${PYTHON:-python3}"
+if [[ $DRY == 1 ]]; then OUT="${GPU_RESULTS:-build/gpu-dry-run}"; else OUT="${GPU_RESULTS:-benchmarks/results/gpu}"; fi
+BUDGET="${GPU_CHECK_BUDGET:-470}"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PIP_NO_INDEX=1  # nothing here installs; should anything call pip, it must not reach a network
+export PYTHONDONTWRITEBYTECODE=1
 
-if ! command -v nvidia-smi > /dev/null 2>&1 || ! nvidia-smi -L > /dev/null 2>&1; then
-    echo "gpu-check: no CUDA GPU here (nvidia-smi finds none); run it on a machine with one" >&2
+if ! command -v "$PY" > /dev/null 2>&1; then
+    echo "gpu-check: no interpreter '$PY' (set PYTHON=/path/to/python3)" >&2
     exit 2
 fi
-start=$(date +%s)
-echo "== environment ($VENV)"
-[[ -x "$VENV/bin/python" ]] || "${PYTHON3:-python3}" -m venv "$VENV"
-PY="$VENV/bin/python"
-"$PY" -m pip install -q --upgrade pip setuptools wheel
-"$PY" -m pip install -q --index-url "$INDEX" --extra-index-url https://pypi.org/simple torch==2.13.0 triton==3.7.1
-# with a CUDA torch and nvcc this builds both extensions, _C (cpp) and _C_cuda (the cuda backend); a failed build
-# warns and leaves that backend out (its tests then skip, naming the reason)
-"$PY" -m pip install -q --no-build-isolation -e '.[test]' torch==2.13.0
-"$PY" -m pip install -q --no-deps zennit  # as `make venv` does: its torchvision pin would replace torch
-"$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' || {
-    echo "gpu-check: torch $("$PY" -c 'import torch; print(torch.__version__)') in $VENV sees no CUDA device" >&2
+if ! "$PY" -c 'import torch' > /dev/null 2>&1; then
+    echo "gpu-check: $PY cannot import torch; give an interpreter that has the machine's torch (PYTHON=...)" >&2
     exit 2
-}
+fi
+if [[ $DRY == 0 ]] && ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    echo "gpu-check: torch $("$PY" -c 'import torch; print(torch.__version__)') in $PY sees no CUDA device;" \
+         "run it on a machine with a GPU, or 'make gpu-dry-run' for the steps that need none" >&2
+    exit 2
+fi
+
 mkdir -p "$OUT"
-"$PY" benchmarks/gpu_env.py "$OUT"
-
+rm -f "$OUT"/summary.md "$OUT"/results.json "$OUT"/env.json "$OUT"/check.log "$OUT"/tests.xml
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+LOG="$OUT/check.log"
+STEPS="$WORK/steps.tsv"
+: > "$LOG"
+: > "$STEPS"
+START=$(date +%s)
+RESERVE=20  # seconds kept for the summary
 status=0
-echo "== tests on CUDA ($(( $(date +%s) - start ))s)"
-"$PY" -m isnet_kernels.info | tee "$OUT/info.txt"
-if ! TRITON_INTERPRET=0 timeout "${GPU_TEST_TIMEOUT:-300}" "$PY" -m pytest -q -p no:cacheprovider tests/triton tests/cuda \
-        --junitxml="$OUT/tests.xml" 2>&1 | tee "$OUT/tests.txt"; then
-    echo "gpu-check: tests failed (see $OUT/tests.txt)" >&2
-    status=1
+
+# step NAME LIMIT COMMAND...: runs COMMAND under min(LIMIT, what is left of the budget), its output to the log and
+# the terminal; records NAME, status (passed / failed / timed out / out of time) and seconds in $STEPS.
+step() {
+    local name="$1" limit="$2"
+    shift 2
+    local left=$(( BUDGET - RESERVE - ($(date +%s) - START) ))
+    if (( left < 10 )); then
+        printf '%s\tout of time\t0\n' "$name" >> "$STEPS"
+        echo "== $name: not started, the check's budget of ${BUDGET}s is spent" | tee -a "$LOG"
+        status=1
+        return
+    fi
+    (( limit > left )) && limit=$left
+    echo "== $name (limit ${limit}s, at $(( $(date +%s) - START ))s)" | tee -a "$LOG"
+    local t0 rc
+    t0=$(date +%s)
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"
+    rc=${PIPESTATUS[0]}
+    local took=$(( $(date +%s) - t0 )) result=passed
+    if (( rc == 124 || rc == 137 )); then result="timed out"; elif (( rc != 0 )); then result="failed"; fi
+    [[ $result == passed ]] || status=1
+    printf '%s\t%s\t%s\n' "$name" "$result" "$took" >> "$STEPS"
+    echo "== $name: $result in ${took}s (exit status $rc)" | tee -a "$LOG"
+}
+
+# pytest with a per-test timeout where pytest-timeout is installed (the GPU machines have it)
+PYTEST=("$PY" -m pytest -q -p no:cacheprovider -rs)
+if "$PY" -c 'import pytest_timeout' > /dev/null 2>&1; then PYTEST+=(--timeout "${GPU_TEST_TIMEOUT:-120}"); fi
+GPU_TESTS=(tests/triton tests/cuda tests/gpu)
+# the compile checks (nvcc, Triton ahead of time) need no GPU and run in CI; the build step compiles here
+GPU_TEST_SKIP=(--ignore=tests/cuda/test_compile.py --ignore=tests/triton/test_aot.py)
+
+step environment 30 "$PY" benchmarks/gpu_env.py "$WORK"
+cp "$WORK/env.json" "$OUT/env.json" 2>/dev/null
+
+export MAX_JOBS="${MAX_JOBS:-$(nproc 2>/dev/null || echo 4)}"
+step build 240 bash -c '"$0" setup.py -q build_ext --inplace && "$0" -m isnet_kernels.info' "$PY"
+
+if [[ $DRY == 1 ]]; then
+    step "cuda extension registered" 120 env ISNET_KERNELS_TEST_REQUIRE=_C_cuda "${PYTEST[@]}" \
+        tests/cuda/test_registration.py
+    step "tests (collected, not run: no GPU)" 120 "${PYTEST[@]}" --collect-only "${GPU_TEST_SKIP[@]}" \
+        "${GPU_TESTS[@]}"
+    step "bandwidth (imported, not run: no GPU)" 60 "$PY" benchmarks/bandwidth.py --help
+    step "benchmarks (collected, not run: no GPU)" 120 env BENCH_DEVICE=cuda BENCH_BACKENDS=reference,triton,cuda \
+        BENCH_OP_BACKENDS=reference,torch,triton,cuda "${PYTEST[@]}" --collect-only \
+        benchmarks/test_bench_explain.py benchmarks/test_bench_ops.py benchmarks/test_bench_training.py
+else
+    step "tests on CUDA" "${GPU_TEST_STEP_TIMEOUT:-200}" env TRITON_INTERPRET=0 "${PYTEST[@]}" \
+        --junitxml="$OUT/tests.xml" "${GPU_TEST_SKIP[@]}" "${GPU_TESTS[@]}"
+    step bandwidth 60 "$PY" benchmarks/bandwidth.py --out "$WORK"
+    step benchmarks "${GPU_BENCH_STEP_TIMEOUT:-150}" env PYTHON="$PY" BENCH_RESULTS="$WORK" \
+        BENCH_SUITES="${BENCH_SUITES:-explain ops training}" BENCH_ROUNDS="${BENCH_ROUNDS:-5}" \
+        BENCH_OP_ROUNDS="${BENCH_OP_ROUNDS:-10}" BENCH_TRAIN_ROUNDS="${BENCH_TRAIN_ROUNDS:-3}" BENCH_PLOTS=0 \
+        bash benchmarks/run_gpu.sh
 fi
 
-echo "== bandwidth of the elementwise kernels against a copy ($(( $(date +%s) - start ))s)"
-"$PY" benchmarks/bandwidth.py --out "$OUT" || status=1
-
-echo "== benchmarks ($(( $(date +%s) - start ))s)"
-if ! PYTHON="$PY" BENCH_RESULTS="$OUT" BENCH_SUITES="${BENCH_SUITES:-explain ops training}" \
-        BENCH_ROUNDS="${BENCH_ROUNDS:-5}" BENCH_OP_ROUNDS="${BENCH_OP_ROUNDS:-10}" \
-        BENCH_TRAIN_ROUNDS="${BENCH_TRAIN_ROUNDS:-3}" bash benchmarks/run_gpu.sh; then
-    echo "gpu-check: a benchmark suite failed" >&2
-    status=1
-fi
-echo "gpu-check: done in $(( $(date +%s) - start ))s, status $status; results in $OUT"
+timeout 60 "$PY" benchmarks/gpu_summary.py --work "$WORK" --out "$OUT" --steps "$STEPS" \
+    --elapsed "$(( $(date +%s) - START ))" $([[ $DRY == 1 ]] && echo --dry-run) 2>&1 | tee -a "$LOG"
+(( PIPESTATUS[0] == 0 )) || status=1
+echo "gpu-check: done in $(( $(date +%s) - START ))s, status $status; results in $OUT: $(ls "$OUT" | tr '\n' ' ')"
 exit $status

@@ -5,7 +5,7 @@
 # compare against. `make gpu-check` (benchmarks/gpu_check.sh) runs it after the tests on CUDA.
 #
 # Usage, from anywhere in the repository:  bash benchmarks/run_gpu.sh [extra pytest args]
-# Environment (optional): BENCH_RESULTS, BENCH_ROUNDS, BENCH_OP_ROUNDS, BENCH_TRAIN_ROUNDS, BENCH_MEMORY=0, BENCH_MODELS,
+# Environment (optional): BENCH_PLOTS=0 (tables only), BENCH_RESULTS, BENCH_ROUNDS, BENCH_OP_ROUNDS, BENCH_TRAIN_ROUNDS, BENCH_MEMORY=0, BENCH_MODELS,
 # BENCH_SUITES (default "explain ops training"), PYTHON (default: .venv/bin/python if present, else python).
 set -euo pipefail
 
@@ -45,7 +45,8 @@ done
 shopt -s nullglob
 files=("$RESULTS"/gpu-*.json)
 if (( ${#files[@]} )); then
-    "$PYTHON" benchmarks/report.py "${files[@]}" --out-dir "$RESULTS"
+    plots=(); [[ "${BENCH_PLOTS:-1}" == 0 ]] && plots=(--no-plot)
+    "$PYTHON" benchmarks/report.py "${files[@]}" --out-dir "$RESULTS" "${plots[@]}"
 fi
-"$PYTHON" benchmarks/roofline.py > /dev/null && echo "roofline: $RESULTS/roofline.md"
+"$PYTHON" benchmarks/roofline.py --out "$RESULTS/roofline.md" > /dev/null && echo "roofline: $RESULTS/roofline.md"
 exit $status

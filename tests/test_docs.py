@@ -60,6 +60,7 @@ GENERATED = {
     "env.md": "benchmarks/gpu_env.py (make gpu-check), into benchmarks/results/gpu/",
     "bandwidth.md": "benchmarks/bandwidth.py (make gpu-check), into benchmarks/results/gpu/",
     "zoo.md": "python/zoo.py (make zoo), into its output folder",
+    "summary.md": "benchmarks/gpu_summary.py (make gpu-check), into benchmarks/results/gpu/",
 }
 
 # A path ending in .md that starts at a word boundary: not inside an absolute path, a URL or a name assembled at
