@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -38,6 +39,20 @@ def read_steps(path: Path) -> list[dict]:
             name, status, seconds = (line.split("\t") + ["", "", "0"])[:3]
             steps.append({"step": name, "status": status, "seconds": int(seconds or 0)})
     return steps
+
+
+def collected(log: Path) -> dict[str, int]:
+    """Per step of the check's log, the number of tests pytest reported collected (the dry run's collections)."""
+    counts, step = {}, None
+    if log.exists():
+        for line in log.read_text(errors="replace").splitlines():
+            head = re.match(r"== (.+?) \(limit \d+s", line)
+            if head:
+                step = head.group(1)
+            found = re.match(r"(\d+) tests? collected", line.strip())
+            if found and step:
+                counts[step] = int(found.group(1))
+    return counts
 
 
 def read_junit(path: Path) -> dict | None:
@@ -81,6 +96,10 @@ def read_benchmarks(work: Path) -> dict[str, list[dict]]:
     return out
 
 
+def _collected(step: dict) -> str:
+    return f" ({step['collected']} collected)" if "collected" in step else ""
+
+
 def _env_lines(env: dict) -> list[str]:
     return ["| field | value |", "|---|---|", *(f"| {k} | {v if v is not None else '-'} |" for k, v in env.items())]
 
@@ -108,6 +127,10 @@ def summarise(work: Path, out: Path, steps_file: Path, elapsed: int | None, dry_
     """Write ``summary.md`` and ``results.json`` into ``out``; return the results."""
     env = json.loads((work / "env.json").read_text()) if (work / "env.json").exists() else {}
     steps = read_steps(steps_file)
+    for step, count in collected(out / "check.log").items():
+        for entry in steps:
+            if entry["step"] == step:
+                entry["collected"] = count
     tests = None if dry_run else read_junit(out / "tests.xml")
     bandwidth = None
     if (work / "bandwidth.json").exists():
@@ -124,7 +147,7 @@ def summarise(work: Path, out: Path, steps_file: Path, elapsed: int | None, dry_
              f"{'every step passed' if ok else 'a step did not pass'}"
              + (f"; {elapsed} s in all." if elapsed is not None else "."), "",
              "## Steps", "", "| step | status | seconds |", "|---|---|---:|",
-             *(f"| {s['step']} | {s['status']} | {s['seconds']} |" for s in steps), "",
+             *(f"| {s['step']}{_collected(s)} | {s['status']} | {s['seconds']} |" for s in steps), "",
              "## Machine", "", *_env_lines(env), "",
              "## Tests", "", *_test_lines(tests, dry_run), "", "## Bandwidth against a copy", ""]
     if bandwidth is not None:

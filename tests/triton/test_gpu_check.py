@@ -81,3 +81,23 @@ def test_summary_of_a_run(tmp_path: Path) -> None:
     assert "| `tests.gpu.test_models_on_cuda::test_b` | boom: 1e-2 |" in summary
     assert "| 1 | no lxt |" in summary
     assert "| benchmarks | timed out | 150 |" in summary
+
+
+def test_summary_of_a_dry_run(tmp_path: Path) -> None:
+    """Without a GPU the summary says "not run: no GPU" for each part that needs one, and how many GPU tests and
+    benchmarks were collected."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    out.mkdir()
+    steps = work / "steps.tsv"
+    steps.write_text("build\tpassed\t30\ntests (collected, not run: no GPU)\tpassed\t5\n")
+    (out / "check.log").write_text("== build (limit 240s, at 3s)\nok\n== tests (collected, not run: no GPU) (limit "
+                                   "120s, at 33s)\ntests/gpu/test_x.py::test_a\n\n725 tests collected in 0.4s\n")
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_summary.py"), "--work", str(work), "--out",
+                           str(out), "--steps", str(steps), "--dry-run"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith("# GPU check, dry run (no GPU)")
+    assert "| tests (collected, not run: no GPU) (725 collected) | passed | 5 |" in summary
+    assert summary.count("not run: no GPU") >= 3  # tests, bandwidth, benchmarks
+    assert json.loads((out / "results.json").read_text())["steps"][1]["collected"] == 725
