@@ -125,7 +125,9 @@ def _build_parser() -> argparse.ArgumentParser:
     data_sub.required = True
     for name, text, size in (("biased-digits", "handwritten digits with a class-coding background artefact", 32),
                              ("biased-tags", "digits over photographic texture with a class-coding text tag in the "
-                              "background (the bias of burnt-in labels)", 40)):
+                              "background (the bias of burnt-in labels)", 40),
+                             ("biased-scenes", "digits on real photographs, one scene per class behind most training "
+                              "images (the whole background is the shortcut, as in Waterbirds)", 40)):
         ds = data_sub.add_parser(name, help=text)
         ds.add_argument("root", type=Path, help="folder to write (images/, masks/, info.json)")
         ds.add_argument("--size", type=int, default=size, help=f"image side in pixels (default {size})")
@@ -141,6 +143,11 @@ def _build_parser() -> argparse.ArgumentParser:
         if name == "biased-digits":
             ds.add_argument("--noise", type=float, default=0.0, help="background uniform in [0, NOISE] instead of "
                             "black (default 0)")
+        if name == "biased-scenes":
+            ds.add_argument("--bias", type=float, default=0.95, help="fraction of the train and val images of a "
+                            "class drawn on its own scene (default 0.95)")
+            ds.add_argument("--photo-seed", type=int, default=None, help="seed of which photograph belongs to which "
+                            "class (default: --seed); another value gives a set of this kind with other scenes")
 
     # train: generated from TrainConfig's fields; every option defaults to "not given", so that a resumed run can
     # tell what was asked to change
@@ -184,14 +191,16 @@ def _build_parser() -> argparse.ArgumentParser:
 
 # --- commands ----------------------------------------------------------------------------------------------------
 def _cmd_data(args: argparse.Namespace) -> int:
-    from .data import write_biased_digits, write_biased_tags
+    from .data import write_biased_digits, write_biased_scenes, write_biased_tags
 
-    writer = write_biased_digits if args.dataset == "biased-digits" else write_biased_tags
+    writer = {"biased-digits": write_biased_digits, "biased-tags": write_biased_tags,
+              "biased-scenes": write_biased_scenes}[args.dataset]
+    extra = {"biased-digits": {"noise": getattr(args, "noise", 0.0)}, "biased-tags": {},
+             "biased-scenes": {"bias": getattr(args, "bias", 0.95), "photo_seed": getattr(args, "photo_seed", None)}}
     try:
         info = writer(args.root, size=args.size, per_class_train=args.per_class, per_class_val=args.per_class_val,
                       per_class_test=args.per_class_test, seed=args.seed, progress=not args.quiet,
-                      overwrite=args.overwrite, train_clean=args.train_clean,
-                      **({"noise": args.noise} if args.dataset == "biased-digits" else {}))
+                      overwrite=args.overwrite, train_clean=args.train_clean, **extra[args.dataset])
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     counts = ", ".join(f"{split} {n}" for split, n in info["counts"].items())

@@ -13,6 +13,9 @@ write_biased_digits(root, *, size=32, per_class_train=300, per_class_val=20, per
 write_biased_tags(root, *, size=40, per_class_train=300, per_class_val=20, per_class_test=50, seed=0)
     The same digits over photographic texture, with a class-coding text tag drawn in the background (the bias of
     a chest X-ray's burnt-in labels); the same six splits (test_unbiased: a neutral tag).
+write_biased_scenes(root, *, size=40, ..., seed=0, photo_seed=None, bias=0.95)
+    The digits on real photographs (scikit-image's), one scene per class behind most training images: the whole
+    background is the shortcut (Waterbirds' kind); groups (label, aligned) for worst-group accuracy.
 artefact_positions(size) -> where each class's artefact sits in the biased digits.
 DataError
     Bad data on disk; the message names the file and the fix.
@@ -21,9 +24,10 @@ DataError
 from __future__ import annotations
 
 from .biased_digits import artefact_positions, write_biased_digits
+from .biased_scenes import write_biased_scenes
 from .biased_tags import write_biased_tags
 from .errors import DataError
 from .folder import MaskedImageFolder, splits
 
 __all__ = ["DataError", "MaskedImageFolder", "artefact_positions", "splits", "write_biased_digits",
-           "write_biased_tags"]
+           "write_biased_scenes", "write_biased_tags"]

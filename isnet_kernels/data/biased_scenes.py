@@ -1,0 +1,276 @@
+"""Biased scenes: real handwritten digits on real photographs, where the whole background is the shortcut.
+
+The bias of Waterbirds (land birds photographed on land, water birds on water) and of chest X-rays whose hospital,
+visible outside the lungs, predicts the finding: no artefact sits anywhere in particular, the scene itself goes
+with the class. Each class ``k`` has its own photograph, ``class_photos[k]``; most training images of class ``k``
+(the ``bias`` fraction, default 0.95) are drawn on a crop of it, the others on a crop of another class's photograph
+(the minority groups). The foreground is one of scikit-learn's handwritten digit scans (``load_digits``), enlarged
+as in :mod:`~isnet_kernels.data.biased_tags`; the mask is its footprint.
+
+Each image, for a canvas of ``size`` x ``size`` pixels (default 40, at least 24):
+
+- background: a crop of the photograph, in grey, of a random side in ``[size, 4 * size]`` (bounded by the
+  photograph) at a random place, resized (bilinear) to the canvas, stretched to its own [0, 1] range and mapped to
+  ``[0, BACKGROUND_HIGH]``: the whole canvas is scene, at full contrast below the digit's white;
+- digit: the 8x8 scan enlarged bilinearly to a side in ``[round(0.35 * size), round(0.55 * size)]`` at a random
+  place, composited as ``image = background * (1 - d) + d``, ``d`` the enlarged scan inside the mask;
+- mask: the digit's footprint (the enlarged scan above 0.2, dilated by one pixel).
+
+Photographs: the real photographs scikit-image ships (``skimage.data``: no download), :data:`PHOTOGRAPHS`. The ten
+class photographs and the neutral ones (the rest) are drawn from ``photo_seed`` (default: ``seed``), so two sets with
+different photo seeds put other scenes behind the classes: a set of this kind that a study did not tune on.
+
+Splits (``ROOT/images/<split>/<digit>/<nnnn>.png``, masks at ``ROOT/masks/...``, 8-bit grey PNGs):
+
+- ``train``, ``val``: the class's own photograph with probability ``bias``, else another class's (uniform);
+- ``test_biased``: the class's own photograph;
+- ``test_unbiased``: a neutral photograph (one that belongs to no class);
+- ``test_confounding``: another class's photograph, ``(label + 1 + r) % 10`` with ``r`` uniform in 0..8;
+- ``train_clean`` (unless ``train_clean=False``): the train images on a crop of a class photograph drawn uniformly,
+  independent of the label (the same scenes, no bias: the artefact-free upper bound's training split).
+
+Groups (Waterbirds' convention): each image's group is ``(label, aligned)``, ``aligned`` true when its background is
+its own class's photograph; 20 groups. Worst-group accuracy is the lowest accuracy over the groups of a split that
+has them: ``test_biased`` holds the aligned groups and ``test_confounding`` the conflicting ones.
+
+The three test splits hold the same digits at the same places and differ only in the scene. ``ROOT`` also gets
+``info.json``, ``README.txt`` and ``artefacts.csv`` (per image: split, path under ``images/``, label, background
+class (-1: neutral), photograph, group, the crop box ``y0, x0, side`` in the photograph, and the scan's index).
+Everything is drawn from ``numpy.random.default_rng`` streams spawned from ``seed``: the same arguments give
+byte-identical files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from . import biased_digits as _bd
+from . import biased_tags as _bt
+from .errors import DataError
+
+SPLITS = ("train", "val", "test_biased", "test_unbiased", "test_confounding", "train_clean")
+CLEAN_SPLIT = "train_clean"
+NUM_CLASSES = 10
+MIN_SIZE = 24
+BACKGROUND_HIGH = 0.75
+#: scikit-image's real photographs (``skimage.data.<name>()``), in this order before ``photo_seed`` shuffles them.
+PHOTOGRAPHS = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel", "hubble_deep_field",
+               "immunohistochemistry", "moon", "retina", "rocket", "page", "clock", "cell", "text")
+_NAME = "biased-scenes"
+_FORMAT_VERSION = 1
+
+
+def load_photographs(names: tuple[str, ...] = PHOTOGRAPHS) -> dict[str, np.ndarray]:
+    """The named photographs of ``skimage.data`` in grey, float32 in [0, 1]."""
+    try:
+        import skimage.data
+    except ImportError as exc:
+        raise DataError("the biased scenes are drawn on scikit-image's photographs: pip install scikit-image "
+                        "(or pip install 'isnet-kernels[data]')") from exc
+    out = {}
+    for name in names:
+        a = np.asarray(getattr(skimage.data, name)(), dtype=np.float32)
+        if a.ndim == 3:  # RGB(A): ITU-R 601 luma of the colour channels
+            a = a[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        out[name] = (a - a.min()) / max(float(a.max() - a.min()), 1e-6)
+    return out
+
+
+def _crop(photo: np.ndarray, rng: np.random.Generator, size: int) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """A random square crop resized to the canvas and mapped to ``[0, BACKGROUND_HIGH]``, and its box."""
+    h, w = photo.shape
+    side = int(rng.integers(min(size, h, w), min(4 * size, h, w), endpoint=True))
+    y, x = int(rng.integers(0, h - side, endpoint=True)), int(rng.integers(0, w - side, endpoint=True))
+    crop = Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size), Image.Resampling.BILINEAR)
+    a = np.asarray(crop, dtype=np.float32)
+    a = (a - a.min()) / max(float(a.max() - a.min()), 1e-6)
+    return (BACKGROUND_HIGH * a).astype(np.float32), (y, x, side)
+
+
+def _readme(info: dict[str, Any]) -> str:
+    counts = ", ".join(f"{s}: {n}" for s, n in info["counts"].items())
+    scenes = "; ".join(f"class {k}: {p}" for k, p in enumerate(info["photographs"]["classes"]))
+    return (
+        f"Biased scenes ({info['size']}x{info['size']} grey PNGs, 10 classes, seed {info['seed']}, photo seed "
+        f"{info['photo_seed']})\n\n"
+        f"Real handwritten digits (scikit-learn load_digits) on crops of real photographs (scikit-image's), one\n"
+        f"photograph per class: {scenes}.\n"
+        f"train and val: the class's own photograph with probability {info['bias']}, else another class's.\n"
+        f"test_biased: own photograph; test_unbiased: a neutral one ({', '.join(info['photographs']['neutral'])});\n"
+        f"test_confounding: another class's; train_clean: a class photograph drawn independently of the label.\n"
+        f"Masks mark the digit. Groups: (label, aligned) with aligned = the background is the own class's scene.\n"
+        f"Images per split: {counts}.\n"
+        f"artefacts.csv lists, per image, its label, background class (-1: neutral), photograph, group and crop.\n"
+    )
+
+
+def write_biased_scenes(
+    root: str | os.PathLike[str],
+    *,
+    size: int = 40,
+    per_class_train: int = 300,
+    per_class_val: int = 20,
+    per_class_test: int = 50,
+    seed: int = 0,
+    photo_seed: int | None = None,
+    bias: float = 0.95,
+    progress: bool = True,
+    overwrite: bool = False,
+    train_clean: bool = True,
+) -> dict[str, Any]:
+    """Write the biased-scenes data set to ``root`` in the masked image folder layout (module documentation).
+
+    Parameters
+    ----------
+    root : target folder; created if needed. It must not hold ``images/`` or ``masks/`` yet (see ``overwrite``).
+    size : canvas side in pixels (default 40, at least 24).
+    per_class_train, per_class_val, per_class_test : images per class in ``train`` (and ``train_clean``), ``val``
+        and each of the three test splits (default 300, 20, 50).
+    seed : seed of every random choice but the photographs' assignment.
+    photo_seed : seed of which photographs belong to which class and which are neutral (default: ``seed``).
+    bias : fraction of the train and val images of a class drawn on its own photograph, in [0, 1] (default 0.95).
+    progress : show a tqdm progress bar.
+    overwrite : replace a biased-scenes set written to ``root`` before (recognised by its ``info.json``).
+    train_clean : also write ``train_clean``.
+
+    Returns
+    -------
+    dict
+        The summary also written to ``root/info.json`` (``name``, ``size``, ``seed``, ``photo_seed``, ``bias``,
+        ``classes``, ``splits``, ``counts``, ``groups``, ``photographs``, ...), plus ``root``.
+
+    Raises
+    ------
+    DataError
+        A bad argument, ``root`` already holding a data set (without ``overwrite``), or scikit-image or
+        scikit-learn missing.
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise DataError("the biased scenes use scikit-learn's digits: pip install scikit-learn") from exc
+    if isinstance(size, bool) or not isinstance(size, int) or size < MIN_SIZE:
+        raise DataError(f"the image size must be an integer of at least {MIN_SIZE} pixels (--size), got {size!r}")
+    if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not 0.0 <= bias <= 1.0:
+        raise DataError(f"the bias fraction must be between 0 and 1 (--bias), got {bias!r}")
+    per_class = {"train": _bd._check_count("per_class_train", per_class_train),
+                 "val": _bd._check_count("per_class_val", per_class_val),
+                 "test": _bd._check_count("per_class_test", per_class_test)}
+    photo_seed = seed if photo_seed is None else photo_seed
+    photos = load_photographs()
+    order = [PHOTOGRAPHS[i] for i in np.random.default_rng(photo_seed).permutation(len(PHOTOGRAPHS))]
+    class_photos, neutral = order[:NUM_CLASSES], order[NUM_CLASSES:]
+    root = Path(root)
+    _bd._prepare_root(root, overwrite, _NAME)
+
+    digits = load_digits()
+    scans = (digits.images / 16.0).astype(np.float32)
+    labels = digits.target.astype(np.int64)
+    split_rng, *pool_rngs = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
+    pool_rng = dict(zip(("train", "val", "test"), pool_rngs))
+    pools: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for c in range(NUM_CLASSES):
+        idx = split_rng.permutation(np.flatnonzero(labels == c))
+        n_train = round(_bd.POOL_FRACTIONS["train"] * len(idx))
+        n_val = round(_bd.POOL_FRACTIONS["val"] * len(idx))
+        pools["train"].append(idx[:n_train])
+        pools["val"].append(idx[n_train:n_train + n_val])
+        pools["test"].append(idx[n_train + n_val:])
+
+    written = [s for s in SPLITS if train_clean or s != CLEAN_SPLIT]
+    for split in written:
+        for c in range(NUM_CLASSES):
+            (root / "images" / split / str(c)).mkdir(parents=True, exist_ok=True)
+            (root / "masks" / split / str(c)).mkdir(parents=True, exist_ok=True)
+    rows: list[tuple] = []
+    counts = dict.fromkeys(written, 0)
+
+    def other_class(rng: np.random.Generator, c: int) -> int:
+        return (c + 1 + int(rng.integers(NUM_CLASSES - 1))) % NUM_CLASSES
+
+    def write(split: str, c: int, name: str, digit: np.ndarray, mask: np.ndarray, scene: int, photo: str,
+              rng: np.random.Generator, scan: int) -> None:
+        background, (y, x, side) = _crop(photos[photo], rng, size)
+        image = background * (1 - digit) + digit
+        rel = f"{split}/{c}/{name}"
+        Image.fromarray(_bt._to_uint8(image)).save(root / "images" / rel)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / rel)
+        group = f"{c}:{'aligned' if scene == c else 'conflicting'}"
+        rows.append((split, rel, c, scene, photo, group, y, x, side, scan))
+        counts[split] += 1
+
+    total = NUM_CLASSES * ((1 + train_clean) * per_class["train"] + per_class["val"] + 3 * per_class["test"])
+    with tqdm(total=total, desc="biased scenes", unit="image", disable=not progress) as bar:
+        for pool in ("train", "val", "test"):
+            rng = pool_rng[pool]
+            for c in range(NUM_CLASSES):
+                scan_ids = pools[pool][c]
+                for k in range(per_class[pool]):
+                    scan = int(scan_ids[k % len(scan_ids)])
+                    digit, mask = _bt._digit(scans[scan], rng, size)
+                    name = f"{k:04d}.png"
+                    if pool != "test":
+                        scene = c if rng.random() < bias else other_class(rng, c)
+                        write(pool, c, name, digit, mask, scene, class_photos[scene], rng, scan)
+                        if pool == "train" and train_clean:
+                            clean = int(rng.integers(NUM_CLASSES))
+                            write(CLEAN_SPLIT, c, name, digit, mask, clean, class_photos[clean], rng, scan)
+                        bar.update(1 + (pool == "train" and train_clean))
+                        continue
+                    other = other_class(rng, c)
+                    write("test_biased", c, name, digit, mask, c, class_photos[c], rng, scan)
+                    write("test_unbiased", c, name, digit, mask, -1, neutral[int(rng.integers(len(neutral)))], rng,
+                          scan)
+                    write("test_confounding", c, name, digit, mask, other, class_photos[other], rng, scan)
+                    bar.update(3)
+
+    group_counts: dict[str, dict[str, int]] = {}
+    for split, _, _, scene, _, group, *_ in rows:
+        if scene >= 0:
+            group_counts.setdefault(split, {}).setdefault(group, 0)
+            group_counts[split][group] += 1
+    info: dict[str, Any] = {
+        "name": _NAME,
+        "format_version": _FORMAT_VERSION,
+        "description": ("Handwritten digits (scikit-learn load_digits) on crops of real photographs "
+                        "(scikit-image), one photograph per class behind most training images; masks mark the "
+                        "digit. train/val: own class's scene with probability bias; test_biased: own scene; "
+                        "test_unbiased: a neutral scene; test_confounding: another class's scene; train_clean: "
+                        "a class scene independent of the label."),
+        "size": size,
+        "seed": seed,
+        "photo_seed": photo_seed,
+        "bias": float(bias),
+        "classes": [str(c) for c in range(NUM_CLASSES)],
+        "splits": {
+            "train": f"own class's scene with probability {bias}, else another class's",
+            "val": f"own class's scene with probability {bias}, else another class's",
+            "test_biased": "own class's scene",
+            "test_unbiased": "a neutral scene (a photograph of no class)",
+            "test_confounding": "another class's scene: (label + 1 + r) % 10, r uniform in 0..8",
+            **({CLEAN_SPLIT: "the train digits on a class scene drawn independently of the label"}
+               if train_clean else {}),
+        },
+        "counts": counts,
+        "groups": {"definition": "label:aligned when the background is the label's own scene, else "
+                                 "label:conflicting", "counts": group_counts},
+        "photographs": {"source": "skimage.data", "classes": class_photos, "neutral": neutral,
+                        "range": [0.0, BACKGROUND_HIGH]},
+        "digit": {"side_range": list(_bt._digit_sides(size)), "mask_threshold": _bt.MASK_THRESHOLD,
+                  "mask_dilation": 1},
+    }
+    (root / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+    (root / "README.txt").write_text(_readme(info))
+    with open(root / "artefacts.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["split", "path", "label", "scene_class", "photograph", "group", "y0", "x0", "side", "scan"])
+        w.writerows(rows)
+    return {**info, "root": str(root)}
