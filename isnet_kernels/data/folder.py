@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from ..errors import InputError
 from .errors import DataError
 
 __all__ = ["IMAGE_EXTENSIONS", "MaskedImageFolder", "splits"]
@@ -138,9 +139,9 @@ def _normalise_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
     try:
         h, w = (int(s) for s in size)
     except (TypeError, ValueError):
-        raise ValueError(f"size must be None, an int or a pair (H, W) of ints, got {size!r}") from None
+        raise InputError(f"size must be None, an int or a pair (H, W) of ints, got {size!r}") from None
     if h <= 0 or w <= 0 or tuple(size) != (h, w):
-        raise ValueError(f"size must be positive integers (H, W), got {size!r}")
+        raise InputError(f"size must be positive integers (H, W), got {size!r}")
     return h, w
 
 
@@ -206,7 +207,7 @@ class MaskedImageFolder(Dataset):
         masks: bool = True,
     ) -> None:
         if channels not in (None, 1, 3):
-            raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
+            raise InputError(f"channels must be None, 1 or 3, got {channels!r}")
         self.root = Path(root)
         self.split = str(split)
         self.size = _normalise_size(size)

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputError, InputTypeError, NonFiniteLossError
 from .output import ISNetOutput
 
 FOREGROUND_RULES = ("hybrid", "l2")
@@ -54,7 +55,7 @@ def _gwrp_weights(n: int, d: float, dtype: torch.dtype, device: torch.device) ->
 def gwrp(v: Tensor, d: float) -> Tensor:
     """Global weighted ranked pooling over the last axis: ``sum_i d^i v_(i) / sum_i d^i``, v sorted descending."""
     if not 0 <= d <= 1:
-        raise ValueError(f"the GWRP decay d must be in [0, 1] (0: max, 1: mean), got {d}")
+        raise InputError(f"the GWRP decay d must be in [0, 1] (0: max, 1: mean), got {d}")
     n = v.shape[-1]
     ranked = v.sort(dim=-1, descending=True).values
     return ranked @ _gwrp_weights(n, float(d), v.dtype, v.device)
@@ -70,21 +71,21 @@ def prepare_mask(masks: Tensor, batch: int, size: tuple[int, int], dtype: torch.
     loss does, in its finiteness check), and is not checked when ``flags`` is None.
     """
     if not isinstance(masks, Tensor):
-        raise TypeError(f"masks must be a torch.Tensor of shape (B, 1, H, W), got {type(masks).__name__}")
+        raise InputTypeError(f"masks must be a torch.Tensor of shape (B, 1, H, W), got {type(masks).__name__}")
     if masks.dim() == 3:
         masks = masks.unsqueeze(1)
     if masks.dim() != 4 or masks.shape[1] != 1:
-        raise ValueError(f"masks must have shape (B, 1, H, W) or (B, H, W), one foreground mask per image, got "
+        raise InputError(f"masks must have shape (B, 1, H, W) or (B, H, W), one foreground mask per image, got "
                          f"{tuple(masks.shape)}; reduce colour masks to one channel, e.g. masks.amax(1, keepdim=True)")
     if masks.shape[0] != batch:
-        raise ValueError(f"masks hold {masks.shape[0]} images but the batch has {batch}; pass one mask per image, "
+        raise InputError(f"masks hold {masks.shape[0]} images but the batch has {batch}; pass one mask per image, "
                          "in the same order")
     if masks.dtype != torch.bool and check:
         bad = (masks != 0) & (masks != 1)
         if masks.device.type == "cpu":
             if bool(bad.any()):
                 values = masks[bad].unique()[:5].tolist()
-                raise ValueError(f"masks must be binary (0 = background, 1 = foreground), found values such as "
+                raise InputError(f"masks must be binary (0 = background, 1 = foreground), found values such as "
                                  f"{values}; binarise them first, e.g. masks = (masks > 0.5).float()")
         elif flags is not None:  # no host synchronisation on accelerators: read with the loss's finiteness check
             flags.append(bad.any())
@@ -100,7 +101,7 @@ def _per_map(value: float | Sequence[float] | Tensor, M: int, like: Tensor, name
     if t.dim() == 0:
         return t
     if t.dim() != 1 or t.shape[0] != M:
-        raise ValueError(f"{name} must be a number or one value per map ({M} here), got shape {tuple(t.shape)}")
+        raise InputError(f"{name} must be a number or one value per map ({M} here), got shape {tuple(t.shape)}")
     return t
 
 
@@ -112,11 +113,11 @@ def _check_cut(value: float | Sequence[float] | dict[str, float | Sequence[float
     """A C1/C2 value: a number, one number per map, or either per level (``{"input": ..., "layer2": ...}``)."""
     if isinstance(value, dict):
         if "input" not in value:
-            raise ValueError(f"{name} given per level must include the 'input' level, got levels {list(value)}")
+            raise InputError(f"{name} given per level must include the 'input' level, got levels {list(value)}")
         return {str(k): _check_cut(v, f"{name}[{k!r}]") for k, v in value.items()}
     values = [value] if isinstance(value, (int, float)) else list(value)
     if not values or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"{name} must be positive: a number, one per map, or a dict of those per level; got {value!r}")
+        raise InputError(f"{name} must be positive: a number, one per map, or a dict of those per level; got {value!r}")
     return float(value) if isinstance(value, (int, float)) else tuple(float(v) for v in values)
 
 
@@ -124,7 +125,7 @@ def _at_level(value: Cut | dict[str, Cut], level: str) -> Cut:
     if not isinstance(value, dict):
         return value
     if level not in value:
-        raise ValueError(f"C1/C2 are given per level but not for '{level}' (levels given: {list(value)})")
+        raise InputError(f"C1/C2 are given per level but not for '{level}' (levels given: {list(value)})")
     return value[level]
 
 
@@ -146,11 +147,11 @@ def heatmap_loss(heatmaps: Tensor, masks: Tensor, *, d: float = 0.9, E: float = 
     ``C1`` and ``C2`` are numbers or one value per map (the dual variant's two maps have their own).
     """
     if heatmaps.dim() != 5:
-        raise ValueError(f"heatmaps must have shape (B, M, C, H, W), got {tuple(heatmaps.shape)}")
+        raise InputError(f"heatmaps must have shape (B, M, C, H, W), got {tuple(heatmaps.shape)}")
     if foreground not in FOREGROUND_RULES:
-        raise ValueError(f"foreground must be one of {FOREGROUND_RULES}, got {foreground!r}")
+        raise InputError(f"foreground must be one of {FOREGROUND_RULES}, got {foreground!r}")
     if not E > 0:
-        raise ValueError(f"E must be positive, got {E}")
+        raise InputError(f"E must be positive, got {E}")
     Bsz, M, C, h, w = heatmaps.shape
     mask = prepare_mask(masks, Bsz, (h, w), heatmaps.dtype, heatmaps.device, check_masks, flags)  # (B, 1, 1, h, w)
     absH = heatmaps.abs()
@@ -219,14 +220,14 @@ class ISNetLoss(nn.Module):
                  d_loss: float = 1.0, nonfinite: str = "raise", check_masks: bool = True):
         super().__init__()
         if not 0 <= P <= 1:
-            raise ValueError(f"P must be in [0, 1], got {P}")
+            raise InputError(f"P must be in [0, 1], got {P}")
         for name, value in (("d", d), ("d_loss", d_loss)):
             if not 0 <= value <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
+                raise InputError(f"{name} must be in [0, 1], got {value}")
         if foreground not in FOREGROUND_RULES:
-            raise ValueError(f"foreground must be one of {FOREGROUND_RULES}, got {foreground!r}")
+            raise InputError(f"foreground must be one of {FOREGROUND_RULES}, got {foreground!r}")
         if nonfinite not in NONFINITE_POLICIES:
-            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+            raise InputError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         self.C1, self.C2 = _check_cut(C1, "C1"), _check_cut(C2, "C2")
         self.P, self.d, self.E, self.A, self.B = float(P), float(d), float(E), float(A), float(B)
         self.foreground, self.d_loss, self.nonfinite, self.check_masks = foreground, float(d_loss), nonfinite, \
@@ -245,18 +246,18 @@ class ISNetLoss(nn.Module):
 
     def forward(self, output: ISNetOutput, labels: Tensor, masks: Tensor) -> ISNetLossOutput:
         if not isinstance(output, ISNetOutput):
-            raise TypeError(f"the first argument must be the ISNetOutput of an ISNet call, got "
-                            f"{type(output).__name__}")
+            raise InputTypeError(f"the first argument must be the ISNetOutput of an ISNet call, got "
+                                 f"{type(output).__name__}")
         logits = output.logits
         if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
             shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-            raise ValueError(f"labels must be a LongTensor of shape (B,) = ({logits.shape[0]},), got {shape}")
+            raise InputError(f"labels must be a LongTensor of shape (B,) = ({logits.shape[0]},), got {shape}")
         ce = F.cross_entropy(logits, labels)
         if self.P == 0:
             zero = ce.new_zeros(())
             return self.finish(ISNetLossOutput(ce, ce, zero, zero, zero))
         if output.heatmaps is None:
-            raise ValueError("the ISNet output carries no heatmaps: call the ISNet in training mode (isnet.train()) "
+            raise InputError("the ISNet output carries no heatmaps: call the ISNet in training mode (isnet.train()) "
                              "or with heatmaps=True")
         flags: list[Tensor] = []  # accelerator masks' validity, read with the finiteness check
         first = self.heatmap_parts(output.heatmaps, masks, flags=flags)
@@ -272,14 +273,14 @@ class ISNetLoss(nn.Module):
             return out
         finite, *bad_masks = torch.stack([torch.isfinite(out.total), *flags]).tolist()  # one synchronisation
         if any(bad_masks):
-            raise ValueError("masks must be binary (0 = background, 1 = foreground); binarise them first, e.g. "
+            raise InputError("masks must be binary (0 = background, 1 = foreground); binarise them first, e.g. "
                              "masks = (masks > 0.5).float()")
         if finite:
             return out
         if self.nonfinite == "raise":
             parts = {k: float(v.detach()) for k, v in (("classification", out.classification), ("heatmap", out.heatmap),
                                               ("background", out.background), ("foreground", out.foreground))}
-            raise FloatingPointError(
+            raise NonFiniteLossError(
                 f"the ISNet loss is not finite ({parts}); non-finite logits or heatmaps (a diverging model, a "
                 "too-high learning rate, non-finite inputs). Lower the learning rate, clip gradients, check the "
                 "data, or pass nonfinite='skip' to skip such steps")

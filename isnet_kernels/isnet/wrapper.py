@@ -38,6 +38,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError, InputTypeError
 from ..lrp.engine import LRP, BoundsLike, ForwardState, check_input
 from ..lrp.graph import Program, module_output
 from .chunking import auto_map_chunk, bytes_per_map, check_map_chunk, chunked_relevance
@@ -61,7 +62,7 @@ def default_supervision(model: nn.Module) -> list[str]:
     layers = _default_layers(model)
     if layers:
         return layers
-    raise ValueError(f"{type(model).__name__} has no layers deep supervision knows to pick (ResNet stages, DenseNet "
+    raise InputError(f"{type(model).__name__} has no layers deep supervision knows to pick (ResNet stages, DenseNet "
                      "transitions, max-pools); pass deep_supervision=[module names] instead")
 
 
@@ -162,16 +163,16 @@ class ISNet(nn.Module):
         batch_stats = preset_value(preset, "batch_stats", batch_stats)
         self.preset = preset
         if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+            raise InputError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if select not in SELECTIONS:
-            raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
+            raise InputError(f"select must be one of {SELECTIONS}, got {select!r}")
         if heatmap not in HEATMAPS:
-            raise ValueError(f"heatmap must be one of {HEATMAPS}, got {heatmap!r}")
+            raise InputError(f"heatmap must be one of {HEATMAPS}, got {heatmap!r}")
         if heatmap == "gradinput" and variant == "dual":
-            raise ValueError("the dual variant's two maps are two LRP rules and have no Grad x Input counterpart; "
+            raise InputError("the dual variant's two maps are two LRP rules and have no Grad x Input counterpart; "
                              "use heatmap='lrp' with variant='dual', or another variant with heatmap='gradinput'")
         if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+            raise InputTypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         self.model = model
         self.variant, self.select, self.generator, self.heatmap = variant, select, generator, heatmap
         self.map_chunk = check_map_chunk(map_chunk)
@@ -183,7 +184,7 @@ class ISNet(nn.Module):
         elif deep_supervision is False:
             self.supervised = []
         elif isinstance(deep_supervision, str):
-            raise ValueError(f"deep_supervision must be True, False, 'auto' or a list of module names, got "
+            raise InputError(f"deep_supervision must be True, False, 'auto' or a list of module names, got "
                              f"{deep_supervision!r}")
         else:
             self.supervised = list(deep_supervision)
@@ -197,7 +198,7 @@ class ISNet(nn.Module):
             modules = dict(model.named_modules())
             unknown = [name for name in self.supervised if name not in modules]
             if unknown:
-                raise ValueError(f"deep_supervision names module(s) {unknown} that {type(model).__name__} does not "
+                raise InputError(f"deep_supervision names module(s) {unknown} that {type(model).__name__} does not "
                                  "have; give names from model.named_modules()")
 
     @property
@@ -239,9 +240,9 @@ class ISNet(nn.Module):
         if self.select == "highest":
             return scores.argmax(-1, keepdim=True)
         if labels is None:
-            raise ValueError("select='label' explains each image's label: call isnet(x, labels)")
+            raise InputError("select='label' explains each image's label: call isnet(x, labels)")
         if labels.dim() != 1 or labels.shape[0] != B:
-            raise ValueError(f"labels must have shape (B,) = ({B},), got {tuple(labels.shape)}")
+            raise InputError(f"labels must have shape (B,) = ({B},), got {tuple(labels.shape)}")
         return labels.to(device=logits.device, dtype=torch.long).view(B, 1)
 
     def forward(self, x: Tensor, labels: Tensor | None = None, *, heatmaps: bool | None = None) -> ISNetOutput:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import dispatch
+from ..errors import InputError, InputTypeError, TargetError
 from . import steps as S
 from .graph import Program, _ShapeNode, compile_model
 from .rules import FIRST, HIDDEN
@@ -76,13 +77,13 @@ def _bound_tensor(value: float | Tensor, x: Tensor, which: str) -> Tensor:
     C = x.shape[1]
     if t.dim() == 1:
         if t.shape[0] != C:
-            raise ValueError(f"{which} bound has {t.shape[0]} entries but the input has {C} channels; give one "
+            raise InputError(f"{which} bound has {t.shape[0]} entries but the input has {C} channels; give one "
                              "value per channel, shape (C,), or a scalar")
         t = t.view(1, C, 1, 1)
     try:
         return t.expand(1, *x.shape[1:])
     except RuntimeError as exc:
-        raise ValueError(f"{which} bound of shape {tuple(t.shape)} does not broadcast to the input's "
+        raise InputError(f"{which} bound of shape {tuple(t.shape)} does not broadcast to the input's "
                          f"{tuple(x.shape[1:])}; give a scalar or one value per channel, shape (C,)") from exc
 
 
@@ -90,14 +91,14 @@ def check_input(x: Any, check_finite: bool) -> None:
     """Raise a clear error for an input the engine cannot explain: not a tensor, not a 4-D floating batch, or
     (with ``check_finite``, one host synchronisation) holding NaN or Inf."""
     if not isinstance(x, Tensor):
-        raise TypeError(f"input must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
+        raise InputTypeError(f"input must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
     if x.dim() != 4:
-        raise ValueError(f"input must be a 4-D image batch (B, C, H, W), got shape {tuple(x.shape)}; add a batch "
+        raise InputError(f"input must be a 4-D image batch (B, C, H, W), got shape {tuple(x.shape)}; add a batch "
                          "axis with x.unsqueeze(0) for a single image")
     if not x.is_floating_point():
-        raise TypeError(f"input must be a floating-point tensor, got {x.dtype}; convert with x.float()")
+        raise InputTypeError(f"input must be a floating-point tensor, got {x.dtype}; convert with x.float()")
     if check_finite and not bool(torch.isfinite(x).all()):
-        raise ValueError("input contains NaN or Inf values; LRP heatmaps of non-finite inputs are meaningless. "
+        raise InputError("input contains NaN or Inf values; LRP heatmaps of non-finite inputs are meaningless. "
                          "Clean the data (torch.nan_to_num) or find where the non-finite values come from")
 
 
@@ -107,17 +108,17 @@ def _check_targets(targets: Tensor, batch: int, num_classes: int, sync: bool = T
     rows (B, M) instead, so that the caller can mark invalid maps without a synchronisation (and without the
     device-side assertion an out-of-range index would raise, which poisons the CUDA context)."""
     if targets.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"targets must be an integer (Long) tensor of class indices, got {targets.dtype}")
+        raise InputTypeError(f"targets must be an integer (Long) tensor of class indices, got {targets.dtype}")
     if targets.dim() != 2 or targets.shape[0] != batch:
-        raise ValueError(f"targets must have shape (B, M) = ({batch}, M), one row of M class indices per image, "
+        raise InputError(f"targets must have shape (B, M) = ({batch}, M), one row of M class indices per image, "
                          f"got {tuple(targets.shape)}; for one class per image use targets.view(-1, 1)")
     if targets.numel() == 0:
-        raise ValueError("targets is empty: ask for at least one map per image (M >= 1)")
+        raise InputError("targets is empty: ask for at least one map per image (M >= 1)")
     if targets.device.type == "cpu" or sync:
         low, high = int(targets.min()), int(targets.max())
         if low < 0 or high >= num_classes:
-            raise IndexError(f"target class {low if low < 0 else high} is out of range for a model with "
-                             f"{num_classes} classes (valid: 0 .. {num_classes - 1})")
+            raise TargetError(f"target class {low if low < 0 else high} is out of range for a model with "
+                              f"{num_classes} classes (valid: 0 .. {num_classes - 1})")
         return None
     return (targets >= 0) & (targets < num_classes)
 
@@ -209,24 +210,24 @@ class LRP:
                  bounds: BoundsLike = (0.0, 1.0), check_input: bool = True, backend: str | None = None,
                  batch_stats: str = "detached", product: str = "gate", attention: str = "attnlrp"):
         if first_layer not in FIRST_LAYER_RULES:
-            raise ValueError(f"first_layer must be one of {FIRST_LAYER_RULES}, got {first_layer!r}")
+            raise InputError(f"first_layer must be one of {FIRST_LAYER_RULES}, got {first_layer!r}")
         if not eps >= 0:
-            raise ValueError(f"eps must be a non-negative number, got {eps}")
+            raise InputError(f"eps must be a non-negative number, got {eps}")
         if len(bounds) != 2:
-            raise ValueError(f"bounds must be (low, high), got {bounds!r}")
+            raise InputError(f"bounds must be (low, high), got {bounds!r}")
         self.model = model
         self.eps, self.first_layer, self.bounds = float(eps), first_layer, tuple(bounds)
         self.check_input = check_input
         if backend is not None and backend not in dispatch.BACKENDS:
-            raise ValueError(f"backend must be one of {dispatch.BACKENDS}, got {backend!r}")
+            raise InputError(f"backend must be one of {dispatch.BACKENDS}, got {backend!r}")
         self.backend = backend
         if batch_stats not in BATCH_STATS:
-            raise ValueError(f"batch_stats must be one of {BATCH_STATS}, got {batch_stats!r}")
+            raise InputError(f"batch_stats must be one of {BATCH_STATS}, got {batch_stats!r}")
         self.batch_stats = batch_stats
         if product not in PRODUCT_RULES:
-            raise ValueError(f"product must be one of {PRODUCT_RULES}, got {product!r}")
+            raise InputError(f"product must be one of {PRODUCT_RULES}, got {product!r}")
         if attention not in ATTENTION_RULES:
-            raise ValueError(f"attention must be one of {ATTENTION_RULES}, got {attention!r}")
+            raise InputError(f"attention must be one of {ATTENTION_RULES}, got {attention!r}")
         self.product, self.attention = product, attention
         self._configs: dict[tuple, S.RuleConfig] = {}
         get_program(model)  # compile now, so that unsupported layers fail here
@@ -306,7 +307,7 @@ class LRP:
                     R[name] = part if name not in R else R[name] + part
         missing = wanted - captured.keys()
         if missing:
-            raise ValueError(f"no relevance reached step(s) {sorted(missing)}: they are not between the input and "
+            raise InputError(f"no relevance reached step(s) {sorted(missing)}: they are not between the input and "
                              "the logits layer")
         return R[program.input_name], captured
 
@@ -321,14 +322,14 @@ class LRP:
         """
         check_input(x, self.check_input)
         if output not in OUTPUT_RULES:
-            raise ValueError(f"output must be one of {OUTPUT_RULES}, got {output!r}")
+            raise InputError(f"output must be one of {OUTPUT_RULES}, got {output!r}")
         if rule not in HIDDEN_RULES:
-            raise ValueError(f"rule must be one of {HIDDEN_RULES}, got {rule!r}")
+            raise InputError(f"rule must be one of {HIDDEN_RULES}, got {rule!r}")
         if output != "all":
             if isinstance(targets, str) and targets != "all":
-                raise ValueError(f"targets must be a LongTensor (B, M) or 'all', got {targets!r}")
+                raise InputError(f"targets must be a LongTensor (B, M) or 'all', got {targets!r}")
             if not isinstance(targets, (Tensor, str)):
-                raise TypeError(f"targets must be a LongTensor (B, M) or 'all', got {type(targets).__name__}")
+                raise InputTypeError(f"targets must be a LongTensor (B, M) or 'all', got {type(targets).__name__}")
         logits, state = self.forward(x)
         B, K = logits.shape[0], logits.shape[-1]
         valid = None
@@ -371,9 +372,9 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | None = None, *, 
     lrp = LRP(model, eps=eps, first_layer=first_layer, bounds=bounds, backend=backend)
     check_input(x, True)
     if output not in OUTPUT_RULES:
-        raise ValueError(f"output must be one of {OUTPUT_RULES}, got {output!r}")
+        raise InputError(f"output must be one of {OUTPUT_RULES}, got {output!r}")
     if rule not in HIDDEN_RULES:
-        raise ValueError(f"rule must be one of {HIDDEN_RULES}, got {rule!r}")
+        raise InputError(f"rule must be one of {HIDDEN_RULES}, got {rule!r}")
     with torch.no_grad():
         return _explain(lrp, x, target, output, rule)
 
@@ -388,7 +389,7 @@ def _explain(lrp: LRP, x: Tensor, target: int | Tensor | None, output: str, rule
     if target is None:
         targets = logits.detach().argmax(-1, keepdim=True)
     elif isinstance(target, bool) or not isinstance(target, (int, Tensor)):
-        raise TypeError(f"target must be an int, a LongTensor of shape (B,), or None, got {type(target).__name__}")
+        raise InputTypeError(f"target must be an int, a LongTensor of shape (B,), or None, got {type(target).__name__}")
     elif isinstance(target, int):
         targets = torch.full((B, 1), target, dtype=torch.long, device=x.device)
         _check_targets(targets, B, K)
@@ -396,7 +397,7 @@ def _explain(lrp: LRP, x: Tensor, target: int | Tensor | None, output: str, rule
         if target.dim() == 0:
             target = target.expand(B)
         if target.dim() != 1 or target.shape[0] != B:
-            raise ValueError(f"target must be an int or a LongTensor of shape (B,) = ({B},), got shape "
+            raise InputError(f"target must be an int or a LongTensor of shape (B,) = ({B},), got shape "
                              f"{tuple(target.shape)}")
         targets = target.to(x.device).view(B, 1)
         _check_targets(targets, B, K)

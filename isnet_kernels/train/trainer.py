@@ -44,6 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import dispatch
+from ..errors import InputTypeError
 from ..isnet import ISNet, ISNetLoss, ISNetLossOutput, ISNetOutput, RRRLoss, tune_cut
 from ..models import build_model
 from .checkpoint import BEST, FORMAT, LAST, capture_rng, load_checkpoint, restore_rng, save_checkpoint
@@ -99,7 +100,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, *, model: nn.Module | None = None, resume: bool = False,
                  callbacks: Sequence[Callback] = (), log: Callable[[str], None] | None = None):
         if not isinstance(config, TrainConfig):
-            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+            raise InputTypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         config.validate()
         if not config.out:
             raise TrainError("no run directory given; pass --out RUN_DIR (created if needed)")
