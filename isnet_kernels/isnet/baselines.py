@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError
-from .loss import prepare_mask
+from .loss import _nan_where_invalid, check_labels, prepare_mask
 
 #: The RRR weight for inputs in [0, 1] (module docstring).
 DEFAULT_LAMBDA = 10.0
@@ -101,9 +101,8 @@ class RRRLoss(nn.Module):
                              f"{tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__}")
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[0] != logits.shape[0]:
             raise InputError(f"x must be the (B, C, H, W) input of the logits' forward, B = {logits.shape[0]}")
-        if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
-            raise InputError(f"labels must be a LongTensor of shape (B,) = ({logits.shape[0]},)")
-        ce = F.cross_entropy(logits, labels)
+        # accelerator labels out of range: a NaN loss (no synchronisation), which the trainer's check reports
+        ce = _nan_where_invalid(F.cross_entropy(logits, check_labels(labels, logits)), labels, logits.shape[1])
         grad = log_probability_gradient(logits, x, create_graph=torch.is_grad_enabled())
         background = 1 - prepare_mask(masks, x.shape[0], tuple(x.shape[-2:]), grad.dtype, grad.device,
                                       self.check_masks)[:, 0]  # (B, 1, H, W)

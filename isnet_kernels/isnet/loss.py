@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import InputError, InputTypeError, NonFiniteLossError
+from ..errors import InputError, InputTypeError, NonFiniteLossError, TargetError
 from .output import ISNetOutput
 
 FOREGROUND_RULES = ("hybrid", "l2")
@@ -119,6 +119,70 @@ def _check_cut(value: float | Sequence[float] | dict[str, float | Sequence[float
     if not values or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
         raise InputError(f"{name} must be positive: a number, one per map, or a dict of those per level; got {value!r}")
     return float(value) if isinstance(value, (int, float)) else tuple(float(v) for v in values)
+
+
+def _check_band(C1: Cut | dict[str, Cut], C2: Cut | dict[str, Cut]) -> None:
+    """Raise unless ``C1 <= C2`` wherever both are given (per map and per level): the foreground term keeps the
+    total relevance ``F`` in the band ``[C1, C2]``, its left side firing below C1 and its right side above C2, so
+    with ``C1 > C2`` no ``F`` satisfies both and the loss cannot reach its minimum. (``C1 = C2`` is allowed: a
+    band of one value, what :func:`~isnet_kernels.tune_cut` chooses for totals without spread.)"""
+    levels = sorted(set(C1 if isinstance(C1, dict) else ()) | set(C2 if isinstance(C2, dict) else ())) or [None]
+    for level in levels:
+        c1 = C1.get(level) if isinstance(C1, dict) else C1
+        c2 = C2.get(level) if isinstance(C2, dict) else C2
+        if c1 is None or c2 is None:
+            continue
+        ones = c1 if isinstance(c1, tuple) else (c1,)
+        twos = c2 if isinstance(c2, tuple) else (c2,)
+        if len(ones) > 1 and len(twos) > 1 and len(ones) != len(twos):
+            raise InputError(f"C1 and C2 give {len(ones)} and {len(twos)} values per map{_where(level)}; give the "
+                             "same number (one per map) or a single number", param=("C1", "C2"))
+        pairs = zip(ones * (len(twos) if len(ones) == 1 else 1), twos * (len(ones) if len(twos) == 1 else 1))
+        for one, two in pairs:
+            if one > two:
+                raise InputError(f"C1 must not exceed C2{_where(level)}, got C1 = {one:g} > C2 = {two:g}: the "
+                                 "foreground term keeps the total relevance between C1 (lower bound) and C2 (upper "
+                                 "bound), an empty band when C1 > C2; the defaults are C1 = 1, C2 = 25 (tune_cut "
+                                 "chooses both from the data)", param=("C1", "C2"))
+
+
+def _where(level: str | None) -> str:
+    return "" if level is None else f" at level {level!r}"
+
+
+def check_labels(labels: Tensor, logits: Tensor, flags: list[Tensor] | None = None) -> Tensor:
+    """Labels (B,) for ``logits`` (B, K), checked: an integer tensor of classes ``0 .. K - 1``.
+
+    CPU labels are checked at once (:class:`~isnet_kernels.errors.TargetError`). Labels on an accelerator are not
+    read back (no host synchronisation, and no device-side assertion, which would end the process's use of the
+    device): out-of-range labels are replaced by class 0, their images' losses made NaN, and the check's result
+    (a device bool, True when some label is out of range) appended to ``flags`` for the caller to read when it
+    synchronises anyway. Returns the labels to use.
+    """
+    B, K = logits.shape
+    if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != B:
+        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise InputError(f"labels must be a LongTensor of shape (B,) = ({B},), got {shape}", param="labels")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise InputTypeError(f"labels must be an integer (Long) tensor of class indices, got {labels.dtype}",
+                             param="labels")
+    if labels.device.type == "cpu":
+        if B and (int(labels.min()) < 0 or int(labels.max()) >= K):
+            bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+            raise TargetError(f"label {bad} is out of range for a model with {K} classes (valid: 0 .. {K - 1}); the "
+                              "model's last layer needs one output per class of the data", param="labels")
+        return labels
+    valid = (labels >= 0) & (labels < K)
+    if flags is not None:
+        flags.append(~valid.all())
+    return torch.where(valid, labels, 0)
+
+
+def _nan_where_invalid(loss: Tensor, labels: Tensor, K: int) -> Tensor:
+    """``loss`` (a scalar) made NaN when some accelerator label is out of range (:func:`check_labels`)."""
+    if labels.device.type == "cpu":
+        return loss
+    return torch.where(((labels >= 0) & (labels < K)).all(), loss, float("nan"))
 
 
 def _at_level(value: Cut | dict[str, Cut], level: str) -> Cut:
@@ -229,6 +293,7 @@ class ISNetLoss(nn.Module):
         if nonfinite not in NONFINITE_POLICIES:
             raise InputError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         self.C1, self.C2 = _check_cut(C1, "C1"), _check_cut(C2, "C2")
+        _check_band(self.C1, self.C2)
         self.P, self.d, self.E, self.A, self.B = float(P), float(d), float(E), float(A), float(B)
         self.foreground, self.d_loss, self.nonfinite, self.check_masks = foreground, float(d_loss), nonfinite, \
             check_masks
@@ -249,13 +314,13 @@ class ISNetLoss(nn.Module):
             raise InputTypeError(f"the first argument must be the ISNetOutput of an ISNet call, got "
                                  f"{type(output).__name__}")
         logits = output.logits
-        if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
-            shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-            raise InputError(f"labels must be a LongTensor of shape (B,) = ({logits.shape[0]},), got {shape}")
-        ce = F.cross_entropy(logits, labels)
+        label_flags: list[Tensor] = []  # accelerator labels' range, read with the finiteness check
+        checked = check_labels(labels, logits, label_flags)
+        ce = _nan_where_invalid(F.cross_entropy(logits, checked), labels, logits.shape[1])
         if self.P == 0:
             zero = ce.new_zeros(())
-            return self.finish(ISNetLossOutput(ce, ce, zero, zero, zero))
+            return self.finish(ISNetLossOutput(ce, ce, zero, zero, zero), labels=label_flags,
+                               classes=logits.shape[1])
         if output.heatmaps is None:
             raise InputError("the ISNet output carries no heatmaps: call the ISNet in training mode (isnet.train()) "
                              "or with heatmaps=True")
@@ -265,13 +330,20 @@ class ISNetLoss(nn.Module):
                                     for name, h in output.intermediate.items()]
         heat = levels[0] if len(levels) == 1 else gwrp(torch.stack(levels), self.d_loss)
         total = (1 - self.P) * ce + self.P * heat
-        return self.finish(ISNetLossOutput(total, ce, heat, first.background, first.foreground, levels), flags[:1])
+        return self.finish(ISNetLossOutput(total, ce, heat, first.background, first.foreground, levels), flags[:1],
+                           label_flags, logits.shape[1])
 
-    def finish(self, out: ISNetLossOutput, flags: Sequence[Tensor] = ()) -> ISNetLossOutput:
-        """Apply the non-finite policy to a loss (and raise for the non-binary accelerator masks in ``flags``)."""
+    def finish(self, out: ISNetLossOutput, flags: Sequence[Tensor] = (), labels: Sequence[Tensor] = (),
+               classes: int = 0) -> ISNetLossOutput:
+        """Apply the non-finite policy to a loss (and raise for the non-binary accelerator masks in ``flags`` and
+        the out-of-range accelerator labels in ``labels``, read in the same synchronisation)."""
         if self.nonfinite == "propagate":
             return out
-        finite, *bad_masks = torch.stack([torch.isfinite(out.total), *flags]).tolist()  # one synchronisation
+        finite, *bad = torch.stack([torch.isfinite(out.total), *flags, *labels]).tolist()  # one synchronisation
+        bad_masks, bad_labels = bad[:len(flags)], bad[len(flags):]
+        if any(bad_labels):
+            raise TargetError(f"a label is out of range for a model with {classes} classes; the model's last "
+                              "layer needs one output per class of the data", param="labels")
         if any(bad_masks):
             raise InputError("masks must be binary (0 = background, 1 = foreground); binarise them first, e.g. "
                              "masks = (masks > 0.5).float()")

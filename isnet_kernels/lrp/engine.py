@@ -7,6 +7,7 @@ samples or maps and no host synchronisation in either pass.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 import weakref
@@ -87,9 +88,47 @@ def _bound_tensor(value: float | Tensor, x: Tensor, which: str) -> Tensor:
                          f"{tuple(x.shape[1:])}; give a scalar or one value per channel, shape (C,)") from exc
 
 
-def check_input(x: Any, check_finite: bool) -> None:
-    """Raise a clear error for an input the engine cannot explain: not a tensor, not a 4-D floating batch, or
-    (with ``check_finite``, one host synchronisation) holding NaN or Inf."""
+def check_eps(eps: Any) -> float:
+    """``eps`` as a float, after checking that it is a positive finite number (``stab(z) = z + eps * sign(z)``
+    divides by ``z`` itself when ``eps`` is 0: zero pre-activations then give NaN heatmaps)."""
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(eps, bool) or not math.isfinite(value) or value <= 0:
+        raise InputError(f"eps must be a positive number, got {eps!r}: the stabiliser stab(z) = z + eps * sign(z) "
+                         "divides by the pre-activations, and with eps = 0 a zero pre-activation gives NaN heatmaps; "
+                         "the default is 1e-2 (use a small positive value such as 1e-9 for near-exact rules)",
+                         param="eps")
+    return value
+
+
+def check_bounds(bounds: Any) -> tuple[Any, Any]:
+    """``(low, high)`` of the Z^B rule, after checking that both are finite and ``low <= high`` everywhere (the
+    rule's root point lies in the box ``low <= x <= high``). One host synchronisation for accelerator tensors."""
+    if isinstance(bounds, (str, bytes)) or not isinstance(bounds, Sequence) or len(bounds) != 2:
+        raise InputError(f"bounds must be (low, high), got {bounds!r}", param="bounds")
+    low, high = bounds
+    try:
+        lo = torch.as_tensor(low).detach().to("cpu", torch.float64)
+        hi = torch.as_tensor(high).detach().to("cpu", torch.float64)
+        above = bool((lo > hi).any())
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"bounds must be (low, high): numbers or tensors of one value per channel that broadcast "
+                         f"together, got {bounds!r} ({exc})", param="bounds") from None
+    if not (bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())):
+        raise InputError(f"bounds must be finite, got {bounds!r}", param="bounds")
+    if above:
+        raise InputError(f"bounds must have low <= high (the Z^B rule assumes low <= x <= high for every input "
+                         f"value), got low = {lo.tolist()}, high = {hi.tolist()}; pass (low, high) in that order, "
+                         "e.g. (0.0, 1.0) for images in [0, 1]", param="bounds")
+    return low, high
+
+
+def check_input(x: Any, check_finite: bool, model: nn.Module | None = None) -> None:
+    """Raise a clear error for an input the engine cannot explain: not a tensor, not a 4-D floating batch, an
+    empty batch, a floating dtype other than the model's parameters' (outside autocast; with ``model``), or (with
+    ``check_finite``, one host synchronisation) holding NaN or Inf."""
     if not isinstance(x, Tensor):
         raise InputTypeError(f"input must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
     if x.dim() != 4:
@@ -97,9 +136,50 @@ def check_input(x: Any, check_finite: bool) -> None:
                          "axis with x.unsqueeze(0) for a single image")
     if not x.is_floating_point():
         raise InputTypeError(f"input must be a floating-point tensor, got {x.dtype}; convert with x.float()")
+    if x.shape[0] == 0:
+        raise InputError(f"the input batch is empty (shape {tuple(x.shape)}); pass at least one image")
+    if model is not None:
+        check_dtype(x, model)
     if check_finite and not bool(torch.isfinite(x).all()):
         raise InputError("input contains NaN or Inf values; LRP heatmaps of non-finite inputs are meaningless. "
                          "Clean the data (torch.nan_to_num) or find where the non-finite values come from")
+
+
+def check_dtype(x: Tensor, model: nn.Module) -> None:
+    """Raise when ``x``'s dtype is not that of the model's floating parameters (when they share one) outside
+    autocast, where the forward would fail inside torch."""
+    if torch.is_autocast_enabled(x.device.type):
+        return
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if len(dtypes) == 1 and x.dtype not in dtypes:
+        (dtype,) = dtypes
+        raise InputTypeError(f"the input is {x.dtype} but the model's parameters are {dtype}; convert the input "
+                             f"(x.to({dtype})) or the model (model.to({x.dtype})), or run under torch.autocast")
+
+
+def check_logits(logits: Any, batch: int) -> None:
+    """Raise unless the model's output is a (B, K) tensor of logits: the output rules explain one logit per class."""
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != batch or logits.shape[1] == 0:
+        got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise InputError(f"the model must return logits of shape (B, K) = ({batch}, K) for a batch of {batch}, got "
+                         f"{got}; LRP explains classifiers: end the model with a Linear layer, or flatten or pool "
+                         "its output to one logit per class")
+
+
+def check_in_bounds(x: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """A device bool: True when some input value lies outside ``[low, high]`` by more than rounding (a relative
+    1e-5), which the Z^B rule's maths does not allow. No host synchronisation: the caller reads it."""
+    tol = 1e-5 * (1 + torch.maximum(low.abs(), high.abs()))
+    return ((x < low - tol) | (x > high + tol)).any()
+
+
+def out_of_bounds_error(x: Tensor, low: Tensor, high: Tensor) -> InputError:
+    """The error for inputs outside the Z^B bounds, naming the values found and the fix."""
+    lo, hi = float(low.amin()), float(high.amax())
+    return InputError(f"input values lie outside the Z^B bounds (low, high): the input spans [{float(x.amin()):.4g}, "
+                      f"{float(x.amax()):.4g}] and the bounds [{lo:.4g}, {hi:.4g}]; the first-layer rule assumes low "
+                      "<= x <= high. Pass the bounds of your data (bounds=(low, high), per channel for normalised "
+                      "inputs: ((0 - mean) / std, (1 - mean) / std)), or first_layer='epsilon'", param="bounds")
 
 
 def _check_targets(targets: Tensor, batch: int, num_classes: int, sync: bool = True) -> Tensor | None:
@@ -211,12 +291,10 @@ class LRP:
                  batch_stats: str = "detached", product: str = "gate", attention: str = "attnlrp"):
         if first_layer not in FIRST_LAYER_RULES:
             raise InputError(f"first_layer must be one of {FIRST_LAYER_RULES}, got {first_layer!r}")
-        if not eps >= 0:
-            raise InputError(f"eps must be a non-negative number, got {eps}")
-        if len(bounds) != 2:
-            raise InputError(f"bounds must be (low, high), got {bounds!r}")
+        eps = check_eps(eps)
+        bounds = check_bounds(bounds)
         self.model = model
-        self.eps, self.first_layer, self.bounds = float(eps), first_layer, tuple(bounds)
+        self.eps, self.first_layer, self.bounds = eps, first_layer, tuple(bounds)
         self.check_input = check_input
         if backend is not None and backend not in dispatch.BACKENDS:
             raise InputError(f"backend must be one of {dispatch.BACKENDS}, got {backend!r}")
@@ -240,6 +318,23 @@ class LRP:
     def __repr__(self) -> str:
         return (f"LRP({type(self.model).__name__}, eps={self.eps}, first_layer={self.first_layer!r}, "
                 f"steps={len(self.program.steps)})")
+
+    def check(self, x: Tensor, sync: bool) -> None:
+        """Check an input (:func:`check_input`, with the model's dtype) and, for the Z^B rule, that its values lie
+        within the bounds. With ``sync`` both NaN/Inf and the bounds are checked in one host synchronisation;
+        without, the bounds are checked for CPU inputs only (where reading a result costs no synchronisation)."""
+        check_input(x, False, self.model)
+        zb = self.first_layer == "zb" and (sync or x.device.type == "cpu")
+        if not (sync or zb):
+            return
+        low = _bound_tensor(self.bounds[0], x, "low") if zb else None
+        high = _bound_tensor(self.bounds[1], x, "high") if zb else None
+        flags = ([~torch.isfinite(x).all()] if sync else []) + ([check_in_bounds(x, low, high)] if zb else [])
+        found = torch.stack(flags).tolist()  # one synchronisation
+        if sync and found[0]:
+            check_input(x, True)  # raises the NaN/Inf error
+        if zb and found[-1]:
+            raise out_of_bounds_error(x, low, high)
 
     def config(self, x: Tensor, rule: str = "epsilon") -> S.RuleConfig:
         """The settings of a relevance pass over ``x`` with hidden-layer rule ``rule``: the rule objects, the input
@@ -269,6 +364,7 @@ class LRP:
             for name in frees:  # free values no later node reads (the saved ones stay referenced)
                 env.pop(name, None)
         logits = env[program.output_name]
+        check_logits(logits, x.shape[0])
         return logits, ForwardState(program, saved, logits)
 
     def relevance(self, state: ForwardState, targets: Tensor | None, output: str, cfg: S.RuleConfig) -> Tensor:
@@ -320,7 +416,7 @@ class LRP:
         hidden layers' rule: ``"epsilon"`` or ``"zplus"`` (z+, with positive weights; meant for non-negative
         layer inputs, as after ReLUs).
         """
-        check_input(x, self.check_input)
+        self.check(x, self.check_input)
         if output not in OUTPUT_RULES:
             raise InputError(f"output must be one of {OUTPUT_RULES}, got {output!r}")
         if rule not in HIDDEN_RULES:
@@ -370,7 +466,7 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | None = None, *, 
     backend : as for :class:`LRP`.
     """
     lrp = LRP(model, eps=eps, first_layer=first_layer, bounds=bounds, backend=backend)
-    check_input(x, True)
+    lrp.check(x, sync=True)
     if output not in OUTPUT_RULES:
         raise InputError(f"output must be one of {OUTPUT_RULES}, got {output!r}")
     if rule not in HIDDEN_RULES:
