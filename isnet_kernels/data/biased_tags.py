@@ -238,7 +238,7 @@ def write_biased_tags(
                                      "scikit-learn") from exc
     if isinstance(size, bool) or not isinstance(size, int) or size < MIN_SIZE:
         raise InputError(f"size must be an int of at least {MIN_SIZE} pixels (room for a tag beside the digit), "
-                         f"got {size!r}")
+                         f"got {size!r}", param="size")
     per_class = {"train": _bd._check_count("per_class_train", per_class_train),
                  "val": _bd._check_count("per_class_val", per_class_val),
                  "test": _bd._check_count("per_class_test", per_class_test)}

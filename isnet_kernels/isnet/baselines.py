@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError
-from .loss import _nan_where_invalid, check_labels, prepare_mask
+from .loss import check_labels, nan_where_invalid, prepare_mask
 
 #: The RRR weight for inputs in [0, 1] (module docstring).
 DEFAULT_LAMBDA = 10.0
@@ -102,7 +102,7 @@ class RRRLoss(nn.Module):
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[0] != logits.shape[0]:
             raise InputError(f"x must be the (B, C, H, W) input of the logits' forward, B = {logits.shape[0]}")
         # accelerator labels out of range: a NaN loss (no synchronisation), which the trainer's check reports
-        ce = _nan_where_invalid(F.cross_entropy(logits, check_labels(labels, logits)), labels, logits.shape[1])
+        ce = nan_where_invalid(F.cross_entropy(logits, check_labels(labels, logits)), labels, logits.shape[1])
         grad = log_probability_gradient(logits, x, create_graph=torch.is_grad_enabled())
         background = 1 - prepare_mask(masks, x.shape[0], tuple(x.shape[-2:]), grad.dtype, grad.device,
                                       self.check_masks)[:, 0]  # (B, 1, H, W)

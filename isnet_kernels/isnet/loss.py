@@ -108,20 +108,20 @@ def _per_map(value: float | Sequence[float] | Tensor, M: int, like: Tensor, name
 Cut = float | tuple[float, ...]
 
 
-def _check_cut(value: float | Sequence[float] | dict[str, float | Sequence[float]], name: str
+def check_cut(value: float | Sequence[float] | dict[str, float | Sequence[float]], name: str
                ) -> Cut | dict[str, Cut]:
     """A C1/C2 value: a number, one number per map, or either per level (``{"input": ..., "layer2": ...}``)."""
     if isinstance(value, dict):
         if "input" not in value:
             raise InputError(f"{name} given per level must include the 'input' level, got levels {list(value)}")
-        return {str(k): _check_cut(v, f"{name}[{k!r}]") for k, v in value.items()}
+        return {str(k): check_cut(v, f"{name}[{k!r}]") for k, v in value.items()}
     values = [value] if isinstance(value, (int, float)) else list(value)
     if not values or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
         raise InputError(f"{name} must be positive: a number, one per map, or a dict of those per level; got {value!r}")
     return float(value) if isinstance(value, (int, float)) else tuple(float(v) for v in values)
 
 
-def _check_band(C1: Cut | dict[str, Cut], C2: Cut | dict[str, Cut]) -> None:
+def check_band(C1: Cut | dict[str, Cut], C2: Cut | dict[str, Cut]) -> None:
     """Raise unless ``C1 <= C2`` wherever both are given (per map and per level): the foreground term keeps the
     total relevance ``F`` in the band ``[C1, C2]``, its left side firing below C1 and its right side above C2, so
     with ``C1 > C2`` no ``F`` satisfies both and the loss cannot reach its minimum. (``C1 = C2`` is allowed: a
@@ -140,10 +140,10 @@ def _check_band(C1: Cut | dict[str, Cut], C2: Cut | dict[str, Cut]) -> None:
         pairs = zip(ones * (len(twos) if len(ones) == 1 else 1), twos * (len(ones) if len(twos) == 1 else 1))
         for one, two in pairs:
             if one > two:
-                raise InputError(f"C1 must not exceed C2{_where(level)}, got C1 = {one:g} > C2 = {two:g}: the "
-                                 "foreground term keeps the total relevance between C1 (lower bound) and C2 (upper "
-                                 "bound), an empty band when C1 > C2; the defaults are C1 = 1, C2 = 25 (tune_cut "
-                                 "chooses both from the data)", param=("C1", "C2"))
+                raise InputError(f"C1 must not exceed C2{_where(level)}, got {one:g} > {two:g}: the foreground "
+                                 "term keeps the total relevance between its lower bound C1 and its upper bound C2, "
+                                 "which leaves no room when the lower is above the upper (the defaults are 1 and 25; "
+                                 "tune_cut chooses both from the data)", param=("C1", "C2"))
 
 
 def _where(level: str | None) -> str:
@@ -178,7 +178,7 @@ def check_labels(labels: Tensor, logits: Tensor, flags: list[Tensor] | None = No
     return torch.where(valid, labels, 0)
 
 
-def _nan_where_invalid(loss: Tensor, labels: Tensor, K: int) -> Tensor:
+def nan_where_invalid(loss: Tensor, labels: Tensor, K: int) -> Tensor:
     """``loss`` (a scalar) made NaN when some accelerator label is out of range (:func:`check_labels`)."""
     if labels.device.type == "cpu":
         return loss
@@ -292,8 +292,8 @@ class ISNetLoss(nn.Module):
             raise InputError(f"foreground must be one of {FOREGROUND_RULES}, got {foreground!r}")
         if nonfinite not in NONFINITE_POLICIES:
             raise InputError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
-        self.C1, self.C2 = _check_cut(C1, "C1"), _check_cut(C2, "C2")
-        _check_band(self.C1, self.C2)
+        self.C1, self.C2 = check_cut(C1, "C1"), check_cut(C2, "C2")
+        check_band(self.C1, self.C2)
         self.P, self.d, self.E, self.A, self.B = float(P), float(d), float(E), float(A), float(B)
         self.foreground, self.d_loss, self.nonfinite, self.check_masks = foreground, float(d_loss), nonfinite, \
             check_masks
@@ -316,7 +316,7 @@ class ISNetLoss(nn.Module):
         logits = output.logits
         label_flags: list[Tensor] = []  # accelerator labels' range, read with the finiteness check
         checked = check_labels(labels, logits, label_flags)
-        ce = _nan_where_invalid(F.cross_entropy(logits, checked), labels, logits.shape[1])
+        ce = nan_where_invalid(F.cross_entropy(logits, checked), labels, logits.shape[1])
         if self.P == 0:
             zero = ce.new_zeros(())
             return self.finish(ISNetLossOutput(ce, ce, zero, zero, zero), labels=label_flags,

@@ -8,6 +8,7 @@ samples or maps and no host synchronisation in either pass.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import warnings
 import weakref
@@ -91,14 +92,11 @@ def _bound_tensor(value: float | Tensor, x: Tensor, which: str) -> Tensor:
 def check_eps(eps: Any) -> float:
     """``eps`` as a float, after checking that it is a positive finite number (``stab(z) = z + eps * sign(z)``
     divides by ``z`` itself when ``eps`` is 0: zero pre-activations then give NaN heatmaps)."""
-    try:
-        value = float(eps)
-    except (TypeError, ValueError):
-        value = math.nan
-    if isinstance(eps, bool) or not math.isfinite(value) or value <= 0:
-        raise InputError(f"eps must be a positive number, got {eps!r}: the stabiliser stab(z) = z + eps * sign(z) "
-                         "divides by the pre-activations, and with eps = 0 a zero pre-activation gives NaN heatmaps; "
-                         "the default is 1e-2 (use a small positive value such as 1e-9 for near-exact rules)",
+    value = float(eps) if isinstance(eps, numbers.Real) and not isinstance(eps, bool) else math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(f"eps must be a positive number, got {eps!r}: the rules divide by each pre-activation "
+                         "plus a stabiliser of this size, so without one a zero pre-activation gives NaN heatmaps; "
+                         "the default is 1e-2 (a small positive value such as 1e-9 gives near-exact rules)",
                          param="eps")
     return value
 

@@ -29,8 +29,8 @@ class SmallCNN(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16) -> None:
         super().__init__()
-        if width < 1:
-            raise InputError(f"width must be a positive int, got {width}")
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise InputError(f"width must be a positive int, got {width!r}", param="width")
         layers: list[nn.Module] = []
         channels = in_channels
         for out in (width, 2 * width, 4 * width):

@@ -104,6 +104,8 @@ class Trainer:
         config.validate()
         if not config.out:
             raise TrainError("no run directory given; pass --out RUN_DIR (created if needed)")
+        if model is None:  # before any data is read: the model's arguments, and the size when one is given
+            config.check_model()
         self.config = config
         self.custom_model = model
         self.resume = resume
@@ -175,6 +177,8 @@ class Trainer:
                                       flag="--val-split (or --val-split '' to train without validation)")
             check_classes(self.classes, self.val_set.classes, f"validation split {cfg.val_split!r}")
         self.in_channels = int(self.train_set[0][0].shape[0])
+        if self.custom_model is None and cfg.size is None:  # the images' own size, known now
+            cfg.check_model(tuple(self.train_set[0][0].shape[-2:]), self.in_channels)
         if state is not None:
             check_classes(list(state["classes"]), self.classes, f"training split {cfg.train_split!r} of {cfg.data}")
 
