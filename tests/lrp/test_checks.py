@@ -41,8 +41,8 @@ def test_eps_must_be_a_positive_finite_number(entry: str, eps: object) -> None:
     assert info.value.params == ("eps",)
 
 
-def test_eps_zero_gave_nan_heatmaps_before() -> None:
-    """What eps = 0 did (the reason for the check): a tiny positive eps gives finite heatmaps on the same model."""
+def test_a_tiny_positive_eps_gives_finite_heatmaps() -> None:
+    """The fix the eps message suggests for near-exact rules works: finite heatmaps."""
     heat = ik.explain(_model(), _x(), 0, eps=1e-12)
     assert torch.isfinite(heat).all()
 
