@@ -187,9 +187,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 # --- messages in the command line's terms ------------------------------------------------------------------------
 #: Python parameter names of the functions a command calls that differ from the command's option (its ``dest``).
-PARAMETER_ALIASES = {"data": {"per_class_train": "per_class", "progress": "quiet"},
-                     "eval": {"which": "checkpoint", "root": "data", "progress": "quiet"},
-                     "explain": {"which": "checkpoint", "mask": "mask"}}
+PARAMETER_ALIASES = {"data": {"per_class_train": "per_class"}, "eval": {"which": "checkpoint", "root": "data"},
+                     "explain": {"which": "checkpoint"}}
 _VALUE = r"""(\([^)]*\)|\[[^\]]*\]|'[^']*'|"[^"]*"|[^\s,;:)]+)"""
 
 
@@ -215,10 +214,8 @@ def command_line_message(message: str, flags: dict[str, argparse.Action], params
 
     def assign(action: argparse.Action, value: str) -> str:
         flag = _flag(action)
-        if isinstance(action, argparse._StoreTrueAction):
-            return flag if value == "True" else f"no {flag}"
-        if isinstance(action, argparse._StoreFalseAction):
-            return flag if value == "False" else f"no {flag}"
+        if action.nargs == 0 and isinstance(action.const, bool):  # store_true / store_false: the flag sets const
+            return flag if value == str(action.const) else f"no {flag}"
         if value[:1] in "([{":
             return f"{flag} {action.metavar or action.dest.upper()}"
         return f"{flag} {value.strip(chr(39) + chr(34))}"

@@ -170,6 +170,10 @@ class ISNet(nn.Module):
         each (the original variant): a positive int, or None (default) to choose it from the memory available
         (:func:`~isnet_kernels.isnet.chunking.auto_map_chunk`). Heatmaps and gradients do not depend on it.
 
+    Checks (:class:`~isnet_kernels.ISNetError`): ``eps`` and ``bounds`` here; in a call with heatmaps the input
+    (as :meth:`LRP.check` without synchronisation: the Z^B bounds for CPU inputs) and the labels
+    (:meth:`choose_classes`: out-of-range CPU labels raise, accelerator labels give NaN maps).
+
     ``isnet(x, labels=None, heatmaps=None)`` returns an :class:`ISNetOutput`. ``heatmaps`` defaults to
     ``self.training``: training calls return logits and heatmaps (B, M, C, H, W); eval calls cost one plain forward.
     After each call with heatmaps, ``last_map_chunk`` holds the chunk size used (M when not chunked).

@@ -265,10 +265,14 @@ class LRP:
         listed in README (``isnet_kernels.lrp.SUPPORTED``, from the rule registry). Traced with ``torch.fx`` at
         construction;
         unsupported layers raise :class:`~isnet_kernels.UnsupportedLayerError` here.
-    eps : the stabiliser of every rule, ``stab(z) = z + eps * sign(z)``.
+    eps : the stabiliser of every rule, ``stab(z) = z + eps * sign(z)``: a positive number (0 would divide by zero
+        pre-activations: NaN heatmaps).
     first_layer : ``"zb"`` for the Z^B rule on the layers that read the input, ``"epsilon"`` for epsilon there too.
-    bounds : ``(low, high)`` of the input values for Z^B: floats, or tensors of shape (C,) for normalised inputs.
-    check_input : check the input for NaN/Inf (one host synchronisation per call).
+    bounds : ``(low, high)`` of the input values for Z^B: floats, or tensors of shape (C,) for normalised inputs;
+        finite, with ``low <= high``. Inputs outside them are refused (:meth:`check`).
+    check_input : check the input for NaN/Inf and, for Z^B, the bounds (one host synchronisation per call; without
+        it the bounds are checked for CPU inputs only). The input's dtype must be the model's (outside autocast),
+        the batch not empty, and the model's output (B, K) logits: checked always, without synchronisation.
     backend : ``"auto"`` (default; or ``$ISNET_KERNELS_BACKEND``), ``"reference"``, ``"cpp"`` or ``"triton"``:
         which kernels compute the relevance ops (see :mod:`isnet_kernels.dispatch`).
     batch_stats : how train-mode BatchNorm statistics enter the heatmap's gradient: ``"detached"`` (default, the
