@@ -104,7 +104,7 @@ def check_eps(eps: Any) -> float:
 def check_bounds(bounds: Any) -> tuple[Any, Any]:
     """``(low, high)`` of the Z^B rule, after checking that both are finite and ``low <= high`` everywhere (the
     rule's root point lies in the box ``low <= x <= high``). One host synchronisation for accelerator tensors."""
-    if isinstance(bounds, (str, bytes)) or not isinstance(bounds, Sequence) or len(bounds) != 2:
+    if isinstance(bounds, (str, bytes)) or not hasattr(bounds, "__len__") or len(bounds) != 2:
         raise InputError(f"bounds must be (low, high), got {bounds!r}", param="bounds")
     low, high = bounds
     try:
