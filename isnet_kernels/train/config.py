@@ -15,6 +15,7 @@ images per step (it must divide), so a run gives the same optimisation steps wha
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,6 +72,35 @@ def default_of(f: dataclasses.Field) -> Any:
     """The default value of a :class:`TrainConfig` field."""
     factory: Callable[[], Any] | Any = f.default_factory
     return factory() if factory is not dataclasses.MISSING else f.default
+
+
+#: The types of the architectures' constructor arguments, by their annotation.
+_ARGUMENT_TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "int": ("a positive int", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    "bool": ("True or False", lambda v: isinstance(v, bool)),
+    "float": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)),
+    "Sequence[int]": ("a tuple of positive ints, e.g. (6, 12, 24, 16)",
+                      lambda v: isinstance(v, (tuple, list)) and len(v) > 0
+                      and all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in v)),
+}
+
+
+def _check_model_kwargs(arch: str, kwargs: dict[str, Any]) -> None:
+    """Each model argument must be a parameter of the architecture's constructor, of the type it is annotated with
+    (the zoo's integer arguments are sizes: positive); ``num_classes`` and ``in_channels`` come from the data."""
+    parameters = inspect.signature(ARCHITECTURES[arch]).parameters
+    settable = [name for name in parameters if name not in ("num_classes", "in_channels")]
+    for name, value in kwargs.items():
+        if name in ("num_classes", "in_channels"):
+            raise TrainError(f"model_kwargs {name}={value!r}: {name} is set from the data set (its classes and its "
+                             "images' channels; channels=1 or channels=3 converts the images)", param="model_kwargs")
+        if name not in parameters:
+            raise TrainError(f"model_kwargs {name}={value!r}: architecture {arch!r} has no argument {name!r}; its "
+                             f"arguments are {', '.join(settable)}", param="model_kwargs")
+        kind = _ARGUMENT_TYPES.get(str(parameters[name].annotation))
+        if kind is not None and not kind[1](value):
+            raise TrainError(f"model_kwargs {name}={value!r}: {name} of architecture {arch!r} must be {kind[0]}",
+                             param="model_kwargs")
 
 
 def _takes(model: torch.nn.Module, channels: int, hw: tuple[int, int]) -> bool:
@@ -292,6 +322,7 @@ class TrainConfig:
         :class:`TrainError` names the setting (``model_kwargs`` or ``size``) and, for a too-small size, the
         smallest the architecture takes."""
         channels = in_channels or self.channels or 1
+        _check_model_kwargs(self.arch, self.model_kwargs)
         try:
             with torch.device("meta"):
                 model = build_model(self.arch, 2, channels, **self.model_kwargs)

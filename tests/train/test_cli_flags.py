@@ -50,8 +50,11 @@ def _one_line(rc: int, err: str, *needles: str) -> str:
     (["--C1", "100", "--C2", "1"], ["--C1 must not exceed --C2"]),
     (["--size", "3"], ["--size 3 is too small for architecture 'small'", "pass --size 8 or more"]),
     (["--arch", "vgg11", "--size", "16"], ["--size 16 is too small", "--size 32"]),
-    (["--model-arg", "width=banana"], ["--model-arg width='banana'", "width must be a positive int"]),
-    (["--model-arg", "depth=3"], ["--model-arg depth=3", "unexpected keyword argument 'depth'"]),
+    (["--model-arg", "width=banana"], ["--model-arg width='banana'", "must be a positive int"]),
+    (["--model-arg", "depth=3"], ["--model-arg depth=3", "architecture 'small' has no argument 'depth'"]),
+    (["--arch", "vgg11", "--model-arg", "batch_norm=maybe"], ["--model-arg batch_norm='maybe'", "True or False"]),
+    (["--arch", "densenet121", "--model-arg", "growth_rate=0"], ["--model-arg growth_rate=0", "positive int"]),
+    (["--model-arg", "in_channels=3"], ["--model-arg in_channels=3", "set from the data set", "--channels 1"]),
     (["--threads", "0"], ["--threads must be a positive int"]),
     (["--batch-size", "0"], ["--batch-size must be a positive int"]),
     (["--map-chunk", "0"], ["--map-chunk must be a positive int"]),
@@ -125,7 +128,7 @@ def test_train_config_validation_names_the_field() -> None:
     with pytest.raises(TrainError, match="size 3 is too small") as info:
         config.check_model()
     assert info.value.params == ("size",)
-    with pytest.raises(TrainError, match="model_kwargs width='banana' not accepted") as info:
+    with pytest.raises(TrainError, match="model_kwargs width='banana': width of architecture 'small' must be") as info:
         TrainConfig(data="d", out="r", model_kwargs={"width": "banana"}).check_model()
     assert info.value.params == ("model_kwargs",)
 
