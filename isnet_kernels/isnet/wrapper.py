@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, InputTypeError, TargetError
-from ..lrp.engine import LRP, BoundsLike, ForwardState, check_bounds, check_eps, check_input
+from ..lrp.engine import LRP, BoundsLike, ForwardState, check_bounds, check_eps, check_input, check_logits
 from ..lrp.graph import Program, module_output
 from .chunking import auto_map_chunk, bytes_per_map, check_map_chunk, chunked_relevance
 from .output import ISNetOutput
@@ -347,6 +347,7 @@ class ISNet(nn.Module):
             finally:
                 for hook in hooks:
                     hook.remove()
+            check_logits(logits, x.shape[0])
             targets = self.choose_classes(logits, labels)
             inputs = [xg, *(acts[name] for name in self.supervised)]
             maps: list[list[Tensor]] = [[] for _ in inputs]

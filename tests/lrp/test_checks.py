@@ -112,6 +112,9 @@ def test_a_model_whose_output_is_not_b_by_k(entry: str) -> None:
     kw = {"deep_supervision": False} if entry == "ISNet" else {}
     with pytest.raises(InputError, match=r"logits of shape \(B, K\) = \(2, K\).*got \(2, 3, 14, 14\)"):
         ENTRY_POINTS[entry](_Maps(), _x(), **kw)
+    if entry == "ISNet":
+        with pytest.raises(InputError, match=r"logits of shape \(B, K\)"):
+            ENTRY_POINTS[entry](_Maps(), _x(), heatmap="gradinput", **kw)
 
 
 @pytest.mark.parametrize("label", [3, -1, 100])
