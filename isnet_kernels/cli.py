@@ -22,6 +22,7 @@ import ast
 import dataclasses
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -186,7 +187,52 @@ def _build_parser() -> argparse.ArgumentParser:
     be.add_argument("--results", type=Path, help="folder for the JSON and tables (default benchmarks/results)")
     be.add_argument("--root", type=Path, help="repository root holding benchmarks/ (default: this package's)")
     be.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.commands = {"train": tr, "eval": ev, "explain": ex, "bench": be,  # type: ignore[attr-defined]
+                       **{f"data {name}": p for name, p in data_sub.choices.items()}}
     return parser
+
+
+# --- messages in the command line's terms ------------------------------------------------------------------------
+#: Python parameter names of the functions a command calls that differ from the command's option (its ``dest``).
+PARAMETER_ALIASES = {"data": {"per_class_train": "per_class"}, "eval": {"which": "checkpoint", "root": "data"},
+                     "explain": {"which": "checkpoint"}}
+_VALUE = r"""(\([^)]*\)|\[[^\]]*\]|'[^']*'|"[^"]*"|[^\s,;:)]+)"""
+
+
+def command_flags(parser: argparse.ArgumentParser, aliases: dict[str, str] | None = None
+                  ) -> dict[str, argparse.Action]:
+    """The options of a (sub)command by the Python name they stand for: their ``dest``, and the ``aliases``."""
+    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
+    for name, dest in (aliases or {}).items():
+        if dest in actions:
+            actions[name] = actions[dest]
+    return actions
+
+
+def _flag(action: argparse.Action) -> str:
+    return max(action.option_strings, key=len)
+
+
+def command_line_message(message: str, flags: dict[str, argparse.Action], params: Sequence[str] = ()) -> str:
+    """A package message in the command line's terms: a Python argument ``name=value`` of an option becomes the
+    option (``overwrite=True``: ``--overwrite``, ``channels=1``: ``--channels 1``, ``size=(H, W)``: ``--size
+    SIZE``), and the names of the parameters the error is about (``params``), and every name with an underscore
+    (unambiguous: ``batch_size``, ``model_kwargs``), become the option's flag."""
+
+    def assign(action: argparse.Action, value: str) -> str:
+        flag = _flag(action)
+        if action.nargs == 0 and isinstance(action.const, bool):  # store_true / store_false: the flag sets const
+            return flag if value == str(action.const) else f"no {flag}"
+        if value[:1] in "([{":
+            return f"{flag} {action.metavar or action.dest.upper()}"
+        return f"{flag} {value.strip(chr(39) + chr(34))}"
+
+    for name, action in sorted(flags.items(), key=lambda item: -len(item[0])):
+        message = re.sub(rf"(?<![\w.-]){re.escape(name)}={_VALUE}", lambda m, a=action: assign(a, m.group(1)),
+                         message)
+        if "_" in name or name in params:
+            message = re.sub(rf"(?<![\w.'\"-]){re.escape(name)}(?![\w'\"=(])", _flag(action), message)
+    return message
 
 
 # --- commands ----------------------------------------------------------------------------------------------------
@@ -201,7 +247,9 @@ def _cmd_data(args: argparse.Namespace) -> int:
         info = writer(args.root, size=args.size, per_class_train=args.per_class, per_class_val=args.per_class_val,
                       per_class_test=args.per_class_test, seed=args.seed, progress=not args.quiet,
                       overwrite=args.overwrite, train_clean=args.train_clean, **extra[args.dataset])
-    except ValueError as exc:
+    except ISNetError:
+        raise
+    except ValueError as exc:  # a value another library refused
         raise CommandError(str(exc)) from None
     counts = ", ".join(f"{split} {n}" for split, n in info["counts"].items())
     print(f"wrote {args.dataset.replace('-', ' ')} to {info['root']}: {info['size']}x{info['size']} px, "
@@ -344,7 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except ISNetError as exc:
-        print(f"isnet {args.command}{where}: error: {_one_line(exc)}", file=sys.stderr)
+        message = _in_command_terms(exc, args, parser.commands)
+        print(f"isnet {args.command}{where}: error: {_one_line(message)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"isnet {args.command}{where}: interrupted", file=sys.stderr)
@@ -357,8 +406,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException | str) -> str:
     return " ".join(str(exc).split())
+
+
+def _in_command_terms(exc: ISNetError, args: argparse.Namespace,
+                      commands: dict[str, argparse.ArgumentParser]) -> str:
+    """The message of ``exc`` naming the command's flags (:func:`command_line_message`)."""
+    key = f"data {args.dataset}" if args.command == "data" else args.command
+    parser = commands.get(key)
+    if parser is None:
+        return str(exc)
+    return command_line_message(str(exc), command_flags(parser, PARAMETER_ALIASES.get(args.command)),
+                                getattr(exc, "params", ()))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import os
 
 import torch
 
-from .errors import BackendUnavailableError
+from .errors import BackendUnavailableError, InputError
 from .ops.primitives import TorchPrimitives
 
 BACKENDS = ("auto", "reference", "torch", "cpp", "triton", "cuda")
@@ -78,7 +78,7 @@ def resolve(backend: str | None, device: torch.device) -> str:
     name = backend if backend is not None else os.environ.get(ENV_VAR, "auto")
     if name not in BACKENDS:
         source = "backend" if backend is not None else ENV_VAR
-        raise ValueError(f"{source}={name!r} is not a backend; choose one of {BACKENDS}")
+        raise InputError(f"{source}={name!r} is not a backend; choose one of {BACKENDS}")
     if name == "auto":
         if device.type == "cuda" and triton_status()[0]:
             return AUTO_TRITON
@@ -122,4 +122,4 @@ def primitives(name: str) -> TorchPrimitives | None:
         from .triton import TritonPrimitives
 
         return TritonPrimitives(fallback=name == AUTO_TRITON)
-    raise ValueError(f"unknown backend {name!r}")
+    raise InputError(f"unknown backend {name!r}")

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import InputError
+
 ArrayLike = Tensor | np.ndarray
 
 __all__ = ["heatmap_to_rgb", "overlay", "save_heatmap_grid"]
@@ -36,7 +38,7 @@ def _heatmap_2d(heatmap: ArrayLike) -> np.ndarray:
     if h.ndim == 3:
         h = h.sum(axis=0)
     if h.ndim != 2:
-        raise ValueError(f"heatmap must have shape (H, W) or (C, H, W), got {tuple(h.shape)}")
+        raise InputError(f"heatmap must have shape (H, W) or (C, H, W), got {tuple(h.shape)}")
     return np.nan_to_num(h, nan=0.0, posinf=0.0, neginf=0.0)
 
 
@@ -85,7 +87,7 @@ def _image_rgb(image: ArrayLike) -> np.ndarray:
     if img.ndim == 2:
         img = img[..., None]
     if img.ndim != 3 or img.shape[-1] not in (1, 3):
-        raise ValueError(
+        raise InputError(
             f"image must have shape (H, W), (C, H, W) or (H, W, C) with C in (1, 3), got {tuple(img.shape)}"
         )
     img = np.nan_to_num(img)
@@ -119,11 +121,11 @@ def overlay(image: ArrayLike, heatmap: ArrayLike, alpha: float = 0.5) -> np.ndar
         ``(1 - alpha) * image + alpha * heatmap_to_rgb(heatmap)``.
     """
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+        raise InputError(f"alpha must lie in [0, 1], got {alpha}")
     img = _image_rgb(image)
     heat = heatmap_to_rgb(heatmap).astype(np.float64) / 255.0
     if img.shape[:2] != heat.shape[:2]:
-        raise ValueError(f"image is {img.shape[:2]} but heatmap is {heat.shape[:2]}; they must match")
+        raise InputError(f"image is {img.shape[:2]} but heatmap is {heat.shape[:2]}; they must match")
     out = (1.0 - alpha) * img + alpha * heat
     return np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
 
@@ -183,15 +185,15 @@ def save_heatmap_grid(
     mask_rows = _rows(masks) if masks is not None else None
     n = len(image_rows)
     if n == 0:
-        raise ValueError("save_heatmap_grid needs at least one image")
+        raise InputError("save_heatmap_grid needs at least one image")
     if len(heat_rows) != n:
-        raise ValueError(f"got {n} images but {len(heat_rows)} heatmaps")
+        raise InputError(f"got {n} images but {len(heat_rows)} heatmaps")
     if titles is not None and len(titles) != n:
-        raise ValueError(f"got {n} images but {len(titles)} titles")
+        raise InputError(f"got {n} images but {len(titles)} titles")
     if mask_rows is not None and len(mask_rows) != n:
-        raise ValueError(f"got {n} images but {len(mask_rows)} masks")
+        raise InputError(f"got {n} images but {len(mask_rows)} masks")
     if per_row < 1:
-        raise ValueError(f"per_row must be a positive int, got {per_row}")
+        raise InputError(f"per_row must be a positive int, got {per_row}")
 
     heat_lists: list[list[ArrayLike]] = []
     for h in heat_rows:
@@ -201,7 +203,7 @@ def save_heatmap_grid(
         elif ndim in (2, 3):
             heat_lists.append([h])
         else:
-            raise ValueError(f"each heatmap must have shape (H, W), (C, H, W) or (M, C, H, W), got {ndim} dims")
+            raise InputError(f"each heatmap must have shape (H, W), (C, H, W) or (M, C, H, W), got {ndim} dims")
     n_maps = max(len(hs) for hs in heat_lists)
     panels = 1 + n_maps + (1 if mask_rows is not None else 0)
     per_row = min(per_row, n)

@@ -56,6 +56,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..errors import InputError, MissingDependencyError
 from .errors import DataError
 
 __all__ = ["CLEAN_SPLIT", "SPLITS", "artefact_positions", "write_biased_digits"]
@@ -87,7 +88,7 @@ def artefact_positions(size: int = 32) -> list[tuple[int, int, int]]:
         that starts at the canvas's top-left corner (position ``k`` at path length ``floor(0.4 * t * k)``).
     """
     if size < 24:
-        raise ValueError(f"size must be at least 24 pixels, got {size}")
+        raise InputError(f"size must be at least 24 pixels, got {size}", param="size")
     side = _border(size) - 1
     t = size - side
     positions = []
@@ -168,7 +169,7 @@ def _prepare_root(root: Path, overwrite: bool, name: str = _NAME) -> None:
 
 def _check_count(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise InputError(f"{name} must be a positive int, got {value!r}", param=name)
     return value
 
 
@@ -254,12 +255,13 @@ def write_biased_digits(
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
+        raise MissingDependencyError(
             "write_biased_digits reads scikit-learn's handwritten digits: pip install scikit-learn"
         ) from exc
     positions = artefact_positions(size)  # validates size
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < 1:
-        raise ValueError(f"noise must be a number in [0, 1), the background's highest grey level, got {noise!r}")
+        raise InputError(f"noise must be a number in [0, 1), the background's highest grey level, got {noise!r}",
+                         param="noise")
     counts_per_class = {
         "train": _check_count("per_class_train", per_class_train),
         "val": _check_count("per_class_val", per_class_val),

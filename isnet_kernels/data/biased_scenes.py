@@ -54,6 +54,7 @@ from tqdm import tqdm
 
 from . import biased_digits as _bd
 from . import biased_tags as _bt
+from ..errors import MissingDependencyError
 from .errors import DataError
 
 SPLITS = ("train", "val", "test_biased", "test_unbiased", "test_confounding", "train_clean")
@@ -73,8 +74,8 @@ def load_photographs(names: tuple[str, ...] = PHOTOGRAPHS) -> dict[str, np.ndarr
     try:
         import skimage.data
     except ImportError as exc:
-        raise DataError("the biased scenes are drawn on scikit-image's photographs: pip install scikit-image "
-                        "(or pip install 'isnet-kernels[data]')") from exc
+        raise MissingDependencyError("the biased scenes are drawn on scikit-image's photographs: pip install "
+                                     "scikit-image (or pip install 'isnet-kernels[data]')") from exc
     out = {}
     for name in names:
         a = np.asarray(getattr(skimage.data, name)(), dtype=np.float32)
@@ -150,17 +151,19 @@ def write_biased_scenes(
     Raises
     ------
     DataError
-        A bad argument, ``root`` already holding a data set (without ``overwrite``), or scikit-image or
-        scikit-learn missing.
+        A bad argument, or ``root`` already holding a data set (without ``overwrite``).
+    MissingDependencyError
+        scikit-image or scikit-learn is not installed.
     """
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise DataError("the biased scenes use scikit-learn's digits: pip install scikit-learn") from exc
+        raise MissingDependencyError("the biased scenes use scikit-learn's digits: pip install scikit-learn") from exc
     if isinstance(size, bool) or not isinstance(size, int) or size < MIN_SIZE:
-        raise DataError(f"the image size must be an integer of at least {MIN_SIZE} pixels (--size), got {size!r}")
+        raise DataError(f"size must be an integer of at least {MIN_SIZE} pixels, got {size!r}", param="size")
     if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not 0.0 <= bias <= 1.0:
-        raise DataError(f"the bias fraction must be between 0 and 1 (--bias), got {bias!r}")
+        raise DataError(f"bias (the fraction of images on their own class's scene) must be between 0 and 1, got "
+                        f"{bias!r}", param="bias")
     per_class = {"train": _bd._check_count("per_class_train", per_class_train),
                  "val": _bd._check_count("per_class_val", per_class_val),
                  "test": _bd._check_count("per_class_test", per_class_test)}

@@ -57,6 +57,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+from ..errors import InputError, MissingDependencyError
 from . import biased_digits as _bd
 from .biased_digits import MASK_THRESHOLD, NUM_CLASSES, POOL_FRACTIONS
 from .errors import DataError
@@ -233,11 +234,11 @@ def write_biased_tags(
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("write_biased_tags reads scikit-learn's digits and photographs: pip install scikit-learn"
-                          ) from exc
+        raise MissingDependencyError("write_biased_tags reads scikit-learn's digits and photographs: pip install "
+                                     "scikit-learn") from exc
     if isinstance(size, bool) or not isinstance(size, int) or size < MIN_SIZE:
-        raise ValueError(f"size must be an int of at least {MIN_SIZE} pixels (room for a tag beside the digit), "
-                         f"got {size!r}")
+        raise InputError(f"size must be an int of at least {MIN_SIZE} pixels (room for a tag beside the digit), "
+                         f"got {size!r}", param="size")
     per_class = {"train": _bd._check_count("per_class_train", per_class_train),
                  "val": _bd._check_count("per_class_val", per_class_val),
                  "test": _bd._check_count("per_class_test", per_class_test)}

@@ -12,6 +12,11 @@ relative path under ``masks/``. Image and mask files may be ``.png``, ``.jpg``, 
 letter case); a mask is looked up by the image's relative path and stem, preferring the image's own extension.
 Hidden files and folders (names starting with ``.``) and files with other extensions are ignored.
 
+Symbolic links: a link to an image file is read as that file. A link to a folder (a split, a class or a
+sub-folder) is followed only when it points inside the data set folder and to a folder the walk has not entered
+yet; a link out of the data set, or back to a folder on the way (a loop) or already walked (a second path to the
+same images, which would count them twice), is a :class:`DataError` naming the link, never followed in silence.
+
 A mask pixel is foreground when it is nonzero in any colour channel (an alpha channel is ignored), so a
 black-and-white PNG, a 0/1 label map or a colour annotation all work. Masks should be stored lossless (PNG,
 BMP): JPEG compression leaves faint nonzero noise around the edges, which counts as foreground.
@@ -34,6 +39,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from ..errors import InputError
 from .errors import DataError
 
 __all__ = ["IMAGE_EXTENSIONS", "MaskedImageFolder", "splits"]
@@ -69,9 +75,41 @@ def _check_root(root: Path) -> Path:
     return images
 
 
-def _subfolders(folder: Path) -> list[str]:
-    """Names of the non-hidden sub-folders of ``folder``, sorted."""
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _linked_folder(link: str, root: str, visited: set[str]) -> str | None:
+    """The real path of the folder a symbolic link ``link`` points to, when the walk may follow it (inside the data
+    set folder ``root``, not visited yet); None for a link to something that is not a folder. Raises
+    :class:`DataError` for a link out of the data set or to a folder already visited (a loop, or a second path)."""
+    target = os.path.realpath(link)
+    if not os.path.isdir(target):
+        return None
+    if not _inside(target, root):
+        raise DataError(f"{link} is a symbolic link to {target}, outside the data set folder {root}; data folders are "
+                        "read without following links out of the data set: move or copy that folder into the data "
+                        "set, or remove the link")
+    if target in visited:
+        raise DataError(f"{link} is a symbolic link to {target}, a folder already read on this path (a loop, or a "
+                        "second path to the same images, which would count them twice or under another class): "
+                        "remove the link")
+    return target
+
+
+def _subfolders(folder: Path, root: Path | None = None) -> list[str]:
+    """Names of the non-hidden sub-folders of ``folder``, sorted; a sub-folder that is a symbolic link must point
+    to a folder inside ``root`` (default: ``folder``'s parent) that is not ``folder`` or above it."""
+    real = os.path.realpath(folder)
+    base = os.path.realpath(root if root is not None else folder.parent)
+    ancestors = {real, *(str(p) for p in Path(real).parents if _inside(str(p), base))}
+    names = []
+    for entry in os.scandir(folder):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir(follow_symlinks=False) or (entry.is_symlink() and _linked_folder(entry.path, base, ancestors)):
+            names.append(entry.name)
+    return sorted(names)
 
 
 def splits(root: str | os.PathLike[str]) -> list[str]:
@@ -82,18 +120,46 @@ def splits(root: str | os.PathLike[str]) -> list[str]:
     DataError
         ``root`` or ``ROOT/images`` does not exist.
     """
-    return _subfolders(_check_root(Path(root)))
+    return _subfolders(_check_root(Path(root)), Path(root))
 
 
-def _image_files(class_dir: Path) -> list[str]:
-    """Relative paths (with ``/``) of the image files under ``class_dir``, recursively, sorted."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel_dir = os.path.relpath(dirpath, class_dir)
-        for name in filenames:
-            if _is_image_name(name):
-                found.append(name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/"))
+def _image_files(class_dir: Path, root: Path, visited: set[str]) -> list[str]:
+    """Relative paths (with ``/``) of the image files under ``class_dir``, recursively, sorted.
+
+    Links to folders are followed only inside the data set folder ``root`` and to folders not entered yet
+    (``visited``, shared by the class folders of a split, plus the folders from ``root`` down): a loop, a second
+    path to a folder or a link out of the data set is a :class:`DataError` (module docstring). Links to files are
+    read as files."""
+    base = os.path.realpath(root)
+    start = os.path.realpath(class_dir)
+    visited.update(str(p) for p in Path(start).parents if _inside(str(p), base))
+    if class_dir.is_symlink():
+        _linked_folder(str(class_dir), base, visited)
+    elif start in visited:
+        raise DataError(f"{class_dir} was read already through a symbolic link to it (its images would count twice, "
+                        "under two classes): remove the link")
+    visited.add(start)
+    found: list[str] = []
+
+    def walk(folder: str, rel: str) -> None:
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if entry.name.startswith("."):
+                continue
+            path = f"{rel}/{entry.name}" if rel else entry.name
+            if entry.is_dir(follow_symlinks=False):
+                visited.add(os.path.realpath(entry.path))
+                walk(entry.path, path)
+            elif entry.is_symlink():
+                target = _linked_folder(entry.path, base, visited)
+                if target is not None:
+                    visited.add(target)
+                    walk(entry.path, path)
+                elif _is_image_name(entry.name):
+                    found.append(path)  # a link to a file (or a dangling one: an error naming it when read)
+            elif _is_image_name(entry.name) and entry.is_file():
+                found.append(path)
+
+    walk(str(class_dir), "")
     return sorted(found)
 
 
@@ -138,9 +204,9 @@ def _normalise_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
     try:
         h, w = (int(s) for s in size)
     except (TypeError, ValueError):
-        raise ValueError(f"size must be None, an int or a pair (H, W) of ints, got {size!r}") from None
+        raise InputError(f"size must be None, an int or a pair (H, W) of ints, got {size!r}", param="size") from None
     if h <= 0 or w <= 0 or tuple(size) != (h, w):
-        raise ValueError(f"size must be positive integers (H, W), got {size!r}")
+        raise InputError(f"size must be positive integers (H, W), got {size!r}", param="size")
     return h, w
 
 
@@ -206,7 +272,7 @@ class MaskedImageFolder(Dataset):
         masks: bool = True,
     ) -> None:
         if channels not in (None, 1, 3):
-            raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
+            raise InputError(f"channels must be None, 1 or 3, got {channels!r}", param="channels")
         self.root = Path(root)
         self.split = str(split)
         self.size = _normalise_size(size)
@@ -216,12 +282,14 @@ class MaskedImageFolder(Dataset):
         images_root = _check_root(self.root)
         image_dir = images_root / self.split
         if not image_dir.is_dir():
-            available = _subfolders(images_root)
+            available = _subfolders(images_root, self.root)
             raise DataError(
                 f"split folder {image_dir} does not exist; the splits of {self.root} are "
                 f"{available if available else '(none)'}: pick one of them or create the folder"
             )
-        self.classes: list[str] = _subfolders(image_dir)
+        if image_dir.is_symlink():  # a split folder that is a link: inside the data set only
+            _linked_folder(str(image_dir), os.path.realpath(self.root), {os.path.realpath(images_root)})
+        self.classes: list[str] = _subfolders(image_dir, self.root)
         if not self.classes:
             raise DataError(
                 f"split folder {image_dir} holds no class folders; put the images of each class in their own "
@@ -233,14 +301,15 @@ class MaskedImageFolder(Dataset):
         if self.masks and not mask_dir.is_dir():
             raise DataError(
                 f"mask folder {mask_dir} does not exist; write each image's mask at the same relative path "
-                f"under {self.root / 'masks'} (e.g. {mask_dir}/<class>/<name>.png), or pass masks=False to read "
-                f"the images without masks"
+                f"under {self.root / 'masks'} (e.g. {mask_dir}/<class>/<name>.png), or read the images without "
+                f"masks (MaskedImageFolder(..., masks=False), from Python)"
             )
 
         self.samples: list[tuple[str, str | None, int]] = []
+        visited: set[str] = set()  # real paths of the folders read, across the split's classes
         mask_index: dict[Path, dict[str, list[str]]] = {}  # folder -> stem -> mask file names there
         for label, cls in enumerate(self.classes):
-            files = _image_files(image_dir / cls)
+            files = _image_files(image_dir / cls, self.root, visited)
             if not files:
                 raise DataError(
                     f"class folder {image_dir / cls} holds no images ({_EXTENSIONS_TEXT}); add its images or "
@@ -272,8 +341,8 @@ class MaskedImageFolder(Dataset):
             where = "" if folder.is_dir() else f" (the folder {folder} does not exist)"
             raise DataError(
                 f"no mask for image {image_path}: expected {expected} (or the same stem with "
-                f"{_EXTENSIONS_TEXT}){where}; write the mask there, or pass masks=False to read the images "
-                f"without masks"
+                f"{_EXTENSIONS_TEXT}){where}; write the mask there, or read the images "
+                f"without masks (MaskedImageFolder(..., masks=False), from Python)"
             )
         order = [ext.lower(), *IMAGE_EXTENSIONS]  # the image's own extension first
         best = min(candidates, key=lambda n: (order.index(os.path.splitext(n)[1].lower()), n))

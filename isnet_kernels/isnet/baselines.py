@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .loss import prepare_mask
+from ..errors import InputError
+from .loss import check_labels, nan_where_invalid, prepare_mask
 
 #: The RRR weight for inputs in [0, 1] (module docstring).
 DEFAULT_LAMBDA = 10.0
@@ -54,14 +55,14 @@ class RRRLossOutput:
 def log_probability_gradient(logits: Tensor, x: Tensor, create_graph: bool = True) -> Tensor:
     """``d/dx sum_{b, k} log softmax(logits)_{b, k}``, shape of ``x``; ``logits`` must be computed from ``x``."""
     if not isinstance(x, Tensor) or not x.requires_grad:
-        raise ValueError("the input gradient needs the input on the autograd graph: call x.requires_grad_(True) "
+        raise InputError("the input gradient needs the input on the autograd graph: call x.requires_grad_(True) "
                          "before the model's forward, then pass the logits of model(x) and that x")
     if not logits.requires_grad:
-        raise ValueError("the logits carry no autograd graph: compute them from x with gradients enabled "
+        raise InputError("the logits carry no autograd graph: compute them from x with gradients enabled "
                          "(not under torch.no_grad)")
     (grad,) = torch.autograd.grad(F.log_softmax(logits, -1).sum(), x, create_graph=create_graph, allow_unused=True)
     if grad is None:
-        raise ValueError("the logits do not depend on x: pass the x the model's forward was called with")
+        raise InputError("the logits do not depend on x: pass the x the model's forward was called with")
     return grad
 
 
@@ -88,7 +89,7 @@ class RRRLoss(nn.Module):
     def __init__(self, lam: float = DEFAULT_LAMBDA, check_masks: bool = True):
         super().__init__()
         if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
-            raise ValueError(f"lam must be a non-negative number, got {lam!r}")
+            raise InputError(f"lam must be a non-negative number, got {lam!r}")
         self.lam, self.check_masks = float(lam), check_masks
 
     def extra_repr(self) -> str:
@@ -96,13 +97,12 @@ class RRRLoss(nn.Module):
 
     def forward(self, logits: Tensor, x: Tensor, labels: Tensor, masks: Tensor) -> RRRLossOutput:
         if not isinstance(logits, Tensor) or logits.dim() != 2:
-            raise ValueError(f"logits must have shape (B, K), got "
+            raise InputError(f"logits must have shape (B, K), got "
                              f"{tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__}")
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[0] != logits.shape[0]:
-            raise ValueError(f"x must be the (B, C, H, W) input of the logits' forward, B = {logits.shape[0]}")
-        if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
-            raise ValueError(f"labels must be a LongTensor of shape (B,) = ({logits.shape[0]},)")
-        ce = F.cross_entropy(logits, labels)
+            raise InputError(f"x must be the (B, C, H, W) input of the logits' forward, B = {logits.shape[0]}")
+        # accelerator labels out of range: a NaN loss (no synchronisation), which the trainer's check reports
+        ce = nan_where_invalid(F.cross_entropy(logits, check_labels(labels, logits)), labels, logits.shape[1])
         grad = log_probability_gradient(logits, x, create_graph=torch.is_grad_enabled())
         background = 1 - prepare_mask(masks, x.shape[0], tuple(x.shape[-2:]), grad.dtype, grad.device,
                                       self.check_masks)[:, 0]  # (B, 1, H, W)

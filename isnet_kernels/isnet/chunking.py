@@ -25,6 +25,8 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import InputError
+
 #: The share of the available memory one chunk's relevance graph may take (the heatmaps, the loss on them, their
 #: gradients and other processes need the rest).
 MEMORY_SHARE = 0.25
@@ -103,7 +105,7 @@ def check_map_chunk(map_chunk: int | None) -> int | None:
     if map_chunk is None:
         return None
     if isinstance(map_chunk, bool) or not isinstance(map_chunk, int) or map_chunk < 1:
-        raise ValueError(f"map_chunk must be a positive number of maps per chunk, or None to choose it from the "
+        raise InputError(f"map_chunk must be a positive number of maps per chunk, or None to choose it from the "
                          f"memory available; got {map_chunk!r}")
     return map_chunk
 

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import InputError, InputTypeError, NonFiniteLossError, TargetError
 from .output import ISNetOutput
 
 FOREGROUND_RULES = ("hybrid", "l2")
@@ -54,7 +55,7 @@ def _gwrp_weights(n: int, d: float, dtype: torch.dtype, device: torch.device) ->
 def gwrp(v: Tensor, d: float) -> Tensor:
     """Global weighted ranked pooling over the last axis: ``sum_i d^i v_(i) / sum_i d^i``, v sorted descending."""
     if not 0 <= d <= 1:
-        raise ValueError(f"the GWRP decay d must be in [0, 1] (0: max, 1: mean), got {d}")
+        raise InputError(f"the GWRP decay d must be in [0, 1] (0: max, 1: mean), got {d}")
     n = v.shape[-1]
     ranked = v.sort(dim=-1, descending=True).values
     return ranked @ _gwrp_weights(n, float(d), v.dtype, v.device)
@@ -70,21 +71,21 @@ def prepare_mask(masks: Tensor, batch: int, size: tuple[int, int], dtype: torch.
     loss does, in its finiteness check), and is not checked when ``flags`` is None.
     """
     if not isinstance(masks, Tensor):
-        raise TypeError(f"masks must be a torch.Tensor of shape (B, 1, H, W), got {type(masks).__name__}")
+        raise InputTypeError(f"masks must be a torch.Tensor of shape (B, 1, H, W), got {type(masks).__name__}")
     if masks.dim() == 3:
         masks = masks.unsqueeze(1)
     if masks.dim() != 4 or masks.shape[1] != 1:
-        raise ValueError(f"masks must have shape (B, 1, H, W) or (B, H, W), one foreground mask per image, got "
+        raise InputError(f"masks must have shape (B, 1, H, W) or (B, H, W), one foreground mask per image, got "
                          f"{tuple(masks.shape)}; reduce colour masks to one channel, e.g. masks.amax(1, keepdim=True)")
     if masks.shape[0] != batch:
-        raise ValueError(f"masks hold {masks.shape[0]} images but the batch has {batch}; pass one mask per image, "
+        raise InputError(f"masks hold {masks.shape[0]} images but the batch has {batch}; pass one mask per image, "
                          "in the same order")
     if masks.dtype != torch.bool and check:
         bad = (masks != 0) & (masks != 1)
         if masks.device.type == "cpu":
             if bool(bad.any()):
                 values = masks[bad].unique()[:5].tolist()
-                raise ValueError(f"masks must be binary (0 = background, 1 = foreground), found values such as "
+                raise InputError(f"masks must be binary (0 = background, 1 = foreground), found values such as "
                                  f"{values}; binarise them first, e.g. masks = (masks > 0.5).float()")
         elif flags is not None:  # no host synchronisation on accelerators: read with the loss's finiteness check
             flags.append(bad.any())
@@ -100,31 +101,95 @@ def _per_map(value: float | Sequence[float] | Tensor, M: int, like: Tensor, name
     if t.dim() == 0:
         return t
     if t.dim() != 1 or t.shape[0] != M:
-        raise ValueError(f"{name} must be a number or one value per map ({M} here), got shape {tuple(t.shape)}")
+        raise InputError(f"{name} must be a number or one value per map ({M} here), got shape {tuple(t.shape)}")
     return t
 
 
 Cut = float | tuple[float, ...]
 
 
-def _check_cut(value: float | Sequence[float] | dict[str, float | Sequence[float]], name: str
+def check_cut(value: float | Sequence[float] | dict[str, float | Sequence[float]], name: str
                ) -> Cut | dict[str, Cut]:
     """A C1/C2 value: a number, one number per map, or either per level (``{"input": ..., "layer2": ...}``)."""
     if isinstance(value, dict):
         if "input" not in value:
-            raise ValueError(f"{name} given per level must include the 'input' level, got levels {list(value)}")
-        return {str(k): _check_cut(v, f"{name}[{k!r}]") for k, v in value.items()}
+            raise InputError(f"{name} given per level must include the 'input' level, got levels {list(value)}")
+        return {str(k): check_cut(v, f"{name}[{k!r}]") for k, v in value.items()}
     values = [value] if isinstance(value, (int, float)) else list(value)
     if not values or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"{name} must be positive: a number, one per map, or a dict of those per level; got {value!r}")
+        raise InputError(f"{name} must be positive: a number, one per map, or a dict of those per level; got {value!r}")
     return float(value) if isinstance(value, (int, float)) else tuple(float(v) for v in values)
+
+
+def check_band(C1: Cut | dict[str, Cut], C2: Cut | dict[str, Cut]) -> None:
+    """Raise unless ``C1 <= C2`` wherever both are given (per map and per level): the foreground term keeps the
+    total relevance ``F`` in the band ``[C1, C2]``, its left side firing below C1 and its right side above C2, so
+    with ``C1 > C2`` no ``F`` satisfies both and the loss cannot reach its minimum. (``C1 = C2`` is allowed: a
+    band of one value, what :func:`~isnet_kernels.tune_cut` chooses for totals without spread.)"""
+    levels = sorted(set(C1 if isinstance(C1, dict) else ()) | set(C2 if isinstance(C2, dict) else ())) or [None]
+    for level in levels:
+        c1 = C1.get(level) if isinstance(C1, dict) else C1
+        c2 = C2.get(level) if isinstance(C2, dict) else C2
+        if c1 is None or c2 is None:
+            continue
+        ones = c1 if isinstance(c1, tuple) else (c1,)
+        twos = c2 if isinstance(c2, tuple) else (c2,)
+        if len(ones) > 1 and len(twos) > 1 and len(ones) != len(twos):
+            raise InputError(f"C1 and C2 give {len(ones)} and {len(twos)} values per map{_where(level)}; give the "
+                             "same number (one per map) or a single number", param=("C1", "C2"))
+        pairs = zip(ones * (len(twos) if len(ones) == 1 else 1), twos * (len(ones) if len(twos) == 1 else 1))
+        for one, two in pairs:
+            if one > two:
+                raise InputError(f"C1 must not exceed C2{_where(level)}, got {one:g} > {two:g}: the foreground "
+                                 "term keeps the total relevance between its lower bound C1 and its upper bound C2, "
+                                 "which leaves no room when the lower is above the upper (the defaults are 1 and 25; "
+                                 "tune_cut chooses both from the data)", param=("C1", "C2"))
+
+
+def _where(level: str | None) -> str:
+    return "" if level is None else f" at level {level!r}"
+
+
+def check_labels(labels: Tensor, logits: Tensor, flags: list[Tensor] | None = None) -> Tensor:
+    """Labels (B,) for ``logits`` (B, K), checked: an integer tensor of classes ``0 .. K - 1``.
+
+    CPU labels are checked at once (:class:`~isnet_kernels.errors.TargetError`). Labels on an accelerator are not
+    read back (no host synchronisation, and no device-side assertion, which would end the process's use of the
+    device): out-of-range labels are replaced by class 0, their images' losses made NaN, and the check's result
+    (a device bool, True when some label is out of range) appended to ``flags`` for the caller to read when it
+    synchronises anyway. Returns the labels to use.
+    """
+    B, K = logits.shape
+    if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != B:
+        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise InputError(f"labels must be a LongTensor of shape (B,) = ({B},), got {shape}", param="labels")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise InputTypeError(f"labels must be an integer (Long) tensor of class indices, got {labels.dtype}",
+                             param="labels")
+    if labels.device.type == "cpu":
+        if B and (int(labels.min()) < 0 or int(labels.max()) >= K):
+            bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+            raise TargetError(f"label {bad} is out of range for a model with {K} classes (valid: 0 .. {K - 1}); the "
+                              "model's last layer needs one output per class of the data", param="labels")
+        return labels
+    valid = (labels >= 0) & (labels < K)
+    if flags is not None:
+        flags.append(~valid.all())
+    return torch.where(valid, labels, 0)
+
+
+def nan_where_invalid(loss: Tensor, labels: Tensor, K: int) -> Tensor:
+    """``loss`` (a scalar) made NaN when some accelerator label is out of range (:func:`check_labels`)."""
+    if labels.device.type == "cpu":
+        return loss
+    return torch.where(((labels >= 0) & (labels < K)).all(), loss, float("nan"))
 
 
 def _at_level(value: Cut | dict[str, Cut], level: str) -> Cut:
     if not isinstance(value, dict):
         return value
     if level not in value:
-        raise ValueError(f"C1/C2 are given per level but not for '{level}' (levels given: {list(value)})")
+        raise InputError(f"C1/C2 are given per level but not for '{level}' (levels given: {list(value)})")
     return value[level]
 
 
@@ -146,11 +211,11 @@ def heatmap_loss(heatmaps: Tensor, masks: Tensor, *, d: float = 0.9, E: float = 
     ``C1`` and ``C2`` are numbers or one value per map (the dual variant's two maps have their own).
     """
     if heatmaps.dim() != 5:
-        raise ValueError(f"heatmaps must have shape (B, M, C, H, W), got {tuple(heatmaps.shape)}")
+        raise InputError(f"heatmaps must have shape (B, M, C, H, W), got {tuple(heatmaps.shape)}")
     if foreground not in FOREGROUND_RULES:
-        raise ValueError(f"foreground must be one of {FOREGROUND_RULES}, got {foreground!r}")
+        raise InputError(f"foreground must be one of {FOREGROUND_RULES}, got {foreground!r}")
     if not E > 0:
-        raise ValueError(f"E must be positive, got {E}")
+        raise InputError(f"E must be positive, got {E}")
     Bsz, M, C, h, w = heatmaps.shape
     mask = prepare_mask(masks, Bsz, (h, w), heatmaps.dtype, heatmaps.device, check_masks, flags)  # (B, 1, 1, h, w)
     absH = heatmaps.abs()
@@ -219,15 +284,16 @@ class ISNetLoss(nn.Module):
                  d_loss: float = 1.0, nonfinite: str = "raise", check_masks: bool = True):
         super().__init__()
         if not 0 <= P <= 1:
-            raise ValueError(f"P must be in [0, 1], got {P}")
+            raise InputError(f"P must be in [0, 1], got {P}")
         for name, value in (("d", d), ("d_loss", d_loss)):
             if not 0 <= value <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
+                raise InputError(f"{name} must be in [0, 1], got {value}")
         if foreground not in FOREGROUND_RULES:
-            raise ValueError(f"foreground must be one of {FOREGROUND_RULES}, got {foreground!r}")
+            raise InputError(f"foreground must be one of {FOREGROUND_RULES}, got {foreground!r}")
         if nonfinite not in NONFINITE_POLICIES:
-            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
-        self.C1, self.C2 = _check_cut(C1, "C1"), _check_cut(C2, "C2")
+            raise InputError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        self.C1, self.C2 = check_cut(C1, "C1"), check_cut(C2, "C2")
+        check_band(self.C1, self.C2)
         self.P, self.d, self.E, self.A, self.B = float(P), float(d), float(E), float(A), float(B)
         self.foreground, self.d_loss, self.nonfinite, self.check_masks = foreground, float(d_loss), nonfinite, \
             check_masks
@@ -245,18 +311,18 @@ class ISNetLoss(nn.Module):
 
     def forward(self, output: ISNetOutput, labels: Tensor, masks: Tensor) -> ISNetLossOutput:
         if not isinstance(output, ISNetOutput):
-            raise TypeError(f"the first argument must be the ISNetOutput of an ISNet call, got "
-                            f"{type(output).__name__}")
+            raise InputTypeError(f"the first argument must be the ISNetOutput of an ISNet call, got "
+                                 f"{type(output).__name__}")
         logits = output.logits
-        if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
-            shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-            raise ValueError(f"labels must be a LongTensor of shape (B,) = ({logits.shape[0]},), got {shape}")
-        ce = F.cross_entropy(logits, labels)
+        label_flags: list[Tensor] = []  # accelerator labels' range, read with the finiteness check
+        checked = check_labels(labels, logits, label_flags)
+        ce = nan_where_invalid(F.cross_entropy(logits, checked), labels, logits.shape[1])
         if self.P == 0:
             zero = ce.new_zeros(())
-            return self.finish(ISNetLossOutput(ce, ce, zero, zero, zero))
+            return self.finish(ISNetLossOutput(ce, ce, zero, zero, zero), labels=label_flags,
+                               classes=logits.shape[1])
         if output.heatmaps is None:
-            raise ValueError("the ISNet output carries no heatmaps: call the ISNet in training mode (isnet.train()) "
+            raise InputError("the ISNet output carries no heatmaps: call the ISNet in training mode (isnet.train()) "
                              "or with heatmaps=True")
         flags: list[Tensor] = []  # accelerator masks' validity, read with the finiteness check
         first = self.heatmap_parts(output.heatmaps, masks, flags=flags)
@@ -264,22 +330,29 @@ class ISNetLoss(nn.Module):
                                     for name, h in output.intermediate.items()]
         heat = levels[0] if len(levels) == 1 else gwrp(torch.stack(levels), self.d_loss)
         total = (1 - self.P) * ce + self.P * heat
-        return self.finish(ISNetLossOutput(total, ce, heat, first.background, first.foreground, levels), flags[:1])
+        return self.finish(ISNetLossOutput(total, ce, heat, first.background, first.foreground, levels), flags[:1],
+                           label_flags, logits.shape[1])
 
-    def finish(self, out: ISNetLossOutput, flags: Sequence[Tensor] = ()) -> ISNetLossOutput:
-        """Apply the non-finite policy to a loss (and raise for the non-binary accelerator masks in ``flags``)."""
+    def finish(self, out: ISNetLossOutput, flags: Sequence[Tensor] = (), labels: Sequence[Tensor] = (),
+               classes: int = 0) -> ISNetLossOutput:
+        """Apply the non-finite policy to a loss (and raise for the non-binary accelerator masks in ``flags`` and
+        the out-of-range accelerator labels in ``labels``, read in the same synchronisation)."""
         if self.nonfinite == "propagate":
             return out
-        finite, *bad_masks = torch.stack([torch.isfinite(out.total), *flags]).tolist()  # one synchronisation
+        finite, *bad = torch.stack([torch.isfinite(out.total), *flags, *labels]).tolist()  # one synchronisation
+        bad_masks, bad_labels = bad[:len(flags)], bad[len(flags):]
+        if any(bad_labels):
+            raise TargetError(f"a label is out of range for a model with {classes} classes; the model's last "
+                              "layer needs one output per class of the data", param="labels")
         if any(bad_masks):
-            raise ValueError("masks must be binary (0 = background, 1 = foreground); binarise them first, e.g. "
+            raise InputError("masks must be binary (0 = background, 1 = foreground); binarise them first, e.g. "
                              "masks = (masks > 0.5).float()")
         if finite:
             return out
         if self.nonfinite == "raise":
             parts = {k: float(v.detach()) for k, v in (("classification", out.classification), ("heatmap", out.heatmap),
                                               ("background", out.background), ("foreground", out.foreground))}
-            raise FloatingPointError(
+            raise NonFiniteLossError(
                 f"the ISNet loss is not finite ({parts}); non-finite logits or heatmaps (a diverging model, a "
                 "too-high learning rate, non-finite inputs). Lower the learning rate, clip gradients, check the "
                 "data, or pass nonfinite='skip' to skip such steps")

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import InputError
+
 #: The ISNet settings each preset gives (:class:`~isnet_kernels.ISNet` arguments).
 ISNET_PRESETS: dict[str, dict[str, Any]] = {
     "default": {"select": "label", "batch_stats": "live", "deep_supervision": "auto", "first_layer": "epsilon"},
@@ -39,7 +41,7 @@ PRESETS = tuple(ISNET_PRESETS)
 
 def check_preset(preset: str) -> str:
     if preset not in ISNET_PRESETS:
-        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+        raise InputError(f"preset must be one of {PRESETS}, got {preset!r}")
     return preset
 
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import InputError
 from .wrapper import ISNet
 
 
@@ -54,7 +55,7 @@ class RunningMoments:
     def result(self) -> tuple[list[float], list[float]]:
         """Per group: the mean and the population standard deviation."""
         if self.mean is None:
-            raise ValueError("no samples were seen")
+            raise InputError("no samples were seen")
         std = torch.sqrt(self.m2 / self.count)
         return self.mean.tolist(), std.tolist()
 
@@ -103,7 +104,7 @@ class CutTuner:
             mus, sigmas = moments.result()
             pairs = [cuts_from_moments(m, s) for m, s in zip(mus, sigmas)]
             if not all(math.isfinite(c) and c > 0 for pair in pairs for c in pair):
-                raise ValueError(f"the heatmaps at level '{name}' have total relevance mean {mus} and std {sigmas}: "
+                raise InputError(f"the heatmaps at level '{name}' have total relevance mean {mus} and std {sigmas}: "
                                  "no positive, finite C1/C2 follow (an untrained or diverged model?)")
             c1 = [p[0] for p in pairs]
             c2 = [p[1] for p in pairs]
@@ -117,7 +118,7 @@ class CutTuner:
 def _unpack(batch: Iterable) -> tuple[Tensor, Tensor]:
     items = list(batch) if isinstance(batch, (list, tuple)) else None
     if items is None or len(items) not in (2, 3):
-        raise ValueError("the loader must yield (images, labels) or (images, masks, labels) batches")
+        raise InputError("the loader must yield (images, labels) or (images, masks, labels) batches")
     return items[0], items[-1]
 
 
@@ -136,9 +137,9 @@ def tune_cut(isnet: ISNet, loader: Iterable, *, epochs: int = 5, lr: float = 1e-
     from tqdm.auto import tqdm
 
     if optimizer is not None and copy_model:
-        raise ValueError("an optimizer holds the parameters of one model: pass copy_model=False with it")
+        raise InputError("an optimizer holds the parameters of one model: pass copy_model=False with it")
     if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
+        raise InputError(f"epochs must be >= 0, got {epochs}")
     net = copy.deepcopy(isnet) if copy_model else isnet
     device = next(net.parameters()).device
     if optimizer is None and epochs > 0:

@@ -38,7 +38,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..lrp.engine import LRP, BoundsLike, ForwardState, check_input
+from ..errors import InputError, InputTypeError, TargetError
+from ..lrp.engine import LRP, BoundsLike, ForwardState, check_bounds, check_eps, check_input, check_logits
 from ..lrp.graph import Program, module_output
 from .chunking import auto_map_chunk, bytes_per_map, check_map_chunk, chunked_relevance
 from .output import ISNetOutput
@@ -61,7 +62,7 @@ def default_supervision(model: nn.Module) -> list[str]:
     layers = _default_layers(model)
     if layers:
         return layers
-    raise ValueError(f"{type(model).__name__} has no layers deep supervision knows to pick (ResNet stages, DenseNet "
+    raise InputError(f"{type(model).__name__} has no layers deep supervision knows to pick (ResNet stages, DenseNet "
                      "transitions, max-pools); pass deep_supervision=[module names] instead")
 
 
@@ -76,6 +77,31 @@ def _default_layers(model: nn.Module) -> list[str] | None:
         return transitions + (["features"] if "features" in names else [])
     pools = [n for n, m in names.items() if isinstance(m, nn.MaxPool2d)]
     return pools or None
+
+
+def _label_targets(labels: Tensor, batch: int, num_classes: int, device: torch.device
+                   ) -> tuple[Tensor, Tensor | None]:
+    """Labels (B,) as targets (B, 1) on ``device``, checked: integer dtype, shape, and range (on the host for CPU
+    labels, raising :class:`~isnet_kernels.errors.TargetError`). For accelerator labels the range is not read back:
+    out-of-range labels become class 0 and the second value is the device mask (B,) of the valid ones."""
+    if not isinstance(labels, Tensor):
+        raise InputTypeError(f"labels must be a LongTensor of shape (B,) = ({batch},), got {type(labels).__name__}",
+                             param="labels")
+    if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise InputTypeError(f"labels must be an integer (Long) tensor of class indices, got {labels.dtype}",
+                             param="labels")
+    if labels.dim() != 1 or labels.shape[0] != batch:
+        raise InputError(f"labels must have shape (B,) = ({batch},), got {tuple(labels.shape)}", param="labels")
+    if labels.device.type == "cpu":
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            raise TargetError(f"label {low if low < 0 else high} is out of range for a model with {num_classes} "
+                              f"classes (valid: 0 .. {num_classes - 1}); the model's last layer needs one output per "
+                              "class of the data", param="labels")
+        return labels.to(device=device, dtype=torch.long).view(batch, 1), None
+    labels = labels.to(device=device, dtype=torch.long)
+    valid = (labels >= 0) & (labels < num_classes)
+    return torch.where(valid, labels, 0).view(batch, 1), valid
 
 
 class _PerProgram:
@@ -144,6 +170,10 @@ class ISNet(nn.Module):
         each (the original variant): a positive int, or None (default) to choose it from the memory available
         (:func:`~isnet_kernels.isnet.chunking.auto_map_chunk`). Heatmaps and gradients do not depend on it.
 
+    Checks (:class:`~isnet_kernels.ISNetError`): ``eps`` and ``bounds`` here; in a call with heatmaps the input
+    (as :meth:`LRP.check` without synchronisation: the Z^B bounds for CPU inputs) and the labels
+    (:meth:`choose_classes`: out-of-range CPU labels raise, accelerator labels give NaN maps).
+
     ``isnet(x, labels=None, heatmaps=None)`` returns an :class:`ISNetOutput`. ``heatmaps`` defaults to
     ``self.training``: training calls return logits and heatmaps (B, M, C, H, W); eval calls cost one plain forward.
     After each call with heatmaps, ``last_map_chunk`` holds the chunk size used (M when not chunked).
@@ -162,16 +192,17 @@ class ISNet(nn.Module):
         batch_stats = preset_value(preset, "batch_stats", batch_stats)
         self.preset = preset
         if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+            raise InputError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if select not in SELECTIONS:
-            raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
+            raise InputError(f"select must be one of {SELECTIONS}, got {select!r}")
         if heatmap not in HEATMAPS:
-            raise ValueError(f"heatmap must be one of {HEATMAPS}, got {heatmap!r}")
+            raise InputError(f"heatmap must be one of {HEATMAPS}, got {heatmap!r}")
         if heatmap == "gradinput" and variant == "dual":
-            raise ValueError("the dual variant's two maps are two LRP rules and have no Grad x Input counterpart; "
+            raise InputError("the dual variant's two maps are two LRP rules and have no Grad x Input counterpart; "
                              "use heatmap='lrp' with variant='dual', or another variant with heatmap='gradinput'")
         if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+            raise InputTypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        eps, bounds = check_eps(eps), check_bounds(bounds)  # checked for Grad x Input too, which does not use them
         self.model = model
         self.variant, self.select, self.generator, self.heatmap = variant, select, generator, heatmap
         self.map_chunk = check_map_chunk(map_chunk)
@@ -183,7 +214,7 @@ class ISNet(nn.Module):
         elif deep_supervision is False:
             self.supervised = []
         elif isinstance(deep_supervision, str):
-            raise ValueError(f"deep_supervision must be True, False, 'auto' or a list of module names, got "
+            raise InputError(f"deep_supervision must be True, False, 'auto' or a list of module names, got "
                              f"{deep_supervision!r}")
         else:
             self.supervised = list(deep_supervision)
@@ -197,7 +228,7 @@ class ISNet(nn.Module):
             modules = dict(model.named_modules())
             unknown = [name for name in self.supervised if name not in modules]
             if unknown:
-                raise ValueError(f"deep_supervision names module(s) {unknown} that {type(model).__name__} does not "
+                raise InputError(f"deep_supervision names module(s) {unknown} that {type(model).__name__} does not "
                                  "have; give names from model.named_modules()")
 
     @property
@@ -222,7 +253,13 @@ class ISNet(nn.Module):
         return steps
 
     def choose_classes(self, logits: Tensor, labels: Tensor | None = None) -> Tensor:
-        """The classes the maps explain, (B, M), for the original, selective and stochastic variants."""
+        """The classes the maps explain, (B, M), for the original, selective and stochastic variants.
+
+        Labels (``select="label"``) are checked: an integer tensor (B,) of classes ``0 .. K - 1``. The range is
+        checked at once on CPU (:class:`~isnet_kernels.errors.TargetError`); labels on an accelerator are not read
+        back (no host synchronisation): out-of-range labels are replaced by class 0 here, and :meth:`forward` makes
+        those images' heatmaps NaN, which the loss reports (no device-side assertion, which would end the process's
+        use of the device)."""
         B, K = logits.shape
         scores = logits.detach()
         if self.variant == "original":
@@ -239,19 +276,18 @@ class ISNet(nn.Module):
         if self.select == "highest":
             return scores.argmax(-1, keepdim=True)
         if labels is None:
-            raise ValueError("select='label' explains each image's label: call isnet(x, labels)")
-        if labels.dim() != 1 or labels.shape[0] != B:
-            raise ValueError(f"labels must have shape (B,) = ({B},), got {tuple(labels.shape)}")
-        return labels.to(device=logits.device, dtype=torch.long).view(B, 1)
+            raise InputError("select='label' explains each image's label: call isnet(x, labels)", param="labels")
+        return _label_targets(labels, B, K, logits.device)[0]
 
     def forward(self, x: Tensor, labels: Tensor | None = None, *, heatmaps: bool | None = None) -> ISNetOutput:
         want = self.training if heatmaps is None else heatmaps
         if not want:
             return ISNetOutput(self.model(x))
-        check_input(x, check_finite=False)  # no host synchronisation: the loss catches non-finite values
         if self.lrp is None:
+            check_input(x, check_finite=False, model=self.model)
             return self._gradinput(x, labels)
         lrp = self.lrp
+        lrp.check(x, sync=False)  # no host synchronisation: the loss catches non-finite values
         logits, state = lrp.forward(x)
         capture = self._capture_steps(state.program)
         if self.variant == "dual":
@@ -272,7 +308,18 @@ class ISNet(nn.Module):
 
         self.last_map_chunk = chunk = self._chunk(state.saved, targets.shape[1], x.device)
         heat, *inter = chunked_relevance(run, targets, chunk)
+        heat, *inter = self._mark_invalid_labels(labels, logits, [heat, *inter])
         return ISNetOutput(logits, heat, targets, dict(zip(self.supervised, inter)))
+
+    def _mark_invalid_labels(self, labels: Tensor | None, logits: Tensor, maps: list[Tensor]) -> list[Tensor]:
+        """``maps`` with NaN for the images whose label is out of range (accelerator labels, whose range is not read
+        back: :meth:`choose_classes`); unchanged when the labels were not used or were checked on the host."""
+        if labels is None or self.variant != "selective" or self.select != "label":
+            return maps
+        valid = _label_targets(labels, *logits.shape, logits.device)[1]
+        if valid is None:
+            return maps
+        return [torch.where(valid.view(-1, *([1] * (m.dim() - 1))), m, float("nan")) for m in maps]
 
     def _chunk(self, saved: dict, maps: int, device: torch.device) -> int:
         """Maps per chunk of the relevance pass: ``map_chunk``, or chosen from the memory available."""
@@ -300,6 +347,7 @@ class ISNet(nn.Module):
             finally:
                 for hook in hooks:
                     hook.remove()
+            check_logits(logits, x.shape[0])
             targets = self.choose_classes(logits, labels)
             inputs = [xg, *(acts[name] for name in self.supervised)]
             maps: list[list[Tensor]] = [[] for _ in inputs]
@@ -310,6 +358,7 @@ class ISNet(nn.Module):
                 for store, a, g in zip(maps, inputs, grads):
                     store.append(a * g)
             heat, *inter = (torch.stack(store, 1) for store in maps)
+        heat, *inter = self._mark_invalid_labels(labels, logits, [heat, *inter])
         if not record:
             logits, heat, inter = logits.detach(), heat.detach(), [t.detach() for t in inter]
         self.last_map_chunk = 1

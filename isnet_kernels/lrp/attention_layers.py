@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
+from ..errors import InputError
 from .registry import REGISTRY, NodeContext
 from .steps import RuleConfig, Step
 
@@ -39,7 +40,7 @@ class MultiheadAttentionStep(Step):
     def forward(self, env: Env) -> tuple[Any, Any]:
         m = self.module
         if m.training and m.dropout > 0:
-            raise ValueError(f"node '{self.name}': nn.MultiheadAttention with attention dropout in training mode has "
+            raise InputError(f"node '{self.name}': nn.MultiheadAttention with attention dropout in training mode has "
                              "no relevance rule; set its dropout to 0 or explain in eval mode")
         q_in, k_in, v_in = (env[n] for n in self.arg_names)
         if not m.batch_first:

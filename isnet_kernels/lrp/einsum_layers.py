@@ -29,6 +29,7 @@ import torch.fx as fx
 from torch import Tensor
 
 from .. import ops
+from ..errors import InputError
 from .registry import REGISTRY, NodeContext
 from .steps import RuleConfig, Step
 
@@ -53,7 +54,7 @@ def parse_equation(equation: str, ndims: tuple[int, ...]) -> Equation:
     lhs, arrow, rhs = eq.partition("->")
     terms = lhs.split(",")
     if len(terms) != len(ndims):
-        raise ValueError(f"einsum equation '{equation}' has {len(terms)} operand terms for {len(ndims)} operands")
+        raise InputError(f"einsum equation '{equation}' has {len(terms)} operand terms for {len(ndims)} operands")
     used = set(eq) - set(".,->")
     pool = [c for c in string.ascii_letters if c not in used]
     n_ell = max([nd - (len(t) - 3) for t, nd in zip(terms, ndims) if "..." in t], default=0)
@@ -65,9 +66,9 @@ def parse_equation(equation: str, ndims: tuple[int, ...]) -> Equation:
             k = nd - (len(term) - 3)
             term = term.replace("...", ell[n_ell - k:] if k else "")
         if len(term) != nd or not all(c.isalpha() for c in term):
-            raise ValueError(f"einsum term '{term}' does not match an operand of {nd} axes")
+            raise InputError(f"einsum term '{term}' does not match an operand of {nd} axes")
         if len(set(term)) != len(term):
-            raise ValueError(f"einsum term '{term}' repeats a letter (a diagonal), which has no relevance rule here")
+            raise InputError(f"einsum term '{term}' repeats a letter (a diagonal), which has no relevance rule here")
         expanded.append(term)
     if arrow:
         output = rhs.replace("...", ell)
@@ -75,7 +76,7 @@ def parse_equation(equation: str, ndims: tuple[int, ...]) -> Equation:
         counts = {c: sum(t.count(c) for t in expanded) for c in set("".join(expanded)) - set(ell)}
         output = ell + "".join(sorted(c for c, n in counts.items() if n == 1))
     if len(set(output)) != len(output) or any(c not in "".join(expanded) for c in output):
-        raise ValueError(f"einsum output '{output}' repeats a letter or names one no operand has")
+        raise InputError(f"einsum output '{output}' repeats a letter or names one no operand has")
     return Equation(tuple(expanded), output, free)
 
 
@@ -153,10 +154,10 @@ class EinsumStep(Step):
             try:
                 eq = parse_equation(self.equation, ndims)
             except ValueError as exc:
-                raise ValueError(f"node '{self.name}': {exc}") from exc
+                raise InputError(f"node '{self.name}': {exc}") from exc
             problem = check_batch(eq, self.carrying)
             if problem is not None:
-                raise ValueError(f"node '{self.name}': {problem}")
+                raise InputError(f"node '{self.name}': {problem}")
             self._parsed[ndims] = eq
         return eq
 
@@ -165,7 +166,7 @@ class EinsumStep(Step):
         y = torch.einsum(self.equation, *xs)
         eq = self.parse(tuple(x.dim() for x in xs))
         if y.dim() == 0 or y.shape[0] != next(x for x, c in zip(xs, self.carrying) if c).shape[0]:
-            raise ValueError(f"node '{self.name}': the einsum's output lost the batch axis")
+            raise InputError(f"node '{self.name}': the einsum's output lost the batch axis")
         return y, (xs, y, eq)
 
     def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> list[Tensor | None]:

@@ -7,6 +7,8 @@ samples or maps and no host synchronisation in either pass.
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import warnings
 import weakref
@@ -18,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import dispatch
+from ..errors import InputError, InputTypeError, TargetError
 from . import steps as S
 from .graph import Program, _ShapeNode, compile_model
 from .rules import FIRST, HIDDEN
@@ -76,29 +79,105 @@ def _bound_tensor(value: float | Tensor, x: Tensor, which: str) -> Tensor:
     C = x.shape[1]
     if t.dim() == 1:
         if t.shape[0] != C:
-            raise ValueError(f"{which} bound has {t.shape[0]} entries but the input has {C} channels; give one "
+            raise InputError(f"{which} bound has {t.shape[0]} entries but the input has {C} channels; give one "
                              "value per channel, shape (C,), or a scalar")
         t = t.view(1, C, 1, 1)
     try:
         return t.expand(1, *x.shape[1:])
     except RuntimeError as exc:
-        raise ValueError(f"{which} bound of shape {tuple(t.shape)} does not broadcast to the input's "
+        raise InputError(f"{which} bound of shape {tuple(t.shape)} does not broadcast to the input's "
                          f"{tuple(x.shape[1:])}; give a scalar or one value per channel, shape (C,)") from exc
 
 
-def check_input(x: Any, check_finite: bool) -> None:
-    """Raise a clear error for an input the engine cannot explain: not a tensor, not a 4-D floating batch, or
-    (with ``check_finite``, one host synchronisation) holding NaN or Inf."""
+def check_eps(eps: Any) -> float:
+    """``eps`` as a float, after checking that it is a positive finite number (``stab(z) = z + eps * sign(z)``
+    divides by ``z`` itself when ``eps`` is 0: zero pre-activations then give NaN heatmaps)."""
+    value = float(eps) if isinstance(eps, numbers.Real) and not isinstance(eps, bool) else math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(f"eps must be a positive number, got {eps!r}: the rules divide by each pre-activation "
+                         "plus a stabiliser of this size, so without one a zero pre-activation gives NaN heatmaps; "
+                         "the default is 1e-2 (a small positive value such as 1e-9 gives near-exact rules)",
+                         param="eps")
+    return value
+
+
+def check_bounds(bounds: Any) -> tuple[Any, Any]:
+    """``(low, high)`` of the Z^B rule, after checking that both are finite and ``low <= high`` everywhere (the
+    rule's root point lies in the box ``low <= x <= high``). One host synchronisation for accelerator tensors."""
+    if isinstance(bounds, (str, bytes)) or not hasattr(bounds, "__len__") or len(bounds) != 2:
+        raise InputError(f"bounds must be (low, high), got {bounds!r}", param="bounds")
+    low, high = bounds
+    try:
+        lo = torch.as_tensor(low).detach().to("cpu", torch.float64)
+        hi = torch.as_tensor(high).detach().to("cpu", torch.float64)
+        above = bool((lo > hi).any())
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"bounds must be (low, high): numbers or tensors of one value per channel that broadcast "
+                         f"together, got {bounds!r} ({exc})", param="bounds") from None
+    if not (bool(torch.isfinite(lo).all()) and bool(torch.isfinite(hi).all())):
+        raise InputError(f"bounds must be finite, got {bounds!r}", param="bounds")
+    if above:
+        raise InputError(f"bounds must have low <= high (the Z^B rule assumes low <= x <= high for every input "
+                         f"value), got low = {lo.tolist()}, high = {hi.tolist()}; pass (low, high) in that order, "
+                         "e.g. (0.0, 1.0) for images in [0, 1]", param="bounds")
+    return low, high
+
+
+def check_input(x: Any, check_finite: bool, model: nn.Module | None = None) -> None:
+    """Raise a clear error for an input the engine cannot explain: not a tensor, not a 4-D floating batch, an
+    empty batch, a floating dtype other than the model's parameters' (outside autocast; with ``model``), or (with
+    ``check_finite``, one host synchronisation) holding NaN or Inf."""
     if not isinstance(x, Tensor):
-        raise TypeError(f"input must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
+        raise InputTypeError(f"input must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
     if x.dim() != 4:
-        raise ValueError(f"input must be a 4-D image batch (B, C, H, W), got shape {tuple(x.shape)}; add a batch "
+        raise InputError(f"input must be a 4-D image batch (B, C, H, W), got shape {tuple(x.shape)}; add a batch "
                          "axis with x.unsqueeze(0) for a single image")
     if not x.is_floating_point():
-        raise TypeError(f"input must be a floating-point tensor, got {x.dtype}; convert with x.float()")
+        raise InputTypeError(f"input must be a floating-point tensor, got {x.dtype}; convert with x.float()")
+    if x.shape[0] == 0:
+        raise InputError(f"the input batch is empty (shape {tuple(x.shape)}); pass at least one image")
+    if model is not None:
+        check_dtype(x, model)
     if check_finite and not bool(torch.isfinite(x).all()):
-        raise ValueError("input contains NaN or Inf values; LRP heatmaps of non-finite inputs are meaningless. "
+        raise InputError("input contains NaN or Inf values; LRP heatmaps of non-finite inputs are meaningless. "
                          "Clean the data (torch.nan_to_num) or find where the non-finite values come from")
+
+
+def check_dtype(x: Tensor, model: nn.Module) -> None:
+    """Raise when ``x``'s dtype is not that of the model's floating parameters (when they share one) outside
+    autocast, where the forward would fail inside torch."""
+    if torch.is_autocast_enabled(x.device.type):
+        return
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if len(dtypes) == 1 and x.dtype not in dtypes:
+        (dtype,) = dtypes
+        raise InputTypeError(f"the input is {x.dtype} but the model's parameters are {dtype}; convert the input "
+                             f"(x.to({dtype})) or the model (model.to({x.dtype})), or run under torch.autocast")
+
+
+def check_logits(logits: Any, batch: int) -> None:
+    """Raise unless the model's output is a (B, K) tensor of logits: the output rules explain one logit per class."""
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != batch or logits.shape[1] == 0:
+        got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise InputError(f"the model must return logits of shape (B, K) = ({batch}, K) for a batch of {batch}, got "
+                         f"{got}; LRP explains classifiers: end the model with a Linear layer, or flatten or pool "
+                         "its output to one logit per class")
+
+
+def check_in_bounds(x: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """A device bool: True when some input value lies outside ``[low, high]`` by more than rounding (a relative
+    1e-5), which the Z^B rule's maths does not allow. No host synchronisation: the caller reads it."""
+    tol = 1e-5 * (1 + torch.maximum(low.abs(), high.abs()))
+    return ((x < low - tol) | (x > high + tol)).any()
+
+
+def out_of_bounds_error(x: Tensor, low: Tensor, high: Tensor) -> InputError:
+    """The error for inputs outside the Z^B bounds, naming the values found and the fix."""
+    lo, hi = float(low.amin()), float(high.amax())
+    return InputError(f"input values lie outside the Z^B bounds (low, high): the input spans [{float(x.amin()):.4g}, "
+                      f"{float(x.amax()):.4g}] and the bounds [{lo:.4g}, {hi:.4g}]; the first-layer rule assumes low "
+                      "<= x <= high. Pass the bounds of your data (bounds=(low, high), per channel for normalised "
+                      "inputs: ((0 - mean) / std, (1 - mean) / std)), or first_layer='epsilon'", param="bounds")
 
 
 def _check_targets(targets: Tensor, batch: int, num_classes: int, sync: bool = True) -> Tensor | None:
@@ -107,17 +186,17 @@ def _check_targets(targets: Tensor, batch: int, num_classes: int, sync: bool = T
     rows (B, M) instead, so that the caller can mark invalid maps without a synchronisation (and without the
     device-side assertion an out-of-range index would raise, which poisons the CUDA context)."""
     if targets.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"targets must be an integer (Long) tensor of class indices, got {targets.dtype}")
+        raise InputTypeError(f"targets must be an integer (Long) tensor of class indices, got {targets.dtype}")
     if targets.dim() != 2 or targets.shape[0] != batch:
-        raise ValueError(f"targets must have shape (B, M) = ({batch}, M), one row of M class indices per image, "
+        raise InputError(f"targets must have shape (B, M) = ({batch}, M), one row of M class indices per image, "
                          f"got {tuple(targets.shape)}; for one class per image use targets.view(-1, 1)")
     if targets.numel() == 0:
-        raise ValueError("targets is empty: ask for at least one map per image (M >= 1)")
+        raise InputError("targets is empty: ask for at least one map per image (M >= 1)")
     if targets.device.type == "cpu" or sync:
         low, high = int(targets.min()), int(targets.max())
         if low < 0 or high >= num_classes:
-            raise IndexError(f"target class {low if low < 0 else high} is out of range for a model with "
-                             f"{num_classes} classes (valid: 0 .. {num_classes - 1})")
+            raise TargetError(f"target class {low if low < 0 else high} is out of range for a model with "
+                              f"{num_classes} classes (valid: 0 .. {num_classes - 1})")
         return None
     return (targets >= 0) & (targets < num_classes)
 
@@ -186,10 +265,14 @@ class LRP:
         listed in README (``isnet_kernels.lrp.SUPPORTED``, from the rule registry). Traced with ``torch.fx`` at
         construction;
         unsupported layers raise :class:`~isnet_kernels.UnsupportedLayerError` here.
-    eps : the stabiliser of every rule, ``stab(z) = z + eps * sign(z)``.
+    eps : the stabiliser of every rule, ``stab(z) = z + eps * sign(z)``: a positive number (0 would divide by zero
+        pre-activations: NaN heatmaps).
     first_layer : ``"zb"`` for the Z^B rule on the layers that read the input, ``"epsilon"`` for epsilon there too.
-    bounds : ``(low, high)`` of the input values for Z^B: floats, or tensors of shape (C,) for normalised inputs.
-    check_input : check the input for NaN/Inf (one host synchronisation per call).
+    bounds : ``(low, high)`` of the input values for Z^B: floats, or tensors of shape (C,) for normalised inputs;
+        finite, with ``low <= high``. Inputs outside them are refused (:meth:`check`).
+    check_input : check the input for NaN/Inf and, for Z^B, the bounds (one host synchronisation per call; without
+        it the bounds are checked for CPU inputs only). The input's dtype must be the model's (outside autocast),
+        the batch not empty, and the model's output (B, K) logits: checked always, without synchronisation.
     backend : ``"auto"`` (default; or ``$ISNET_KERNELS_BACKEND``), ``"reference"``, ``"cpp"`` or ``"triton"``:
         which kernels compute the relevance ops (see :mod:`isnet_kernels.dispatch`).
     batch_stats : how train-mode BatchNorm statistics enter the heatmap's gradient: ``"detached"`` (default, the
@@ -209,24 +292,22 @@ class LRP:
                  bounds: BoundsLike = (0.0, 1.0), check_input: bool = True, backend: str | None = None,
                  batch_stats: str = "detached", product: str = "gate", attention: str = "attnlrp"):
         if first_layer not in FIRST_LAYER_RULES:
-            raise ValueError(f"first_layer must be one of {FIRST_LAYER_RULES}, got {first_layer!r}")
-        if not eps >= 0:
-            raise ValueError(f"eps must be a non-negative number, got {eps}")
-        if len(bounds) != 2:
-            raise ValueError(f"bounds must be (low, high), got {bounds!r}")
+            raise InputError(f"first_layer must be one of {FIRST_LAYER_RULES}, got {first_layer!r}")
+        eps = check_eps(eps)
+        bounds = check_bounds(bounds)
         self.model = model
-        self.eps, self.first_layer, self.bounds = float(eps), first_layer, tuple(bounds)
+        self.eps, self.first_layer, self.bounds = eps, first_layer, tuple(bounds)
         self.check_input = check_input
         if backend is not None and backend not in dispatch.BACKENDS:
-            raise ValueError(f"backend must be one of {dispatch.BACKENDS}, got {backend!r}")
+            raise InputError(f"backend must be one of {dispatch.BACKENDS}, got {backend!r}")
         self.backend = backend
         if batch_stats not in BATCH_STATS:
-            raise ValueError(f"batch_stats must be one of {BATCH_STATS}, got {batch_stats!r}")
+            raise InputError(f"batch_stats must be one of {BATCH_STATS}, got {batch_stats!r}")
         self.batch_stats = batch_stats
         if product not in PRODUCT_RULES:
-            raise ValueError(f"product must be one of {PRODUCT_RULES}, got {product!r}")
+            raise InputError(f"product must be one of {PRODUCT_RULES}, got {product!r}")
         if attention not in ATTENTION_RULES:
-            raise ValueError(f"attention must be one of {ATTENTION_RULES}, got {attention!r}")
+            raise InputError(f"attention must be one of {ATTENTION_RULES}, got {attention!r}")
         self.product, self.attention = product, attention
         self._configs: dict[tuple, S.RuleConfig] = {}
         get_program(model)  # compile now, so that unsupported layers fail here
@@ -239,6 +320,23 @@ class LRP:
     def __repr__(self) -> str:
         return (f"LRP({type(self.model).__name__}, eps={self.eps}, first_layer={self.first_layer!r}, "
                 f"steps={len(self.program.steps)})")
+
+    def check(self, x: Tensor, sync: bool) -> None:
+        """Check an input (:func:`check_input`, with the model's dtype) and, for the Z^B rule, that its values lie
+        within the bounds. With ``sync`` both NaN/Inf and the bounds are checked in one host synchronisation;
+        without, the bounds are checked for CPU inputs only (where reading a result costs no synchronisation)."""
+        check_input(x, False, self.model)
+        zb = self.first_layer == "zb" and (sync or x.device.type == "cpu")
+        if not (sync or zb):
+            return
+        low = _bound_tensor(self.bounds[0], x, "low") if zb else None
+        high = _bound_tensor(self.bounds[1], x, "high") if zb else None
+        flags = ([~torch.isfinite(x).all()] if sync else []) + ([check_in_bounds(x, low, high)] if zb else [])
+        found = torch.stack(flags).tolist()  # one synchronisation
+        if sync and found[0]:
+            check_input(x, True)  # raises the NaN/Inf error
+        if zb and found[-1]:
+            raise out_of_bounds_error(x, low, high)
 
     def config(self, x: Tensor, rule: str = "epsilon") -> S.RuleConfig:
         """The settings of a relevance pass over ``x`` with hidden-layer rule ``rule``: the rule objects, the input
@@ -268,6 +366,7 @@ class LRP:
             for name in frees:  # free values no later node reads (the saved ones stay referenced)
                 env.pop(name, None)
         logits = env[program.output_name]
+        check_logits(logits, x.shape[0])
         return logits, ForwardState(program, saved, logits)
 
     def relevance(self, state: ForwardState, targets: Tensor | None, output: str, cfg: S.RuleConfig) -> Tensor:
@@ -306,7 +405,7 @@ class LRP:
                     R[name] = part if name not in R else R[name] + part
         missing = wanted - captured.keys()
         if missing:
-            raise ValueError(f"no relevance reached step(s) {sorted(missing)}: they are not between the input and "
+            raise InputError(f"no relevance reached step(s) {sorted(missing)}: they are not between the input and "
                              "the logits layer")
         return R[program.input_name], captured
 
@@ -319,16 +418,16 @@ class LRP:
         hidden layers' rule: ``"epsilon"`` or ``"zplus"`` (z+, with positive weights; meant for non-negative
         layer inputs, as after ReLUs).
         """
-        check_input(x, self.check_input)
+        self.check(x, self.check_input)
         if output not in OUTPUT_RULES:
-            raise ValueError(f"output must be one of {OUTPUT_RULES}, got {output!r}")
+            raise InputError(f"output must be one of {OUTPUT_RULES}, got {output!r}")
         if rule not in HIDDEN_RULES:
-            raise ValueError(f"rule must be one of {HIDDEN_RULES}, got {rule!r}")
+            raise InputError(f"rule must be one of {HIDDEN_RULES}, got {rule!r}")
         if output != "all":
             if isinstance(targets, str) and targets != "all":
-                raise ValueError(f"targets must be a LongTensor (B, M) or 'all', got {targets!r}")
+                raise InputError(f"targets must be a LongTensor (B, M) or 'all', got {targets!r}")
             if not isinstance(targets, (Tensor, str)):
-                raise TypeError(f"targets must be a LongTensor (B, M) or 'all', got {type(targets).__name__}")
+                raise InputTypeError(f"targets must be a LongTensor (B, M) or 'all', got {type(targets).__name__}")
         logits, state = self.forward(x)
         B, K = logits.shape[0], logits.shape[-1]
         valid = None
@@ -369,11 +468,11 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | None = None, *, 
     backend : as for :class:`LRP`.
     """
     lrp = LRP(model, eps=eps, first_layer=first_layer, bounds=bounds, backend=backend)
-    check_input(x, True)
+    lrp.check(x, sync=True)
     if output not in OUTPUT_RULES:
-        raise ValueError(f"output must be one of {OUTPUT_RULES}, got {output!r}")
+        raise InputError(f"output must be one of {OUTPUT_RULES}, got {output!r}")
     if rule not in HIDDEN_RULES:
-        raise ValueError(f"rule must be one of {HIDDEN_RULES}, got {rule!r}")
+        raise InputError(f"rule must be one of {HIDDEN_RULES}, got {rule!r}")
     with torch.no_grad():
         return _explain(lrp, x, target, output, rule)
 
@@ -388,7 +487,7 @@ def _explain(lrp: LRP, x: Tensor, target: int | Tensor | None, output: str, rule
     if target is None:
         targets = logits.detach().argmax(-1, keepdim=True)
     elif isinstance(target, bool) or not isinstance(target, (int, Tensor)):
-        raise TypeError(f"target must be an int, a LongTensor of shape (B,), or None, got {type(target).__name__}")
+        raise InputTypeError(f"target must be an int, a LongTensor of shape (B,), or None, got {type(target).__name__}")
     elif isinstance(target, int):
         targets = torch.full((B, 1), target, dtype=torch.long, device=x.device)
         _check_targets(targets, B, K)
@@ -396,7 +495,7 @@ def _explain(lrp: LRP, x: Tensor, target: int | Tensor | None, output: str, rule
         if target.dim() == 0:
             target = target.expand(B)
         if target.dim() != 1 or target.shape[0] != B:
-            raise ValueError(f"target must be an int or a LongTensor of shape (B,) = ({B},), got shape "
+            raise InputError(f"target must be an int or a LongTensor of shape (B,) = ({B},), got shape "
                              f"{tuple(target.shape)}")
         targets = target.to(x.device).view(B, 1)
         _check_targets(targets, B, K)

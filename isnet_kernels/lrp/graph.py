@@ -20,7 +20,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UnsupportedLayerError
+from ..errors import InputError, UnsupportedLayerError
 from . import layers as _layers  # noqa: F401  (registers the package's rules)
 from . import steps as S
 from .registry import REGISTRY, NodeContext, is_leaf, module_path, node_kind
@@ -338,9 +338,9 @@ def module_output(program: Program, module_name: str) -> str:
     if found is None:
         names = sorted({key.split("@")[0] for n in program.graph_module.graph.nodes
                         for key in n.meta.get("nn_module_stack", {})})
-        raise ValueError(f"no module named '{module_name}' runs in the model's forward; module names here: "
+        raise InputError(f"no module named '{module_name}' runs in the model's forward; module names here: "
                          f"{', '.join(names[:40])}{' ...' if len(names) > 40 else ''}")
     if found not in step_names:
-        raise ValueError(f"module '{module_name}' ends in node '{found}', which carries no relevance of its own (a "
+        raise InputError(f"module '{module_name}' ends in node '{found}', which carries no relevance of its own (a "
                          "layer folded into a following BatchNorm); supervise the module that contains both")
     return found

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import ops
+from ..errors import InputError
 from .steps import RuleConfig, Step
 
 
@@ -28,7 +29,7 @@ def _axis(d: int, ndim: int) -> int:
     """Activation axis ``d`` (may be negative) as an axis of the relevance (which has the map axis at 1)."""
     d = d % ndim
     if d == 0:
-        raise ValueError("the batch axis must stay where it is")
+        raise InputError("the batch axis must stay where it is")
     return d + 1
 
 
@@ -54,7 +55,7 @@ class CallStep(Step):
 def _check_batch(name: str, x: Tensor, y: Tensor) -> None:
     if not isinstance(y, Tensor) or y.dim() == 0 or y.shape[0] != x.shape[0]:
         shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
-        raise ValueError(f"node '{name}' changes the batch axis ({tuple(x.shape)} -> {shape}); relevance needs the "
+        raise InputError(f"node '{name}' changes the batch axis ({tuple(x.shape)} -> {shape}); relevance needs the "
                          "batch axis kept first")
 
 
@@ -183,7 +184,7 @@ def pad_rule(pad: Sequence[int]) -> Callable:
     def rule(R: Tensor, inputs: list[Tensor], out: Tensor, cfg: RuleConfig) -> list[Tensor]:
         x = inputs[0]
         if len(pad) // 2 > x.dim() - 1:
-            raise ValueError("F.pad over the batch axis")
+            raise InputError("F.pad over the batch axis")
         return [F.pad(R, [-p for p in pad])]
 
     return rule
@@ -260,7 +261,7 @@ class CatParts(Step):
         out = self.call(env)
         dim = self.dim % out.dim()
         if dim == 0:
-            raise ValueError(f"node '{self.name}' concatenates along the batch axis")
+            raise InputError(f"node '{self.name}' concatenates along the batch axis")
         sizes = [env[n].shape[dim] for n in self.part_nodes]
         return out, (sizes, dim)
 

@@ -31,7 +31,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..errors import UnsupportedLayerError
+from ..errors import InputError, InputTypeError, UnsupportedLayerError
 
 Builder = Callable[["NodeContext"], Any]
 Key = type | Callable | str
@@ -62,12 +62,12 @@ class RuleRegistry:
         dotted name ``"package.module.name"`` of a function or module class of a library that need not be
         imported). A later registration of the same key overrides the earlier one."""
         if not keys:
-            raise ValueError("register needs at least one module type, function or method name")
+            raise InputError("register needs at least one module type, function or method name")
         for key in keys:  # checked here, so that a bad key fails where it is written, before anything is stored
             if isinstance(key, type) and not issubclass(key, nn.Module):
-                raise TypeError(f"{key.__name__} is not an nn.Module subclass")
+                raise InputTypeError(f"{key.__name__} is not an nn.Module subclass")
             if not isinstance(key, (type, str)) and not callable(key):
-                raise TypeError(f"cannot register {key!r}: give a module class, a function or a method name")
+                raise InputTypeError(f"cannot register {key!r}: give a module class, a function or a method name")
 
         def decorate(builder: Builder) -> Builder:
             entry = Entry(tuple(keys), builder, group, description)

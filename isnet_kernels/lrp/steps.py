@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
+from ..errors import InputError
 from .rules import Epsilon, Rule
 
 
@@ -89,7 +90,7 @@ def conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
     if conv.padding == "same":
         total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
         if any(t % 2 for t in total):
-            raise ValueError("asymmetric 'same' padding")
+            raise InputError("asymmetric 'same' padding")
         return (total[0] // 2, total[1] // 2)
     return _pair(conv.padding)
 
@@ -234,7 +235,7 @@ class ReshapeStep(Step):
         args = [env[n] for n in self.inputs]
         out = self.fn(env)
         if out.shape[0] != args[0].shape[0]:
-            raise ValueError(f"node '{self.name}' reshapes the batch axis ({tuple(args[0].shape)} -> "
+            raise InputError(f"node '{self.name}' reshapes the batch axis ({tuple(args[0].shape)} -> "
                              f"{tuple(out.shape)}); relevance needs the batch axis kept first")
         return out, args[0].shape
 
@@ -308,7 +309,7 @@ class MeanStep(Step):
         a = args[0]
         dims = tuple(sorted(d % a.dim() for d in self.dims))
         if 0 in dims:
-            raise ValueError(f"node '{self.name}' averages over the batch axis; relevance needs it kept")
+            raise InputError(f"node '{self.name}' averages over the batch axis; relevance needs it kept")
         out = a.mean(dims, keepdim=self.keepdim)
         return out, (a, out, dims)
 
@@ -328,7 +329,7 @@ class AddStep(Step):
         args = [env[n] for n in self.inputs]
         x, f = args
         if x.shape != f.shape:
-            raise ValueError(f"node '{self.name}' adds tensors of shapes {tuple(x.shape)} and {tuple(f.shape)}; "
+            raise InputError(f"node '{self.name}' adds tensors of shapes {tuple(x.shape)} and {tuple(f.shape)}; "
                              "the residual rule needs equal shapes")
         if self.subtract:
             y = operator.sub(x, f)

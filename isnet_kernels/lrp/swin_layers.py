@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import ops
+from ..errors import InputError
 from . import movement as MV
 from .registry import REGISTRY, NodeContext
 from .steps import RuleConfig, Step
@@ -87,7 +88,7 @@ class ShiftedWindowAttentionStep(Step):
         a = self.arguments(env)
         window, heads, training = list(a["window_size"]), a["num_heads"], a["training"]
         if training and a["attention_dropout"] > 0:
-            raise ValueError(f"node '{self.name}': shifted_window_attention with attention dropout "
+            raise InputError(f"node '{self.name}': shifted_window_attention with attention dropout "
                              f"({a['attention_dropout']}) in training mode has no relevance rule; build the model with "
                              "attention_dropout=0 or explain it in eval mode")
         inp = a["input"]

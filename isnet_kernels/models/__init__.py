@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import InputError
 from .densenet import DenseNet, densenet121
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50
 from .small import SmallCNN
@@ -77,5 +78,5 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3, **kw: Any) ->
         constructor = ARCHITECTURES[arch]
     except (KeyError, TypeError):
         valid = ", ".join(repr(name) for name in ARCHITECTURES)
-        raise ValueError(f"unknown architecture {arch!r}; valid names are {valid}") from None
+        raise InputError(f"unknown architecture {arch!r}; valid names are {valid}") from None
     return constructor(num_classes=num_classes, in_channels=in_channels, **kw)

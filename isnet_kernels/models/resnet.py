@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
+
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50"]
 
 
@@ -144,9 +146,9 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         if len(layers) != 4:
-            raise ValueError(f"layers must have 4 entries (blocks per stage), got {list(layers)}")
+            raise InputError(f"layers must have 4 entries (blocks per stage), got {list(layers)}")
         if width < 1:
-            raise ValueError(f"width must be a positive int, got {width}")
+            raise InputError(f"width must be a positive int, got {width}")
         self.inplanes = width
         if small_input:
             self.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import InputError
+
 __all__ = ["SmallCNN"]
 
 
@@ -27,8 +29,8 @@ class SmallCNN(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16) -> None:
         super().__init__()
-        if width < 1:
-            raise ValueError(f"width must be a positive int, got {width}")
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise InputError(f"width must be a positive int, got {width!r}", param="width")
         layers: list[nn.Module] = []
         channels = in_channels
         for out in (width, 2 * width, 4 * width):

@@ -29,6 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from .stabilize import stabilize
 
 __all__ = ["attention_bias", "reference_matmul_cp", "reference_matmul_uniform", "reference_sdpa_relevance",
@@ -38,10 +39,10 @@ __all__ = ["attention_bias", "reference_matmul_cp", "reference_matmul_uniform", 
 def _map_dim(dim: int, ndim: int) -> int:
     """The axis of a map tensor (B, M, ...) that is axis ``dim`` of an activation (B, ...)."""
     if not -ndim <= dim < ndim:
-        raise ValueError(f"dim {dim} is out of range for an activation with {ndim} axes")
+        raise InputError(f"dim {dim} is out of range for an activation with {ndim} axes")
     dim = dim % ndim
     if dim == 0:
-        raise ValueError("the softmax rule runs along a feature axis, not the batch axis 0")
+        raise InputError("the softmax rule runs along a feature axis, not the batch axis 0")
     return dim + 1
 
 
@@ -57,7 +58,7 @@ def reference_softmax(R: Tensor, x: Tensor, s: Tensor, dim: int) -> Tensor:
     axis of ``x``. ``-inf`` entries of ``x`` get 0.
     """
     if R.dim() != x.dim() + 1 or R.shape[2:] != x.shape[1:] or s.shape != x.shape:
-        raise ValueError(f"softmax rule: R must be (B, M, *x.shape[1:]) and s the shape of x, got R "
+        raise InputError(f"softmax rule: R must be (B, M, *x.shape[1:]) and s the shape of x, got R "
                          f"{tuple(R.shape)}, x {tuple(x.shape)}, s {tuple(s.shape)}")
     d = _map_dim(dim, x.dim())
     return _unmask(x).unsqueeze(1) * (R - s.unsqueeze(1) * R.sum(d, keepdim=True))
@@ -65,14 +66,14 @@ def reference_softmax(R: Tensor, x: Tensor, s: Tensor, dim: int) -> Tensor:
 
 def _check_matmul(R: Tensor, A: Tensor, B: Tensor, y: Tensor) -> None:
     if not (A.dim() == B.dim() == y.dim() >= 3):
-        raise ValueError(f"matmul rule: A, B and y must be batched matrices (B, ..., n, k) of one rank, got A "
+        raise InputError(f"matmul rule: A, B and y must be batched matrices (B, ..., n, k) of one rank, got A "
                          f"{tuple(A.shape)}, B {tuple(B.shape)}, y {tuple(y.shape)}; a product with a weight "
                          "is a linear layer")
     if A.shape[0] != y.shape[0] or B.shape[0] != y.shape[0]:
-        raise ValueError(f"matmul rule: A {tuple(A.shape)} and B {tuple(B.shape)} must have the output's batch "
+        raise InputError(f"matmul rule: A {tuple(A.shape)} and B {tuple(B.shape)} must have the output's batch "
                          f"axis ({y.shape[0]})")
     if R.dim() != y.dim() + 1 or R.shape[0] != y.shape[0] or R.shape[2:] != y.shape[1:]:
-        raise ValueError(f"matmul rule: R must be (B, M, *y.shape[1:]) for y {tuple(y.shape)}, got "
+        raise InputError(f"matmul rule: R must be (B, M, *y.shape[1:]) for y {tuple(y.shape)}, got "
                          f"{tuple(R.shape)}")
 
 
@@ -177,7 +178,7 @@ def reference_sdpa_relevance(
     when None). No dropout (eval mode, or ``dropout_p = 0``).
     """
     if rule not in ("attnlrp", "cp"):
-        raise ValueError(f"attention rule {rule!r} is not one of ('attnlrp', 'cp')")
+        raise InputError(f"attention rule {rule!r} is not one of ('attnlrp', 'cp')")
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     out, p, scores = saved if saved is not None else sdpa_forward(q, k, v, attn_mask, scale, is_causal)

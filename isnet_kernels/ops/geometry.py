@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import InputError
+
 Pair = tuple[int, int]
 
 
@@ -27,7 +29,7 @@ def conv_transpose_output_padding(
     for n, o, k, s, p, d in zip(input_size, output_size, kernel_size, stride, padding, dilation):
         op = n - ((o - 1) * s - 2 * p + d * (k - 1) + 1)
         if not 0 <= op < s:
-            raise ValueError(f"input size {n} cannot map to output size {o} with kernel {k}, stride {s}, "
+            raise InputError(f"input size {n} cannot map to output size {o} with kernel {k}, stride {s}, "
                              f"padding {p}, dilation {d}")
         result.append(op)
     return result[0], result[1]

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from .primitives import TorchPrimitives
 from .stabilize import stabilize
 
@@ -62,9 +63,9 @@ class NormLayout:
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
-            raise ValueError(f"NormLayout kind {self.kind!r} is not one of {_KINDS}")
+            raise InputError(f"NormLayout kind {self.kind!r} is not one of {_KINDS}")
         if not isinstance(self.size, int) or self.size < 1:
-            raise ValueError(f"NormLayout size must be a positive int (axes or groups), got {self.size!r}")
+            raise InputError(f"NormLayout size must be a positive int (axes or groups), got {self.size!r}")
 
     @classmethod
     def layer_norm(cls, normalized_ndim: int) -> NormLayout:
@@ -87,12 +88,12 @@ class NormLayout:
         shape = tuple(shape)
         need = self.size + 1 if self.kind == "last" else 2
         if len(shape) < need:
-            raise ValueError(f"a {self.describe()} needs an activation with at least {need} axes (batch first), "
+            raise InputError(f"a {self.describe()} needs an activation with at least {need} axes (batch first), "
                              f"got shape {shape}")
         if self.kind == "groups":
             B, C, *rest = shape
             if C % self.size:
-                raise ValueError(f"GroupNorm with {self.size} groups needs the channel count to be a multiple of "
+                raise InputError(f"GroupNorm with {self.size} groups needs the channel count to be a multiple of "
                                  f"it, got {C} channels (shape {shape})")
             return (B, self.size, C // self.size, *rest)
         return shape
@@ -112,7 +113,7 @@ class NormLayout:
         for d in self.reduce_dims(len(grouped)):
             keep[d] = 1
         if stat.numel() != math.prod(keep):
-            raise ValueError(f"a {self.describe()} of an activation of shape {tuple(shape)} has statistics of "
+            raise InputError(f"a {self.describe()} of an activation of shape {tuple(shape)} has statistics of "
                              f"{math.prod(keep)} elements (shape {tuple(keep)}), got shape {tuple(stat.shape)}")
         return stat.reshape(keep)
 
@@ -122,7 +123,7 @@ class NormLayout:
         grouped = self.grouped_shape(shape)
         want = shape[-self.size:] if self.kind == "last" else (shape[1],)
         if param.numel() != math.prod(want):
-            raise ValueError(f"a {self.describe()} of an activation of shape {shape} has an affine parameter of "
+            raise InputError(f"a {self.describe()} of an activation of shape {shape} has an affine parameter of "
                              f"shape {want}, got shape {tuple(param.shape)}")
         if self.kind == "last":
             return param.reshape(want)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..errors import InputError
 from .stabilize import stabilize
 
 __all__ = ["reference_affine_constant", "reference_product_gate", "reference_product_uniform"]
@@ -31,14 +32,14 @@ __all__ = ["reference_affine_constant", "reference_product_gate", "reference_pro
 
 def _check_map(R: Tensor, y: Tensor) -> None:
     if R.dim() != y.dim() + 1 or R.shape[0] != y.shape[0] or R.shape[2:] != y.shape[1:]:
-        raise ValueError(f"relevance must be (B, M, *y.shape[1:]) for an output of shape {tuple(y.shape)}, "
+        raise InputError(f"relevance must be (B, M, *y.shape[1:]) for an output of shape {tuple(y.shape)}, "
                          f"got {tuple(R.shape)}")
 
 
 def _sum_to_operand(R: Tensor, operand: Tensor, y: Tensor, name: str) -> Tensor:
     """Sum a map tensor (B, M, *y.shape[1:]) over the axes ``operand`` (B, ...) was broadcast along."""
     if operand.dim() != y.dim() or operand.shape[0] != y.shape[0]:
-        raise ValueError(f"operand {name} of shape {tuple(operand.shape)} must be an activation with the output's "
+        raise InputError(f"operand {name} of shape {tuple(operand.shape)} must be an activation with the output's "
                          f"batch axis ({y.shape[0]}) and rank ({y.dim()}); a constant or a parameter factor is "
                          "a scaling, reference_affine_constant")
     target = (R.shape[0], R.shape[1], *operand.shape[1:])
@@ -61,7 +62,7 @@ def reference_product_gate(R: Tensor, a: Tensor, b: Tensor, y: Tensor,
     """The signal-takes-all rule for ``y = a * b`` with the operand ``gate_index`` (0: ``a``, 1: ``b``) a gate: the
     other operand takes all of ``R`` (summed over its broadcast axes), the gate gets None (no relevance)."""
     if gate_index not in (0, 1):
-        raise ValueError(f"gate_index must be 0 (a is the gate) or 1 (b is the gate), got {gate_index!r}")
+        raise InputError(f"gate_index must be 0 (a is the gate) or 1 (b is the gate), got {gate_index!r}")
     _check_map(R, y)
     if gate_index == 1:
         return _sum_to_operand(R, a, y, "a"), None

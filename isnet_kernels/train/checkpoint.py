@@ -67,7 +67,8 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         raise TrainError(f"cannot read checkpoint {path}: {exc}; the file is damaged or not an isnet checkpoint: "
-                         f"delete it, or resume from the other checkpoint of the run ({LAST} / {BEST})") from exc
+                         f"delete it. Training continues only from {LAST} (without it a run starts over); evaluation "
+                         f"can use the run's other checkpoint ({BEST if path.name == LAST else LAST})") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
         raise TrainError(f"{path} is not an isnet training checkpoint (format {FORMAT}); use a checkpoint written "
                          "by isnet train")

@@ -15,18 +15,22 @@ images per step (it must divide), so a run gives the same optimisation steps wha
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from ..dispatch import BACKENDS
+from ..errors import ISNetError
 from ..isnet.baselines import DEFAULT_LAMBDA
-from ..isnet.loss import FOREGROUND_RULES, NONFINITE_POLICIES
+from ..isnet.loss import FOREGROUND_RULES, NONFINITE_POLICIES, check_band, check_cut
 from ..isnet.presets import PRESETS, TRAINER_PRESETS
 from ..isnet.wrapper import HEATMAPS, SELECTIONS
-from ..lrp.engine import BATCH_STATS, FIRST_LAYER_RULES
-from ..models import ARCHITECTURES
+from ..lrp.engine import BATCH_STATS, FIRST_LAYER_RULES, check_eps
+from ..models import ARCHITECTURES, build_model
 from .errors import TrainError
 
 #: ``"none"`` trains the plain classifier with cross-entropy; ``"rrr"`` with Right for the Right Reasons (the input
@@ -68,6 +72,60 @@ def default_of(f: dataclasses.Field) -> Any:
     """The default value of a :class:`TrainConfig` field."""
     factory: Callable[[], Any] | Any = f.default_factory
     return factory() if factory is not dataclasses.MISSING else f.default
+
+
+#: The types of the architectures' constructor arguments, by their annotation.
+_ARGUMENT_TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "int": ("a positive int", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    "bool": ("True or False", lambda v: isinstance(v, bool)),
+    "float": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)),
+    "Sequence[int]": ("a tuple of positive ints, e.g. (6, 12, 24, 16)",
+                      lambda v: isinstance(v, (tuple, list)) and len(v) > 0
+                      and all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in v)),
+}
+
+
+def _check_model_kwargs(arch: str, kwargs: dict[str, Any]) -> None:
+    """Each model argument must be a parameter of the architecture's constructor, of the type it is annotated with
+    (the zoo's integer arguments are sizes: positive); ``num_classes`` and ``in_channels`` come from the data."""
+    parameters = inspect.signature(ARCHITECTURES[arch]).parameters
+    settable = [name for name in parameters if name not in ("num_classes", "in_channels")]
+    for name, value in kwargs.items():
+        if name in ("num_classes", "in_channels"):
+            raise TrainError(f"model_kwargs {name}={value!r}: {name} is set from the data set (its classes and its "
+                             "images' channels; channels=1 or channels=3 converts the images)", param="model_kwargs")
+        if name not in parameters:
+            raise TrainError(f"model_kwargs {name}={value!r}: architecture {arch!r} has no argument {name!r}; its "
+                             f"arguments are {', '.join(settable)}", param="model_kwargs")
+        kind = _ARGUMENT_TYPES.get(str(parameters[name].annotation))
+        if kind is not None and not kind[1](value):
+            raise TrainError(f"model_kwargs {name}={value!r}: {name} of architecture {arch!r} must be {kind[0]}",
+                             param="model_kwargs")
+
+
+def _takes(model: torch.nn.Module, channels: int, hw: tuple[int, int]) -> bool:
+    """Whether a model on the meta device accepts a batch of one (channels, *hw) image (eval mode, no data)."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.empty(1, channels, *hw, device="meta"))
+    except Exception:  # a shape error, of whatever type the model's layers raise
+        return False
+    return True
+
+
+def _smallest_size(model: torch.nn.Module, channels: int, limit: int = 1024) -> int | None:
+    """The smallest square input side a model on the meta device accepts (bisection; None beyond ``limit``)."""
+    if not _takes(model, channels, (limit, limit)):
+        return None
+    low, high = 1, limit  # the answer lies in (low - 1, high]
+    while low < high:
+        mid = (low + high) // 2
+        if _takes(model, channels, (mid, mid)):
+            high = mid
+        else:
+            low = mid + 1
+    return high
 
 
 @dataclass
@@ -172,10 +230,11 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Check every field; a :class:`TrainError` names the first bad one and the valid values."""
+        """Check every field; a :class:`TrainError` names the first bad one and the valid values (and the field, in
+        ``params``). Reads no data: a bad setting fails before any file is opened."""
 
         def bad(name: str, expected: str) -> TrainError:
-            return TrainError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+            return TrainError(f"{name} must be {expected}, got {getattr(self, name)!r}", param=name)
 
         if self.arch not in ARCHITECTURES:
             raise TrainError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
@@ -189,12 +248,12 @@ class TrainConfig:
                 raise bad(name, "a positive int" if name == "batch_size" else "an int >= 0")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):
-            raise bad("threads", "None or a positive int")
+            raise bad("threads", "a positive int (or not given: PyTorch's setting)")
         for name in ("tune_cut", "num_workers", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise bad(name, "an int >= 0")
-        for name in ("lr", "momentum", "weight_decay", "E", "A", "B", "eps", "rrr_lambda"):
+        for name in ("lr", "momentum", "weight_decay", "E", "A", "B", "rrr_lambda"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise bad(name, "a finite number >= 0")
@@ -202,6 +261,10 @@ class TrainConfig:
             raise bad("lr", "positive")
         if not self.E > 0:
             raise bad("E", "positive")
+        try:
+            check_eps(self.eps)
+        except ISNetError as exc:
+            raise TrainError(str(exc), param="eps") from None
         if self.clip is not None and (not isinstance(self.clip, (int, float)) or not self.clip >= 0):
             raise bad("clip", "a number >= 0 (0 or None: no clipping)")
         for name in ("P", "d", "d_loss"):
@@ -212,6 +275,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, dict) and (not isinstance(value, (int, float)) or not value > 0):
                 raise bad(name, "a positive number (or a dict per level, as tune_cut returns)")
+        try:
+            check_band(check_cut(self.C1, "C1"), check_cut(self.C2, "C2"))
+        except ISNetError as exc:
+            raise TrainError(str(exc), param=exc.params) from None
         if self.foreground not in FOREGROUND_RULES:
             raise bad("foreground", f"one of {FOREGROUND_RULES}")
         if self.nonfinite not in NONFINITE_POLICIES:
@@ -225,7 +292,7 @@ class TrainConfig:
                              "--variant dual")
         if self.map_chunk is not None and (isinstance(self.map_chunk, bool) or not isinstance(self.map_chunk, int)
                                            or self.map_chunk < 1):
-            raise bad("map_chunk", "None or a positive int")
+            raise bad("map_chunk", "a positive int (or not given: chosen from the memory available)")
         if self.lr_schedule not in LR_SCHEDULES:
             raise bad("lr_schedule", f"one of {LR_SCHEDULES}")
         if self.select not in SELECTIONS:
@@ -235,18 +302,44 @@ class TrainConfig:
         if not isinstance(self.deep_supervision, (bool, list)) and self.deep_supervision != "auto":
             raise bad("deep_supervision", "True, False, 'auto' or a list of module names")
         if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1):
-            raise bad("size", "None or a positive int")
+            raise bad("size", "a positive int (or not given: the images' own size)")
         if self.channels is not None and self.channels not in CHANNELS:
-            raise bad("channels", "None, 1 or 3")
+            raise bad("channels", "1 or 3 (or not given: as stored)")
         if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
             raise bad("device", f"one of {DEVICES} or 'cuda:N'")
         if self.backend is not None and self.backend not in BACKENDS:
-            raise bad("backend", f"None or one of {BACKENDS}")
+            raise bad("backend", f"one of {BACKENDS} (or not given: auto)")
         if not self.train_split:
             raise bad("train_split", "a split folder name")
         if self.variant in ("none", "rrr") and self.tune_cut:
             raise TrainError(f"tune_cut chooses C1/C2 of the heatmap loss, which variant {self.variant!r} does not "
                              "use; drop --tune-cut or pick an ISNet variant")
+
+    def check_model(self, image_size: tuple[int, int] | None = None, in_channels: int | None = None) -> None:
+        """Check that ``arch`` can be built with ``model_kwargs`` and takes images of ``size`` (or of
+        ``image_size``, the data's own, when ``size`` is not given), without reading data: the model is built on
+        PyTorch's meta device (no memory, no computation) and run on an empty batch of that shape. A
+        :class:`TrainError` names the setting (``model_kwargs`` or ``size``) and, for a too-small size, the
+        smallest the architecture takes."""
+        channels = in_channels or self.channels or 1
+        _check_model_kwargs(self.arch, self.model_kwargs)
+        try:
+            with torch.device("meta"):
+                model = build_model(self.arch, 2, channels, **self.model_kwargs)
+        except Exception as exc:  # the constructor's own message, whatever its type, with the setting that caused it
+            given = ", ".join(f"{k}={v!r}" for k, v in self.model_kwargs.items()) or "(none given)"
+            detail = str(exc) if isinstance(exc, ISNetError) else f"{type(exc).__name__}: {exc}"
+            raise TrainError(f"model_kwargs {given} not accepted by architecture {self.arch!r}: {detail}",
+                             param="model_kwargs") from None
+        hw = (self.size, self.size) if self.size is not None else image_size
+        if hw is None or _takes(model, channels, hw):
+            return
+        smallest = _smallest_size(model, channels)
+        which = f"size {self.size} is" if self.size is not None else f"the images ({hw[0]} x {hw[1]} pixels) are"
+        fix = (f"its smallest input is {smallest} x {smallest} pixels; pass size={smallest} or more"
+               if smallest is not None else "pass a larger size")
+        raise TrainError(f"{which} too small for architecture {self.arch!r}: {fix} (images and masks are resized "
+                         "when loaded)", param="size")
 
     @property
     def is_isnet(self) -> bool:

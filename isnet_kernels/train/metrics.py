@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from ..isnet.loss import prepare_mask
 
 #: Loss parts of a training step: the total, cross-entropy, heatmap loss (the RRR penalty for variant "rrr"),
@@ -47,7 +48,7 @@ def background_fraction(heatmaps: Tensor, masks: Tensor) -> Tensor:
     if heatmaps.dim() == 4:
         heatmaps = heatmaps.unsqueeze(1)
     if heatmaps.dim() != 5:
-        raise ValueError(f"heatmaps must have shape (B, C, H, W) or (B, M, C, H, W), got {tuple(heatmaps.shape)}")
+        raise InputError(f"heatmaps must have shape (B, C, H, W) or (B, M, C, H, W), got {tuple(heatmaps.shape)}")
     B = heatmaps.shape[0]
     mask = prepare_mask(masks, B, tuple(heatmaps.shape[-2:]), heatmaps.dtype, heatmaps.device)  # (B, 1, 1, h, w)
     absH = heatmaps.detach().abs()
@@ -106,7 +107,7 @@ class Meter:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if tuple(state["names"]) != self.names:
-            raise ValueError(f"meter names differ: {state['names']} vs {list(self.names)}")
+            raise InputError(f"meter names differ: {state['names']} vs {list(self.names)}")
         self.sums = state["sums"].to(self.sums)
         self.counts = state["counts"].to(self.counts)
 

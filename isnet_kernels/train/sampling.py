@@ -18,6 +18,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from ..errors import InputError
+
 
 class EpochSampler(Sampler[int]):
     """Indices of this process's share of epoch ``epoch``'s permutation (module docstring).
@@ -35,7 +37,7 @@ class EpochSampler(Sampler[int]):
     def __init__(self, size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True,
                  pad: bool = True):
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
+            raise InputError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
         self.size, self.seed, self.rank, self.world_size = int(size), int(seed), int(rank), int(world_size)
         self.shuffle, self.pad = shuffle, pad
         self.epoch = 0

@@ -44,6 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import dispatch
+from ..errors import InputTypeError
 from ..isnet import ISNet, ISNetLoss, ISNetLossOutput, ISNetOutput, RRRLoss, tune_cut
 from ..models import build_model
 from .checkpoint import BEST, FORMAT, LAST, capture_rng, load_checkpoint, restore_rng, save_checkpoint
@@ -99,10 +100,12 @@ class Trainer:
     def __init__(self, config: TrainConfig, *, model: nn.Module | None = None, resume: bool = False,
                  callbacks: Sequence[Callback] = (), log: Callable[[str], None] | None = None):
         if not isinstance(config, TrainConfig):
-            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+            raise InputTypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         config.validate()
         if not config.out:
             raise TrainError("no run directory given; pass --out RUN_DIR (created if needed)")
+        if model is None:  # before any data is read: the model's arguments, and the size when one is given
+            config.check_model()
         self.config = config
         self.custom_model = model
         self.resume = resume
@@ -174,6 +177,8 @@ class Trainer:
                                       flag="--val-split (or --val-split '' to train without validation)")
             check_classes(self.classes, self.val_set.classes, f"validation split {cfg.val_split!r}")
         self.in_channels = int(self.train_set[0][0].shape[0])
+        if self.custom_model is None and cfg.size is None:  # the images' own size, known now
+            cfg.check_model(tuple(self.train_set[0][0].shape[-2:]), self.in_channels)
         if state is not None:
             check_classes(list(state["classes"]), self.classes, f"training split {cfg.train_split!r} of {cfg.data}")
 

@@ -52,6 +52,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..errors import InputError
 from ..ops.conv import conv_transpose_output_padding
 from ..ops.primitives import Geometry, new_output
 from .utils import (
@@ -392,15 +393,15 @@ def _check_conv(name: str, n_pixels: int, Ci: int, HW: tuple[int, int], Co: int,
     """The weight's shape against the channels and groups, the sizes against the convolution's geometry, and the
     int32 indexing: the kernel's flat pixel index (``n_pixels``) and offsets within one image."""
     if geom.linear:
-        raise ValueError(f"{name} takes a convolution geometry; linear layers use the matmul path")
+        raise InputError(f"{name} takes a convolution geometry; linear layers use the matmul path")
     groups = geom.groups
     if weight.dim() != 4 or weight.shape[0] != Co or Co % groups or Ci % groups or weight.shape[1] != Ci // groups:
-        raise ValueError(f"{name}: weight {tuple(weight.shape)} does not map {Ci} to {Co} channels in {groups} "
+        raise InputError(f"{name}: weight {tuple(weight.shape)} does not map {Ci} to {Co} channels in {groups} "
                          "groups")
     # the sizes must be those of a convolution of the input with these parameters (raises otherwise)
     conv_transpose_output_padding(HW, HoWo, tuple(weight.shape[-2:]), geom.stride, geom.padding, geom.dilation)
     if max(n_pixels, Ci * HW[0] * HW[1], Co * HoWo[0] * HoWo[1]) >= 2**31:
-        raise ValueError(f"{name} indexes pixels with int32: split the batch")
+        raise InputError(f"{name} indexes pixels with int32: split the batch")
 
 
 def _conv_transpose(R: Tensor, z: Tensor, a: Tensor, a2: Tensor | None, weight: Tensor, weight2: Tensor | None,
@@ -491,7 +492,7 @@ def zbox_forward(
     """
     _check_transpose_inputs("zbox_forward", R, z_box, w_pos, input_size, geom, a_low)
     if a_high.shape != a_low.shape or w_neg.shape != w_pos.shape:
-        raise ValueError(f"zbox_forward: a_low {tuple(a_low.shape)} / a_high {tuple(a_high.shape)} and w_pos "
+        raise InputError(f"zbox_forward: a_low {tuple(a_low.shape)} / a_high {tuple(a_high.shape)} and w_pos "
                          f"{tuple(w_pos.shape)} / w_neg {tuple(w_neg.shape)} must match")
     check_floating(R, a_low, a_high, z_box, w_pos, w_neg)
     return _conv_transpose(R, z_box, a_low, a_high, w_pos, w_neg, geom, eps, keep_c)
@@ -500,13 +501,13 @@ def zbox_forward(
 def _check_transpose_inputs(name: str, R: Tensor, z: Tensor, weight: Tensor, input_size: tuple[int, ...],
                             geom: Geometry, a: Tensor) -> None:
     if R.dim() != 5 or a.dim() != 4 or z.dim() != 4 or weight.dim() != 4:
-        raise ValueError(f"{name}: expected R (B, M, Co, Ho, Wo), a (B, Ci, H, W), z (B, Co, Ho, Wo), weight "
+        raise InputError(f"{name}: expected R (B, M, Co, Ho, Wo), a (B, Ci, H, W), z (B, Co, Ho, Wo), weight "
                          f"(Co, Ci/g, kh, kw); got {tuple(R.shape)}, {tuple(a.shape)}, {tuple(z.shape)}, "
                          f"{tuple(weight.shape)}")
     B, M, Co, Ho, Wo = R.shape
     _, Ci, H, W = a.shape
     if tuple(z.shape) != (B, Co, Ho, Wo) or a.shape[0] != B or tuple(input_size) != (H, W):
-        raise ValueError(f"{name}: inconsistent shapes: R {tuple(R.shape)}, a {tuple(a.shape)}, z "
+        raise InputError(f"{name}: inconsistent shapes: R {tuple(R.shape)}, a {tuple(a.shape)}, z "
                          f"{tuple(z.shape)}, input_size {tuple(input_size)}")
     _check_conv(name, B * M * H * W, Ci, (H, W), Co, (Ho, Wo), weight, geom)
 
@@ -529,12 +530,12 @@ def conv_epsilon_backward(U: Tensor, weight: Tensor, s: Tensor, z: Tensor, geom:
     (dR, dZ): (B, M, Co, Ho, Wo) and (B, Co, Ho, Wo).
     """
     if U.dim() != 5 or s.dim() != 5 or z.dim() != 4:
-        raise ValueError(f"conv_epsilon_backward: expected U (B, M, Ci, H, W), s (B, M, Co, Ho, Wo), z (B, Co, Ho, "
+        raise InputError(f"conv_epsilon_backward: expected U (B, M, Ci, H, W), s (B, M, Co, Ho, Wo), z (B, Co, Ho, "
                          f"Wo); got {tuple(U.shape)}, {tuple(s.shape)}, {tuple(z.shape)}")
     B, M, Ci, H, W = U.shape
     _, _, Co, Ho, Wo = s.shape
     if tuple(s.shape[:2]) != (B, M) or tuple(z.shape) != (B, Co, Ho, Wo):
-        raise ValueError(f"conv_epsilon_backward: inconsistent shapes: U {tuple(U.shape)}, s {tuple(s.shape)}, "
+        raise InputError(f"conv_epsilon_backward: inconsistent shapes: U {tuple(U.shape)}, s {tuple(s.shape)}, "
                          f"z {tuple(z.shape)}")
     _check_conv("conv_epsilon_backward", B * Ho * Wo, Ci, (H, W), Co, (Ho, Wo), weight, geom)
     check_floating(U, weight, s, z)

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..errors import InputError
 from ..ops.primitives import new_output
 from .utils import (
     calculate_settings,
@@ -178,14 +179,14 @@ def _residual_backward_kernel(
 def _maps(x: Tensor) -> Tensor:
     """A (B, M, N) map tensor, contiguous (a no-op for the contiguous inputs the primitives receive)."""
     if x.dim() != 3:
-        raise ValueError(f"expected a (B, M, N) map tensor, got shape {tuple(x.shape)}")
+        raise InputError(f"expected a (B, M, N) map tensor, got shape {tuple(x.shape)}")
     return x.contiguous()
 
 
 def _activations(x: Tensor, B: int, N: int) -> Tensor:
     """A (B, N) activation tensor, contiguous."""
     if tuple(x.shape) != (B, N):
-        raise ValueError(f"expected a ({B}, {N}) activation tensor, got shape {tuple(x.shape)}")
+        raise InputError(f"expected a ({B}, {N}) activation tensor, got shape {tuple(x.shape)}")
     return x.contiguous()
 
 
@@ -239,7 +240,7 @@ def epsilon_backward_input(G: Tensor, a: Tensor, c: Tensor | None) -> tuple[Tens
     if c is not None:
         c = _maps(c)
         if c.shape != G.shape:
-            raise ValueError(f"c has shape {tuple(c.shape)}, G {tuple(G.shape)}")
+            raise InputError(f"c has shape {tuple(c.shape)}, G {tuple(G.shape)}")
         check_floating(G, a, c)
     else:
         check_floating(G, a)
@@ -261,7 +262,7 @@ def epsilon_backward_stab(V: Tensor, s: Tensor, z: Tensor, eps: float) -> tuple[
     V, s = _maps(V), _maps(s)
     B, M, N = V.shape
     if s.shape != V.shape:
-        raise ValueError(f"s has shape {tuple(s.shape)}, V {tuple(V.shape)}")
+        raise InputError(f"s has shape {tuple(s.shape)}, V {tuple(V.shape)}")
     z = _activations(z, B, N)
     check_floating(V, s, z)
     dR = new_output((B, M, N), V)
@@ -302,7 +303,7 @@ def residual_backward(Gx: Tensor, Gf: Tensor, R: Tensor, x: Tensor, f: Tensor, y
     """``dR = Q / t`` (B, M, N); ``dx = sum_M Gx T``, ``df = sum_M Gf T``, ``dy = -sum_M Q T / t`` (B, N), with
     ``t = stab(y)``, ``T = R / t``, ``Q = Gx x + Gf f``. See :func:`_residual_backward_kernel`."""
     if not (Gx.shape == Gf.shape == R.shape) or R.dim() != 3:
-        raise ValueError(f"Gx, Gf, R must share a (B, M, N) shape, got {tuple(Gx.shape)}, {tuple(Gf.shape)}, "
+        raise InputError(f"Gx, Gf, R must share a (B, M, N) shape, got {tuple(Gx.shape)}, {tuple(Gf.shape)}, "
                          f"{tuple(R.shape)}")
     Gx, Gf, R = Gx.contiguous(), Gf.contiguous(), R.contiguous()
     B, M, N = R.shape

@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..errors import InputError, InputTypeError
 from ..ops.pool import AvgPoolWindows
 from ..ops.primitives import new_output
 from .utils import (
@@ -87,10 +88,10 @@ def _maxpool_backward_kernel(
 
 def _check(R: Tensor, z: Tensor, indices: Tensor) -> tuple[int, int, int, int]:
     if R.dim() != 4 or tuple(z.shape) != (R.shape[0], *R.shape[2:]) or indices.shape != z.shape:
-        raise ValueError(f"expected R (B, M, C, Lo) and z, indices (B, C, Lo), got {tuple(R.shape)}, "
+        raise InputError(f"expected R (B, M, C, Lo) and z, indices (B, C, Lo), got {tuple(R.shape)}, "
                          f"{tuple(z.shape)}, {tuple(indices.shape)}")
     if indices.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"indices must be int64 or int32, got {indices.dtype}")
+        raise InputTypeError(f"indices must be int64 or int32, got {indices.dtype}")
     check_floating(R, z)
     B, M, C, Lo = R.shape
     return B, M, C, Lo
@@ -126,7 +127,7 @@ def maxpool_backward(G: Tensor, R: Tensor, z: Tensor, indices: Tensor, eps: floa
     """
     B, M, C, Lo = _check(R, z, indices)
     if G.dim() != 4 or tuple(G.shape[:3]) != (B, M, C):
-        raise ValueError(f"expected G (B, M, C, length) with (B, M, C) = {(B, M, C)}, got {tuple(G.shape)}")
+        raise InputError(f"expected G (B, M, C, length) with (B, M, C) = {(B, M, C)}, got {tuple(G.shape)}")
     check_floating(G, R)
     G, R, z, indices = G.contiguous(), R.contiguous(), z.contiguous(), indices.contiguous()
     dR = new_output((B, M, C, Lo), R)
@@ -327,16 +328,16 @@ def _pool_plan(R: Tensor, a: Tensor, z: Tensor, windows: AvgPoolWindows | None) 
     """Shape checks, and the window parameters the kernels take: geometry, divisor, and the loop extents (windows
     per input NCOV_*, inputs per window NMEM_*)."""
     if R.dim() != 5 or a.dim() != 4 or z.dim() != 4:
-        raise ValueError(f"expected R (B, M, C, Ho, Wo), a (B, C, H, W), z (B, C, Ho, Wo); got {tuple(R.shape)}, "
+        raise InputError(f"expected R (B, M, C, Ho, Wo), a (B, C, H, W), z (B, C, Ho, Wo); got {tuple(R.shape)}, "
                          f"{tuple(a.shape)}, {tuple(z.shape)}")
     B, M, C, Ho, Wo = R.shape
     H, W = a.shape[-2:]
     if tuple(z.shape) != (B, C, Ho, Wo) or tuple(a.shape[:2]) != (B, C):
-        raise ValueError(f"inconsistent shapes: R {tuple(R.shape)}, a {tuple(a.shape)}, z {tuple(z.shape)}")
+        raise InputError(f"inconsistent shapes: R {tuple(R.shape)}, a {tuple(a.shape)}, z {tuple(z.shape)}")
     check_floating(R, a, z)
     if windows is None:
         if min(H, W, Ho, Wo) <= 0:
-            raise ValueError(f"adaptive pooling of {(H, W)} to {(Ho, Wo)}: sizes must be positive")
+            raise InputError(f"adaptive pooling of {(H, W)} to {(Ho, Wo)}: sizes must be positive")
         (cov_h, mem_h), (cov_w, mem_w) = _adaptive_extents(H, Ho), _adaptive_extents(W, Wo)
         return dict(KH=0, KW=0, SH=1, SW=1, PH=0, PW=0, DIVISOR=0, NCOV_H=cov_h, NCOV_W=cov_w, NMEM_H=mem_h,
                     NMEM_W=mem_w, ADAPTIVE=True, COUNT_PAD=True)
@@ -344,11 +345,11 @@ def _pool_plan(R: Tensor, a: Tensor, z: Tensor, windows: AvgPoolWindows | None) 
     ceil = windows.ceil_mode
     expected = (_pool_output_size(H, kh, sh, ph, ceil), _pool_output_size(W, kw, sw, pw, ceil))
     if (Ho, Wo) != expected or min(kh, kw, sh, sw) <= 0 or ph > kh // 2 or pw > kw // 2:
-        raise ValueError(f"avg_pool2d with {windows} maps {(H, W)} to {expected}, not to {(Ho, Wo)} (or invalid "
+        raise InputError(f"avg_pool2d with {windows} maps {(H, W)} to {expected}, not to {(Ho, Wo)} (or invalid "
                          "windows: padding must be at most half the kernel)")
     divisor = windows.divisor_override or 0
     if divisor < 0:
-        raise ValueError(f"divisor_override must be positive, got {divisor}")
+        raise InputError(f"divisor_override must be positive, got {divisor}")
     return dict(KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw, DIVISOR=divisor, NCOV_H=triton.cdiv(kh, sh),
                 NCOV_W=triton.cdiv(kw, sw), NMEM_H=kh, NMEM_W=kw, ADAPTIVE=False, COUNT_PAD=windows.count_include_pad)
 
@@ -400,7 +401,7 @@ def avgpool_backward(G: Tensor, R: Tensor, a: Tensor, z: Tensor, windows: AvgPoo
     B, M, C, Ho, Wo = R.shape
     H, W = a.shape[-2:]
     if tuple(G.shape) != (B, M, C, H, W):
-        raise ValueError(f"expected G of shape {(B, M, C, H, W)}, got {tuple(G.shape)}")
+        raise InputError(f"expected G of shape {(B, M, C, H, W)}, got {tuple(G.shape)}")
     check_floating(G, R)
     G, R, a, z = G.contiguous(), R.contiguous(), a.contiguous(), z.contiguous()
     dR = new_output((B, M, C, Ho, Wo), R)

@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..errors import InputTypeError
+
 
 def interpreting() -> bool:
     """Whether Triton runs kernels on the CPU interpreter (``TRITON_INTERPRET=1``)."""
@@ -40,11 +42,11 @@ def check_floating(*tensors: torch.Tensor) -> torch.dtype:
     """The common dtype of ``tensors``: one of :data:`SUPPORTED_DTYPES`, all equal, all on one device."""
     dtype, device = tensors[0].dtype, tensors[0].device
     if dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"triton kernels support {SUPPORTED_DTYPES}, got {dtype}")
+        raise InputTypeError(f"triton kernels support {SUPPORTED_DTYPES}, got {dtype}")
     for t in tensors[1:]:
         if t.dtype != dtype or t.device != device:
-            raise TypeError(f"all inputs must share dtype and device: {dtype} on {device} against {t.dtype} on "
-                            f"{t.device}")
+            raise InputTypeError(f"all inputs must share dtype and device: {dtype} on {device} against {t.dtype} on "
+                                 f"{t.device}")
     return dtype
 
 

@@ -106,10 +106,17 @@ def test_photo_seed_changes_the_scenes_and_seed_reproduces_bytes(scenes, tmp_pat
 
 
 def test_bad_arguments_are_refused(tmp_path):
-    with pytest.raises(DataError, match="--bias"):
+    with pytest.raises(DataError, match="bias"):
         write_biased_scenes(tmp_path, bias=1.5, progress=False)
-    with pytest.raises(DataError, match="--size"):
+    with pytest.raises(DataError, match="size"):
         write_biased_scenes(tmp_path, size=8, progress=False)
+
+
+def test_command_line_names_the_flag(tmp_path, capsys):
+    code = cli_main(["data", "biased-scenes", str(tmp_path / "s"), "--bias", "2", "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--bias" in err and "bias=" not in err
 
 
 def test_command_line_writes_it(tmp_path, capsys):

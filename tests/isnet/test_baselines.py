@@ -230,7 +230,7 @@ def test_gradinput_is_differentiable_through_the_loss():
     x = torch.rand(2, 2, 6, 6, dtype=DT)
     labels = torch.tensor([0, 2])
     masks = _masks(2, 6)
-    loss_fn = ISNetLoss(C1=0.5, C2=0.01)
+    loss_fn = ISNetLoss(C1=0.5, C2=0.5)
     names = ["model.features.0.weight", "model.fc.weight"]
     current = dict(net.named_parameters())
     params = tuple(current[n].detach().clone().requires_grad_(True) for n in names)

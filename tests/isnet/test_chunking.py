@@ -39,7 +39,7 @@ def _step(model: nn.Module, map_chunk: int | None, *, deep: bool, train: bool, b
     x = x.clone().requires_grad_(True)
     labels = torch.tensor([0, 3, 6])
     out = net(x, labels, heatmaps=True)
-    loss = ISNetLoss(C1=2.0, C2=0.05, d_loss=0.5)(out, labels, _masks())
+    loss = ISNetLoss(C1=2.0, C2=2.0, d_loss=0.5)(out, labels, _masks())
     loss.total.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return out, loss, grads, x.grad.clone(), net.last_map_chunk

@@ -447,8 +447,8 @@ def test_loss_gradcheck(variant, train, deep):
     x = torch.rand(2, 1, 6, 6, dtype=DT)
     labels = torch.tensor([0, 2])
     masks = _mask()
-    # C1 above the maps' foreground relevance, C2 small: the foreground term is active on both sides
-    loss_fn = ISNetLoss(P=0.7, C1=(2.0, 1.5) if variant == "dual" else 2.0, C2=0.05, d_loss=0.5)
+    # C1 above the maps' foreground relevance: the foreground term is active (C2 = C1: the narrowest valid band)
+    loss_fn = ISNetLoss(P=0.7, C1=(2.0, 1.5) if variant == "dual" else 2.0, C2=2.0, d_loss=0.5)
     names = _exact_parameters(isnet)
     expected = ["model.features.1.weight", "model.features.4.weight", "model.fc.weight"]
     assert names == (expected if train else ["model.features.0.weight", *expected])
@@ -477,7 +477,7 @@ def test_relevance_pass_detaches_the_logit_bias():
     model = _tiny()
     isnet = ISNet(model, "original").eval()
     x = torch.rand(2, 1, 6, 6, dtype=DT)
-    parts = ISNetLoss(C1=2.0, C2=0.05)(isnet(x, heatmaps=True), torch.tensor([0, 1]), _mask())
+    parts = ISNetLoss(C1=2.0, C2=2.0)(isnet(x, heatmaps=True), torch.tensor([0, 1]), _mask())
     grad_bias, grad_weight = torch.autograd.grad(parts.heatmap, [model.fc.bias, model.fc.weight], allow_unused=True)
     assert grad_bias is None or torch.equal(grad_bias, torch.zeros_like(grad_bias))
     assert grad_weight.abs().max() > 1e-6

@@ -247,8 +247,8 @@ def test_batchnorm_subclass_with_own_forward_is_traced_and_recognised():
         errs.append(float((a - b).abs().max() / a.abs().max().detach()))
     assert errs[0] > 1e-6  # not identical at a finite eps (the comparison is not vacuous)
     assert 0.002 < errs[1] / errs[0] < 0.05 and 0.002 < errs[2] / errs[1] < 0.05  # linear in eps
-    a, b = _heat(plain, x, eps=0.0), _heat(timm, x, eps=0.0)
-    torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12 * float(a.abs().max()))  # equal at eps = 0
+    a, b = _heat(plain, x, eps=1e-15), _heat(timm, x, eps=1e-15)
+    torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12 * float(a.abs().max()))  # equal as eps -> 0
     torch.testing.assert_close(timm(x), plain(x), rtol=1e-12, atol=1e-12)
 
 
@@ -256,8 +256,8 @@ def test_batchnorm_subclass_train_mode_updates_running_stats_as_the_module():
     plain, timm = _bn_nets()
     plain.train(), timm.train()
     x = torch.rand(4, 3, 5, 5, dtype=DT)
-    logits_p, maps_p = ik.LRP(plain, eps=0.0, first_layer="epsilon")(x, torch.tensor([[0]] * 4))
-    logits_t, maps_t = ik.LRP(timm, eps=0.0, first_layer="epsilon")(x, torch.tensor([[0]] * 4))
+    logits_p, maps_p = ik.LRP(plain, eps=1e-15, first_layer="epsilon")(x, torch.tensor([[0]] * 4))
+    logits_t, maps_t = ik.LRP(timm, eps=1e-15, first_layer="epsilon")(x, torch.tensor([[0]] * 4))
     torch.testing.assert_close(logits_t, logits_p, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(timm[1].running_mean, plain[1].running_mean, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(timm[1].running_var, plain[1].running_var, rtol=1e-12, atol=1e-14)

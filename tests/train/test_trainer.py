@@ -225,5 +225,5 @@ def test_threads_set_for_the_run_and_restored(tiny_data: Path, tmp_path: Path) -
     train(_config(tiny_data, tmp_path / "t", epochs=1, threads=1 if before > 1 else 2), model=_net(),
           callbacks=[lambda trainer, epoch, step: seen.append(torch.get_num_threads())])
     assert seen and set(seen) == {1 if before > 1 else 2} and torch.get_num_threads() == before
-    with pytest.raises(TrainError, match="threads must be None or a positive int"):
+    with pytest.raises(TrainError, match="threads must be a positive int"):
         TrainConfig(threads=0)
