@@ -52,9 +52,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..errors import MissingDependencyError
 from . import biased_digits as _bd
 from . import biased_tags as _bt
-from ..errors import MissingDependencyError
 from .errors import DataError
 
 SPLITS = ("train", "val", "test_biased", "test_unbiased", "test_confounding", "train_clean")
