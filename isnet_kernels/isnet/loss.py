@@ -12,13 +12,24 @@ Background term, per image b and map m::
     S_c = GWRP_d(Hn_c * (1 - mask))                    per channel c, over the h*w positions
     L_bkg = mean_{m, c} -log(1 - min(S_c / (S_c + E), 1 - 1e-7))
 
+Background-mass term (``mass`` > 0; off by default): the share of the relevance mass outside the mask,
+per image b and map m, through the same saturation::
+
+    f = sum(|H| * (1 - mask)) / (sum(|H| * (1 - mask)) + E * sum(|H| * mask))
+    L_mass = -log(1 - min(f, 1 - 1e-7))
+
+GWRP is a weighted *mean* of the background (``sum_i d^i = 1``): a faint relevance spread evenly over many
+background pixels gives a small S whatever d is, though its mass (count x mean) may exceed the foreground's. The
+mass term sees that total: ``f`` is the background fraction of the relevance (at ``E = 1``), the figure the
+evaluation reports.
+
 Foreground term on the raw map: ``F = sum(|H| * mask)`` per (b, m); left ``(min(F / C1, 1) - 1)^2`` (too little
 relevance inside the mask), right ``((max(F, C2) - C2) / C1)^2`` ("l2"), or, "hybrid" (Faster ISNet), that l2
 term while ``F <= C1 + C2`` (tested on a detached value) and ``F - C1 - C2 + 1`` beyond (the same value, 1, at the
 seam; slope 2 / C1 on the quadratic side and 1 on the linear one, equal only for C1 = 2: the gradient stays bounded
 for very large maps). ``L_fg = mean_m(left + right)``.
 
-``L_heat = mean_b(A * L_bkg + B * L_fg)`` and ``L = (1 - P) * CE(logits, y) + P * L_heat``. With deep
+``L_heat = mean_b(A * L_bkg + mass * L_mass + B * L_fg)`` and ``L = (1 - P) * CE(logits, y) + P * L_heat``. With deep
 supervision the heatmap losses of the input and of each supervised layer are combined by a 1-D GWRP with decay
 ``d_loss`` (largest first).
 
@@ -205,8 +216,10 @@ class HeatmapLossParts:
 def heatmap_loss(heatmaps: Tensor, masks: Tensor, *, d: float = 0.9, E: float = 1.0, A: float = 1.0,
                  B: float = 3.0, C1: float | Sequence[float] | Tensor = 1.0,
                  C2: float | Sequence[float] | Tensor = 25.0, foreground: str = "hybrid",
-                 check_masks: bool = True, flags: list[Tensor] | None = None) -> HeatmapLossParts:
-    """``L_heat = mean_b(A * L_bkg + B * L_fg)`` of heatmaps (B, M, C, h, w) against foreground masks (module doc).
+                 check_masks: bool = True, flags: list[Tensor] | None = None, mass: float = 0.0
+                 ) -> HeatmapLossParts:
+    """``L_heat = mean_b(A * L_bkg + mass * L_mass + B * L_fg)`` of heatmaps (B, M, C, h, w) against foreground
+    masks (module doc).
 
     ``C1`` and ``C2`` are numbers or one value per map (the dual variant's two maps have their own).
     """
@@ -226,13 +239,19 @@ def heatmap_loss(heatmaps: Tensor, masks: Tensor, *, d: float = 0.9, E: float = 
     S = gwrp((Hn * (1 - mask)).flatten(-2), d)  # (B, M, C)
     bkg = -torch.log1p(-(S / (S + E)).clamp(max=SATURATION))
     bkg = bkg.mean((1, 2))
+    if mass:
+        out = (absH * (1 - mask)).sum((2, 3, 4))  # (B, M): the background's relevance mass
+        share = out / (out + E * fg + NORM_EPS)
+        bkg_mass = -torch.log1p(-share.clamp(max=SATURATION)).mean(1)
+    else:
+        bkg_mass = fg.new_zeros(Bsz)
     c1, c2 = _per_map(C1, M, fg, "C1"), _per_map(C2, M, fg, "C2")
     left = ((fg / c1).clamp(max=1) - 1) ** 2
     right = ((torch.maximum(fg, c2.expand_as(fg)) - c2) / c1) ** 2
     if foreground == "hybrid":
         right = torch.where(fg.detach() <= c1 + c2, right, fg - c1 - c2 + 1)
     fgl = (left + right).mean(1)
-    return HeatmapLossParts((A * bkg + B * fgl).mean(), bkg.mean(), fgl.mean())
+    return HeatmapLossParts((A * bkg + mass * bkg_mass + B * fgl).mean(), bkg.mean(), fgl.mean())
 
 
 @dataclass
@@ -263,6 +282,7 @@ class ISNetLoss(nn.Module):
     d : GWRP decay of the background term (0: the maximum, 1: the mean).
     E : background saturation constant in ``S / (S + E)``.
     A, B : weights of the background and foreground terms.
+    mass : weight of the background-mass term (the share of the relevance outside the mask; 0, the default: off).
     C1, C2 : foreground bounds (see :func:`~isnet_kernels.tune_cut`): numbers, one per map for the dual variant
         (z+ map first), or a dict of those per level (``"input"`` and each deep-supervision module name), as
         :func:`~isnet_kernels.tune_cut` returns them.
@@ -281,7 +301,7 @@ class ISNetLoss(nn.Module):
     def __init__(self, P: float = 0.7, d: float = 0.9, E: float = 1.0, A: float = 1.0, B: float = 3.0,
                  C1: float | Sequence[float] | dict = 1.0, C2: float | Sequence[float] | dict = 25.0,
                  foreground: str = "hybrid",
-                 d_loss: float = 1.0, nonfinite: str = "raise", check_masks: bool = True):
+                 d_loss: float = 1.0, nonfinite: str = "raise", check_masks: bool = True, mass: float = 0.0):
         super().__init__()
         if not 0 <= P <= 1:
             raise InputError(f"P must be in [0, 1], got {P}")
@@ -294,12 +314,16 @@ class ISNetLoss(nn.Module):
             raise InputError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         self.C1, self.C2 = check_cut(C1, "C1"), check_cut(C2, "C2")
         check_band(self.C1, self.C2)
+        if not (isinstance(mass, (int, float)) and math.isfinite(mass) and mass >= 0):
+            raise InputError(f"mass (the background-mass weight) must be a number >= 0, got {mass!r}", param="mass")
         self.P, self.d, self.E, self.A, self.B = float(P), float(d), float(E), float(A), float(B)
+        self.mass = float(mass)
         self.foreground, self.d_loss, self.nonfinite, self.check_masks = foreground, float(d_loss), nonfinite, \
             check_masks
 
     def extra_repr(self) -> str:
-        return (f"P={self.P}, d={self.d}, E={self.E}, A={self.A}, B={self.B}, C1={self.C1}, C2={self.C2}, "
+        return (f"P={self.P}, d={self.d}, E={self.E}, A={self.A}, B={self.B}, mass={self.mass}, C1={self.C1}, "
+                f"C2={self.C2}, "
                 f"foreground={self.foreground!r}, d_loss={self.d_loss}, nonfinite={self.nonfinite!r}")
 
     def heatmap_parts(self, heatmaps: Tensor, masks: Tensor, level: str = "input",
@@ -307,7 +331,7 @@ class ISNetLoss(nn.Module):
         """The heatmap loss of one level: ``"input"`` or a supervised module's name (for per-level C1/C2)."""
         return heatmap_loss(heatmaps, masks, d=self.d, E=self.E, A=self.A, B=self.B, C1=_at_level(self.C1, level),
                             C2=_at_level(self.C2, level), foreground=self.foreground, check_masks=self.check_masks,
-                            flags=flags)
+                            flags=flags, mass=self.mass)
 
     def forward(self, output: ISNetOutput, labels: Tensor, masks: Tensor) -> ISNetLossOutput:
         if not isinstance(output, ISNetOutput):

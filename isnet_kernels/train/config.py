@@ -190,6 +190,8 @@ class TrainConfig:
     E: float = option(1.0, "background saturation")
     A: float = option(1.0, "background weight")
     B: float = option(3.0, "foreground weight")
+    mass: float = option(0.0, "weight of the background-mass term: the share of the relevance outside the mask "
+                         "(0 = off)")
     C1: float | dict[str, Any] = option(1.0, "foreground lower bound")
     C2: float | dict[str, Any] = option(25.0, "foreground upper bound")
     foreground: str = option("hybrid", "foreground term", choices=FOREGROUND_RULES)
@@ -253,7 +255,7 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise bad(name, "an int >= 0")
-        for name in ("lr", "momentum", "weight_decay", "E", "A", "B", "rrr_lambda"):
+        for name in ("lr", "momentum", "weight_decay", "E", "A", "B", "mass", "rrr_lambda"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise bad(name, "a finite number >= 0")

@@ -229,7 +229,8 @@ class Trainer:
                 (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         self.rrr = RRRLoss(cfg.rrr_lambda) if cfg.variant == "rrr" else None
         self.loss_fn = ISNetLoss(P=cfg.P if cfg.is_isnet else 0.0, d=cfg.d, E=cfg.E, A=cfg.A, B=cfg.B, C1=cfg.C1,
-                                 C2=cfg.C2, foreground=cfg.foreground, d_loss=cfg.d_loss, nonfinite=cfg.nonfinite)
+                                 C2=cfg.C2, foreground=cfg.foreground, d_loss=cfg.d_loss, nonfinite=cfg.nonfinite,
+                                 mass=cfg.mass)
         self._boundary = self._snapshot()
 
     def _check_run_dir(self) -> dict[str, Any] | None:

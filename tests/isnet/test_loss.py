@@ -227,3 +227,39 @@ def test_nonfinite_skip_leaves_parameters_and_momentum_unchanged() -> None:
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert not opt.state  # no momentum buffer was created from a corrupted step
+
+
+def test_background_mass_term_is_the_share_of_relevance_outside_the_mask() -> None:
+    """``mass * -log(1 - f)`` with ``f`` the background share of |H| (at E = 1), per image and map, batch mean;
+    a faint relevance spread evenly over the background moves it where GWRP's mean barely moves."""
+    H, mask = random_case(B=2, M=2, C=1, h=6, w=7, seed=3)
+    plain = heatmap_loss(H, mask, mass=0.0)
+    with_mass = heatmap_loss(H, mask, mass=2.0)
+    absH, m = H.abs(), mask.unsqueeze(1)
+    out, inside = (absH * (1 - m)).sum((2, 3, 4)), (absH * m).sum((2, 3, 4))
+    share = out / (out + inside)
+    expected = 2.0 * (-torch.log1p(-share)).mean()
+    torch.testing.assert_close(with_mass.heatmap - plain.heatmap, expected)
+    torch.testing.assert_close(with_mass.background, plain.background)  # the GWRP term is unchanged
+
+    # a faint uniform spread: the background pixels at a fifth of the foreground's mean carry a third of the mass
+    spread = torch.zeros(1, 1, 1, 6, 7, dtype=DT)
+    fg_mask = torch.zeros(1, 1, 6, 7, dtype=DT)
+    fg_mask[..., :2, :6] = 1  # 12 foreground pixels
+    spread[..., :2, :6] = 1.0
+    spread[..., 2:, :] = 0.2  # 30 background pixels at 0.2 hold 6 where the foreground holds 12: f = 1/3
+    weak = heatmap_loss(spread, fg_mask, d=0.9, mass=0.0).background
+    strong = heatmap_loss(spread, fg_mask, d=0.9, mass=1.0).heatmap - heatmap_loss(spread, fg_mask, d=0.9).heatmap
+    assert float(strong) > 2 * float(weak)  # -log(2/3) = 0.41 against -log(1 - 0.2 / 1.2) = 0.18
+
+
+def test_gradcheck_background_mass_term() -> None:
+    H, mask = random_case(B=2, M=1, C=2, h=4, w=4, seed=5)
+    H.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda h: heatmap_loss(h, mask, mass=1.5).heatmap, (H,))
+
+
+def test_background_mass_weight_is_checked() -> None:
+    with pytest.raises(ValueError, match="mass"):
+        ik.ISNetLoss(mass=-1.0)
+    assert ik.ISNetLoss(mass=0.5).mass == 0.5
