@@ -150,7 +150,7 @@ def test_run_directory_errors(tiny_data: Path, tmp_path: Path) -> None:
     train(_config(tiny_data, run, epochs=1, variant="none"))
     with pytest.raises(TrainError, match="already holds a checkpoint.*--resume"):
         train(_config(tiny_data, run, epochs=1, variant="none"))
-    with pytest.raises(TrainError, match=r"lr: 0\.15 -> 0\.5.*may only change"):
+    with pytest.raises(TrainError, match=r"--lr 0\.15 -> 0\.5.*may only change"):
         train(_config(tiny_data, run, epochs=2, variant="none", lr=0.5), resume=True)
     with pytest.raises(TrainError, match="cannot resume.*does not exist"):
         train(_config(tiny_data, tmp_path / "new"), resume=True)
