@@ -137,6 +137,8 @@ def _build_parser() -> argparse.ArgumentParser:
         ds.add_argument("--no-train-clean", dest="train_clean", action="store_false",
                         help="do not write train_clean (the training images without the artefact)")
         ds.add_argument("--overwrite", action="store_true", help="replace a data set written there before")
+        ds.add_argument("--yes", action="store_true", help="write the set even if it has more than 200,000 files "
+                        "or exceeds the disk's free space (refused otherwise, with the estimate)")
         ds.add_argument("--quiet", action="store_true", help="no progress bar")
         if name == "biased-digits":
             ds.add_argument("--noise", type=float, default=0.0, help="background uniform in [0, NOISE] instead of "
@@ -191,6 +193,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
         info = writer(args.root, size=args.size, per_class_train=args.per_class, per_class_val=args.per_class_val,
                       per_class_test=args.per_class_test, seed=args.seed, progress=not args.quiet,
                       overwrite=args.overwrite, train_clean=args.train_clean,
+                      **({"max_files": None} if args.yes else {}),
                       **({"noise": args.noise} if args.dataset == "biased-digits" else {}))
     except ValueError as exc:
         raise CommandError(str(exc)) from None
