@@ -249,7 +249,7 @@ def test_a_run_killed_again_and_again_ends_as_an_uninterrupted_one(tmp_path: Pat
     each time resumed: the run completes with the weights, the best checkpoint and the metrics of a run never
     stopped, and leaves no temporary file."""
     data = write_tiny_folder(tmp_path / "data", counts={"train": 6, "val": 2})
-    settings = dict(epochs=8, variant="stochastic", lr_schedule="cosine")
+    settings = dict(epochs=10, variant="stochastic", lr_schedule="cosine")
     reference = tmp_path / "reference"
     train(TrainConfig(**_settings(data, reference, **settings)))
 
@@ -289,6 +289,7 @@ def test_a_run_killed_again_and_again_ends_as_an_uninterrupted_one(tmp_path: Pat
         load_checkpoint(run / "last.pt")  # always a whole checkpoint
     else:
         pytest.fail("the run did not finish in 12 attempts")
+    print(f"{kills} kills, {inside_writes} inside a write")
     assert kills >= 4 and inside_writes >= 2
     _same_weights(reference / "last.pt", run / "last.pt")
     _same_weights(reference / "best.pt", run / "best.pt")
