@@ -153,10 +153,7 @@ class Trainer:
                 previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
             stopped_by = None
             try:
-                if self._stop is None:  # a signal may have come during the set-up: nothing to train then
-                    self._train()
-                else:
-                    raise _StopRequested
+                self._train()
             except KeyboardInterrupt as exc:
                 stopped_by = self._stop or signal.SIGINT
                 self._save_interrupted(coordinated=isinstance(exc, _StopRequested))
@@ -324,10 +321,11 @@ class Trainer:
             detail = {"classes": f"classes {now['classes']} where it had {before['classes']}",
                       "images": f"{now['images']} images where it had {before['images']}",
                       "file names": "other file names"}[what]
-            raise TrainError(f"--data {self.config.data} is not the data set the run in {self.run_dir} was trained "
-                             f"on ({saved['root']}): its {split} split has {detail}; a resumed run keeps its data "
-                             "set (its epochs and learning-rate schedule count its images): drop --data, pass the "
-                             "folder the same data set was moved to, or train a new run into another --out")
+            raise TrainError(f"the data set in {self.config.data} is not the one the run in {self.run_dir} was "
+                             f"trained on ({saved['root']}): its {split} split has {detail}; a resumed run keeps its "
+                             "data set (its epochs and learning-rate schedule count its images): drop --data, or "
+                             "pass as --data the folder the run's data set is in now, or train a new run into "
+                             "another --out")
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])

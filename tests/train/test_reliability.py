@@ -119,7 +119,7 @@ def test_resume_refuses_another_data_set_and_follows_a_moved_one(tiny_data: Path
     capsys.readouterr()
     assert cli.main(_resume(run, "--epochs", "2", "--data", str(other))) == 2
     err = capsys.readouterr().err
-    assert "is not the data set" in err and "12 images where it had 16" in err and "--data" in err
+    assert "is not the one the run" in err and "12 images where it had 16" in err and "drop --data" in err
     assert json.loads((run / "config.json").read_text())["data"] == str(tiny_data)  # nothing recorded
     assert load_checkpoint(run / "last.pt")["epoch"] == 1
 
