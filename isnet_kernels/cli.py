@@ -3,6 +3,7 @@
 ::
 
     isnet data biased-digits ROOT [--size 32] [--seed 0] [--per-class 300] [--per-class-val 20] [--per-class-test 50]
+        [--overwrite] [--yes]
     isnet train --data ROOT --out RUN_DIR [--arch small] [--variant selective] [--epochs 10] [--batch-size 32] ...
     isnet train --out RUN_DIR --resume [--epochs N]
     isnet eval --run RUN_DIR [--data ROOT] [--splits test_a test_b ...]

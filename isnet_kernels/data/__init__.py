@@ -14,6 +14,9 @@ write_biased_tags(root, *, size=40, per_class_train=300, per_class_val=20, per_c
     The same digits over photographic texture, with a class-coding text tag drawn in the background (the bias of
     a chest X-ray's burnt-in labels); the same six splits (test_unbiased: a neutral tag).
 artefact_positions(size) -> where each class's artefact sits in the biased digits.
+    Both writers estimate the files and bytes first and refuse a set of more than ``max_files`` files (200,000) or
+    larger than the free space; they write into a hidden folder beside ``root`` and move the complete set into
+    place, so an interrupted write leaves no partial set (:mod:`isnet_kernels.data.writing`).
 DataError
     Bad data on disk; the message names the file and the fix.
 """
