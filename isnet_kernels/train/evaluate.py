@@ -142,15 +142,19 @@ def evaluate_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[str] |
                  device: str = "cpu", progress: bool = False, write: bool = True) -> dict[str, Any]:
     """Accuracy, background-relevance fraction and cross-entropy of a run's model on each split.
 
-    ``data`` defaults to the run's training data, ``splits`` to every ``test_*`` split; ``which`` names a
-    checkpoint of the run (:func:`~.checkpoint.find_checkpoint`; one of another run is an error). With ``write``,
-    the result goes to :func:`write_eval`'s files beside the checkpoint (``RUN_DIR/eval-best.json`` and
-    ``eval-best.md``). Returns ``{"run", "checkpoint", "checkpoint_path", "epoch", "variant", "arch", "data",
-    "heatmap", "splits": {split: {images, accuracy, background_fraction, loss}}, "environment"}``.
+    ``data`` defaults to the run's training data (found from any working directory), ``splits`` to every
+    ``test_*`` split; ``which`` names a checkpoint of the run (:func:`~.checkpoint.find_checkpoint`; one of
+    another run is an error). With ``write``, the result goes to :func:`write_eval`'s files beside the
+    checkpoint (``RUN_DIR/eval-best.json`` and ``eval-best.md``). Returns ``{"run", "checkpoint",
+    "checkpoint_path", "epoch", "variant", "arch", "data", "heatmap", "splits": {split: {images, accuracy,
+    background_fraction, loss}}, "environment"}``.
     """
     run = load_run(run_dir, which, device)
     cfg = run.config
     root = str(data) if data else cfg.data
+    recorded = (run.checkpoint.get("data") or {}).get("root")
+    if not data and not Path(root).is_dir() and recorded and Path(recorded).is_dir():
+        root = recorded  # a relative --data of a run trained from another folder
     names = list(splits) if splits else default_eval_splits(root)
     note = heatmap_support(run.model)
     results: dict[str, dict[str, float]] = {}

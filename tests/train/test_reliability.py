@@ -108,6 +108,8 @@ def test_resume_from_another_folder_finds_a_relative_data_set(tiny_data: Path, t
     monkeypatch.chdir(tmp_path / "sub")
     assert cli.main(_resume("../r", "--epochs", "2")) == 0
     assert load_checkpoint(tmp_path / "r" / "last.pt")["epoch"] == 2
+    assert cli.main(["eval", "--run", "../r", "--quiet"]) == 0  # the run's data set, found from here too
+    assert json.loads((tmp_path / "r" / "eval-best.json").read_text())["data"] == str(tmp_path / "data")
 
 
 # --- another data set on resume -------------------------------------------------------------------------------------
