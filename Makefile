@@ -29,7 +29,7 @@ MPY     := $(MIRROR)/bin/python
 # which numpy 2.4 refuses; compiled kernels on a GPU do not go through it.
 MIRROR_STACK := torch==2.11.0 triton==3.6.0 torchvision==0.26.0
 MIRROR_PACKAGES := "numpy<2.4" pytest pytest-benchmark pytest-timeout ninja pybind11 timm lightning tensorboard scikit-learn \
-	setuptools wheel pillow matplotlib tqdm
+	setuptools wheel pillow matplotlib tqdm scikit-image
 MIRROR_STAMP := $(MIRROR)/.installed
 BENCH_JSON ?= benchmarks/results/latest.json
 

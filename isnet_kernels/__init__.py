@@ -12,9 +12,18 @@ ISNetError: the base of every exception the package raises (UnsupportedLayerErro
     isnet_kernels.data.DataError, isnet_kernels.train.TrainError)
 """
 
-from .errors import BackendUnavailableError, ISNetError, UnsupportedLayerError
-from .isnet import ISNet, ISNetLoss, ISNetLossOutput, ISNetOutput, tune_cut
-from .lrp import LRP, explain
+import os as _os
+import sys as _sys
+
+# OpenMP threads that wait for each other spin by default: on a machine whose cores are also used by something else
+# (DataLoader workers, another program) that made training 5-10 times slower. Waiting threads yield their core
+# instead. OpenMP reads the setting once, when PyTorch loads; an OMP_WAIT_POLICY set by the user is kept.
+if "torch" not in _sys.modules:
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .errors import BackendUnavailableError, ISNetError, UnsupportedLayerError  # noqa: E402
+from .isnet import ISNet, ISNetLoss, ISNetLossOutput, ISNetOutput, tune_cut  # noqa: E402
+from .lrp import LRP, explain  # noqa: E402
 
 __version__ = "0.1.0"  # the one place the version is kept (pyproject.toml reads it)
 

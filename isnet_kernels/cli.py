@@ -3,6 +3,7 @@
 ::
 
     isnet data biased-digits ROOT [--size 32] [--seed 0] [--per-class 300] [--per-class-val 20] [--per-class-test 50]
+        [--overwrite] [--yes]
     isnet train --data ROOT --out RUN_DIR [--arch small] [--variant selective] [--epochs 10] [--batch-size 32] ...
     isnet train --out RUN_DIR --resume [--epochs N]
     isnet eval --run RUN_DIR [--data ROOT] [--splits test_a test_b ...]
@@ -12,7 +13,7 @@
 Also ``python -m isnet_kernels`` or ``python -m isnet_kernels.cli``; several processes with
 ``torchrun --nproc_per_node=N -m isnet_kernels.cli train ...`` (``--batch-size`` is the global batch).
 Exit status: 0 done, 2 bad input (the message names the problem and the fix), 130 training interrupted by Ctrl-C
-(a checkpoint was saved; ``--resume`` continues).
+and 143 by SIGTERM (128 + the signal's number; a checkpoint was saved, ``--resume`` continues).
 """
 
 from __future__ import annotations
@@ -140,6 +141,8 @@ def _build_parser() -> argparse.ArgumentParser:
         ds.add_argument("--no-train-clean", dest="train_clean", action="store_false",
                         help="do not write train_clean (the training images without the artefact)")
         ds.add_argument("--overwrite", action="store_true", help="replace a data set written there before")
+        ds.add_argument("--yes", action="store_true", help="write the set even if it has more than 200,000 files "
+                        "or exceeds the disk's free space (refused otherwise, with the estimate)")
         ds.add_argument("--quiet", action="store_true", help="no progress bar")
         if name == "biased-digits":
             ds.add_argument("--noise", type=float, default=0.0, help="background uniform in [0, NOISE] instead of "
@@ -246,7 +249,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
     try:
         info = writer(args.root, size=args.size, per_class_train=args.per_class, per_class_val=args.per_class_val,
                       per_class_test=args.per_class_test, seed=args.seed, progress=not args.quiet,
-                      overwrite=args.overwrite, train_clean=args.train_clean, **extra[args.dataset])
+                      overwrite=args.overwrite, train_clean=args.train_clean,
+                      **({"max_files": None} if args.yes else {}), **extra[args.dataset])
     except ISNetError:
         raise
     except ValueError as exc:  # a value another library refused
@@ -273,8 +277,10 @@ def _train_config(args: argparse.Namespace):
     if getattr(args, "resume", False):
         last = Path(given["out"]) / LAST
         if not last.is_file():
-            raise CommandError(f"cannot resume: {last} does not exist; start the run without --resume, or pass the "
-                               "--out of a run that saved a checkpoint")
+            where = Path(given["out"]).resolve()
+            state = "holds no checkpoint" if where.is_dir() else "does not exist"
+            raise CommandError(f"cannot resume: the run directory {given['out']} ({where}) {state}; start the run "
+                               f"without --resume, or pass as --out the folder of a run that saved {LAST}")
         saved = load_checkpoint(last)["config"]
         return TrainConfig.from_dict({**saved, **given})
     if "data" not in given:
@@ -289,7 +295,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = _train_config(args)
     result = Trainer(config, resume=getattr(args, "resume", False)).fit()
     if result.interrupted:
-        return 130
+        return 128 + int(result.signal or 2)  # 130 for Ctrl-C, 143 for SIGTERM, as a shell reports them
     if result.history:
         last = result.history[-1]
         best = f", best val accuracy {100 * result.best_val_accuracy:.2f}%" if result.best_val_accuracy is not None \
@@ -303,16 +309,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .train import evaluate_run, markdown_table
+    from .train.evaluate import write_eval
 
     if args.batch_size is not None and args.batch_size < 1:
         raise CommandError(f"--batch-size must be positive, got {args.batch_size}")
     out = evaluate_run(args.run, args.data, args.splits, which=args.checkpoint, batch_size=args.batch_size,
-                       device=args.device, progress=not args.quiet)
+                       device=args.device, progress=not args.quiet, write=False)
+    # printed first: a write that fails (a read-only run directory, a full disk) loses nothing
     print(f"{out['run']} ({out['checkpoint']}, epoch {out['epoch']}, {out['arch']}, variant {out['variant']}) on "
           f"{out['data']}:")
     print(markdown_table(out["splits"]), end="")
-    print(f"background relevance: share of |LRP| of the predicted class outside the mask. Written to "
-          f"{Path(args.run) / 'eval.json'} and {Path(args.run) / 'eval.md'}")
+    print("background relevance: share of |LRP| of the predicted class outside the mask.", flush=True)
+    try:
+        json_path, md_path = write_eval(out)
+    except ISNetError as exc:
+        raise CommandError(f"{_one_line(exc)} (the results are printed above)") from None
+    print(f"Written to {json_path} and {md_path}")
     return 0
 
 

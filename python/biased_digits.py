@@ -42,7 +42,7 @@ from isnet_kernels.data import MaskedImageFolder, write_biased_digits
 from isnet_kernels.isnet.presets import PRESETS
 from isnet_kernels.models import SmallCNN
 from isnet_kernels.plot import save_heatmap_grid
-from isnet_kernels.train import TrainConfig, load_run
+from isnet_kernels.train import TrainConfig, environment, load_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from experiment_grid import Job, run_jobs  # noqa: E402  (beside this script)
@@ -94,7 +94,15 @@ def figure(out: Path, data: Path, runs: dict[str, Path], n: int, first_layer: st
     return save_heatmap_grid(x, heat, out / "heatmaps.png", titles=titles, masks=masks, cell_size=1.6)
 
 
-def report(out: Path, results: dict[str, dict[str, Any]], settings: dict[str, Any], seconds: dict[str, float]) -> str:
+def computed_on(env: dict[str, Any]) -> str:
+    """One line of what the figures were computed with (float results may differ from machine to machine)."""
+    return (f"Computed on: {env.get('cpu') or 'an unknown CPU'} ({env.get('cpu_capability')} kernels), "
+            f"{env.get('threads')} thread(s) per run, torch {env.get('torch')}, oneDNN {env.get('onednn')}, numpy "
+            f"{env.get('numpy')}, isnet-kernels {env.get('isnet_kernels')}.")
+
+
+def report(out: Path, results: dict[str, dict[str, Any]], settings: dict[str, Any], seconds: dict[str, float],
+           env: dict[str, Any] | None = None) -> str:
     lines = ["# Biased digits: plain classifier vs selective ISNet", "",
              "Accuracy (background-relevance fraction: share of the predicted class's |LRP| outside the digit's "
              f"mask) on the three test splits, {results['plain'][SPLITS[0]]['images']} images each:", "",
@@ -109,7 +117,8 @@ def report(out: Path, results: dict[str, dict[str, Any]], settings: dict[str, An
               "class: map 0 the plain classifier's, map 1 the ISNet's, then map 0 over the image with the mask's "
               "outline.",
               "", "Settings: " + ", ".join(f"{k} {v}" for k, v in settings.items()) + ".",
-              "Times: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + "."]
+              "Times: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + ".",
+              *([computed_on(env)] if env else [])]
     return "\n".join(lines) + "\n"
 
 
@@ -142,9 +151,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "deep supervision": ", ".join(supervised) if supervised else "off",
                 "BatchNorm statistics in the heatmap's gradient": config.batch_stats,
                 "first-layer rule": config.first_layer, "seed": args.seed, "threads per run": 1}
-    text = report(out, results, settings, seconds)
+    # what the figures were computed with (the CPU's instruction set, threads, versions): another machine's
+    # figures may differ in the last digits, and this tells why
+    env = records["isnet"].get("environment") or {**environment(), "threads": 1}
+    text = report(out, results, settings, seconds, env)
     (out / "report.md").write_text(text)
-    summary = {"results": results, "settings": settings, "seconds": seconds}
+    summary = {"results": results, "settings": settings, "seconds": seconds, "environment": env}
     (out / "report.json").write_text(json.dumps(summary, indent=2))
     print(text)
     return summary

@@ -75,7 +75,7 @@ def _init_worker(threads: int) -> None:
 
 
 def _run(job: Job) -> dict[str, Any]:
-    from isnet_kernels.train import TrainConfig, evaluate_run, train
+    from isnet_kernels.train import TrainConfig, environment, evaluate_run, train
     from isnet_kernels.train.config import default_of
 
     out = Path(job.out)
@@ -107,7 +107,8 @@ def _run(job: Job) -> dict[str, Any]:
     evaluation = evaluate_run(out, job.data, list(SPLITS), which="last", write=False)
     epoch_seconds = [row["seconds"] for row in result.history]
     record = {"method": job.method, "dataset": job.dataset, "settings": settings, "splits": evaluation["splits"],
-              "train_seconds": seconds, "epoch_seconds": median(epoch_seconds) if epoch_seconds else None}
+              "train_seconds": seconds, "epoch_seconds": median(epoch_seconds) if epoch_seconds else None,
+              "environment": environment()}  # the CPU, threads and versions the figures were computed with
     done.write_text(json.dumps(record, indent=2) + "\n")
     return record
 

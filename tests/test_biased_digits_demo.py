@@ -5,6 +5,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from isnet_kernels.isnet.presets import TRAINER_PRESETS
@@ -20,6 +21,9 @@ def test_demo_writes_report_table_and_figure(tmp_path):
                          "--per-class-test", "2", "--num-images", "3", "--quiet"])
     report = (out / "report.md").read_text()
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(summary))
+    env = summary["environment"]  # what the figures were computed with
+    assert env["threads"] == 1 and env["torch"] == torch.__version__ and env["cpu_capability"]
+    assert "Computed on:" in report and f"torch {torch.__version__}" in report
     for split in demo.SPLITS:
         for name in ("plain", "isnet"):
             r = summary["results"][name][split]

@@ -17,6 +17,9 @@ write_biased_scenes(root, *, size=40, ..., seed=0, photo_seed=None, bias=0.95)
     The digits on real photographs (scikit-image's), one scene per class behind most training images: the whole
     background is the shortcut (Waterbirds' kind); groups (label, aligned) for worst-group accuracy.
 artefact_positions(size) -> where each class's artefact sits in the biased digits.
+    Both writers estimate the files and bytes first and refuse a set of more than ``max_files`` files (200,000) or
+    larger than the free space; they write into a hidden folder beside ``root`` and move the complete set into
+    place, so an interrupted write leaves no partial set (:mod:`isnet_kernels.data.writing`).
 DataError
     Bad data on disk; the message names the file and the fix.
 """

@@ -48,7 +48,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +57,7 @@ from tqdm import tqdm
 
 from ..errors import InputError, MissingDependencyError
 from .errors import DataError
+from .writing import MAX_FILES, check_size, staged
 
 __all__ = ["CLEAN_SPLIT", "SPLITS", "artefact_positions", "write_biased_digits"]
 
@@ -163,8 +163,7 @@ def _prepare_root(root: Path, overwrite: bool, name: str = _NAME) -> None:
             f"{root} holds {existing[0]} but no info.json of a {name} set; overwrite=True only replaces "
             f"a set this function wrote: choose an empty folder, or delete {existing[0]} yourself"
         )
-    for p in existing:
-        shutil.rmtree(p)
+    # the old set is replaced once the new one is complete (.writing.staged)
 
 
 def _check_count(name: str, value: int) -> int:
@@ -210,6 +209,7 @@ def write_biased_digits(
     overwrite: bool = False,
     train_clean: bool = True,
     noise: float = 0.0,
+    max_files: int | None = MAX_FILES,
 ) -> dict[str, Any]:
     """Write the biased-digits data set to ``root`` in the masked image folder layout.
 
@@ -236,6 +236,11 @@ def write_biased_digits(
     noise : float, default 0
         Background outside the mask uniform in ``[0, noise]`` (``noise`` in [0, 1), a faint texture), drawn per
         image; 0 keeps the black canvas (and the files written without it byte for byte).
+    max_files : int or None, default :data:`~.writing.MAX_FILES`
+        Refuse, before writing anything, a set of more files than this or larger than the disk's free space
+        (:func:`~.writing.check_size`); None writes it anyway. The files are written into a hidden folder beside
+        ``root`` and moved into place when complete: an interrupted write leaves no partial set
+        (:mod:`~isnet_kernels.data.writing`).
 
     Returns
     -------
@@ -248,7 +253,8 @@ def write_biased_digits(
     Raises
     ------
     DataError
-        ``root`` already holds a data set and ``overwrite`` is false (or it was not written here).
+        ``root`` already holds a data set and ``overwrite`` is false (or it was not written here), or the set
+        would exceed ``max_files`` or the free space.
     ImportError
         scikit-learn is not installed.
     """
@@ -269,8 +275,18 @@ def write_biased_digits(
     }
     root = Path(root)
     _prepare_root(root, overwrite)
+    images = NUM_CLASSES * ((1 + train_clean) * counts_per_class["train"] + counts_per_class["val"]
+                            + 3 * counts_per_class["test"])
+    check_size(root, images, size, max_files)  # before anything is written
+    with staged(root) as target:  # a hidden folder beside root, moved into place when complete
+        info = _write(target, load_digits(), positions, counts_per_class, size=size, seed=seed, progress=progress,
+                      train_clean=train_clean, noise=noise)
+    return {**info, "root": str(root)}
 
-    digits = load_digits()
+
+def _write(root: Path, digits: Any, positions: list[tuple[int, int, int]], counts_per_class: dict[str, int], *,
+           size: int, seed: int, progress: bool, train_clean: bool, noise: float) -> dict[str, Any]:
+    """Write the set into ``root`` (a staging folder, :func:`.writing.staged`); returns ``info``."""
     scans = (digits.images / 16.0).astype(np.float32)
     labels = digits.target.astype(np.int64)
     split_rng, *render_rngs = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
@@ -368,4 +384,4 @@ def write_biased_digits(
         w = csv.writer(f)
         w.writerow(["split", "path", "label", "artefact_class", "scan"])
         w.writerows(rows)
-    return {**info, "root": str(root)}
+    return info

@@ -56,6 +56,7 @@ from ..errors import MissingDependencyError
 from . import biased_digits as _bd
 from . import biased_tags as _bt
 from .errors import DataError
+from .writing import MAX_FILES, check_size, staged
 
 SPLITS = ("train", "val", "test_biased", "test_unbiased", "test_confounding", "train_clean")
 CLEAN_SPLIT = "train_clean"
@@ -126,6 +127,7 @@ def write_biased_scenes(
     progress: bool = True,
     overwrite: bool = False,
     train_clean: bool = True,
+    max_files: int | None = MAX_FILES,
 ) -> dict[str, Any]:
     """Write the biased-scenes data set to ``root`` in the masked image folder layout (module documentation).
 
@@ -141,6 +143,8 @@ def write_biased_scenes(
     progress : show a tqdm progress bar.
     overwrite : replace a biased-scenes set written to ``root`` before (recognised by its ``info.json``).
     train_clean : also write ``train_clean``.
+    max_files : refuse, before writing anything, a set of more files than this or larger than the disk's free
+        space (:mod:`~isnet_kernels.data.writing`); None writes it anyway (``isnet data ... --yes``).
 
     Returns
     -------
@@ -173,8 +177,18 @@ def write_biased_scenes(
     class_photos, neutral = order[:NUM_CLASSES], order[NUM_CLASSES:]
     root = Path(root)
     _bd._prepare_root(root, overwrite, _NAME)
+    images = NUM_CLASSES * ((1 + train_clean) * per_class["train"] + per_class["val"] + 3 * per_class["test"])
+    check_size(root, images, size, max_files)  # before anything is written
+    with staged(root) as target:  # a hidden folder beside root, moved into place when complete
+        info = _write(target, load_digits(), photos, class_photos, neutral, per_class, size=size, seed=seed,
+                      photo_seed=photo_seed, bias=bias, progress=progress, train_clean=train_clean)
+    return {**info, "root": str(root)}
 
-    digits = load_digits()
+
+def _write(root: Path, digits: Any, photos: dict[str, np.ndarray], class_photos: list[str], neutral: list[str],
+           per_class: dict[str, int], *, size: int, seed: int, photo_seed: int, bias: float, progress: bool,
+           train_clean: bool) -> dict[str, Any]:
+    """Write every file of the set into ``root`` (a staging folder); the summary (``info.json``)."""
     scans = (digits.images / 16.0).astype(np.float32)
     labels = digits.target.astype(np.int64)
     split_rng, *pool_rngs = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
@@ -276,4 +290,4 @@ def write_biased_scenes(
         w = csv.writer(f)
         w.writerow(["split", "path", "label", "scene_class", "photograph", "group", "y0", "x0", "side", "scan"])
         w.writerows(rows)
-    return {**info, "root": str(root)}
+    return info

@@ -61,6 +61,7 @@ from ..errors import InputError, MissingDependencyError
 from . import biased_digits as _bd
 from .biased_digits import MASK_THRESHOLD, NUM_CLASSES, POOL_FRACTIONS
 from .errors import DataError
+from .writing import MAX_FILES, check_size, staged
 
 __all__ = ["NEUTRAL_TAG", "SPLITS", "TAGS", "write_biased_tags"]
 
@@ -199,6 +200,7 @@ def write_biased_tags(
     progress: bool = True,
     overwrite: bool = False,
     train_clean: bool = True,
+    max_files: int | None = MAX_FILES,
 ) -> dict[str, Any]:
     """Write the biased-tags data set to ``root`` in the masked image folder layout (module documentation).
 
@@ -215,6 +217,9 @@ def write_biased_tags(
     overwrite : replace the ``images/`` and ``masks/`` of a biased-tags set written to ``root`` before (recognised
         by its ``info.json``); folders written by anything else are never deleted.
     train_clean : also write ``train_clean``, the train images without a tag.
+    max_files : refuse, before writing anything, a set of more files than this or larger than the disk's free
+        space (:func:`~.writing.check_size`); None writes it anyway. The files are written into a hidden folder
+        beside ``root`` and moved into place when complete: an interrupted write leaves no partial set.
 
     Returns
     -------
@@ -227,7 +232,8 @@ def write_biased_tags(
     Raises
     ------
     DataError
-        ``root`` already holds a data set and ``overwrite`` is false (or it was not written here).
+        ``root`` already holds a data set and ``overwrite`` is false (or it was not written here), or the set
+        would exceed ``max_files`` or the free space.
     ImportError
         scikit-learn is not installed.
     """
@@ -244,8 +250,17 @@ def write_biased_tags(
                  "test": _bd._check_count("per_class_test", per_class_test)}
     root = Path(root)
     _bd._prepare_root(root, overwrite, _NAME)
+    images = NUM_CLASSES * ((1 + train_clean) * per_class["train"] + per_class["val"] + 3 * per_class["test"])
+    check_size(root, images, size, max_files)  # before anything is written
+    with staged(root) as target:  # a hidden folder beside root, moved into place when complete
+        info = _write(target, load_digits(), per_class, size=size, seed=seed, progress=progress,
+                      train_clean=train_clean)
+    return {**info, "root": str(root)}
 
-    digits = load_digits()
+
+def _write(root: Path, digits: Any, per_class: dict[str, int], *, size: int, seed: int, progress: bool,
+           train_clean: bool) -> dict[str, Any]:
+    """Write the set into ``root`` (a staging folder, :func:`.writing.staged`); returns ``info``."""
     scans = (digits.images / 16.0).astype(np.float32)
     labels = digits.target.astype(np.int64)
     photos = _photographs()
@@ -335,4 +350,4 @@ def write_biased_tags(
         w = csv.writer(f)
         w.writerow(["split", "path", "label", "tag_class", "tag", "font_size", "y0", "x0", "y1", "x1", "scan"])
         w.writerows(rows)
-    return {**info, "root": str(root)}
+    return info

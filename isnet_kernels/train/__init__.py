@@ -9,7 +9,9 @@ TrainConfig(data, out, arch, preset, variant, heatmap, rrr_lambda, map_chunk, ep
 Trainer(config, *, model=None, resume=False, callbacks=()).fit() -> TrainResult
 train(config, *, model=None, resume=False, callbacks=()) -> TrainResult
 evaluate(model, loader, *, device, eps, first_layer, bounds, backend) -> Meter of loss, accuracy, background_fraction
-evaluate_run(run_dir, data=None, splits=None, *, which="best") -> dict, writes RUN_DIR/eval.json and eval.md
+evaluate_run(run_dir, data=None, splits=None, *, which="best") -> dict, writes RUN_DIR/eval-best.json and .md
+write_eval(result) -> the eval-<checkpoint>.json and .md files of an evaluate_run result, beside its checkpoint
+environment() -> the CPU, its instruction set, the threads and the library versions a result was computed with
 load_run(run_dir, which="best") -> Run (model, config, checkpoint, classes, in_channels)
 explain_image(run_dir, image, out, *, mask=None, target=None) -> figure of the image with its heatmap
 background_fraction(heatmaps, masks) -> (B,) share of |relevance| outside the masks
@@ -19,14 +21,15 @@ TrainError
 
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .config import RESUMABLE_FIELDS, TRAIN_VARIANTS, TrainConfig
+from .environment import environment
 from .errors import TrainError
-from .evaluate import Run, evaluate, evaluate_run, load_run, markdown_table
+from .evaluate import Run, evaluate, evaluate_run, load_run, markdown_table, write_eval
 from .figure import explain_image
 from .metrics import COLUMNS, Meter, background_fraction, write_metrics
 from .sampling import EpochSampler
 from .trainer import Trainer, TrainResult, train
 
 __all__ = ["COLUMNS", "RESUMABLE_FIELDS", "TRAIN_VARIANTS", "EpochSampler", "Meter", "Run", "TrainConfig",
-           "TrainError", "TrainResult", "Trainer", "background_fraction", "evaluate", "evaluate_run",
-           "explain_image", "find_checkpoint", "load_checkpoint", "load_run", "markdown_table", "save_checkpoint",
-           "train", "write_metrics"]
+           "TrainError", "TrainResult", "Trainer", "background_fraction", "environment", "evaluate",
+           "evaluate_run", "explain_image", "find_checkpoint", "load_checkpoint", "load_run", "markdown_table",
+           "save_checkpoint", "train", "write_eval", "write_metrics"]

@@ -22,6 +22,7 @@ A checkpoint is a dict saved with ``torch.save`` holding only tensors and plain 
 
 from __future__ import annotations
 
+import io
 import os
 import random
 from pathlib import Path
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from .errors import TrainError
+from .files import write_atomic
 
 FORMAT = 1
 LAST = "last.pt"
@@ -38,23 +40,16 @@ BEST = "best.pt"
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, then ``os.replace``.
+    """Write ``state`` to ``path`` atomically (:func:`.files.write_atomic`): serialised in memory, written to a
+    hidden temporary file in the same folder, flushed to the disk, then ``os.replace``.
 
-    A crash or Ctrl-C while writing leaves the previous checkpoint intact (never a truncated file).
+    A crash, ``kill -9`` or Ctrl-C while writing leaves the previous checkpoint intact (never a truncated file); a
+    failed write (full disk, a file-size limit, a read-only folder) raises :class:`TrainError` naming the cause
+    and saying that the previous checkpoint is intact.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return write_atomic(path, buffer.getbuffer(), what="checkpoint")
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -76,11 +71,19 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
 
 
 def find_checkpoint(run_dir: str | os.PathLike[str], which: str = "best") -> Path:
-    """The checkpoint of a run directory: ``"best"`` (``best.pt``, else ``last.pt``), ``"last"`` or a file name."""
+    """The checkpoint of a run directory: ``"best"`` (``best.pt``, else ``last.pt``), ``"last"`` or the name of a
+    file in the run directory (a path that leads out of it, e.g. ``../B/last.pt``, is an error: what is computed
+    from a checkpoint is written beside it and labelled with its run)."""
     run = Path(run_dir)
     if not run.is_dir():
         raise TrainError(f"run directory {run} does not exist; pass the --out folder of an isnet train run")
     names = {"best": [BEST, LAST], "last": [LAST]}.get(which, [which])
+    outside = (run / names[0]).resolve().parent != run.resolve()
+    if outside:  # results are written beside the checkpoint and labelled with the run: never another run's
+        other = (run / names[0]).resolve()
+        raise TrainError(f"--checkpoint {which} is not a checkpoint of the run directory {run} (it is {other}); "
+                         f"name a checkpoint file in {run}, or evaluate that run with --run {other.parent} "
+                         f"--checkpoint {other.name}")
     for name in names:
         if (run / name).is_file():
             return run / name

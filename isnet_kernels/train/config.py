@@ -43,7 +43,9 @@ DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "cosine")
 CHANNELS = (1, 3)
 
-#: Fields a resumed run may change: they do not alter what is computed (``epochs`` only extends the run).
+#: Fields a resumed run may change: they do not alter what is computed (``epochs`` only extends the run; ``data``
+#: only to the same data set at another path, which the trainer checks). ``out`` is where the run is, whatever its
+#: spelling: not a setting.
 RESUMABLE_FIELDS = ("epochs", "device", "num_workers", "progress", "backend", "data", "threads")
 
 
@@ -66,6 +68,14 @@ def option(default: Any, help: str, *, choices: tuple | None = None, flag: str |
     if callable(default):
         return field(default_factory=default, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def flag_of(name: str) -> str:
+    """The ``isnet train`` flag of the :class:`TrainConfig` field ``name`` (``batch_size``: ``--batch-size``,
+    ``progress``: ``--quiet``)."""
+    f = {f.name: f for f in dataclasses.fields(TrainConfig)}.get(name)
+    flag = f.metadata.get("flag") if f is not None else None
+    return flag or "--" + name.replace("_", "-")
 
 
 def default_of(f: dataclasses.Field) -> Any:
@@ -154,7 +164,8 @@ class TrainConfig:
     tune_cut : epochs of :func:`~isnet_kernels.tune_cut` run before training to choose C1/C2 (0: use C1/C2).
     seed : seeds the model's initialisation, the data order and every random draw.
     num_workers : DataLoader worker processes.
-    threads : ``torch.set_num_threads`` for the run (restored afterwards); None keeps PyTorch's setting.
+    threads : ``torch.set_num_threads`` for the run (restored afterwards); None: the process's setting (PyTorch's
+        default, the cores) less ``num_workers``, at least 1 (:func:`~.environment.default_threads`).
     size : resize images and masks to ``size`` x ``size`` when loading (None: keep their size).
     channels : convert images to 1 or 3 channels (None: as stored).
     train_split, val_split : split folder names; ``val_split=""`` trains without validation (no ``best.pt``).
@@ -213,7 +224,7 @@ class TrainConfig:
     num_workers: int = option(0, "DataLoader workers")
     threads: int | None = option(None, "CPU threads of the training process (torch.set_num_threads): a fixed count "
                                  "makes CPU results independent of the machine's core count",
-                                 default_text="PyTorch's default, the cores")
+                                 default_text="the cores less --num-workers, at least 1")
     size: int | None = option(None, "resize images to SIZE x SIZE", default_text="as stored")
     channels: int | None = option(None, "convert images to 1 or 3 channels", choices=CHANNELS,
                                 default_text="as stored")

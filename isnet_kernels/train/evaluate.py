@@ -27,7 +27,9 @@ from ..models import build_model
 from .checkpoint import find_checkpoint, load_checkpoint
 from .config import TrainConfig
 from .data import check_classes, open_split
+from .environment import environment
 from .errors import TrainError
+from .files import write_atomic
 from .metrics import Meter, background_fraction, correct
 
 EVAL_METRICS = ("loss", "accuracy", "background_fraction")
@@ -127,19 +129,32 @@ def markdown_table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def eval_paths(checkpoint: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Where the evaluation of ``checkpoint`` is written: ``eval-<stem>.json`` and ``eval-<stem>.md`` beside it
+    (``RUN_DIR/eval-best.json`` for ``best.pt``): one pair per checkpoint, so evaluating ``last.pt`` never
+    replaces the results of ``best.pt``."""
+    path = Path(checkpoint)
+    return path.with_name(f"eval-{path.stem}.json"), path.with_name(f"eval-{path.stem}.md")
+
+
 def evaluate_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[str] | None = None,
                  splits: Sequence[str] | None = None, *, which: str = "best", batch_size: int | None = None,
                  device: str = "cpu", progress: bool = False, write: bool = True) -> dict[str, Any]:
     """Accuracy, background-relevance fraction and cross-entropy of a run's model on each split.
 
-    ``data`` defaults to the run's training data, ``splits`` to every ``test_*`` split. With ``write``, the result
-    goes to ``RUN_DIR/eval.json`` and the table (:func:`markdown_table`) to ``RUN_DIR/eval.md``. Returns
-    ``{"run", "checkpoint", "epoch", "variant", "arch", "data", "heatmap", "splits": {split: {images, accuracy,
-    background_fraction, loss}}}``.
+    ``data`` defaults to the run's training data (found from any working directory), ``splits`` to every
+    ``test_*`` split; ``which`` names a checkpoint of the run (:func:`~.checkpoint.find_checkpoint`; one of
+    another run is an error). With ``write``, the result goes to :func:`write_eval`'s files beside the
+    checkpoint (``RUN_DIR/eval-best.json`` and ``eval-best.md``). Returns ``{"run", "checkpoint",
+    "checkpoint_path", "epoch", "variant", "arch", "data", "heatmap", "splits": {split: {images, accuracy,
+    background_fraction, loss}}, "environment"}``.
     """
     run = load_run(run_dir, which, device)
     cfg = run.config
     root = str(data) if data else cfg.data
+    recorded = (run.checkpoint.get("data") or {}).get("root")
+    if not data and not Path(root).is_dir() and recorded and Path(recorded).is_dir():
+        root = recorded  # a relative --data of a run trained from another folder
     names = list(splits) if splits else default_eval_splits(root)
     note = heatmap_support(run.model)
     results: dict[str, dict[str, float]] = {}
@@ -153,12 +168,21 @@ def evaluate_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[str] |
         if math.isnan(means["background_fraction"]):
             means["background_fraction"] = None  # not computed: the model has layers without relevance rules
         results[split] = {"images": len(dataset), **means}
-    out = {"run": str(Path(run_dir)), "checkpoint": run.path.name, "epoch": run.epoch, "variant": cfg.variant,
-           "arch": cfg.arch, "data": root,
+    out = {"run": str(Path(run_dir)), "checkpoint": run.path.name, "checkpoint_path": str(run.path.resolve()),
+           "epoch": run.epoch, "variant": cfg.variant, "arch": cfg.arch, "data": root,
            "heatmap": "LRP of the predicted class: logit rule, epsilon, first layer " + cfg.first_layer
            if note is None else f"none: {note}",
-           "splits": results}
+           "splits": results, "environment": environment()}
     if write:
-        Path(run_dir, "eval.json").write_text(json.dumps(out, indent=2) + "\n")
-        Path(run_dir, "eval.md").write_text(markdown_table(results))
+        write_eval(out)
     return out
+
+
+def write_eval(result: dict[str, Any]) -> tuple[Path, Path]:
+    """Write an :func:`evaluate_run` result to :func:`eval_paths` of its checkpoint (the JSON, and the table as
+    markdown), atomically; returns the two paths. A failed write (a read-only run directory, a full disk) is a
+    :class:`~.errors.TrainError` naming the cause."""
+    json_path, md_path = eval_paths(result["checkpoint_path"])
+    write_atomic(json_path, json.dumps(result, indent=2) + "\n", what="evaluation results")
+    write_atomic(md_path, markdown_table(result["splits"]), what="evaluation table")
+    return json_path, md_path

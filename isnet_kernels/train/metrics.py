@@ -19,6 +19,7 @@ Sums are kept as tensors on the device during an epoch (no host synchronisation 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..isnet.loss import prepare_mask
+from .files import write_atomic
 
 #: Loss parts of a training step: the total, cross-entropy, heatmap loss (the RRR penalty for variant "rrr"),
 #: background and foreground terms.
@@ -120,17 +122,14 @@ def _clean(value: Any) -> Any:
 
 
 def write_metrics(history: list[dict[str, Any]], run_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Write the per-epoch rows to ``run_dir/metrics.csv`` (columns :data:`COLUMNS`) and ``metrics.json``."""
+    """Write the per-epoch rows to ``run_dir/metrics.csv`` (columns :data:`COLUMNS`) and ``metrics.json``, each
+    atomically (:func:`.files.write_atomic`)."""
     run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    csv_path, json_path = run / "metrics.csv", run / "metrics.json"
-    tmp_csv, tmp_json = csv_path.with_suffix(".csv.tmp"), json_path.with_suffix(".json.tmp")
-    with open(tmp_csv, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
-    tmp_json.write_text(json.dumps([{k: _clean(v) for k, v in row.items()} for row in history], indent=2) + "\n")
-    os.replace(tmp_csv, csv_path)
-    os.replace(tmp_json, json_path)
-    return csv_path, json_path
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+    rows = json.dumps([{k: _clean(v) for k, v in row.items()} for row in history], indent=2) + "\n"
+    return (write_atomic(run / "metrics.csv", text.getvalue(), what="metrics"),
+            write_atomic(run / "metrics.json", rows, what="metrics"))

@@ -11,9 +11,20 @@ RNG state, the metric sums of a partial epoch), and the data order is a function
 (:mod:`.sampling`), so a resumed run takes the same steps as one that was never stopped: on CPU its parameters
 equal the uninterrupted run's bit for bit, whether it stopped at an epoch's end or in its middle.
 
-Ctrl-C: the first SIGINT asks the loop to stop at the next batch boundary; the run then saves ``last.pt``, says
-how to continue and returns (``TrainResult.interrupted``). A second Ctrl-C stops at once (a KeyboardInterrupt
-raised anywhere is handled the same way: the checkpoint then holds the last completed step).
+Ctrl-C and SIGTERM (what cluster schedulers send before they kill a job): the first SIGINT or SIGTERM asks the
+loop to stop at the next batch boundary; the run then saves ``last.pt``, says how to continue and returns
+(``TrainResult.interrupted``, ``TrainResult.signal``; the command line exits with 128 + the signal's number, 130
+or 143). A second one stops at once (a KeyboardInterrupt raised anywhere is handled the same way: the checkpoint
+then holds the last completed step). DataLoader workers ignore both; the main process shuts them down.
+
+Files: every file of the run directory is written atomically (:mod:`.files`); temporary files that a killed
+process left behind are removed when a run opens the directory; a write that fails (a full disk, a read-only
+folder) is one :class:`~.errors.TrainError` naming the cause, and the previous file stays intact. ``run.json``
+records the run's progress and :func:`~.environment.environment` (the CPU, threads and library versions).
+
+The run directory is where ``--out`` points, however it is spelled (relative, absolute, after the folder was
+moved); the data set is recorded by its absolute path and its fingerprint (classes, images and file names of the
+training and validation splits), and a resumed run checks that ``--data``, when given, is the same data set.
 
 Distributed (``WORLD_SIZE`` > 1, :mod:`.distributed`): the :class:`~isnet_kernels.ISNet` itself, whose forward
 runs the classifier and its relevance pass, is wrapped in ``DistributedDataParallel``, so the gradients of the
@@ -27,8 +38,10 @@ correctly but not identically to one process. Only rank 0 writes files; metric s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import random
 import signal
 import threading
@@ -48,11 +61,13 @@ from ..errors import InputTypeError
 from ..isnet import ISNet, ISNetLoss, ISNetLossOutput, ISNetOutput, RRRLoss, tune_cut
 from ..models import build_model
 from .checkpoint import BEST, FORMAT, LAST, capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from .config import RESUMABLE_FIELDS, TrainConfig
+from .config import RESUMABLE_FIELDS, TrainConfig, flag_of
 from .data import check_classes, open_split
 from .distributed import Context, setup
+from .environment import default_threads, environment
 from .errors import TrainError
 from .evaluate import evaluate, heatmap_support
+from .files import remove_stale_temporaries, write_atomic
 from .metrics import LOSS_PARTS, Meter, correct, write_metrics
 
 TRAIN_METRICS = (*LOSS_PARTS, "accuracy")
@@ -60,6 +75,10 @@ TRAIN_METRICS = (*LOSS_PARTS, "accuracy")
 POSTFIX_EVERY = 10
 
 Callback = Callable[["Trainer", int, int], None]
+#: Signals that stop a run at the next batch boundary with a checkpoint.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: ``run.json``: the run's progress and the environment it ran in, rewritten at every checkpoint.
+RUN_INFO = "run.json"
 
 
 @dataclass
@@ -74,10 +93,13 @@ class TrainResult:
     best_val_accuracy: float | None = None
     C1: Any = None
     C2: Any = None
+    #: The signal that stopped an interrupted run (``signal.SIGINT`` for Ctrl-C or a KeyboardInterrupt,
+    #: ``signal.SIGTERM``), None when the run was not interrupted.
+    signal: int | None = None
 
 
 class _StopRequested(KeyboardInterrupt):
-    """Raised at a batch boundary after Ctrl-C asked the run to stop."""
+    """Raised at a batch boundary after Ctrl-C or SIGTERM asked the run to stop."""
 
 
 class Trainer:
@@ -112,18 +134,18 @@ class Trainer:
         self.callbacks = list(callbacks)
         self._log = log or print
         self.run_dir = Path(config.out)
-        self._stop = False
+        self._stop: int | None = None  # the signal that asked the run to stop
         self.epoch = 0
         self.step = 0
 
     # --- public -------------------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
-        """Run (or continue) the training; returns when done, or after saving a checkpoint on Ctrl-C."""
+        """Run (or continue) the training; returns when done, or after saving a checkpoint on Ctrl-C or SIGTERM."""
         self.ctx = setup(self.config.device)
-        previous = None
+        previous: dict[int, Any] = {}
         threads = torch.get_num_threads()
-        if self.config.threads:
-            torch.set_num_threads(self.config.threads)
+        torch.set_num_threads(self.config.threads or default_threads(self.config.num_workers))
+        _set_interop_threads(torch.get_num_threads())
         try:
             self._check_backend()  # before any data is read: a backend that cannot run fails at once
             self._prepare()  # Ctrl-C here (data, model, tune_cut) simply stops: there is nothing to save yet
@@ -131,19 +153,20 @@ class Trainer:
                 self.info(f"{self.run_dir} has trained {self.epoch} epoch(s) already; nothing to do (pass --epochs "
                           f"N > {self.epoch} to train on)")
             if threading.current_thread() is threading.main_thread():
-                previous = signal.signal(signal.SIGINT, self._on_sigint)
-            interrupted = False
+                previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+            stopped_by = None
             try:
                 self._train()
             except KeyboardInterrupt as exc:
-                interrupted = True
+                stopped_by = self._stop or signal.SIGINT
                 self._save_interrupted(coordinated=isinstance(exc, _StopRequested))
-            return TrainResult(self.run_dir, self.epoch, self.step, interrupted, list(self.history), self.best,
-                               self.config.C1, self.config.C2)
+            self._write_run_info(finished=stopped_by is None)
+            return TrainResult(self.run_dir, self.epoch, self.step, stopped_by is not None, list(self.history),
+                               self.best, self.config.C1, self.config.C2, stopped_by)
         finally:
             torch.set_num_threads(threads)
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
             self.ctx.close()
 
     def info(self, message: str) -> None:
@@ -159,6 +182,9 @@ class Trainer:
 
     def _prepare(self) -> None:
         cfg, ctx = self.config, self.ctx
+        if ctx.is_main:
+            for path in remove_stale_temporaries(self.run_dir):
+                self.info(f"removed {path}, a temporary file left by a process that was killed while writing")
         state = self._check_run_dir()
         if state is not None:
             cfg = self.config = self._resumed_config(state)
@@ -179,8 +205,10 @@ class Trainer:
         self.in_channels = int(self.train_set[0][0].shape[0])
         if self.custom_model is None and cfg.size is None:  # the images' own size, known now
             cfg.check_model(tuple(self.train_set[0][0].shape[-2:]), self.in_channels)
+        self.data_record = self._data_record()
         if state is not None:
             check_classes(list(state["classes"]), self.classes, f"training split {cfg.train_split!r} of {cfg.data}")
+            self._check_same_data(state)
 
         if self.custom_model is not None:
             model = self.custom_model
@@ -220,13 +248,14 @@ class Trainer:
         self.meter = Meter(TRAIN_METRICS, ctx.device)
         if state is not None:
             self._restore(state)
-        else:
-            if cfg.tune_cut:
-                self._tune_cut()
-                cfg = self.config  # with the C1/C2 chosen
-            if ctx.is_main:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            if ctx.is_main and self.history:  # a run killed after its checkpoint but before its metrics
+                write_metrics(self.history, self.run_dir)
+        elif cfg.tune_cut:
+            self._tune_cut()
+            cfg = self.config  # with the C1/C2 chosen
+        if ctx.is_main:  # on resume: the data set's path and the epochs as they are now
+            write_atomic(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n",
+                         what="the run's settings")
         self.rrr = RRRLoss(cfg.rrr_lambda) if cfg.variant == "rrr" else None
         self.loss_fn = ISNetLoss(P=cfg.P if cfg.is_isnet else 0.0, d=cfg.d, E=cfg.E, A=cfg.A, B=cfg.B, C1=cfg.C1,
                                  C2=cfg.C2, foreground=cfg.foreground, d_loss=cfg.d_loss, nonfinite=cfg.nonfinite,
@@ -248,18 +277,61 @@ class Trainer:
     def _resumed_config(self, state: dict[str, Any]) -> TrainConfig:
         saved = TrainConfig.from_dict(state["config"])
         mine, theirs = self.config.to_dict(), saved.to_dict()
-        ignore = set(RESUMABLE_FIELDS) | ({"C1", "C2"} if saved.tune_cut else set())
+        # out is where the run is now, however it is spelled or wherever it was moved: not a setting
+        ignore = {"out", *RESUMABLE_FIELDS} | ({"C1", "C2"} if saved.tune_cut else set())
         changed = sorted(k for k in mine if k not in ignore and mine[k] != theirs[k])
         if changed:
-            diff = ", ".join(f"{k}: {theirs[k]!r} -> {mine[k]!r}" for k in changed)
+            diff = ", ".join(f"{flag_of(k)} {theirs[k]!r} -> {mine[k]!r}" for k in changed)
+            allowed = ", ".join(flag_of(k) for k in RESUMABLE_FIELDS)
             raise TrainError(f"the run in {self.run_dir} was trained with other settings ({diff}); a resumed run "
-                             f"may only change {', '.join(RESUMABLE_FIELDS)}. Drop those options, or train a new "
-                             "run into another --out")
+                             f"may only change {allowed}. Drop those options, or train a new run into another "
+                             "--out")
         if bool(state.get("custom_model")) != (self.custom_model is not None):
             raise TrainError(f"the run in {self.run_dir} was trained with a model "
                              f"{'passed as an object' if state.get('custom_model') else 'built by name'}; resume it "
                              "the same way")
-        return saved.replace(**{k: mine[k] for k in RESUMABLE_FIELDS})
+        resumed = saved.replace(out=mine["out"], **{k: mine[k] for k in RESUMABLE_FIELDS})
+        recorded = (state.get("data") or {}).get("root")
+        if resumed.data == saved.data and not Path(saved.data).is_dir() and recorded and Path(recorded).is_dir():
+            resumed = resumed.replace(data=recorded)  # a relative --data of a run started in another folder
+        return resumed
+
+    def _data_record(self) -> dict[str, Any]:
+        """Which data set the run trains on: its absolute path, and per split its classes, its image count and a
+        hash of its file names (a moved copy of the data set has the same fingerprint)."""
+
+        def split_record(dataset: Any) -> dict[str, Any]:
+            names = hashlib.sha256()
+            root = Path(dataset.root, "images", dataset.split)
+            for image, _, label in dataset.samples:
+                names.update(f"{Path(os.path.relpath(image, root)).as_posix()}\t{label}\n".encode())
+            return {"classes": list(dataset.classes), "images": len(dataset), "names": names.hexdigest()}
+
+        record = {"root": os.path.abspath(self.config.data), "train": split_record(self.train_set)}
+        if self.val_set is not None:
+            record["val"] = split_record(self.val_set)
+        return record
+
+    def _check_same_data(self, state: dict[str, Any]) -> None:
+        """A resumed run must train on the data set it started with (its epochs, its position in an epoch and its
+        learning-rate schedule count that data set's images): refuse another one, naming the difference."""
+        saved = state.get("data")
+        if not saved:  # a checkpoint written before data sets were recorded: the number of images still counts
+            return
+        for split in ("train", "val"):
+            before, now = saved.get(split), self.data_record.get(split)
+            if before is None or now is None or before == now:
+                continue
+            what = "classes" if before["classes"] != now["classes"] else \
+                "images" if before["images"] != now["images"] else "file names"
+            detail = {"classes": f"classes {now['classes']} where it had {before['classes']}",
+                      "images": f"{now['images']} images where it had {before['images']}",
+                      "file names": "other file names"}[what]
+            raise TrainError(f"the data set in {self.config.data} is not the one the run in {self.run_dir} was "
+                             f"trained on ({saved['root']}): its {split} split has {detail}; a resumed run keeps its "
+                             "data set (its epochs and learning-rate schedule count its images): drop --data, or "
+                             "pass as --data the folder the run's data set is in now, or train a new run into "
+                             "another --out")
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -295,11 +367,12 @@ class Trainer:
         self.info(f"C1 = {C1}, C2 = {C2}")
 
     # --- the loop -----------------------------------------------------------------------------------------------
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self._stop:
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._stop is not None:
             raise KeyboardInterrupt
-        self._stop = True
-        self.info("Ctrl-C: stopping after this batch and saving a checkpoint (press Ctrl-C again to stop at once)")
+        self._stop = signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        self.info(f"{name}: stopping after this batch and saving a checkpoint (send it again to stop at once)")
 
     def _snapshot(self) -> dict[str, Any]:
         """The state of the last batch boundary that is not in the model and optimizer themselves."""
@@ -311,6 +384,8 @@ class Trainer:
         from tqdm.auto import tqdm
 
         while self.epoch < cfg.epochs:
+            if ctx.any(self._stop is not None):  # asked during the last epoch's validation and checkpoint
+                raise _StopRequested
             self.sampler.set_epoch(self.epoch)
             self.sampler.skip(self.step * self.local_batch)
             self.loader_generator.manual_seed(cfg.seed * 100_003 + self.epoch)
@@ -324,7 +399,7 @@ class Trainer:
                 self._boundary = self._snapshot()
                 for callback in self.callbacks:
                     callback(self, self.epoch, self.step)
-                if ctx.any(self._stop):
+                if ctx.any(self._stop is not None):
                     raise _StopRequested
                 if self.step % POSTFIX_EVERY == 0 and cfg.progress and ctx.is_main:
                     bar.set_postfix(loss=f"{self.meter.means()['loss']:.4f}")
@@ -388,10 +463,12 @@ class Trainer:
         self._boundary = self._snapshot()
         state = self._state()
         if ctx.is_main:
-            save_checkpoint(state, self.run_dir / LAST)
+            # best.pt first: a run killed between the two resumes from the previous last.pt and writes both again
             if improved:
-                save_checkpoint(state, self.run_dir / BEST)
+                self._save(state, BEST)
+            self._save(state, LAST)
             write_metrics(self.history, self.run_dir)
+            self._write_run_info(finished=self.epoch >= cfg.epochs)
             self.info(_summary(row, cfg.epochs))
         ctx.barrier()
 
@@ -417,6 +494,7 @@ class Trainer:
             "best": self.best,
             "classes": list(self.classes),
             "in_channels": self.in_channels,
+            "data": self.data_record,
             "custom_model": self.custom_model is not None,
         }
 
@@ -434,17 +512,51 @@ class Trainer:
         process) no collective call is made and rank 0's states stand for every process."""
         b = self._boundary
         state = self._state(gather=coordinated or not self.ctx.distributed)
+        self.epoch, self.step = b["epoch"], b["step"]
         if self.ctx.is_main:
-            path = save_checkpoint(state, self.run_dir / LAST)
+            path = self._save(state, LAST)
             self.info(f"interrupted at epoch {b['epoch'] + 1}, batch {b['step']}: saved {path}; continue with: "
                       f"isnet train --out {self.run_dir} --resume")
-        self.epoch, self.step = b["epoch"], b["step"]
+
+    def _save(self, state: dict[str, Any], name: str) -> Path:
+        """Write checkpoint ``name``; a failed write says how to go on (the previous checkpoint is intact)."""
+        try:
+            return save_checkpoint(state, self.run_dir / name)
+        except TrainError as exc:
+            hint = f"free space or make {self.run_dir} writable, then continue with: isnet train --out " \
+                   f"{self.run_dir} --resume" if (self.run_dir / LAST).is_file() else \
+                   "free space or make the folder writable, then start the run again"
+            raise TrainError(f"{exc}; {hint}") from exc.__cause__
+
+    def _write_run_info(self, *, finished: bool) -> None:
+        """``run.json``: epochs and batches done, whether the run finished, the best validation accuracy, the
+        threads and the environment (:func:`~.environment.environment`)."""
+        if not self.ctx.is_main:
+            return
+        info = {"run": str(self.run_dir.resolve()), "epochs_done": self.epoch, "step": self.step,
+                "epochs": self.config.epochs, "finished": finished, "best_val_accuracy": self.best,
+                "world_size": self.ctx.world_size, "device": str(self.ctx.device), "data": self.data_record,
+                "environment": environment()}
+        write_atomic(self.run_dir / RUN_INFO, json.dumps(info, indent=2) + "\n", what="the run's record")
 
 
 def _ignore_sigint(worker_id: int) -> None:
-    """DataLoader workers ignore Ctrl-C (the terminal sends it to them too): the main process stops the run at a
-    batch boundary and shuts them down; a worker that died of it would fail the run instead."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """DataLoader workers ignore Ctrl-C and SIGTERM (the terminal, or a scheduler, sends them to every process of
+    the job): the main process stops the run at a batch boundary and shuts them down; a worker that died of one
+    would fail the run instead."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
+def _set_interop_threads(count: int) -> None:
+    """Inter-op threads as many as intra-op ones, where PyTorch still allows it (once per process, before any
+    inter-op work); later calls keep the count set first."""
+    if torch.get_num_interop_threads() == count:
+        return
+    try:
+        torch.set_num_interop_threads(count)
+    except RuntimeError:
+        pass
 
 
 def _sampler(size: int, seed: int, ctx: Context, shuffle: bool):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import runpy
 import subprocess
 import sys
@@ -110,19 +111,78 @@ def test_train_errors(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_eval_writes_json_and_table(cli_run: Path, capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["eval", "--run", str(cli_run), "--quiet"]) == 0
-    result = json.loads((cli_run / "eval.json").read_text())
+    result = json.loads((cli_run / "eval-best.json").read_text())
     assert result["checkpoint"] == "best.pt" and result["epoch"] == 1 and result["variant"] == "dual"
+    assert result["checkpoint_path"] == str((cli_run / "best.pt").resolve())
     assert list(result["splits"]) == ["test_biased", "test_unbiased"]  # every test_* split, by default
     for split in result["splits"].values():
         assert split["images"] == 4
         assert split["accuracy"] in (0, 0.25, 0.5, 0.75, 1)
         assert 0 < split["background_fraction"] < 1 and split["loss"] > 0
-    table = (cli_run / "eval.md").read_text()
+    assert result["environment"]["torch"] and result["environment"]["threads"] >= 1
+    table = (cli_run / "eval-best.md").read_text()
     assert table.startswith("| split | images | accuracy | background relevance |") and "| test_unbiased | 4 |" in table
     assert "| test_biased | 4 |" in capsys.readouterr().out
 
+    # another checkpoint's results go to its own file: best.pt's stay
     assert cli.main(["eval", "--run", str(cli_run), "--splits", "val", "--checkpoint", "last", "--quiet"]) == 0
-    assert list(json.loads((cli_run / "eval.json").read_text())["splits"]) == ["val"]
+    assert list(json.loads((cli_run / "eval-last.json").read_text())["splits"]) == ["val"]
+    assert list(json.loads((cli_run / "eval-best.json").read_text())["splits"]) == ["test_biased", "test_unbiased"]
+
+
+def test_eval_never_writes_another_runs_results(cli_run: Path, tiny_data: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    other = tmp_path / "other"
+    assert cli.main(_train_args(tiny_data, other, "--variant", "none")) == 0
+    capsys.readouterr()
+    before = sorted(p.name for p in cli_run.iterdir())
+    relative = os.path.relpath(other / "last.pt", cli_run)
+    assert cli.main(["eval", "--run", str(cli_run), "--checkpoint", relative, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "not a checkpoint of the run directory" in err and f"--run {other}" in err
+    assert sorted(p.name for p in cli_run.iterdir()) == before  # nothing written into the run named
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_eval_prints_the_results_before_a_failed_write(cli_run: Path, tiny_data: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "readonly"
+    assert cli.main(_train_args(tiny_data, run, "--variant", "none")) == 0
+    capsys.readouterr()
+    run.chmod(0o555)
+    try:
+        assert cli.main(["eval", "--run", str(run), "--quiet"]) == 2
+    finally:
+        run.chmod(0o755)
+    captured = capsys.readouterr()
+    assert "| test_biased | 4 |" in captured.out  # the table came first
+    err = captured.err.strip()
+    assert "\n" not in err and "permission denied" in err and "the results are printed above" in err
+    assert not (run / "eval-best.json").exists()
+
+
+def test_eval_write_failure_is_one_line_after_the_table(cli_run: Path, capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same as a read-only run directory, for a user (root) whom permissions do not stop."""
+    import errno
+
+    from isnet_kernels.train import files
+
+    real_open = open
+
+    def read_only(path, mode="r", *args, **kwargs):
+        if "w" in mode:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(files, "open", read_only, raising=False)
+    (cli_run / "eval-best.json").unlink(missing_ok=True)
+    assert cli.main(["eval", "--run", str(cli_run), "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert "| test_biased | 4 |" in captured.out
+    err = captured.err.strip()
+    assert "\n" not in err and "read-only (EROFS)" in err and "the results are printed above" in err
+    assert not (cli_run / "eval-best.json").exists()
 
 
 def test_eval_errors(cli_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -101,7 +101,7 @@ def test_two_processes_equal_one_process(tiny_data: Path, tmp_path: Path) -> Non
         for key in ("train_loss", "train_accuracy", "val_accuracy", "val_loss", "val_background_fraction"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
     written = sorted(p.name for p in (tmp_path / "two").iterdir())
-    assert written == ["best.pt", "config.json", "last.pt", "metrics.csv", "metrics.json"]
+    assert written == ["best.pt", "config.json", "last.pt", "metrics.csv", "metrics.json", "run.json"]
 
     # Ctrl-C in one process in the middle of epoch 2: both stop at one boundary, and resuming gives run "two"
     _spawn(_config(tiny_data, tmp_path / "three"), "interrupt")

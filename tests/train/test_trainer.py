@@ -150,7 +150,7 @@ def test_run_directory_errors(tiny_data: Path, tmp_path: Path) -> None:
     train(_config(tiny_data, run, epochs=1, variant="none"))
     with pytest.raises(TrainError, match="already holds a checkpoint.*--resume"):
         train(_config(tiny_data, run, epochs=1, variant="none"))
-    with pytest.raises(TrainError, match=r"lr: 0\.15 -> 0\.5.*may only change"):
+    with pytest.raises(TrainError, match=r"--lr 0\.15 -> 0\.5.*may only change"):
         train(_config(tiny_data, run, epochs=2, variant="none", lr=0.5), resume=True)
     with pytest.raises(TrainError, match="cannot resume.*does not exist"):
         train(_config(tiny_data, tmp_path / "new"), resume=True)
@@ -227,3 +227,32 @@ def test_threads_set_for_the_run_and_restored(tiny_data: Path, tmp_path: Path) -
     assert seen and set(seen) == {1 if before > 1 else 2} and torch.get_num_threads() == before
     with pytest.raises(TrainError, match="threads must be a positive int"):
         TrainConfig(threads=0)
+
+
+def test_default_threads_leave_a_core_to_each_data_loader_worker(tiny_data: Path, tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen: dict[int, set[int]] = {}
+        for workers in (0, 1, 2):
+            seen[workers] = set()
+            train(_config(tiny_data, tmp_path / f"w{workers}", epochs=1, num_workers=workers, val_split=""),
+                  callbacks=[lambda trainer, epoch, step, w=workers: seen[w].add(torch.get_num_threads())])
+        assert seen == {0: {2}, 1: {1}, 2: {1}}  # intra-op threads and workers together never exceed the cores
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_importing_the_package_makes_waiting_threads_yield_their_core() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, isnet_kernels; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "ACTIVE"  # the user's choice stays
