@@ -62,7 +62,7 @@ SPLITS = ("train", "val", "test_biased", "test_unbiased", "test_confounding", "t
 CLEAN_SPLIT = "train_clean"
 NUM_CLASSES = 10
 MIN_SIZE = 24
-BACKGROUND_HIGH = 0.75
+BACKGROUND_HIGH = 1.0
 #: scikit-image's real photographs (``skimage.data.<name>()``), in this order before ``photo_seed`` shuffles them.
 PHOTOGRAPHS = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel", "hubble_deep_field",
                "immunohistochemistry", "moon", "retina", "rocket", "page", "clock", "cell", "text")
@@ -124,6 +124,7 @@ def write_biased_scenes(
     seed: int = 0,
     photo_seed: int | None = None,
     bias: float = 0.95,
+    contrast: float = 1.0,
     progress: bool = True,
     overwrite: bool = False,
     train_clean: bool = True,
@@ -140,6 +141,7 @@ def write_biased_scenes(
     seed : seed of every random choice but the photographs' assignment.
     photo_seed : seed of which photographs belong to which class and which are neutral (default: ``seed``).
     bias : fraction of the train and val images of a class drawn on its own photograph, in [0, 1] (default 0.95).
+    contrast : the digit's strength ``c`` in (0, 1]: ``image = background * (1 - c d) + c d`` (default 1).
     progress : show a tqdm progress bar.
     overwrite : replace a biased-scenes set written to ``root`` before (recognised by its ``info.json``).
     train_clean : also write ``train_clean``.
@@ -168,6 +170,9 @@ def write_biased_scenes(
     if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not 0.0 <= bias <= 1.0:
         raise DataError(f"bias (the fraction of images on their own class's scene) must be between 0 and 1, got "
                         f"{bias!r}", param="bias")
+    if isinstance(contrast, bool) or not isinstance(contrast, (int, float)) or not 0.0 < contrast <= 1.0:
+        raise DataError(f"contrast (the digit's strength over the scene) must be in (0, 1], got {contrast!r}",
+                        param="contrast")
     per_class = {"train": _bd._check_count("per_class_train", per_class_train),
                  "val": _bd._check_count("per_class_val", per_class_val),
                  "test": _bd._check_count("per_class_test", per_class_test)}
@@ -181,13 +186,14 @@ def write_biased_scenes(
     check_size(root, images, size, max_files)  # before anything is written
     with staged(root) as target:  # a hidden folder beside root, moved into place when complete
         info = _write(target, load_digits(), photos, class_photos, neutral, per_class, size=size, seed=seed,
-                      photo_seed=photo_seed, bias=bias, progress=progress, train_clean=train_clean)
+                      photo_seed=photo_seed, bias=bias, contrast=contrast, progress=progress,
+                      train_clean=train_clean)
     return {**info, "root": str(root)}
 
 
 def _write(root: Path, digits: Any, photos: dict[str, np.ndarray], class_photos: list[str], neutral: list[str],
-           per_class: dict[str, int], *, size: int, seed: int, photo_seed: int, bias: float, progress: bool,
-           train_clean: bool) -> dict[str, Any]:
+           per_class: dict[str, int], *, size: int, seed: int, photo_seed: int, bias: float, contrast: float,
+           progress: bool, train_clean: bool) -> dict[str, Any]:
     """Write every file of the set into ``root`` (a staging folder); the summary (``info.json``)."""
     scans = (digits.images / 16.0).astype(np.float32)
     labels = digits.target.astype(np.int64)
@@ -216,7 +222,7 @@ def _write(root: Path, digits: Any, photos: dict[str, np.ndarray], class_photos:
     def write(split: str, c: int, name: str, digit: np.ndarray, mask: np.ndarray, scene: int, photo: str,
               rng: np.random.Generator, scan: int) -> None:
         background, (y, x, side) = _crop(photos[photo], rng, size)
-        image = background * (1 - digit) + digit
+        image = background * (1 - contrast * digit) + contrast * digit
         rel = f"{split}/{c}/{name}"
         Image.fromarray(_bt._to_uint8(image)).save(root / "images" / rel)
         Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / rel)
@@ -266,6 +272,7 @@ def _write(root: Path, digits: Any, photos: dict[str, np.ndarray], class_photos:
         "seed": seed,
         "photo_seed": photo_seed,
         "bias": float(bias),
+        "contrast": float(contrast),
         "classes": [str(c) for c in range(NUM_CLASSES)],
         "splits": {
             "train": f"own class's scene with probability {bias}, else another class's",
