@@ -28,7 +28,7 @@ PER_CLASS = {"per_class_train": 20, "per_class_val": 2, "per_class_test": 3}
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("biased_scenes")
-    return root, write_biased_scenes(root, size=SIZE, seed=1, bias=0.8, progress=False, **PER_CLASS)
+    return root, write_biased_scenes(root, size=SIZE, seed=1, bias=0.8, contrast=1.0, progress=False, **PER_CLASS)
 
 
 def _rows(root: Path) -> list[dict[str, str]]:
@@ -98,7 +98,8 @@ def test_test_splits_differ_only_in_the_scene(scenes):
 
 def test_photo_seed_changes_the_scenes_and_seed_reproduces_bytes(scenes, tmp_path):
     root, info = scenes
-    again = write_biased_scenes(tmp_path / "a", size=SIZE, seed=1, bias=0.8, progress=False, **PER_CLASS)
+    again = write_biased_scenes(tmp_path / "a", size=SIZE, seed=1, bias=0.8, contrast=1.0, progress=False,
+                                **PER_CLASS)
     assert (tmp_path / "a" / "images" / "train" / "3" / "0001.png").read_bytes() == \
         (root / "images" / "train" / "3" / "0001.png").read_bytes()
     other = write_biased_scenes(tmp_path / "b", size=SIZE, seed=1, photo_seed=7, progress=False, **PER_CLASS)
@@ -118,8 +119,8 @@ def test_contrast_weakens_the_digit(tmp_path):
     kw = dict(size=SIZE, seed=2, progress=False, per_class_train=1, per_class_val=1, per_class_test=1,
               train_clean=False)
     full, faint = tmp_path / "full", tmp_path / "faint"
-    write_biased_scenes(full, **kw)
-    write_biased_scenes(faint, contrast=0.4, **kw)
+    write_biased_scenes(full, contrast=1.0, **kw)
+    assert write_biased_scenes(faint, **kw)["contrast"] == 0.5  # the default: a digit as strong as the scene
     rel = "test_biased/5/0000.png"
     mask = _png(full, "masks", rel) > 0.5
     a, b = _png(full, "images", rel), _png(faint, "images", rel)
