@@ -152,6 +152,8 @@ def _build_parser() -> argparse.ArgumentParser:
                             "class drawn on its own scene (default 0.95)")
             ds.add_argument("--contrast", type=float, default=0.5, help="the digit's strength over the scene, in "
                             "(0, 1] (default 0.5)")
+            ds.add_argument("--scene", type=float, default=1.0, help="the scene's range [0, SCENE], in (0, 1] "
+                            "(default 1)")
             ds.add_argument("--photo-seed", type=int, default=None, help="seed of which photograph belongs to which "
                             "class (default: --seed); another value gives a set of this kind with other scenes")
 
@@ -248,7 +250,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
               "biased-scenes": write_biased_scenes}[args.dataset]
     extra = {"biased-digits": {"noise": getattr(args, "noise", 0.0)}, "biased-tags": {},
              "biased-scenes": {"bias": getattr(args, "bias", 0.95), "photo_seed": getattr(args, "photo_seed", None),
-                               "contrast": getattr(args, "contrast", 0.5)}}
+                               "contrast": getattr(args, "contrast", 0.5), "scene": getattr(args, "scene", 1.0)}}
     try:
         info = writer(args.root, size=args.size, per_class_train=args.per_class, per_class_val=args.per_class_val,
                       per_class_test=args.per_class_test, seed=args.seed, progress=not args.quiet,

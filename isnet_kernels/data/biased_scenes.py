@@ -90,15 +90,16 @@ def load_photographs(names: tuple[str, ...] = PHOTOGRAPHS) -> dict[str, np.ndarr
     return out
 
 
-def _crop(photo: np.ndarray, rng: np.random.Generator, size: int) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """A random square crop resized to the canvas and mapped to ``[0, BACKGROUND_HIGH]``, and its box."""
+def _crop(photo: np.ndarray, rng: np.random.Generator, size: int, high: float = BACKGROUND_HIGH
+          ) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """A random square crop resized to the canvas and mapped to ``[0, high]``, and its box."""
     h, w = photo.shape
     side = int(rng.integers(min(size, h, w), min(4 * size, h, w), endpoint=True))
     y, x = int(rng.integers(0, h - side, endpoint=True)), int(rng.integers(0, w - side, endpoint=True))
     crop = Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size), Image.Resampling.BILINEAR)
     a = np.asarray(crop, dtype=np.float32)
     a = (a - a.min()) / max(float(a.max() - a.min()), 1e-6)
-    return (BACKGROUND_HIGH * a).astype(np.float32), (y, x, side)
+    return (high * a).astype(np.float32), (y, x, side)
 
 
 def _readme(info: dict[str, Any]) -> str:
@@ -129,6 +130,7 @@ def write_biased_scenes(
     photo_seed: int | None = None,
     bias: float = 0.95,
     contrast: float = 0.5,
+    scene: float = 1.0,
     progress: bool = True,
     overwrite: bool = False,
     train_clean: bool = True,
@@ -146,6 +148,7 @@ def write_biased_scenes(
     photo_seed : seed of which photographs belong to which class and which are neutral (default: ``seed``).
     bias : fraction of the train and val images of a class drawn on its own photograph, in [0, 1] (default 0.95).
     contrast : the digit's strength ``c`` in (0, 1]: ``image = background * (1 - c d) + c d`` (default 0.5).
+    scene : the scene's range ``[0, scene]``, in (0, 1] (default 1).
     progress : show a tqdm progress bar.
     overwrite : replace a biased-scenes set written to ``root`` before (recognised by its ``info.json``).
     train_clean : also write ``train_clean``.
@@ -177,6 +180,8 @@ def write_biased_scenes(
     if isinstance(contrast, bool) or not isinstance(contrast, (int, float)) or not 0.0 < contrast <= 1.0:
         raise DataError(f"contrast (the digit's strength over the scene) must be in (0, 1], got {contrast!r}",
                         param="contrast")
+    if isinstance(scene, bool) or not isinstance(scene, (int, float)) or not 0.0 < scene <= 1.0:
+        raise DataError(f"scene (the background's range [0, scene]) must be in (0, 1], got {scene!r}", param="scene")
     per_class = {"train": _bd._check_count("per_class_train", per_class_train),
                  "val": _bd._check_count("per_class_val", per_class_val),
                  "test": _bd._check_count("per_class_test", per_class_test)}
@@ -190,14 +195,14 @@ def write_biased_scenes(
     check_size(root, images, size, max_files)  # before anything is written
     with staged(root) as target:  # a hidden folder beside root, moved into place when complete
         info = _write(target, load_digits(), photos, class_photos, neutral, per_class, size=size, seed=seed,
-                      photo_seed=photo_seed, bias=bias, contrast=contrast, progress=progress,
+                      photo_seed=photo_seed, bias=bias, contrast=contrast, scene=scene, progress=progress,
                       train_clean=train_clean)
     return {**info, "root": str(root)}
 
 
 def _write(root: Path, digits: Any, photos: dict[str, np.ndarray], class_photos: list[str], neutral: list[str],
            per_class: dict[str, int], *, size: int, seed: int, photo_seed: int, bias: float, contrast: float,
-           progress: bool, train_clean: bool) -> dict[str, Any]:
+           scene: float, progress: bool, train_clean: bool) -> dict[str, Any]:
     """Write every file of the set into ``root`` (a staging folder); the summary (``info.json``)."""
     scans = (digits.images / 16.0).astype(np.float32)
     labels = digits.target.astype(np.int64)
@@ -225,7 +230,7 @@ def _write(root: Path, digits: Any, photos: dict[str, np.ndarray], class_photos:
 
     def write(split: str, c: int, name: str, digit: np.ndarray, mask: np.ndarray, scene: int, photo: str,
               rng: np.random.Generator, scan: int) -> None:
-        background, (y, x, side) = _crop(photos[photo], rng, size)
+        background, (y, x, side) = _crop(photos[photo], rng, size, scene)
         image = background * (1 - contrast * digit) + contrast * digit
         rel = f"{split}/{c}/{name}"
         Image.fromarray(_bt._to_uint8(image)).save(root / "images" / rel)
@@ -277,6 +282,7 @@ def _write(root: Path, digits: Any, photos: dict[str, np.ndarray], class_photos:
         "photo_seed": photo_seed,
         "bias": float(bias),
         "contrast": float(contrast),
+        "scene": float(scene),
         "classes": [str(c) for c in range(NUM_CLASSES)],
         "splits": {
             "train": f"own class's scene with probability {bias}, else another class's",
@@ -291,7 +297,7 @@ def _write(root: Path, digits: Any, photos: dict[str, np.ndarray], class_photos:
         "groups": {"definition": "label:aligned when the background is the label's own scene, else "
                                  "label:conflicting", "counts": group_counts},
         "photographs": {"source": "skimage.data", "classes": class_photos, "neutral": neutral,
-                        "range": [0.0, BACKGROUND_HIGH]},
+                        "range": [0.0, float(scene)]},
         "digit": {"side_range": list(_bt._digit_sides(size)), "mask_threshold": _bt.MASK_THRESHOLD,
                   "mask_dilation": 1},
     }
