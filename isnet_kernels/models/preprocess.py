@@ -69,7 +69,7 @@ class Preprocess:
         if n not in (1, channels):
             raise ValueError(f"the preprocessing has {n} channel statistics but the images have {channels} "
                              f"channels; pass --mean/--std with {channels} value(s) or --channels {n}")
-        return mean.expand(n), std.expand(n)
+        return mean.expand(channels), std.expand(channels)
 
     def normalize(self, images: Tensor) -> Tensor:
         """``(images - mean) / std`` per channel; images (C, H, W) or (B, C, H, W) in [0, 1]."""

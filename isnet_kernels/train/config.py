@@ -206,7 +206,8 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Check every field; a :class:`TrainError` names the first bad one and the valid values."""
+        """Check every field; a :class:`TrainError` names the first bad one and the valid values (an unknown
+        architecture: :class:`~isnet_kernels.models.UnknownModelError`, with close matches)."""
 
         def bad(name: str, expected: str) -> TrainError:
             return TrainError(f"{name} must be {expected}, got {getattr(self, name)!r}")

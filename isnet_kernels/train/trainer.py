@@ -1,5 +1,6 @@
-"""The training loop: SGD with momentum and gradient-norm clipping, per-epoch metrics, checkpoints, exact resume,
-Ctrl-C, and DistributedDataParallel under ``torchrun``.
+"""The training loop: SGD with momentum (or AdamW) and gradient-norm clipping, per-epoch metrics, checkpoints,
+exact resume, Ctrl-C, and DistributedDataParallel under ``torchrun``. The model by name with its weights, the
+input preprocessing, the optimizer and bf16 autocast come from :mod:`.backbone`.
 
 Per epoch, the run directory gets a row in ``metrics.csv`` / ``metrics.json`` (:data:`~.metrics.COLUMNS`: the
 training loss parts and accuracy, running means over the epoch's batches in train mode; the validation
