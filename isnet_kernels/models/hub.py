@@ -164,7 +164,7 @@ def build(name: str, num_classes: int, in_channels: int = 3, *, weights: str | N
                                    "name (DEFAULT, IMAGENET1K_V1, ...) or a file")
             entry = _torchvision_weights(builder, weights, name)
             if load_weights:
-                load_state(model, entry.get_state_dict(progress=True, check_hash=True), num_classes,
+                load_state(model, _fetch(entry, name), num_classes,
                            what=f"torchvision's {builder} {entry.name} weights")
     elif source == "torchvision":
         if in_channels != 3:
@@ -182,7 +182,7 @@ def build(name: str, num_classes: int, in_channels: int = 3, *, weights: str | N
                 model = M.get_model(builder, weights=entry, **kwargs)  # as torchvision builds it for these weights
             _replace_heads(model, len(entry.meta["categories"]), num_classes)
             if load_weights:
-                state = entry.get_state_dict(progress=True, check_hash=True)
+                state = _fetch(entry, name)
                 if hasattr(model, "aux_logits") and not getattr(model, "aux_logits", True):
                     state = {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2."))}
                 load_state(model, state, num_classes, what=f"torchvision's {builder} {entry.name} weights")
@@ -192,11 +192,27 @@ def build(name: str, num_classes: int, in_channels: int = 3, *, weights: str | N
         if weights is not None and not pretrained and file is None:
             raise WeightsError(f"--weights {weights!r} for --arch {name}: timm takes 'pretrained' (its default "
                                "pretrained tag; another tag goes in the name, timm:NAME.TAG) or a file")
-        model = timm.create_model(builder, pretrained=pretrained and load_weights, num_classes=num_classes,
-                                  in_chans=in_channels, **kwargs)
+        try:
+            model = timm.create_model(builder, pretrained=pretrained and load_weights, num_classes=num_classes,
+                                      in_chans=in_channels, **kwargs)
+        except (OSError, RuntimeError) as exc:
+            if not (pretrained and load_weights):
+                raise
+            raise WeightsError(f"cannot fetch timm's pretrained weights of {builder} ({type(exc).__name__}: {exc}); "
+                               "where there is no network, pass a weights file (--weights FILE)") from None
     if file is not None and load_weights:
         load_state(model, read_state_dict(file), num_classes, what=f"weights file {file}")
     return model
+
+
+def _fetch(entry: Any, name: str) -> dict[str, Tensor]:
+    """The state dict of a torchvision weights entry, through torchvision's API and the torch hub cache."""
+    try:
+        return entry.get_state_dict(progress=True, check_hash=True)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a damaged download fails the hash check
+        raise WeightsError(f"cannot fetch torchvision's {entry} for --arch {name} ({type(exc).__name__}: {exc}); "
+                           f"where there is no network, put the file in {torch.hub.get_dir()}/checkpoints or pass "
+                           "a weights file (--weights FILE)") from None
 
 
 def _torchvision_weights(builder: str, weights: str, name: str) -> Any:

@@ -183,3 +183,16 @@ def test_preprocess_checks_its_values() -> None:
     grey = Preprocess(mean=(0.5,), std=(0.25,))
     assert grey.bounds(3)[0].tolist() == [-2.0, -2.0, -2.0]
     assert Preprocess.from_dict(grey.to_dict()) == grey
+
+
+def test_weights_that_cannot_be_fetched_say_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    from urllib.error import URLError
+
+    from torchvision.models._api import WeightsEnum
+
+    def offline(self, *args, **kwargs):
+        raise URLError("Name or service not known")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(WeightsError, match=r"cannot fetch torchvision's ResNet18_Weights.IMAGENET1K_V1 .*--weights"):
+        build_model("torchvision:resnet18", 3, weights="DEFAULT")
