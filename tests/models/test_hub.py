@@ -78,6 +78,8 @@ def test_weights_name_loads_through_torchvision(tmp_path: Path, monkeypatch: pyt
     model = build_model("torchvision:resnet18", 3, weights="IMAGENET1K_V1")
     assert model.fc.out_features == 3
     _same_features(source, model, "fc", torch.rand(2, 3, 32, 32))
+    package = build_model("resnet18", 3, weights="DEFAULT")  # the package's copy takes torchvision's weights too
+    _same_features(source, package, "fc", torch.rand(2, 3, 32, 32))
 
 
 def test_weights_name_shapes_the_model_without_fetching() -> None:
