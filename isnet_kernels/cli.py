@@ -109,6 +109,8 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
             kwargs.update(nargs="*")
         elif f.name == "device":
             kwargs.update(type=_device)
+        elif kind[0] == "list[float]":  # --mean 0.485 0.456 0.406
+            kwargs.update(type=float, nargs="+")
         elif kind == ["bool"]:  # a flag that turns the setting off (--quiet: progress=False)
             kwargs.update(action="store_false")
         else:

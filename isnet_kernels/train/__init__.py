@@ -2,10 +2,10 @@
 
 Public API
 ----------
-TrainConfig(data, out, arch, preset, variant, heatmap, rrr_lambda, map_chunk, epochs, batch_size, lr, lr_schedule,
-    momentum, clip, weight_decay, P, d, E, A, B, C1, C2, foreground, d_loss, nonfinite, eps, first_layer,
-    deep_supervision, select, batch_stats, tune_cut, seed, num_workers, threads, size, channels, train_split,
-    val_split, device, backend, progress, model_kwargs)
+TrainConfig(data, out, arch, model_kwargs, weights, mean, std, preset, variant, heatmap, rrr_lambda, map_chunk,
+    epochs, batch_size, lr, lr_schedule, optimizer, warmup_epochs, momentum, clip, weight_decay, P, d, E, A, B, C1,
+    C2, foreground, d_loss, nonfinite, eps, first_layer, deep_supervision, select, batch_stats, tune_cut, seed,
+    num_workers, threads, size, channels, train_split, val_split, device, backend, precision, progress)
 Trainer(config, *, model=None, resume=False, callbacks=()).fit() -> TrainResult
 train(config, *, model=None, resume=False, callbacks=()) -> TrainResult
 evaluate(model, loader, *, device, eps, first_layer, bounds, backend) -> Meter of loss, accuracy, background_fraction

@@ -6,7 +6,7 @@ A checkpoint is a dict saved with ``torch.save`` holding only tensors and plain 
 - ``format``: :data:`FORMAT` (the layout version);
 - ``model``: the classifier's ``state_dict`` (the bare model, never a DDP or ISNet wrapper, so the keys are the
   architecture's own, e.g. torchvision's);
-- ``optimizer``: the SGD ``state_dict`` (momentum buffers included);
+- ``optimizer``: the optimizer's ``state_dict`` (SGD's momentum buffers, AdamW's moments);
 - ``epoch``: epochs completed; ``step``: batches completed in epoch ``epoch`` (0 at an epoch boundary, > 0 when a
   run was interrupted in the middle of an epoch), ``epoch_meter``: that partial epoch's metric sums, one entry per
   process (None at an epoch boundary);
@@ -17,7 +17,10 @@ A checkpoint is a dict saved with ``torch.save`` holding only tensors and plain 
 - ``config``: :meth:`TrainConfig.to_dict` (with the C1/C2 that :func:`~isnet_kernels.tune_cut` chose, if run);
 - ``history``: the metrics rows of the completed epochs; ``best``: the best validation accuracy and its epoch;
 - ``classes``, ``in_channels``: what the model was trained on, to rebuild and use it; ``custom_model``: True when
-  the model was passed to the trainer as an object (it cannot be rebuilt from ``config.arch``).
+  the model was passed to the trainer as an object (it cannot be rebuilt from ``config.arch``);
+- ``model_spec``: what rebuilds and feeds the model (:func:`.backbone.model_spec`): its name, constructor arguments,
+  weights name, class count, channels and the resolved preprocessing (mean, std, size); absent in checkpoints
+  written before it existed (a package model, inputs in [0, 1]).
 """
 
 from __future__ import annotations

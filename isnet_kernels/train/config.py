@@ -31,6 +31,7 @@ from ..isnet.presets import PRESETS, TRAINER_PRESETS
 from ..isnet.wrapper import HEATMAPS, SELECTIONS
 from ..lrp.engine import BATCH_STATS, FIRST_LAYER_RULES, check_eps
 from ..models import ARCHITECTURES, build_model
+from ..models.hub import check_name
 from .errors import TrainError
 
 #: ``"none"`` trains the plain classifier with cross-entropy; ``"rrr"`` with Right for the Right Reasons (the input
@@ -42,6 +43,12 @@ DEVICES = ("auto", "cpu", "cuda")
 #: ``t`` of the run's ``T = epochs * steps_per_epoch`` (a resumed run that extends ``epochs`` stretches it).
 LR_SCHEDULES = ("constant", "cosine")
 CHANNELS = (1, 3)
+#: ``--optimizer``: SGD with momentum, or AdamW (no weight decay on biases and norms; :mod:`.backbone`).
+OPTIMIZERS = ("sgd", "adamw")
+#: ``--precision``: float32, or bf16 autocast for the forward and the relevance pass (float32 master weights).
+PRECISIONS = ("32", "bf16")
+#: Defaults of ``lr`` and ``weight_decay`` for AdamW (SGD's: the preset's lr, no weight decay).
+ADAMW_DEFAULTS = {"lr": 1e-3, "weight_decay": 0.05}
 
 #: Fields a resumed run may change: they do not alter what is computed (``epochs`` only extends the run; ``data``
 #: only to the same data set at another path, which the trainer checks). ``out`` is where the run is, whatever its
@@ -146,13 +153,18 @@ class TrainConfig:
     ----------
     data : the data set folder (``ROOT/images/<split>/<class>/*.png`` with masks, see :mod:`isnet_kernels.data`).
     out : the run directory: ``config.json``, ``metrics.csv``, ``metrics.json``, ``last.pt``, ``best.pt``.
-    arch : a name of :data:`isnet_kernels.models.ARCHITECTURES`; ``model_kwargs`` go to its constructor
-        (e.g. ``{"width": 8}``).
+    arch : a model name of :func:`isnet_kernels.models.build_model`: the package's (``small``, ``resnet18``, ...), a
+        torchvision classification builder, or ``timm:NAME``; ``model_kwargs`` go to its constructor (e.g.
+        ``{"width": 8}``).
+    weights : pretrained weights: a torchvision weights name, ``"pretrained"`` (timm) or a file (None: none).
+    mean, std : per-channel input normalisation (None: from the weights' metadata, or none without weights).
     variant : ``"none"`` (plain classifier, cross-entropy only) or an ISNet variant: ``"original"``,
         ``"selective"``, ``"stochastic"``, ``"dual"``.
     epochs, batch_size : epochs to train in all, and the global batch (module docstring).
-    lr, lr_schedule, momentum, clip, weight_decay : SGD and its learning-rate schedule (:data:`LR_SCHEDULES`);
-        ``clip`` is the gradient-norm clip (``None`` or 0: no clipping).
+    lr, lr_schedule, momentum, clip, weight_decay : the optimizer and its learning-rate schedule
+        (:data:`LR_SCHEDULES`); ``clip`` is the gradient-norm clip (``None`` or 0: no clipping).
+    optimizer, warmup_epochs : ``"sgd"`` (momentum) or ``"adamw"``; epochs of linear learning-rate warm-up.
+    precision : ``"32"`` or ``"bf16"`` (autocast; float32 master weights and losses).
     P, d, E, A, B, C1, C2, foreground, d_loss, nonfinite : the :class:`~isnet_kernels.ISNetLoss` parameters
         (C1/C2 a number, or per level as :func:`~isnet_kernels.tune_cut` returns them).
     preset : ``"default"`` or ``"paper"``: the values of ``lr``, ``lr_schedule``, ``first_layer``,
@@ -166,8 +178,8 @@ class TrainConfig:
     num_workers : DataLoader worker processes.
     threads : ``torch.set_num_threads`` for the run (restored afterwards); None: the process's setting (PyTorch's
         default, the cores) less ``num_workers``, at least 1 (:func:`~.environment.default_threads`).
-    size : resize images and masks to ``size`` x ``size`` when loading (None: keep their size).
-    channels : convert images to 1 or 3 channels (None: as stored).
+    size : resize images and masks to ``size`` x ``size`` when loading (None: the weights' size, else as stored).
+    channels : convert images to 1 or 3 channels (None: 3 for torchvision and timm models, else as stored).
     train_split, val_split : split folder names; ``val_split=""`` trains without validation (no ``best.pt``).
     device : ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``; ``backend`` the relevance backend.
     progress : tqdm bars.
@@ -175,9 +187,18 @@ class TrainConfig:
 
     data: str = option("", "data set folder (images/<split>/<class>/*.png, masks/...)", metavar="ROOT")
     out: str = option("", "run directory (created; holds config.json, metrics, checkpoints)", metavar="RUN_DIR")
-    arch: str = option("small", "architecture", choices=tuple(ARCHITECTURES))
+    arch: str = option("small", f"model: the package's ({', '.join(ARCHITECTURES)}), any torchvision "
+                       "classification builder (convnext_tiny, vit_b_16, ...; torchvision:NAME where the package has "
+                       "the name), or timm:NAME", metavar="NAME")
     model_kwargs: dict[str, Any] = option(dict, "constructor argument of the architecture, e.g. width=8 "
                                           "(repeatable)", flag="--model-arg", metavar="KEY=VALUE")
+    weights: str | None = option(None, "pretrained weights: a torchvision weights name (DEFAULT, IMAGENET1K_V2, "
+                                 "...), 'pretrained' (timm), or a .pt/.pth/.safetensors file; the head is left out "
+                                 "when its shape differs", metavar="WEIGHTS", default_text="none: random init")
+    mean: list[float] | None = option(None, "per-channel mean of the input normalisation (x - mean) / std",
+                                      default_text="the weights' metadata; none without weights")
+    std: list[float] | None = option(None, "per-channel std of the input normalisation",
+                                     default_text="the weights' metadata; none without weights")
     preset: str = option("default", "where a setting it governs is not given: 'default' (what trains best across "
                          "data sets) or 'paper' (the authors' settings)", choices=PRESETS)
     variant: str = option("selective", "none = plain classifier (no LRP); rrr = Right for the Right Reasons (input "
@@ -190,12 +211,15 @@ class TrainConfig:
     epochs: int = option(24, "epochs in all (on --resume, extends the run); the ISNet needs more optimisation steps "
                          "than a plain classifier: about 800 (24 epochs of 1,100 images at batch 32)")
     batch_size: int = option(32, "GLOBAL batch, split over torchrun processes")
-    lr: float = option(None, "SGD learning rate", default_text=_preset_text("lr"))
+    lr: float = option(None, "learning rate", default_text=_preset_text("lr") + "; 0.001 with --optimizer adamw")
     lr_schedule: str = option(None, "learning-rate schedule over the run's steps", choices=LR_SCHEDULES,
                               default_text=_preset_text("lr_schedule"))
+    optimizer: str = option("sgd", "optimizer: SGD with momentum, or AdamW (no decay on biases and norms)",
+                            choices=OPTIMIZERS)
+    warmup_epochs: float = option(0.0, "epochs of linear learning-rate warm-up before the schedule")
     momentum: float = option(0.9, "SGD momentum")
     clip: float | None = option(1.0, "gradient-norm clip, 0 = none")
-    weight_decay: float = option(0.0, "SGD weight decay")
+    weight_decay: float = option(None, "weight decay", default_text="0; 0.05 with --optimizer adamw")
     P: float = option(0.7, "heatmap loss weight")
     d: float = option(0.9, "GWRP decay of the background term")
     E: float = option(1.0, "background saturation")
@@ -225,32 +249,60 @@ class TrainConfig:
     threads: int | None = option(None, "CPU threads of the training process (torch.set_num_threads): a fixed count "
                                  "makes CPU results independent of the machine's core count",
                                  default_text="the cores less --num-workers, at least 1")
-    size: int | None = option(None, "resize images to SIZE x SIZE", default_text="as stored")
+    size: int | None = option(None, "resize images to SIZE x SIZE", default_text="the weights' size, else as stored")
     channels: int | None = option(None, "convert images to 1 or 3 channels", choices=CHANNELS,
-                                default_text="as stored")
+                                default_text="3 for torchvision and timm models, else as stored")
     train_split: str = option("train", "training split")
     val_split: str = option("val", "validation split ('' = none)")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     backend: str | None = option(None, "relevance backend", choices=BACKENDS, default_text="auto")
+    precision: str = option("32", "numeric precision: float32, or bf16 autocast for the forward and the relevance "
+                            "pass (float32 master weights and losses)", choices=PRECISIONS)
     progress: bool = option(True, "no progress bars (the per-epoch lines stay)", flag="--quiet")
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise TrainError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise TrainError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        for name, value in (ADAMW_DEFAULTS if self.optimizer == "adamw" else {"weight_decay": 0.0}).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         for name, value in TRAINER_PRESETS[self.preset].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        for name in ("mean", "std"):
+            if isinstance(getattr(self, name), tuple):
+                setattr(self, name, list(getattr(self, name)))
         self.validate()
 
     def validate(self) -> None:
         """Check every field; a :class:`TrainError` names the first bad one and the valid values (and the field, in
-        ``params``). Reads no data: a bad setting fails before any file is opened."""
+        ``params``; an unknown architecture: :class:`~isnet_kernels.models.UnknownModelError`, with close matches).
+        Reads no data: a bad setting fails before any file is opened."""
 
         def bad(name: str, expected: str) -> TrainError:
             return TrainError(f"{name} must be {expected}, got {getattr(self, name)!r}", param=name)
 
-        if self.arch not in ARCHITECTURES:
-            raise TrainError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+        check_name(self.arch)  # UnknownModelError with close matches; MissingExtraError naming the extra
+        if self.weights is not None and (not isinstance(self.weights, str) or not self.weights):
+            raise bad("weights", "None, a weights name or a file path")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (list, tuple)) or not value or not all(
+                    isinstance(v, (int, float)) and math.isfinite(v) for v in value)):
+                raise bad(name, "None or a list of finite numbers, one per channel")
+        if (self.mean is None) != (self.std is None):
+            raise TrainError("pass both --mean and --std (one value per channel, or one for all), or neither")
+        if self.std is not None and not all(v > 0 for v in self.std):
+            raise bad("std", "positive")
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", f"one of {OPTIMIZERS}")
+        if self.precision not in PRECISIONS:
+            raise bad("precision", f"one of {PRECISIONS}")
+        if not isinstance(self.warmup_epochs, (int, float)) or isinstance(self.warmup_epochs, bool) or \
+                not math.isfinite(self.warmup_epochs) or self.warmup_epochs < 0:
+            raise bad("warmup_epochs", "a number >= 0")
         if self.variant not in TRAIN_VARIANTS:
             raise TrainError(f"unknown variant {self.variant!r}; choose one of {', '.join(TRAIN_VARIANTS)}")
         if not isinstance(self.model_kwargs, dict):
@@ -333,7 +385,10 @@ class TrainConfig:
         ``image_size``, the data's own, when ``size`` is not given), without reading data: the model is built on
         PyTorch's meta device (no memory, no computation) and run on an empty batch of that shape. A
         :class:`TrainError` names the setting (``model_kwargs`` or ``size``) and, for a too-small size, the
-        smallest the architecture takes."""
+        smallest the architecture takes. torchvision and timm models (``arch`` not one of the package's) are checked
+        when they are built, by their own constructors."""
+        if self.arch not in ARCHITECTURES:
+            return
         channels = in_channels or self.channels or 1
         _check_model_kwargs(self.arch, self.model_kwargs)
         try:

@@ -23,7 +23,8 @@ from torch import nn
 from ..data import splits as list_splits
 from ..errors import UnsupportedLayerError
 from ..lrp import explain, get_program
-from ..models import build_model
+from ..models import Preprocess, build_model
+from .backbone import rebuild, spec_preprocess, wrap
 from .checkpoint import find_checkpoint, load_checkpoint
 from .config import TrainConfig
 from .data import check_classes, open_split
@@ -86,6 +87,7 @@ class Run:
     path: Path
     classes: list[str]
     in_channels: int
+    preprocess: Preprocess = Preprocess()
 
     @property
     def epoch(self) -> int:
@@ -103,10 +105,15 @@ def load_run(run_dir: str | os.PathLike[str], which: str = "best", device: torch
         raise TrainError(f"{path} holds a model that was passed to the trainer as an object (not built from an "
                          "architecture name), so it cannot be rebuilt from the checkpoint; build the model yourself "
                          "and load_state_dict(checkpoint['model'])")
-    model = build_model(config.arch, len(classes), in_channels, **config.model_kwargs)
+    spec = state.get("model_spec")
+    if spec:  # name, constructor arguments, weights (which may shape the model) and preprocessing
+        model = rebuild(spec)
+    else:  # written before checkpoints kept it: a package model, inputs in [0, 1]
+        model = build_model(config.arch, len(classes), in_channels, **config.model_kwargs)
     model.load_state_dict(state["model"])
     model.to(device).eval()
-    return Run(model, config, state, path, classes, in_channels)
+    preprocess = spec_preprocess(spec) if spec else Preprocess(size=config.size)
+    return Run(model, config, state, path, classes, in_channels, preprocess)
 
 
 def default_eval_splits(root: str | os.PathLike[str]) -> list[str]:
@@ -159,11 +166,13 @@ def evaluate_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[str] |
     note = heatmap_support(run.model)
     results: dict[str, dict[str, float]] = {}
     for split in names:
-        dataset = open_split(root, split, size=cfg.size, channels=run.in_channels, flag="--splits")
+        dataset = open_split(root, split, size=run.preprocess.size, channels=run.in_channels, flag="--splits")
         check_classes(run.classes, dataset.classes, f"split {split!r} of {root}")
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or cfg.batch_size, shuffle=False)
+        loader = torch.utils.data.DataLoader(wrap(dataset, run.preprocess), batch_size=batch_size or cfg.batch_size,
+                                             shuffle=False)
         meter = evaluate(run.model, loader, device=device, eps=cfg.eps, first_layer=cfg.first_layer,
-                         backend=cfg.backend, heatmaps=note is None, progress=progress, desc=split)
+                         bounds=run.preprocess.bounds(run.in_channels), backend=cfg.backend, heatmaps=note is None,
+                         progress=progress, desc=split)
         means = meter.means()
         if math.isnan(means["background_fraction"]):
             means["background_fraction"] = None  # not computed: the model has layers without relevance rules

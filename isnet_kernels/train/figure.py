@@ -68,10 +68,12 @@ def explain_image(run_dir: str | os.PathLike[str], image: str | os.PathLike[str]
     """
     run = load_run(run_dir, which, device)
     cfg = run.config
-    x = read_image(image, run.in_channels, cfg.size).to(device)
-    m = read_mask(mask, tuple(x.shape[-2:]), cfg.size).to(device) if mask is not None else None
+    pre = run.preprocess  # the inputs the model was trained on: size, channels, normalisation
+    x = read_image(image, run.in_channels, pre.size).to(device)
+    m = read_mask(mask, tuple(x.shape[-2:]), pre.size).to(device) if mask is not None else None
+    inputs = pre.normalize(x)
     with torch.no_grad():
-        probs = run.model(x).softmax(-1)[0]
+        probs = run.model(inputs).softmax(-1)[0]
     predicted = int(probs.argmax())
     if target is None:
         cls = predicted
@@ -87,7 +89,8 @@ def explain_image(run_dir: str | os.PathLike[str], image: str | os.PathLike[str]
     if not 0 <= cls < len(run.classes):
         raise TrainError(f"target class {cls} is out of range: the model has {len(run.classes)} classes "
                          f"(0..{len(run.classes) - 1}: {run.classes})")
-    heat = explain(run.model, x, cls, eps=cfg.eps, first_layer=cfg.first_layer, backend=cfg.backend)
+    heat = explain(run.model, inputs, cls, eps=cfg.eps, first_layer=cfg.first_layer,
+                   bounds=pre.bounds(run.in_channels), backend=cfg.backend)
     title = f"class {run.classes[cls]} (predicted {run.classes[predicted]}, p={float(probs[predicted]):.2f})"
     path = save_heatmap_grid(x.cpu(), heat.cpu(), out, titles=[title], masks=m.cpu() if m is not None else None)
     fraction = float(background_fraction(heat, m)[0]) if m is not None else None

@@ -1,5 +1,6 @@
-"""The training loop: SGD with momentum and gradient-norm clipping, per-epoch metrics, checkpoints, exact resume,
-Ctrl-C, and DistributedDataParallel under ``torchrun``.
+"""The training loop: SGD with momentum (or AdamW) and gradient-norm clipping, per-epoch metrics, checkpoints,
+exact resume, Ctrl-C, and DistributedDataParallel under ``torchrun``. The model by name with its weights, the
+input preprocessing, the optimizer and bf16 autocast come from :mod:`.backbone`.
 
 Per epoch, the run directory gets a row in ``metrics.csv`` / ``metrics.json`` (:data:`~.metrics.COLUMNS`: the
 training loss parts and accuracy, running means over the epoch's batches in train mode; the validation
@@ -59,7 +60,7 @@ from torch.utils.data import DataLoader
 from .. import dispatch
 from ..errors import InputTypeError
 from ..isnet import ISNet, ISNetLoss, ISNetLossOutput, ISNetOutput, RRRLoss, tune_cut
-from ..models import build_model
+from . import backbone
 from .checkpoint import BEST, FORMAT, LAST, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .config import RESUMABLE_FIELDS, TrainConfig, flag_of
 from .data import check_classes, open_split
@@ -192,15 +193,21 @@ class Trainer:
             raise TrainError(f"--batch-size {cfg.batch_size} is the global batch and must be divisible by the "
                              f"{ctx.world_size} processes; pass a multiple of {ctx.world_size}")
         self.local_batch = cfg.batch_size // ctx.world_size
+        backbone.check_precision(cfg, ctx.device)
         _seed_everything(cfg.seed)
 
-        self.train_set = open_split(cfg.data, cfg.train_split, size=cfg.size, channels=cfg.channels,
-                                    flag="--train-split")
+        # the preprocessing the model's weights expect (a resumed run keeps the one it started with)
+        spec = state.get("model_spec") if state is not None else None
+        pre = self.preprocess = backbone.spec_preprocess(spec) if spec else backbone.resolve_preprocess(cfg)
+        self.info(f"inputs: {pre.describe()}")
+        self.train_set = backbone.wrap(open_split(cfg.data, cfg.train_split, size=pre.size, channels=pre.channels,
+                                                  flag="--train-split"), pre)
         self.classes = list(self.train_set.classes)
         self.val_set = None
         if cfg.val_split:
-            self.val_set = open_split(cfg.data, cfg.val_split, size=cfg.size, channels=cfg.channels,
-                                      flag="--val-split (or --val-split '' to train without validation)")
+            self.val_set = backbone.wrap(open_split(cfg.data, cfg.val_split, size=pre.size, channels=pre.channels,
+                                                    flag="--val-split (or --val-split '' to train without "
+                                                    "validation)"), pre)
             check_classes(self.classes, self.val_set.classes, f"validation split {cfg.val_split!r}")
         self.in_channels = int(self.train_set[0][0].shape[0])
         if self.custom_model is None and cfg.size is None:  # the images' own size, known now
@@ -211,18 +218,23 @@ class Trainer:
             self._check_same_data(state)
 
         if self.custom_model is not None:
+            if cfg.weights is not None:
+                raise TrainError("--weights applies to a model built by name; load weights into a model passed as "
+                                 "an object yourself (isnet_kernels.models.load_state)")
             model = self.custom_model
         else:
-            model = build_model(cfg.arch, len(self.classes), self.in_channels, **cfg.model_kwargs)
+            model = backbone.build_for_run(cfg, len(self.classes), self.in_channels, load_weights=state is None)
+        self.model_spec = backbone.model_spec(cfg, pre, len(self.classes), self.in_channels)
+        self.bounds = pre.bounds(self.in_channels)
         self.model = model.to(ctx.device)
         self.generator = torch.Generator().manual_seed(cfg.seed + ctx.rank) if cfg.variant == "stochastic" else None
         # a plain classifier uses nothing of the LRP engine: a model with layers it has no rules for trains too
         self.isnet = ISNet(self.model, cfg.variant, eps=cfg.eps, first_layer=cfg.first_layer,
                            deep_supervision=cfg.deep_supervision, select=cfg.select, generator=self.generator,
+                           bounds=self.bounds,
                            backend=cfg.backend, batch_stats=cfg.batch_stats, heatmap=cfg.heatmap,
                            map_chunk=cfg.map_chunk) if cfg.is_isnet else None
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay)
+        self.optimizer = backbone.make_optimizer(cfg, self.model)
         self.net: nn.Module = self.isnet if self.isnet is not None else self.model
         if ctx.distributed:
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
@@ -413,21 +425,25 @@ class Trainer:
         y = labels.to(dev, non_blocking=True)
         if self.rrr is not None:  # Right for the Right Reasons: the input gradient penalised on the background
             x = x.requires_grad_(True)
-            out = ISNetOutput(self.net(x))
+            with backbone.autocast(cfg, dev):
+                out = ISNetOutput(self.net(x))
+            out.logits = backbone.float32(out.logits)
             rrr = self.rrr(out.logits, x, y, m)
             zero = rrr.total.new_zeros(())
             loss = ISNetLossOutput(rrr.total, rrr.classification, rrr.penalty, zero, zero)
             loss = self.loss_fn.finish(loss)
         else:
-            out = self.net(x, y, heatmaps=True) if cfg.is_isnet else ISNetOutput(self.net(x))
+            with backbone.autocast(cfg, dev):  # bf16: forward and relevance pass; the loss in float32 below
+                out = self.net(x, y, heatmaps=True) if cfg.is_isnet else ISNetOutput(self.net(x))
+            out.logits = backbone.float32(out.logits)
             loss = self.loss_fn(out, y, m)
         self.optimizer.zero_grad(set_to_none=True)
         loss.total.backward()
-        if cfg.lr_schedule == "cosine":
+        if cfg.lr_schedule == "cosine" or cfg.warmup_epochs:
             per_epoch = -(-(len(self.sampler) + self.sampler.start) // self.local_batch)  # before any skip
             t, total = self.epoch * per_epoch + self.step, cfg.epochs * per_epoch
             for group in self.optimizer.param_groups:
-                group["lr"] = cfg.lr * (1 + math.cos(math.pi * t / total)) / 2
+                group["lr"] = backbone.learning_rate(cfg, t, total, per_epoch)
         if cfg.clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip)
         self.optimizer.step()
@@ -447,7 +463,7 @@ class Trainer:
         val = {"loss": math.nan, "accuracy": math.nan, "background_fraction": math.nan}
         if self.val_loader is not None:
             meter = evaluate(self.model, self.val_loader, device=ctx.device, eps=cfg.eps, first_layer=cfg.first_layer,
-                             backend=cfg.backend, heatmaps=self.heatmap_note is None,
+                             bounds=self.bounds, backend=cfg.backend, heatmaps=self.heatmap_note is None,
                              progress=cfg.progress and ctx.is_main, desc="validation")
             meter.all_reduce()
             val = meter.means()
@@ -496,6 +512,7 @@ class Trainer:
             "in_channels": self.in_channels,
             "data": self.data_record,
             "custom_model": self.custom_model is not None,
+            "model_spec": self.model_spec,
         }
 
     def _gather(self, local: dict[str, Any]) -> list[dict[str, Any]]:

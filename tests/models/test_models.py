@@ -24,6 +24,7 @@ from isnet_kernels.models import (
     DenseNet,
     ResNet,
     SmallCNN,
+    UnknownModelError,
     build_model,
     densenet121,
     resnet18,
@@ -347,12 +348,15 @@ def test_build_model_forwards_kwargs() -> None:
         build_model("small", 3, small_input=True)
 
 
-@pytest.mark.parametrize("arch", ["resnet101", "ResNet18", "", None])
+@pytest.mark.parametrize("arch", ["resnet1O1", "ResNet18", "", None])
 def test_build_model_unknown_name(arch: object) -> None:
-    with pytest.raises(ValueError, match="valid names") as info:
+    with pytest.raises(ValueError, match="--arch") as info:
         build_model(arch, 10)  # type: ignore[arg-type]
-    for name in ARCHITECTURES:
-        assert repr(name) in str(info.value)
+    assert isinstance(info.value, UnknownModelError)
+    if arch:  # the package's names are listed, close matches suggested
+        for name in ARCHITECTURES:
+            assert name in str(info.value)
+        assert "did you mean" in str(info.value) and "resnet1" in str(info.value).split("did you mean")[1]
 
 
 def test_invalid_arguments() -> None:

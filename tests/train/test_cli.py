@@ -103,10 +103,9 @@ def test_train_errors(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["train", "--out", str(cli_run), "--resume", "--lr", "0.5", "--quiet"]) == 2
     assert "may only change" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
-        cli.main(_train_args(tiny_data, tmp_path / "r", "--arch", "resnet9"))
-    assert exc.value.code == 2
-    assert "invalid choice: 'resnet9'" in capsys.readouterr().err
+    assert cli.main(_train_args(tiny_data, tmp_path / "r", "--arch", "resnt18")) == 2
+    err = capsys.readouterr().err
+    assert "unknown architecture 'resnt18' (--arch); did you mean resnet18" in err and len(err.splitlines()) == 1
 
 
 def test_eval_writes_json_and_table(cli_run: Path, capsys: pytest.CaptureFixture) -> None:

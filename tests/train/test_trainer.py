@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from isnet_kernels.models import UnknownModelError
 from isnet_kernels.train import COLUMNS, TrainConfig, Trainer, TrainError, load_checkpoint, load_run, train
 
 from .helpers import TinyNet
@@ -168,8 +169,8 @@ def test_world_size_without_torchrun_is_an_error(tiny_data: Path, tmp_path: Path
 
 
 def test_config_errors_name_the_fix() -> None:
-    with pytest.raises(TrainError, match="unknown architecture 'resnet9'; choose one of small, resnet18"):
-        TrainConfig(arch="resnet9")
+    with pytest.raises(UnknownModelError, match=r"unknown architecture 'resnt18' \(--arch\); did you mean resnet18"):
+        TrainConfig(arch="resnt18")
     with pytest.raises(TrainError, match="unknown variant"):
         TrainConfig(variant="fast")
     with pytest.raises(TrainError, match="P must be a number in"):
