@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from isnet_kernels.errors import InputError
 from isnet_kernels.data import DataError, MaskConvention, MaskedImageFolder, check_masks
 from isnet_kernels.data.masks import MaskWarning, decode_mask, parse_foreground
+from isnet_kernels.errors import InputError
 
 
 def _trimap(h: int = 6, w: int = 8) -> np.ndarray:
