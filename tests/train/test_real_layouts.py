@@ -1,0 +1,131 @@
+"""From a data set's own layout to an evaluation, through the command line: import, inspect, train with
+augmentation, evaluate with worst-group accuracy; raw Pet trimaps refused with the fix; augmentation resumed
+exactly; multi-label refused for now."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from isnet_kernels import cli
+from isnet_kernels.train import TrainConfig, TrainError, load_checkpoint, train
+
+from ..data.layouts import write_cub, write_pet, write_waterbirds
+
+ARGS = ("--arch", "small", "--model-arg", "width=2", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
+        "--size", "16", "--channels", "3", "--quiet")
+
+
+def _train(data: Path, run: Path, *extra: str) -> int:
+    return cli.main(["train", "--data", str(data), "--out", str(run), *ARGS, *extra])
+
+
+def test_pet_raw_trimaps_refused_then_trained_and_evaluated(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = write_pet(tmp_path / "oxford-iiit-pet")
+    manifest = tmp_path / "pet.csv"
+    assert cli.main(["data", "import", "oxford-pet", str(root), str(manifest)]) == 0
+    assert "--mask-foreground 1" in capsys.readouterr().out
+    assert cli.main(["data", "inspect", str(manifest), "--figure", str(tmp_path / "fig.png"), "--quiet"]) == 0
+    assert "try --mask-foreground 1" in capsys.readouterr().out and (tmp_path / "fig.png").is_file()
+
+    assert _train(manifest, tmp_path / "raw") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "are all foreground" in err
+    assert "pixel values 1, 2, 3 found" in err and "try --mask-foreground 1" in err
+    assert not (tmp_path / "raw" / "last.pt").exists()
+
+    run = tmp_path / "pet-run"
+    assert _train(manifest, run, "--mask-foreground", "1", "--augment", "standard") == 0
+    out = capsys.readouterr().out
+    assert "masks of split 'train': 10 images, 0 all foreground" in out
+    row = json.loads((run / "metrics.json").read_text())[0]
+    assert row["val_balanced_accuracy"] is not None and row["val_macro_f1"] is not None
+    assert row["val_worst_group_accuracy"] is not None  # cat and dog groups
+
+    assert cli.main(["eval", "--run", str(run), "--bootstrap", "20", "--quiet"]) == 0
+    result = json.loads((run / "eval-best.json").read_text())
+    test = result["splits"]["test"]
+    assert set(test["group_accuracy"]) == {"cat", "dog"} and test["images"] == 4
+    assert test["worst_group_accuracy"] == min(test["group_accuracy"].values())
+    assert sum(map(sum, test["confusion_matrix"])) == 4 and set(test["per_class_recall"]) == {"Abyssinian",
+                                                                                             "american_bulldog"}
+    assert (run / "eval-best-confusion-test.png").is_file()
+    assert "| worst group |" in capsys.readouterr().out
+
+
+def test_waterbirds_groups_through_training_and_eval(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = write_waterbirds(tmp_path / "waterbirds", tmp_path / "segmentations")
+    manifest = tmp_path / "wb.csv"
+    assert cli.main(["data", "import", "waterbirds", str(root), str(manifest)]) == 0
+    run = tmp_path / "wb-run"
+    assert _train(manifest, run, "--mask-threshold", "0.5", "--augment", "standard", "--variant", "selective") == 0
+    assert cli.main(["eval", "--run", str(run), "--bootstrap", "0", "--quiet"]) == 0
+    test = json.loads((run / "eval-best.json").read_text())["splits"]["test"]
+    assert set(test["group_accuracy"]) == {"landbird_on_land", "landbird_on_water", "waterbird_on_land",
+                                           "waterbird_on_water"}
+    assert test["average_group_accuracy"] == pytest.approx(sum(test["group_accuracy"].values()) / 4)
+    assert test["auroc_ci"] is None and test["background_fraction"] is not None
+
+
+def test_cub_boxes_train(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = write_cub(tmp_path / "CUB_200_2011")
+    manifest = tmp_path / "cub.csv"
+    assert cli.main(["data", "import", "cub", str(root), str(manifest), "--boxes-only"]) == 0
+    assert _train(manifest, tmp_path / "cub-run", "--variant", "rrr") == 0
+    assert (tmp_path / "cub-run" / "best.pt").is_file()
+
+
+def test_multilabel_refused_for_now(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(tmp_path / "x.png")
+    (tmp_path / "m.csv").write_text("image,labels,box,split\nx.png,a;b,0 0 8 8,train\nx.png,b,0 0 8 8,val\n")
+    assert _train(tmp_path / "m.csv", tmp_path / "run") == 2
+    assert "multi-label training and evaluation are not yet supported" in capsys.readouterr().err
+
+
+def test_mask_settings_checked_up_front() -> None:
+    with pytest.raises(TrainError, match="exclude each other") as exc:
+        TrainConfig(data="d", out="o", mask_foreground="1", mask_threshold=0.5)
+    assert exc.value.params == ("mask_threshold",)
+    with pytest.raises(TrainError, match="mask_check must be a share"):
+        TrainConfig(data="d", out="o", mask_check=2)
+    with pytest.raises(TrainError, match="augment must be one of"):
+        TrainConfig(data="d", out="o", augment="heavy")
+    assert TrainConfig(data="d", out="o", mask_foreground="3,1", mask_invert=True).mask_convention.describe() == \
+        "--mask-foreground 1,3 --mask-invert"
+
+
+def test_augmented_run_resumes_exactly(tiny_data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torchvision.transforms.v2")
+    base = dict(data=str(tiny_data), arch="small", model_kwargs={"width": 2}, batch_size=4, progress=False,
+                device="cpu", augment="standard", lr_schedule="constant", variant="selective")
+
+    def interrupt(trainer, epoch: int, step: int) -> None:
+        if (epoch, step) == (1, 1):
+            raise KeyboardInterrupt
+
+    straight = train(TrainConfig(out=str(tmp_path / "a"), epochs=2, **base))
+    cut = train(TrainConfig(out=str(tmp_path / "b"), epochs=2, **base), callbacks=[interrupt])
+    assert cut.interrupted
+    resumed = train(TrainConfig(out=str(tmp_path / "b"), epochs=2, **base), resume=True)
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    plain = train(TrainConfig(out=str(tmp_path / "c"), epochs=2, **{**base, "augment": "none"}))
+    c = load_checkpoint(tmp_path / "c" / "last.pt")
+    assert any(not torch.equal(a["model"][k], c["model"][k]) for k in a["model"])  # augmentation changed the steps
+    assert straight.epochs_done == resumed.epochs_done == plain.epochs_done == 2
+
+
+def test_missing_torchvision_is_one_line(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    assert cli.main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--augment", "standard",
+                     "--epochs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs torchvision" in err and "--augment none" in err
