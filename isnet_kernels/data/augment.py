@@ -105,9 +105,10 @@ class Augmented(Dataset):
             load_v2()  # fail now, not in the first batch
 
     def __getattr__(self, name: str) -> Any:
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
+        dataset = self.__dict__.get("dataset")
+        if dataset is None:  # while unpickling (a DataLoader worker): the attribute is missing
+            return object.__getattribute__(self, name)
+        return getattr(dataset, name)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw epoch ``epoch``'s augmentations from now on."""
