@@ -129,3 +129,16 @@ def test_missing_torchvision_is_one_line(tiny_data: Path, tmp_path: Path, capsys
                      "--epochs", "1", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs torchvision" in err and "--augment none" in err
+
+
+def test_folder_groups_from_artefacts_csv(tmp_path: Path) -> None:
+    from isnet_kernels.train.data import dataset_groups, open_split
+
+    from .helpers import write_tiny_folder
+
+    root = write_tiny_folder(tmp_path / "data", counts={"test": 2})
+    assert dataset_groups(open_split(root, "test")) is None
+    rows = ["split,path,label,group"] + [f"test,test/{c}/{k:03d}.png,{c},{c}:{'aligned' if k else 'conflicting'}"
+                                         for c in range(2) for k in range(2)]
+    (root / "artefacts.csv").write_text("\n".join(rows) + "\n")
+    assert dataset_groups(open_split(root, "test")) == ["0:conflicting", "0:aligned", "1:conflicting", "1:aligned"]
