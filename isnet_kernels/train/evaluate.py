@@ -183,7 +183,7 @@ def evaluate_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[str] |
     cfg = run.config
     root = str(data) if data else cfg.data
     recorded = (run.checkpoint.get("data") or {}).get("root")
-    if not data and not Path(root).is_dir() and recorded and Path(recorded).is_dir():
+    if not data and not Path(root).exists() and recorded and Path(recorded).exists():
         root = recorded  # a relative --data of a run trained from another folder
     names = list(splits) if splits else default_eval_splits(root)
     note = heatmap_support(run.model)

@@ -303,7 +303,7 @@ class Trainer:
                              "the same way")
         resumed = saved.replace(out=mine["out"], **{k: mine[k] for k in RESUMABLE_FIELDS})
         recorded = (state.get("data") or {}).get("root")
-        if resumed.data == saved.data and not Path(saved.data).is_dir() and recorded and Path(recorded).is_dir():
+        if resumed.data == saved.data and not Path(saved.data).exists() and recorded and Path(recorded).exists():
             resumed = resumed.replace(data=recorded)  # a relative --data of a run started in another folder
         return resumed
 

@@ -142,3 +142,16 @@ def test_folder_groups_from_artefacts_csv(tmp_path: Path) -> None:
                                          for c in range(2) for k in range(2)]
     (root / "artefacts.csv").write_text("\n".join(rows) + "\n")
     assert dataset_groups(open_split(root, "test")) == ["0:conflicting", "0:aligned", "1:conflicting", "1:aligned"]
+
+
+def test_a_relative_manifest_is_found_from_another_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    root = write_cub(tmp_path / "work" / "CUB_200_2011", segmentations=False)
+    monkeypatch.chdir(tmp_path / "work")
+    assert cli.main(["data", "import", "cub", "CUB_200_2011", "cub.csv", "--boxes-only"]) == 0
+    assert _train(Path("cub.csv"), tmp_path / "run", "--variant", "none") == 0
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["eval", "--run", str(tmp_path / "run"), "--bootstrap", "0", "--quiet"]) == 0
+    assert json.loads((tmp_path / "run" / "eval-best.json").read_text())["data"] == str(tmp_path / "work" / "cub.csv")
+    assert _train(Path("cub.csv"), tmp_path / "run", "--variant", "none", "--epochs", "2", "--resume") == 0
+    assert root.is_dir()
