@@ -13,6 +13,11 @@
   ``worst_group_accuracy`` (the lowest) and ``average_group_accuracy`` (their unweighted mean);
 - ``confusion_matrix``: rows the true class, columns the predicted one (:func:`confusion_figure` draws it).
 
+:func:`multilabel_scores`, from each image's 0/1 targets and per-label probabilities (sigmoid of the logits):
+``per_label_auroc`` and ``per_label_ap`` (average precision), their means ``auroc`` (macro) and ``map`` over the
+labels with positives and negatives, and the bootstrap interval of the macro AUROC. (Multi-label training is not
+supported yet; the scores are ready for it.)
+
 Values that cannot be computed (AUROC of a split with one class) are None, never NaN, so results compare with
 ``==`` and serialise to JSON.
 """
@@ -31,7 +36,7 @@ import numpy as np
 
 from ..errors import MissingDependencyError
 
-__all__ = ["SCORE_NAMES", "classification_scores", "confusion_figure", "sklearn_metrics"]
+__all__ = ["SCORE_NAMES", "classification_scores", "confusion_figure", "multilabel_scores", "sklearn_metrics"]
 
 #: The scalar scores of :func:`classification_scores` (per-epoch columns ``val_<name>`` of the trainer).
 SCORE_NAMES = ("balanced_accuracy", "macro_f1", "auroc", "worst_group_accuracy")
@@ -130,6 +135,38 @@ def classification_scores(labels: Sequence[int] | np.ndarray, probs: np.ndarray,
         out["group_accuracy"] = None
         out["worst_group_accuracy"] = None
         out["average_group_accuracy"] = None
+    return out
+
+
+def _per_label(metrics: Any, targets: np.ndarray, probs: np.ndarray, score: str) -> list[float | None]:
+    """``roc_auc_score`` or ``average_precision_score`` per label; None for a label without both kinds."""
+    fn = metrics.roc_auc_score if score == "auroc" else metrics.average_precision_score
+    out: list[float | None] = []
+    for k in range(targets.shape[1]):
+        column = targets[:, k]
+        out.append(None if column.all() or not column.any() else float(fn(column, probs[:, k])))
+    return out
+
+
+def multilabel_scores(targets: np.ndarray, probs: np.ndarray, labels: Sequence[str], *, bootstrap: int = 1000,
+                      seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
+    """Per-label and macro AUROC, per-label average precision and mAP (module docstring) of ``targets`` (N, K) in
+    {0, 1} and ``probs`` (N, K); ``bootstrap=0`` skips the AUROC interval."""
+    metrics = sklearn_metrics()
+    t = np.asarray(targets).astype(bool)
+    p = np.asarray(probs, dtype=np.float64)
+    auroc = _per_label(metrics, t, p, "auroc")
+    ap = _per_label(metrics, t, p, "ap")
+    out: dict[str, Any] = {"per_label_auroc": dict(zip(labels, auroc)), "auroc": _macro(auroc), "auroc_ci": None,
+                           "per_label_ap": dict(zip(labels, ap)), "map": _macro(ap)}
+    if bootstrap and out["auroc"] is not None:
+        rng = np.random.default_rng(seed)
+        draws = [v for v in (_macro(_per_label(metrics, t[idx], p[idx], "auroc"))
+                             for idx in (rng.integers(0, len(t), len(t)) for _ in range(int(bootstrap))))
+                 if v is not None]
+        if draws:
+            alpha = (1 - confidence) / 2
+            out["auroc_ci"] = [float(v) for v in np.quantile(draws, [alpha, 1 - alpha])]
     return out
 
 

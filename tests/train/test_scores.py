@@ -77,3 +77,19 @@ def test_missing_scikit_learn(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "sklearn", None)
     with pytest.raises(MissingDependencyError, match="pip install scikit-learn"):
         classification_scores([0], np.array([[1.0, 0.0]]), ["a", "b"])
+
+
+def test_multilabel_scores() -> None:
+    from isnet_kernels.train.scores import multilabel_scores
+
+    targets = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 1], [0, 0, 1]])
+    probs = np.array([[0.9, 0.2, 0.5], [0.3, 0.7, 0.6], [0.6, 0.4, 0.7], [0.4, 0.5, 0.2]])
+    s = multilabel_scores(targets, probs, ["effusion", "edema", "device"], bootstrap=0)
+    # effusion: positives 0.9, 0.6 above both negatives: 1.0; edema: positives 0.7, 0.4 vs negatives 0.2, 0.5: 3/4
+    assert s["per_label_auroc"] == {"effusion": 1.0, "edema": 0.75, "device": None}  # device: no negatives
+    assert s["auroc"] == pytest.approx(0.875)
+    # average precision, edema: ranked 0.7 (pos), 0.5 (neg), 0.4 (pos), 0.2: (1 + 2/3) / 2
+    assert s["per_label_ap"]["edema"] == pytest.approx((1 + 2 / 3) / 2) and s["per_label_ap"]["effusion"] == 1.0
+    assert s["map"] == pytest.approx((1 + (1 + 2 / 3) / 2) / 2)
+    with_ci = multilabel_scores(targets, probs, ["a", "b", "c"], bootstrap=50, seed=0)
+    assert with_ci["auroc_ci"][0] <= with_ci["auroc_ci"][1]
