@@ -55,6 +55,18 @@ def test_pet_raw_trimaps_refused_then_trained_and_evaluated(tmp_path: Path, caps
     assert (run / "eval-best-confusion-test.png").is_file()
     assert "| worst group |" in capsys.readouterr().out
 
+    # explain reads the mask under the run's convention: the trimap's pet, not the whole image
+    from isnet_kernels.train.figure import read_mask
+
+    trimap = root / "annotations" / "trimaps" / "Abyssinian_7.png"
+    assert read_mask(trimap, (16, 16), 16).sum() == 256
+    pet = read_mask(trimap, (16, 16), 16, TrainConfig.from_dict(load_checkpoint(run / "last.pt")["config"])
+                    .mask_convention)
+    assert 40 < pet.sum() < 120
+    assert cli.main(["explain", str(root / "images" / "Abyssinian_7.jpg"), "--run", str(run), "--mask", str(trimap),
+                     "--out", str(tmp_path / "explain.png")]) == 0
+    assert "background relevance" in capsys.readouterr().out and (tmp_path / "explain.png").is_file()
+
 
 def test_waterbirds_groups_through_training_and_eval(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root = write_waterbirds(tmp_path / "waterbirds", tmp_path / "segmentations")
