@@ -52,7 +52,10 @@ def inspect_data(data: str | os.PathLike[str], splits: Sequence[str] | None = No
         dataset = open_dataset(data, split, mask_convention=convention)
         first = first or dataset
         report = mask_report(split, len(dataset), dataset.read_mask, convention, progress)
-        counts = Counter(dataset.targets)
+        if getattr(dataset, "multilabel", False):  # every label of every image
+            counts = Counter(dataset.class_to_idx[label] for row in dataset.rows for label in row.labels)
+        else:
+            counts = Counter(dataset.targets)
         groups = getattr(dataset, "groups", None)
         group_counts = dict(sorted(Counter(g for g in groups if g is not None).items())) if groups else {}
         out["splits"][split] = {

@@ -43,3 +43,11 @@ def test_with_the_convention(pet_manifest: Path) -> None:
     assert 0.2 < q["min"] <= q["q1"] <= q["median"] <= q["q3"] <= q["max"] < 0.35  # 12 x 11 pet of 24..26 x 20..22
     assert result["mask_convention"] == "--mask-foreground 1"
     assert "training would refuse" not in format_inspection(result)
+
+
+def test_multilabel_counts_every_label(tmp_path: Path) -> None:
+    Image.new("L", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "m.csv").write_text("image,labels,box\na.png,edema;effusion,0 0 4 4\na.png,edema,0 0 8 4\n")
+    split = inspect_data(tmp_path / "m.csv")["splits"]["all"]
+    assert split["per_class"] == {"edema": 2, "effusion": 1}
+    assert split["foreground_fraction"]["min"] == 0.25 and split["foreground_fraction"]["max"] == 0.5
