@@ -4,6 +4,8 @@
 
     isnet data biased-digits ROOT [--size 32] [--seed 0] [--per-class 300] [--per-class-val 20] [--per-class-test 50]
         [--overwrite] [--yes]
+    isnet data import {oxford-pet,cub,waterbirds} ROOT OUT.csv [--segmentations DIR] [--overwrite]
+    isnet data inspect DATA [--splits ...] [--figure fig.png] [--mask-foreground 1] [--mask-threshold T] [--mask-invert]
     isnet train --data ROOT --out RUN_DIR [--arch small] [--variant selective] [--epochs 10] [--batch-size 32] ...
     isnet train --out RUN_DIR --resume [--epochs N]
     isnet eval --run RUN_DIR [--data ROOT] [--splits test_a test_b ...]
@@ -90,7 +92,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     """One option per :class:`~isnet_kernels.train.TrainConfig` field, from the field's type and metadata (help,
     choices, flag): a setting added to the configuration appears here by being added once. Values are checked by
     :meth:`TrainConfig.validate`, not here."""
-    from .train.config import TrainConfig
+    from .train.config import TrainConfig, default_of
 
     scalar = {"str": str, "int": int, "float": float}
     for f in dataclasses.fields(TrainConfig):
@@ -111,11 +113,32 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
             kwargs.update(type=_device)
         elif kind[0] == "list[float]":  # --mean 0.485 0.456 0.406
             kwargs.update(type=float, nargs="+")
-        elif kind == ["bool"]:  # a flag that turns the setting off (--quiet: progress=False)
-            kwargs.update(action="store_false")
+        elif kind == ["bool"]:  # a flag that turns the setting off (--quiet: progress=False), or on (--mask-invert)
+            kwargs.update(action="store_true" if default_of(f) is False else "store_false")
         else:
             kwargs["type"] = scalar[kind[0]]
         parser.add_argument(config_flag(f), **kwargs)
+
+
+def add_mask_options(parser: argparse.ArgumentParser, default: str = "") -> None:
+    """``--mask-foreground``, ``--mask-threshold``, ``--mask-invert`` (:mod:`isnet_kernels.data.masks`)."""
+    parser.add_argument("--mask-foreground", metavar="VALUES", help="mask pixel values that are foreground, e.g. 1 "
+                        f"for an Oxford-IIIT Pet trimap{default or ' (default: every nonzero pixel)'}")
+    parser.add_argument("--mask-threshold", type=float, metavar="T", help="soft or lossy masks: foreground where the "
+                        f"grey level in [0, 1] is >= T{default}")
+    parser.add_argument("--mask-invert", action="store_true", default=None, help="the masks mark the background"
+                        f"{default}")
+
+
+def _mask_convention(args: argparse.Namespace, base: Any = None):
+    """The mask convention of the command's mask options; those not given keep ``base``'s (None: the default)."""
+    from .data.masks import MaskConvention
+
+    base = base or MaskConvention()
+    given = args.mask_foreground is not None or args.mask_threshold is not None or args.mask_invert
+    if not given:
+        return base
+    return MaskConvention.from_options(args.mask_foreground, args.mask_threshold, bool(args.mask_invert))
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -159,6 +182,37 @@ def _build_parser() -> argparse.ArgumentParser:
             ds.add_argument("--photo-seed", type=int, default=None, help="seed of which photograph belongs to which "
                             "class (default: --seed); another value gives a set of this kind with other scenes")
 
+    imp = data_sub.add_parser("import", help="write a manifest (CSV) from a public data set's own layout")
+    imp_sub = imp.add_subparsers(dest="source", metavar="SOURCE")
+    imp_sub.required = True
+    for name, text in (("oxford-pet", "Oxford-IIIT Pet: images/, annotations/trimaps/, annotations/trainval.txt and "
+                        "test.txt"),
+                       ("cub", "CUB-200-2011: images.txt, image_class_labels.txt, train_test_split.txt, "
+                        "bounding_boxes.txt, classes.txt, images/ (and the segmentations)"),
+                       ("waterbirds", "Waterbirds: metadata.csv and its images, with CUB's segmentations as masks")):
+        ip = imp_sub.add_parser(name, help=text)
+        ip.add_argument("root", type=Path, help="the data set's folder, as it ships")
+        ip.add_argument("out", type=Path, help="the manifest to write (a .csv file; paths in it are relative to it)")
+        if name in ("cub", "waterbirds"):
+            ip.add_argument("--segmentations", type=Path, help="CUB's segmentations folder (default: ROOT/"
+                            "segmentations or a segmentations folder beside ROOT)")
+        if name == "cub":
+            ip.add_argument("--boxes-only", action="store_true", help="boxes as the foreground, no segmentations")
+        if name in ("oxford-pet", "cub"):
+            ip.add_argument("--val-fraction", type=float, default=0.1, help="share of each class of the training "
+                            "split held out as val (default 0.1)")
+            ip.add_argument("--seed", type=int, default=0, help="seed of the val draw (default 0)")
+        ip.add_argument("--overwrite", action="store_true", help="replace the manifest if it exists")
+    ins = data_sub.add_parser("inspect", help="images per class, sizes, mask statistics and a figure of a data set")
+    ins.add_argument("data", help="data set folder or manifest FILE.csv")
+    ins.add_argument("--splits", nargs="+", help="splits to inspect (default: all)")
+    ins.add_argument("--figure", type=Path, help="PNG of a few images of the first split with their masks outlined")
+    ins.add_argument("--images", type=int, default=8, help="images in the figure (default 8)")
+    ins.add_argument("--mask-check", type=float, default=0.05, help="share of all-foreground or all-background "
+                     "masks reported as a problem (default 0.05, as isnet train)")
+    add_mask_options(ins)
+    ins.add_argument("--quiet", action="store_true", help="no progress bar")
+
     # train: generated from TrainConfig's fields; every option defaults to "not given", so that a resumed run can
     # tell what was asked to change
     tr = sub.add_parser("train", help="train a classifier or an ISNet", argument_default=argparse.SUPPRESS)
@@ -174,6 +228,9 @@ def _build_parser() -> argparse.ArgumentParser:
                     "name in the run directory")
     ev.add_argument("--batch-size", type=int, help="default: the run's")
     ev.add_argument("--device", type=_device, default="cpu")
+    ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the AUROC confidence "
+                    "interval (default 1000; 0 = none)")
+    add_mask_options(ev, " (default: the run's)")
     ev.add_argument("--quiet", action="store_true")
 
     # explain
@@ -197,7 +254,8 @@ def _build_parser() -> argparse.ArgumentParser:
     be.add_argument("--root", type=Path, help="repository root holding benchmarks/ (default: this package's)")
     be.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.commands = {"train": tr, "eval": ev, "explain": ex, "bench": be,  # type: ignore[attr-defined]
-                       **{f"data {name}": p for name, p in data_sub.choices.items()}}
+                       **{f"data {name}": p for name, p in data_sub.choices.items()},
+                       **{f"data import {name}": p for name, p in imp_sub.choices.items()}}
     return parser
 
 
@@ -245,8 +303,36 @@ def command_line_message(message: str, flags: dict[str, argparse.Action], params
 
 
 # --- commands ----------------------------------------------------------------------------------------------------
+def _cmd_data_import(args: argparse.Namespace) -> int:
+    from .data.importers import import_dataset
+
+    options = {k: getattr(args, k) for k in ("segmentations", "boxes_only", "val_fraction", "seed")
+               if getattr(args, k, None) is not None}
+    info = import_dataset(args.source, args.root, args.out, overwrite=args.overwrite, **options)
+    counts = ", ".join(f"{split} {n}" for split, n in info["counts"].items())
+    groups = f", groups {', '.join(info['groups'])}" if info["groups"] else ""
+    print(f"wrote {info['manifest']}: {info['images']} images, {info['classes']} classes; images per split: "
+          f"{counts}{groups}")
+    print(f"inspect with: isnet data inspect {info['manifest']} {info['mask_option'].split(' (')[0]}")
+    print(f"train with: isnet train --data {info['manifest']} --size 224 --channels 3 --out runs/NAME "
+          f"{info['mask_option'].split(' (')[0]}".rstrip())
+    return 0
+
+
+def _cmd_data_inspect(args: argparse.Namespace) -> int:
+    from .data.inspect import format_inspection, inspect_data
+
+    result = inspect_data(args.data, args.splits, mask_convention=_mask_convention(args), max_share=args.mask_check,
+                          figure=args.figure, images=args.images, progress=not args.quiet)
+    print(format_inspection(result))
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from .data import write_biased_digits, write_biased_scenes, write_biased_tags
+
+    if args.dataset in ("import", "inspect"):
+        return {"import": _cmd_data_import, "inspect": _cmd_data_inspect}[args.dataset](args)
 
     writer = {"biased-digits": write_biased_digits, "biased-tags": write_biased_tags,
               "biased-scenes": write_biased_scenes}[args.dataset]
@@ -320,18 +406,25 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.batch_size is not None and args.batch_size < 1:
         raise CommandError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.bootstrap < 0:
+        raise CommandError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    given = args.mask_foreground is not None or args.mask_threshold is not None or args.mask_invert
     out = evaluate_run(args.run, args.data, args.splits, which=args.checkpoint, batch_size=args.batch_size,
-                       device=args.device, progress=not args.quiet, write=False)
+                       device=args.device, progress=not args.quiet, write=False, bootstrap=args.bootstrap,
+                       mask_convention=_mask_convention(args) if given else None)
     # printed first: a write that fails (a read-only run directory, a full disk) loses nothing
     print(f"{out['run']} ({out['checkpoint']}, epoch {out['epoch']}, {out['arch']}, variant {out['variant']}) on "
           f"{out['data']}:")
     print(markdown_table(out["splits"]), end="")
-    print("background relevance: share of |LRP| of the predicted class outside the mask.", flush=True)
+    print("background relevance: share of |LRP| of the predicted class outside the mask; AUROC: one-vs-rest, macro, "
+          "with its bootstrap interval; worst group / average group: accuracy over the data set's groups.",
+          flush=True)
     try:
         json_path, md_path = write_eval(out)
     except ISNetError as exc:
         raise CommandError(f"{_one_line(exc)} (the results are printed above)") from None
-    print(f"Written to {json_path} and {md_path}")
+    print(f"Written to {json_path} and {md_path}, confusion matrices beside them "
+          f"({json_path.stem}-confusion-<split>.png)")
     return 0
 
 
@@ -432,7 +525,8 @@ def _one_line(exc: BaseException | str) -> str:
 def _in_command_terms(exc: ISNetError, args: argparse.Namespace,
                       commands: dict[str, argparse.ArgumentParser]) -> str:
     """The message of ``exc`` naming the command's flags (:func:`command_line_message`)."""
-    key = f"data {args.dataset}" if args.command == "data" else args.command
+    key = (f"data import {args.source}" if getattr(args, "dataset", None) == "import" else f"data {args.dataset}") \
+        if args.command == "data" else args.command
     parser = commands.get(key)
     if parser is None:
         return str(exc)

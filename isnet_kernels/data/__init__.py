@@ -20,6 +20,17 @@ artefact_positions(size) -> where each class's artefact sits in the biased digit
     Both writers estimate the files and bytes first and refuse a set of more than ``max_files`` files (200,000) or
     larger than the free space; they write into a hidden folder beside ``root`` and move the complete set into
     place, so an interrupted write leaves no partial set (:mod:`isnet_kernels.data.writing`).
+MaskConvention(foreground=None, threshold=None, invert=False), check_masks(dataset, max_share=0.05)
+    Which mask pixels are foreground (label maps such as trimaps, soft masks, masks marking the background), and
+    the check that refuses masks that are all foreground or all background (:mod:`.masks`).
+ManifestDataset(manifest, split, ...), open_dataset(data, split, ...), dataset_splits(data)
+    A CSV manifest (image, label or labels, mask, box, split, group) as a data set (:mod:`.manifest`); open_dataset
+    opens a manifest or a folder.
+import_dataset(source, root, out), inspect_data(data)
+    Manifests from the Oxford-IIIT Pet, CUB-200-2011 and Waterbirds layouts (:mod:`.importers`); a per-split
+    report with a figure (:mod:`.inspect`).
+Augmented(dataset, "standard", seed=0)
+    torchvision transforms.v2 augmentation that moves the mask with the image (:mod:`.augment`).
 DataError
     Bad data on disk; the message names the file and the fix.
 """
@@ -31,6 +42,11 @@ from .biased_scenes import write_biased_scenes
 from .biased_tags import write_biased_tags
 from .errors import DataError
 from .folder import MaskedImageFolder, splits
+from .importers import import_dataset
+from .inspect import inspect_data
+from .manifest import ManifestDataset, dataset_splits, open_dataset
+from .masks import MaskConvention, check_masks
 
-__all__ = ["DataError", "MaskedImageFolder", "artefact_positions", "splits", "write_biased_digits",
-           "write_biased_scenes", "write_biased_tags"]
+__all__ = ["DataError", "ManifestDataset", "MaskConvention", "MaskedImageFolder", "artefact_positions",
+           "check_masks", "dataset_splits", "import_dataset", "inspect_data", "open_dataset", "splits",
+           "write_biased_digits", "write_biased_scenes", "write_biased_tags"]

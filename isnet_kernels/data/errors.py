@@ -12,7 +12,11 @@ class DataError(ISNetError, ValueError):
 
     Raised by :class:`~isnet_kernels.data.MaskedImageFolder` (missing root or split folder, no class
     folders, an empty class folder, an image without a mask, a mask whose size differs from its image, an
-    unreadable file, images of one split with differing sizes) and by
+    unreadable file, images of one split with differing sizes), by
+    :class:`~isnet_kernels.data.ManifestDataset` (a row with a missing file, an empty or unknown label, a malformed
+    box or one outside its image: the CSV's line and column named), by the mask check
+    (:func:`~isnet_kernels.data.check_masks`: too many masks all foreground or all background, a mask holding
+    none of the ``--mask-foreground`` values), by the importers (a file their layout lists that is missing) and by
     :func:`~isnet_kernels.data.write_biased_digits` (a target folder that already holds data). The message
     always names the offending path and says what to do about it.
     """

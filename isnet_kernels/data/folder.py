@@ -17,9 +17,11 @@ sub-folder) is followed only when it points inside the data set folder and to a 
 yet; a link out of the data set, or back to a folder on the way (a loop) or already walked (a second path to the
 same images, which would count them twice), is a :class:`DataError` naming the link, never followed in silence.
 
-A mask pixel is foreground when it is nonzero in any colour channel (an alpha channel is ignored), so a
-black-and-white PNG, a 0/1 label map or a colour annotation all work. Masks should be stored lossless (PNG,
-BMP): JPEG compression leaves faint nonzero noise around the edges, which counts as foreground.
+By default a mask pixel is foreground when it is nonzero in any colour channel (an alpha channel is ignored), so a
+black-and-white PNG, a 0/1 label map or a colour annotation all work; label maps (trimaps), soft masks and masks
+that mark the background take a :class:`~.masks.MaskConvention` (``mask_convention=``; ``--mask-foreground``,
+``--mask-threshold``, ``--mask-invert``). Masks should be stored lossless (PNG, BMP): JPEG compression leaves faint
+nonzero noise around the edges, which counts as foreground (:func:`~.masks.check_masks` warns).
 
 The ISNet uses the mask to tell foreground (the object the label is about) from background: its heatmap loss
 penalises relevance outside the mask. Missing or wrong masks therefore fail loudly, with the file and the fix.
@@ -41,6 +43,7 @@ from tqdm import tqdm
 
 from ..errors import InputError
 from .errors import DataError
+from .masks import MaskConvention, decode_mask, mask_values
 
 __all__ = ["IMAGE_EXTENSIONS", "MaskedImageFolder", "splits"]
 
@@ -185,17 +188,6 @@ def _image_array(im: Image.Image) -> np.ndarray:
     return a[..., None] if a.ndim == 2 else a
 
 
-def _mask_array(im: Image.Image) -> np.ndarray:
-    """Foreground of an opened mask as a bool (H, W) array: nonzero in any colour channel (alpha ignored)."""
-    if im.mode in ("P", "PA"):  # palette indices are not colours: compare the colours they stand for
-        im = im.convert("RGBA")
-    a = np.asarray(im)
-    if a.ndim == 2:
-        return a != 0
-    colour = [i for i, band in enumerate(im.getbands()) if band not in ("A", "a")]
-    return (a[..., colour] != 0).any(axis=-1)
-
-
 def _normalise_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
     if size is None:
         return None
@@ -239,6 +231,8 @@ class MaskedImageFolder(Dataset):
         the split must share it.
     masks : bool, default True
         Whether to read masks. Every image must have one; this is checked (by path only) here.
+    mask_convention : MaskConvention, optional
+        Which mask pixels are foreground (:mod:`.masks`); default: nonzero pixels.
 
     Attributes
     ----------
@@ -270,6 +264,7 @@ class MaskedImageFolder(Dataset):
         size: int | Sequence[int] | None = None,
         channels: int | None = None,
         masks: bool = True,
+        mask_convention: MaskConvention | None = None,
     ) -> None:
         if channels not in (None, 1, 3):
             raise InputError(f"channels must be None, 1 or 3, got {channels!r}", param="channels")
@@ -278,6 +273,7 @@ class MaskedImageFolder(Dataset):
         self.size = _normalise_size(size)
         self.channels = channels
         self.masks = bool(masks)
+        self.mask_convention = mask_convention or MaskConvention()
 
         images_root = _check_root(self.root)
         image_dir = images_root / self.split
@@ -394,20 +390,35 @@ class MaskedImageFolder(Dataset):
                     f"{self.split!r}, {first}, has {c0}; images are batched together, so they need one channel "
                     f"count: pass channels=1 or channels=3 to convert every image when it is loaded"
                 )
-        mask = None
-        if mask_path is not None:
-            try:
-                with Image.open(mask_path) as im:
-                    mask = _mask_array(im)
-            except Exception as exc:
-                raise DataError(f"cannot read mask file {mask_path}: {exc}; replace or delete the file") from exc
-            if mask.shape != (height, width):
-                raise DataError(
-                    f"mask {mask_path} has size (H, W) = {mask.shape} but its image {image_path} has "
-                    f"({height}, {width}); a mask must be the size of its image: re-export it, or resize it with "
-                    f"nearest-neighbour interpolation"
-                )
+        mask = self._mask_for(index, (height, width)) if mask_path is not None else None
         return image, mask, label
+
+    def _mask_for(self, index: int, image_hw: tuple[int, int]) -> np.ndarray:
+        """The foreground of item ``index`` as a bool array of its image's size ``image_hw``, checked."""
+        image_path, mask_path, _ = self.samples[index]
+        mask = self.read_mask(index, values=False)[0]
+        if mask.shape != image_hw:
+            raise DataError(
+                f"mask {mask_path} has size (H, W) = {mask.shape} but its image {image_path} has "
+                f"{image_hw}; a mask must be the size of its image: re-export it, or resize it with "
+                f"nearest-neighbour interpolation"
+            )
+        return mask
+
+    def read_mask(self, index: int, values: bool = True) -> tuple[np.ndarray, np.ndarray | None, str]:
+        """The foreground (bool (H, W), at the file's size), the distinct pixel values (None without ``values``)
+        and the path of item ``index``'s mask, without reading its image (:func:`~.masks.check_masks`)."""
+        mask_path = self.samples[index][1]
+        if mask_path is None:
+            raise DataError(f"{self!r} was opened without masks (masks=False)")
+        try:
+            with Image.open(mask_path) as im:
+                return (decode_mask(im, self.mask_convention, mask_path), mask_values(im) if values else None,
+                        mask_path)
+        except DataError:
+            raise
+        except Exception as exc:
+            raise DataError(f"cannot read mask file {mask_path}: {exc}; replace or delete the file") from exc
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int] | tuple[Tensor, int]:
         image_np, mask_np, label = self._read(index)

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from ..data.augment import AUGMENTATIONS
+from ..data.masks import DEFAULT_MAX_SHARE, MaskConvention
 from ..dispatch import BACKENDS
 from ..errors import ISNetError
 from ..isnet.baselines import DEFAULT_LAMBDA
@@ -180,12 +182,20 @@ class TrainConfig:
         default, the cores) less ``num_workers``, at least 1 (:func:`~.environment.default_threads`).
     size : resize images and masks to ``size`` x ``size`` when loading (None: the weights' size, else as stored).
     channels : convert images to 1 or 3 channels (None: 3 for torchvision and timm models, else as stored).
+    mask_foreground, mask_threshold, mask_invert : which mask pixels are foreground (:mod:`isnet_kernels.data.masks`):
+        pixel values of a label map (``"1"`` for an Oxford-IIIT Pet trimap, ``"1,3"`` with its border), a threshold
+        on a soft mask's grey level, masks that mark the background.
+    mask_check : the largest share of a split's masks that may be all foreground or all background before a run that
+        uses the masks refuses to start (1: never refuse).
+    augment : ``"none"`` or ``"standard"`` (random resized crop, horizontal flip, colour jitter; masks follow the
+        image; :mod:`isnet_kernels.data.augment`).
     train_split, val_split : split folder names; ``val_split=""`` trains without validation (no ``best.pt``).
     device : ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``; ``backend`` the relevance backend.
     progress : tqdm bars.
     """
 
-    data: str = option("", "data set folder (images/<split>/<class>/*.png, masks/...)", metavar="ROOT")
+    data: str = option("", "data set folder (images/<split>/<class>/*.png, masks/...) or manifest FILE.csv",
+                       metavar="ROOT")
     out: str = option("", "run directory (created; holds config.json, metrics, checkpoints)", metavar="RUN_DIR")
     arch: str = option("small", f"model: the package's ({', '.join(ARCHITECTURES)}), any torchvision "
                        "classification builder (convnext_tiny, vit_b_16, ...; torchvision:NAME where the package has "
@@ -252,6 +262,16 @@ class TrainConfig:
     size: int | None = option(None, "resize images to SIZE x SIZE", default_text="the weights' size, else as stored")
     channels: int | None = option(None, "convert images to 1 or 3 channels", choices=CHANNELS,
                                 default_text="3 for torchvision and timm models, else as stored")
+    mask_foreground: str | None = option(None, "mask pixel values that are foreground, e.g. 1 for an Oxford-IIIT Pet "
+                                         "trimap (1,3 counts its border in)", metavar="VALUES",
+                                         default_text="every nonzero pixel")
+    mask_threshold: float | None = option(None, "soft or lossy masks: foreground where the grey level in [0, 1] is "
+                                          ">= T", metavar="T", default_text="none")
+    mask_invert: bool = option(False, "the masks mark the background, not the foreground")
+    mask_check: float = option(DEFAULT_MAX_SHARE, "refuse to train when more than this share of a split's masks is all "
+                               "foreground or all background (1 = never)", metavar="SHARE")
+    augment: str = option("none", "training augmentation: standard = random resized crop, horizontal flip and colour "
+                          "jitter, masks moved with the images (needs torchvision)", choices=AUGMENTATIONS)
     train_split: str = option("train", "training split")
     val_split: str = option("val", "validation split ('' = none)")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
@@ -370,6 +390,15 @@ class TrainConfig:
             raise bad("size", "a positive int (or not given: the images' own size)")
         if self.channels is not None and self.channels not in CHANNELS:
             raise bad("channels", "1 or 3 (or not given: as stored)")
+        try:
+            self.mask_convention  # noqa: B018 - validates the mask settings
+        except ISNetError as exc:
+            raise TrainError(str(exc), param=exc.params) from None
+        if isinstance(self.mask_check, bool) or not isinstance(self.mask_check, (int, float)) \
+                or not 0 <= self.mask_check <= 1:
+            raise bad("mask_check", "a share in [0, 1]")
+        if self.augment not in AUGMENTATIONS:
+            raise bad("augment", f"one of {AUGMENTATIONS}")
         if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
             raise bad("device", f"one of {DEVICES} or 'cuda:N'")
         if self.backend is not None and self.backend not in BACKENDS:
@@ -408,6 +437,12 @@ class TrainConfig:
                if smallest is not None else "pass a larger size")
         raise TrainError(f"{which} too small for architecture {self.arch!r}: {fix} (images and masks are resized "
                          "when loaded)", param="size")
+
+    @property
+    def mask_convention(self) -> MaskConvention:
+        """The :class:`~isnet_kernels.data.masks.MaskConvention` of ``mask_foreground``, ``mask_threshold`` and
+        ``mask_invert``."""
+        return MaskConvention.from_options(self.mask_foreground, self.mask_threshold, self.mask_invert)
 
     @property
     def is_isnet(self) -> bool:

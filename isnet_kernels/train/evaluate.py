@@ -1,4 +1,6 @@
-"""Evaluating a classifier or a trained run: accuracy, cross-entropy and the background-relevance fraction.
+"""Evaluating a classifier or a trained run: accuracy, cross-entropy, the background-relevance fraction and the
+scores papers report (balanced accuracy, macro F1, per-class recall, one-vs-rest AUROC with a bootstrap interval,
+worst-group and average-group accuracy, the confusion matrix: :mod:`.scores`).
 
 The heatmap behind the background-relevance fraction is the same for every variant, the plain classifier
 included, so that runs compare: the LRP heatmap of each image's predicted class (argmax logit), logit output rule,
@@ -20,18 +22,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import splits as list_splits
+from ..data.manifest import dataset_splits as list_splits
 from ..errors import UnsupportedLayerError
 from ..lrp import explain, get_program
 from ..models import Preprocess, build_model
 from .backbone import rebuild, spec_preprocess, wrap
 from .checkpoint import find_checkpoint, load_checkpoint
 from .config import TrainConfig
-from .data import check_classes, open_split
+from .data import check_classes, dataset_groups, open_split
 from .environment import environment
 from .errors import TrainError
 from .files import write_atomic
 from .metrics import Meter, background_fraction, correct
+from .scores import classification_scores, confusion_figure
 
 EVAL_METRICS = ("loss", "accuracy", "background_fraction")
 
@@ -48,13 +51,15 @@ def heatmap_support(model: nn.Module) -> str | None:
 
 def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str = "cpu", eps: float = 1e-2,
              first_layer: str = "zb", bounds: tuple[float, float] = (0.0, 1.0), backend: str | None = None,
-             heatmaps: bool = True, progress: bool = False, desc: str = "eval") -> Meter:
+             heatmaps: bool = True, progress: bool = False, desc: str = "eval",
+             outputs: dict[str, list] | None = None) -> Meter:
     """Sums of cross-entropy, correct predictions and background fractions over ``loader`` (module docstring).
 
     ``loader`` yields ``(images, masks, labels)``. Returns a :class:`~.metrics.Meter` over :data:`EVAL_METRICS`
     (call ``.all_reduce()`` to add other processes' shares, then ``.means()``). The model is evaluated in eval
     mode and left in the mode it had. With ``heatmaps=False`` (a model the LRP engine cannot explain) the
-    background fraction (no images counted) reads NaN.
+    background fraction (no images counted) reads NaN. ``outputs``, a dict, gets the class probabilities
+    (``"probs"``) and labels (``"labels"``) of every batch, on the CPU, for :func:`~.scores.classification_scores`.
     """
     from tqdm.auto import tqdm
 
@@ -69,12 +74,24 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str =
                 n = y.shape[0]
                 meter.add_sum("loss", F.cross_entropy(logits, y, reduction="sum"), n)
                 meter.add_sum("accuracy", correct(logits, y), n)
+                if outputs is not None:
+                    outputs.setdefault("probs", []).append(logits.float().softmax(-1).cpu())
+                    outputs.setdefault("labels", []).append(y.cpu())
                 if heatmaps:
                     heat = explain(model, x, None, eps=eps, first_layer=first_layer, bounds=bounds, backend=backend)
                     meter.add_sum("background_fraction", background_fraction(heat, masks.to(device)).sum(), n)
     finally:
         model.train(was_training)
     return meter
+
+
+def split_scores(outputs: dict[str, list], classes: Sequence[str], groups: Sequence[str | None] | None = None, *,
+                 bootstrap: int = 0, seed: int = 0) -> dict[str, Any]:
+    """:func:`~.scores.classification_scores` of what :func:`evaluate` collected in ``outputs`` (``groups`` in the
+    loader's order)."""
+    probs = torch.cat(outputs.get("probs", [torch.zeros(0, len(classes))])).numpy()
+    labels = torch.cat(outputs.get("labels", [torch.zeros(0, dtype=torch.long)])).numpy()
+    return classification_scores(labels, probs, list(classes), groups=groups, bootstrap=bootstrap, seed=seed)
 
 
 @dataclass
@@ -120,19 +137,28 @@ def default_eval_splits(root: str | os.PathLike[str]) -> list[str]:
     """Every split whose name starts with ``test_`` (or is ``test``)."""
     names = [s for s in list_splits(root) if s.startswith("test_") or s == "test"]
     if not names:
-        raise TrainError(f"data set {root} has no test split (no images/test_* folder; its splits: "
+        raise TrainError(f"data set {root} has no test split (no split test or test_*; its splits: "
                          f"{list_splits(root)}); name the splits to evaluate with --splits")
     return names
 
 
-def markdown_table(results: dict[str, dict[str, float]]) -> str:
-    """One row per split: images, accuracy, background-relevance fraction, cross-entropy."""
-    lines = ["| split | images | accuracy | background relevance | cross-entropy |", "|---|---:|---:|---:|---:|"]
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.2f}%"
+
+
+def markdown_table(results: dict[str, dict[str, Any]]) -> str:
+    """One row per split: images, accuracy, background-relevance fraction, cross-entropy and, where computed,
+    balanced accuracy, macro F1, AUROC with its interval, worst-group and average-group accuracy."""
+    lines = ["| split | images | accuracy | background relevance | cross-entropy | balanced accuracy | macro F1 "
+             "| AUROC (95% CI) | worst group | average group |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for split, r in results.items():
-        bkg = r["background_fraction"]
-        bkg_text = "n/a" if bkg is None or math.isnan(bkg) else f"{100 * bkg:.2f}%"
-        lines.append(f"| {split} | {r['images']} | {100 * r['accuracy']:.2f}% | {bkg_text} "
-                     f"| {r['loss']:.4f} |")
+        auroc = r.get("auroc")
+        ci = r.get("auroc_ci")
+        auroc_text = "n/a" if auroc is None else f"{auroc:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+        lines.append(f"| {split} | {r['images']} | {_percent(r['accuracy'])} | {_percent(r['background_fraction'])} "
+                     f"| {r['loss']:.4f} | {_percent(r.get('balanced_accuracy'))} | {_percent(r.get('macro_f1'))} "
+                     f"| {auroc_text} | {_percent(r.get('worst_group_accuracy'))} "
+                     f"| {_percent(r.get('average_group_accuracy'))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -146,42 +172,49 @@ def eval_paths(checkpoint: str | os.PathLike[str]) -> tuple[Path, Path]:
 
 def evaluate_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[str] | None = None,
                  splits: Sequence[str] | None = None, *, which: str = "best", batch_size: int | None = None,
-                 device: str = "cpu", progress: bool = False, write: bool = True) -> dict[str, Any]:
-    """Accuracy, background-relevance fraction and cross-entropy of a run's model on each split.
+                 device: str = "cpu", progress: bool = False, write: bool = True, bootstrap: int = 1000,
+                 mask_convention: Any = None) -> dict[str, Any]:
+    """Accuracy, background-relevance fraction, cross-entropy and the scores of :mod:`.scores` of a run's model on
+    each split (``bootstrap`` resamples for the AUROC interval, 0: none; the masks read with the run's convention
+    unless ``mask_convention`` is given).
 
     ``data`` defaults to the run's training data (found from any working directory), ``splits`` to every
     ``test_*`` split; ``which`` names a checkpoint of the run (:func:`~.checkpoint.find_checkpoint`; one of
     another run is an error). With ``write``, the result goes to :func:`write_eval`'s files beside the
     checkpoint (``RUN_DIR/eval-best.json`` and ``eval-best.md``). Returns ``{"run", "checkpoint",
     "checkpoint_path", "epoch", "variant", "arch", "data", "heatmap", "splits": {split: {images, accuracy,
-    background_fraction, loss}}, "environment"}``.
+    background_fraction, loss, balanced_accuracy, macro_f1, per_class_recall, auroc, auroc_ci, per_class_auroc,
+    group_accuracy, worst_group_accuracy, average_group_accuracy, confusion_matrix}}, "classes", "environment"}``.
     """
     run = load_run(run_dir, which, device)
     cfg = run.config
     root = str(data) if data else cfg.data
     recorded = (run.checkpoint.get("data") or {}).get("root")
-    if not data and not Path(root).is_dir() and recorded and Path(recorded).is_dir():
+    if not data and not Path(root).exists() and recorded and Path(recorded).exists():
         root = recorded  # a relative --data of a run trained from another folder
     names = list(splits) if splits else default_eval_splits(root)
     note = heatmap_support(run.model)
     results: dict[str, dict[str, float]] = {}
     for split in names:
-        dataset = open_split(root, split, size=run.preprocess.size, channels=run.in_channels, flag="--splits")
+        dataset = open_split(root, split, size=run.preprocess.size, channels=run.in_channels, flag="--splits",
+                             mask_convention=mask_convention or cfg.mask_convention, classes=run.classes)
         check_classes(run.classes, dataset.classes, f"split {split!r} of {root}")
         loader = torch.utils.data.DataLoader(wrap(dataset, run.preprocess), batch_size=batch_size or cfg.batch_size,
                                              shuffle=False)
+        outputs: dict[str, list] = {}
         meter = evaluate(run.model, loader, device=device, eps=cfg.eps, first_layer=cfg.first_layer,
                          bounds=run.preprocess.bounds(run.in_channels), backend=cfg.backend, heatmaps=note is None,
-                         progress=progress, desc=split)
+                         progress=progress, desc=split, outputs=outputs)
         means = meter.means()
         if math.isnan(means["background_fraction"]):
             means["background_fraction"] = None  # not computed: the model has layers without relevance rules
-        results[split] = {"images": len(dataset), **means}
+        scores = split_scores(outputs, run.classes, dataset_groups(dataset), bootstrap=bootstrap, seed=cfg.seed)
+        results[split] = {"images": len(dataset), **means, **scores}
     out = {"run": str(Path(run_dir)), "checkpoint": run.path.name, "checkpoint_path": str(run.path.resolve()),
            "epoch": run.epoch, "variant": cfg.variant, "arch": cfg.arch, "data": root,
            "heatmap": "LRP of the predicted class: logit rule, epsilon, first layer " + cfg.first_layer
            if note is None else f"none: {note}",
-           "splits": results, "environment": environment()}
+           "splits": results, "classes": list(run.classes), "environment": environment()}
     if write:
         write_eval(out)
     return out
@@ -194,4 +227,14 @@ def write_eval(result: dict[str, Any]) -> tuple[Path, Path]:
     json_path, md_path = eval_paths(result["checkpoint_path"])
     write_atomic(json_path, json.dumps(result, indent=2) + "\n", what="evaluation results")
     write_atomic(md_path, markdown_table(result["splits"]), what="evaluation table")
+    for split, r in result["splits"].items():
+        if r.get("confusion_matrix") is not None and result.get("classes"):
+            figure = confusion_figure(r["confusion_matrix"], result["classes"], f"{result['run']}: {split}")
+            write_atomic(confusion_path(json_path, split), figure, what="confusion-matrix figure")
     return json_path, md_path
+
+
+def confusion_path(eval_json: str | os.PathLike[str], split: str) -> Path:
+    """Where :func:`write_eval` puts the confusion matrix of ``split``: ``eval-<stem>-confusion-<split>.png``."""
+    path = Path(eval_json)
+    return path.with_name(f"{path.stem}-confusion-{split}.png")

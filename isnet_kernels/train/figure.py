@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from ..data.errors import DataError
+from ..data.masks import MaskConvention, decode_mask
 from ..lrp import explain
 from ..plot import save_heatmap_grid
 from .errors import TrainError
@@ -37,17 +39,21 @@ def read_image(path: str | os.PathLike[str], channels: int, size: int | None = N
     return x.contiguous()
 
 
-def read_mask(path: str | os.PathLike[str], shape: tuple[int, int], size: int | None = None) -> Tensor:
-    """A mask file as (1, 1, H, W) float32 in {0, 1} (nonzero in any colour channel = foreground)."""
+def read_mask(path: str | os.PathLike[str], shape: tuple[int, int], size: int | None = None,
+              convention: MaskConvention | None = None) -> Tensor:
+    """A mask file as (1, 1, H, W) float32 in {0, 1}, read under ``convention`` (the run's; default: nonzero in any
+    colour channel = foreground)."""
     path = Path(path)
     if not path.is_file():
         raise TrainError(f"mask file {path} does not exist; pass the image's foreground mask, or leave out --mask")
     try:
         with Image.open(path) as im:
-            a = np.asarray(im.convert("RGB"))
+            fg = decode_mask(im, convention, path)
+    except DataError:
+        raise
     except Exception as exc:
         raise TrainError(f"cannot read mask file {path}: {exc}; pass a PNG mask (nonzero = foreground)") from exc
-    m = torch.from_numpy((a != 0).any(-1).astype(np.float32))[None, None]
+    m = torch.from_numpy(fg.astype(np.float32))[None, None]
     if size is not None and tuple(m.shape[-2:]) != (size, size):
         m = F.interpolate(m, size=(size, size), mode="nearest-exact")
     if tuple(m.shape[-2:]) != tuple(shape):
@@ -70,7 +76,8 @@ def explain_image(run_dir: str | os.PathLike[str], image: str | os.PathLike[str]
     cfg = run.config
     pre = run.preprocess  # the inputs the model was trained on: size, channels, normalisation
     x = read_image(image, run.in_channels, pre.size).to(device)
-    m = read_mask(mask, tuple(x.shape[-2:]), pre.size).to(device) if mask is not None else None
+    m = (read_mask(mask, tuple(x.shape[-2:]), pre.size, cfg.mask_convention).to(device) if mask is not None
+         else None)
     inputs = pre.normalize(x)
     with torch.no_grad():
         probs = run.model(inputs).softmax(-1)[0]

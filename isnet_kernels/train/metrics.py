@@ -1,4 +1,5 @@
-"""Per-epoch metrics: accuracy, the loss and its parts, and the background-relevance fraction; the files they go to.
+"""Per-epoch metrics: accuracy, the loss and its parts, the background-relevance fraction and the validation scores
+of :mod:`.scores` (balanced accuracy, macro F1, one-vs-rest AUROC, worst-group accuracy); the files they go to.
 
 Background-relevance fraction of one image, for a heatmap ``H`` (C, h, w) and its foreground mask resized to
 (h, w) as the heatmap loss resizes it (adaptive average pooling, then ``!= 0``;
@@ -32,13 +33,14 @@ from torch import Tensor
 from ..errors import InputError
 from ..isnet.loss import prepare_mask
 from .files import write_atomic
+from .scores import SCORE_NAMES
 
 #: Loss parts of a training step: the total, cross-entropy, heatmap loss (the RRR penalty for variant "rrr"),
 #: background and foreground terms.
 LOSS_PARTS = ("loss", "classification", "heatmap", "background", "foreground")
 #: Columns of ``metrics.csv``: one row per epoch.
 COLUMNS = ("epoch", "lr", *(f"train_{p}" for p in LOSS_PARTS), "train_accuracy", "val_loss", "val_accuracy",
-           "val_background_fraction", "seconds")
+           "val_background_fraction", *(f"val_{s}" for s in SCORE_NAMES), "seconds")
 
 
 def background_fraction(heatmaps: Tensor, masks: Tensor) -> Tensor:

@@ -58,18 +58,19 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import dispatch
-from ..errors import InputTypeError
+from ..errors import InputTypeError, ISNetError
 from ..isnet import ISNet, ISNetLoss, ISNetLossOutput, ISNetOutput, RRRLoss, tune_cut
 from . import backbone
 from .checkpoint import BEST, FORMAT, LAST, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .config import RESUMABLE_FIELDS, TrainConfig, flag_of
-from .data import check_classes, open_split
+from .data import check_classes, check_split_masks, dataset_groups, open_split
 from .distributed import Context, setup
 from .environment import default_threads, environment
 from .errors import TrainError
-from .evaluate import evaluate, heatmap_support
+from .evaluate import evaluate, heatmap_support, split_scores
 from .files import remove_stale_temporaries, write_atomic
 from .metrics import LOSS_PARTS, Meter, correct, write_metrics
+from .scores import SCORE_NAMES
 
 TRAIN_METRICS = (*LOSS_PARTS, "accuracy")
 #: Batches between two updates of the progress bar's loss (each one host synchronisation).
@@ -200,15 +201,27 @@ class Trainer:
         spec = state.get("model_spec") if state is not None else None
         pre = self.preprocess = backbone.spec_preprocess(spec) if spec else backbone.resolve_preprocess(cfg)
         self.info(f"inputs: {pre.describe()}")
-        self.train_set = backbone.wrap(open_split(cfg.data, cfg.train_split, size=pre.size, channels=pre.channels,
-                                                  flag="--train-split"), pre)
+        masks = cfg.mask_convention
+        self.train_set = open_split(cfg.data, cfg.train_split, size=pre.size, channels=pre.channels,
+                                    flag="--train-split", mask_convention=masks)
         self.classes = list(self.train_set.classes)
         self.val_set = None
         if cfg.val_split:
-            self.val_set = backbone.wrap(open_split(cfg.data, cfg.val_split, size=pre.size, channels=pre.channels,
-                                                    flag="--val-split (or --val-split '' to train without "
-                                                    "validation)"), pre)
+            self.val_set = open_split(cfg.data, cfg.val_split, size=pre.size, channels=pre.channels,
+                                      flag="--val-split (or --val-split '' to train without validation)",
+                                      mask_convention=masks, classes=self.classes)
             check_classes(self.classes, self.val_set.classes, f"validation split {cfg.val_split!r}")
+        for dataset in (self.train_set, self.val_set):  # masks that cannot penalise anything stop a run using them
+            if dataset is not None:
+                check_split_masks(dataset, cfg.mask_check, refuse=cfg.variant != "none", log=self.info)
+        self.val_groups = dataset_groups(self.val_set) if self.val_set is not None else None
+        if cfg.augment != "none":  # on the images in [0, 1], before the normalisation the weights expect
+            from ..data.augment import Augmented
+
+            self.train_set = Augmented(self.train_set, cfg.augment, seed=cfg.seed)
+        self.train_set = backbone.wrap(self.train_set, pre)
+        if self.val_set is not None:
+            self.val_set = backbone.wrap(self.val_set, pre)
         self.in_channels = int(self.train_set[0][0].shape[0])
         if self.custom_model is None and cfg.size is None:  # the images' own size, known now
             cfg.check_model(tuple(self.train_set[0][0].shape[-2:]), self.in_channels)
@@ -304,7 +317,7 @@ class Trainer:
                              "the same way")
         resumed = saved.replace(out=mine["out"], **{k: mine[k] for k in RESUMABLE_FIELDS})
         recorded = (state.get("data") or {}).get("root")
-        if resumed.data == saved.data and not Path(saved.data).is_dir() and recorded and Path(recorded).is_dir():
+        if resumed.data == saved.data and not Path(saved.data).exists() and recorded and Path(recorded).exists():
             resumed = resumed.replace(data=recorded)  # a relative --data of a run started in another folder
         return resumed
 
@@ -399,6 +412,8 @@ class Trainer:
             if ctx.any(self._stop is not None):  # asked during the last epoch's validation and checkpoint
                 raise _StopRequested
             self.sampler.set_epoch(self.epoch)
+            if hasattr(self.train_set, "set_epoch"):  # augmentation drawn per (seed, epoch, image)
+                self.train_set.set_epoch(self.epoch)
             self.sampler.skip(self.step * self.local_batch)
             self.loader_generator.manual_seed(cfg.seed * 100_003 + self.epoch)
             total = self.step + len(self.loader)
@@ -460,13 +475,15 @@ class Trainer:
         train.all_reduce()
         row: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
         row.update({f"train_{k}": v for k, v in train.means().items()})
-        val = {"loss": math.nan, "accuracy": math.nan, "background_fraction": math.nan}
+        val = {"loss": math.nan, "accuracy": math.nan, "background_fraction": math.nan,
+               **dict.fromkeys(SCORE_NAMES)}
         if self.val_loader is not None:
+            outputs: dict[str, list] = {}
             meter = evaluate(self.model, self.val_loader, device=ctx.device, eps=cfg.eps, first_layer=cfg.first_layer,
                              bounds=self.bounds, backend=cfg.backend, heatmaps=self.heatmap_note is None,
-                             progress=cfg.progress and ctx.is_main, desc="validation")
+                             progress=cfg.progress and ctx.is_main, desc="validation", outputs=outputs)
             meter.all_reduce()
-            val = meter.means()
+            val = {**val, **meter.means(), **self._val_scores(outputs)}
         row.update({f"val_{k}": v for k, v in val.items()})
         row["seconds"] = seconds
         self.history.append(row)
@@ -487,6 +504,21 @@ class Trainer:
             self._write_run_info(finished=self.epoch >= cfg.epochs)
             self.info(_summary(row, cfg.epochs))
         ctx.barrier()
+
+    def _val_scores(self, outputs: dict[str, list]) -> dict[str, float]:
+        """Balanced accuracy, macro F1, AUROC and worst-group accuracy of the validation predictions (every
+        process's, gathered; None where they cannot be computed or scikit-learn is missing)."""
+        order = list(self.val_loader.sampler)
+        local = {"probs": outputs.get("probs", []), "labels": outputs.get("labels", []),
+                 "groups": [self.val_groups[i] for i in order] if self.val_groups else None}
+        parts = self._gather(local)
+        merged = {"probs": [t for p in parts for t in p["probs"]], "labels": [t for p in parts for t in p["labels"]]}
+        groups = [g for p in parts for g in p["groups"]] if self.val_groups else None
+        try:
+            scores = split_scores(merged, self.classes, groups, bootstrap=0)
+        except ISNetError:  # scikit-learn is not installed: the scores stay None
+            return {}
+        return {k: scores[k] for k in SCORE_NAMES}
 
     # --- checkpoints --------------------------------------------------------------------------------------------
     def _state(self, gather: bool = True) -> dict[str, Any]:
@@ -595,6 +627,8 @@ def _summary(row: dict[str, Any], epochs: int) -> str:
         parts.append(f"val acc {100 * row['val_accuracy']:.1f}%")
     if not math.isnan(row["val_background_fraction"]):
         parts.append(f"val background relevance {100 * row['val_background_fraction']:.1f}%")
+    if row.get("val_auroc") is not None:
+        parts.append(f"val AUROC {row['val_auroc']:.3f}")
     parts.append(f"{row['seconds']:.1f}s")
     return ", ".join(parts)
 

@@ -98,7 +98,8 @@ def test_two_processes_equal_one_process(tiny_data: Path, tmp_path: Path) -> Non
     rows_one, rows_two = one["history"], two["history"]
     assert len(rows_two) == 2 and all(r["train_heatmap"] > 0 for r in rows_two)  # the heatmap loss was trained
     for a, b in zip(rows_one, rows_two):  # metrics summed over both processes equal one process's
-        for key in ("train_loss", "train_accuracy", "val_accuracy", "val_loss", "val_background_fraction"):
+        for key in ("train_loss", "train_accuracy", "val_accuracy", "val_loss", "val_background_fraction",
+                    "val_balanced_accuracy", "val_macro_f1", "val_auroc"):  # scores of the gathered predictions
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
     written = sorted(p.name for p in (tmp_path / "two").iterdir())
     assert written == ["best.pt", "config.json", "last.pt", "metrics.csv", "metrics.json", "run.json"]
