@@ -16,6 +16,8 @@ ZENNIT  := zennit==0.5.1
 TORCHVISION := torchvision==0.28.0
 # AttnLRP's authors' library, the independent implementation the attention comparison tests run against.
 LXT     := lxt==2.1
+# timm (models by name, `--arch timm:NAME`) and safetensors (weights files), as the GPU machines have them.
+TIMM    := timm==1.0.31 safetensors
 STAMP   := $(VENV)/.installed
 # The GPU machines' stack (issue of the GPU check): Python 3.12 with the CUDA 13 build of torch 2.11.0, triton 3.6.0
 # and torchvision 0.26.0, plus the packages those machines have (no zennit, no LXT). $(MIRROR) mirrors it on a CPU
@@ -66,6 +68,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*/*)
 	$(PIP) install --no-build-isolation -e '.[test]' $(TORCH)
 	$(PIP) install $(TRITON) $(TORCH)
 	$(PIP) install --no-deps $(ZENNIT) $(TORCHVISION) $(LXT)
+	$(PIP) install $(TIMM) $(TORCH) $(TORCHVISION)
 	@touch $@
 
 mirror-venv: $(MIRROR_STAMP)

@@ -265,8 +265,8 @@ def _write(root: Path, digits: Any, photos: dict[str, np.ndarray], class_photos:
                     bar.update(3)
 
     group_counts: dict[str, dict[str, int]] = {}
-    for split, _, _, scene, _, group, *_ in rows:
-        if scene >= 0:
+    for split, _, _, scene_class, _, group, *_ in rows:
+        if scene_class >= 0:
             group_counts.setdefault(split, {}).setdefault(group, 0)
             group_counts[split][group] += 1
     info: dict[str, Any] = {

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import InputError
+
 __all__ = ["Preprocess"]
 
 
@@ -24,9 +26,9 @@ def _floats(name: str, values: Sequence[float] | None) -> tuple[float, ...] | No
     try:
         out = tuple(float(v) for v in values)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a sequence of numbers, one per channel, got {values!r}") from None
+        raise InputError(f"{name} must be a sequence of numbers, one per channel, got {values!r}") from None
     if not out or not all(math.isfinite(v) for v in out):
-        raise ValueError(f"{name} must be finite numbers, one per channel, got {values!r}")
+        raise InputError(f"{name} must be finite numbers, one per channel, got {values!r}")
     return out
 
 
@@ -47,13 +49,13 @@ class Preprocess:
     def __post_init__(self) -> None:
         mean, std = _floats("mean", self.mean), _floats("std", self.std)
         if (mean is None) != (std is None):
-            raise ValueError("give both mean and std (one value per channel, or one for all), or neither")
+            raise InputError("give both mean and std (one value per channel, or one for all), or neither")
         if std is not None and not all(s > 0 for s in std):
-            raise ValueError(f"std must be positive, got {std}")
+            raise InputError(f"std must be positive, got {std}")
         if mean is not None and len(mean) != len(std) and 1 not in (len(mean), len(std)):
-            raise ValueError(f"mean has {len(mean)} values but std has {len(std)}; give one per channel")
+            raise InputError(f"mean has {len(mean)} values but std has {len(std)}; give one per channel")
         if self.size is not None and (isinstance(self.size, bool) or int(self.size) != self.size or self.size < 1):
-            raise ValueError(f"size must be a positive int, got {self.size!r}")
+            raise InputError(f"size must be a positive int, got {self.size!r}")
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
 
@@ -67,7 +69,7 @@ class Preprocess:
         std = torch.tensor(self.std, dtype=like.dtype, device=like.device)
         n = max(mean.numel(), std.numel())
         if n not in (1, channels):
-            raise ValueError(f"the preprocessing has {n} channel statistics but the images have {channels} "
+            raise InputError(f"the preprocessing has {n} channel statistics but the images have {channels} "
                              f"channels; pass --mean/--std with {channels} value(s) or --channels {n}")
         return mean.expand(channels), std.expand(channels)
 

@@ -78,11 +78,13 @@ def test_each_split_puts_the_scene_its_documentation_says(scenes):
 def test_the_digit_is_foreground_and_the_scene_fills_the_background(scenes):
     root, _ = scenes
     rows = [r for r in _rows(root) if r["split"] in ("test_biased", "test_confounding")]
-    for row in rows[:20]:
+    spread = []
+    for row in rows:
         image, mask = _png(root, "images", row["path"]), _png(root, "masks", row["path"]) > 0.5
         assert set(np.unique(_png(root, "masks", row["path"]))) <= {0.0, 1.0}
         assert image[mask].max() > 0.9  # the white digit
-        assert image[~mask].std() > 0.02  # a textured scene
+        spread.append(float(image[~mask].std()))
+    assert np.median(spread) > 0.05  # textured scenes (a dark sky or a white page may be nearly flat)
 
 
 def test_test_splits_differ_only_in_the_scene(scenes):
@@ -121,11 +123,26 @@ def test_contrast_weakens_the_digit(tmp_path):
     full, faint = tmp_path / "full", tmp_path / "faint"
     write_biased_scenes(full, contrast=1.0, **kw)
     assert write_biased_scenes(faint, **kw)["contrast"] == 0.5  # the default: a digit as strong as the scene
-    rel = "test_biased/5/0000.png"
-    mask = _png(full, "masks", rel) > 0.5
-    a, b = _png(full, "images", rel), _png(faint, "images", rel)
-    np.testing.assert_allclose(a[~mask], b[~mask], atol=1 / 255)  # the same scene
-    assert b[mask].mean() < a[mask].mean()  # a fainter digit
+    weaker = 0.0
+    for c in range(10):
+        rel = f"test_biased/{c}/0000.png"
+        mask = _png(full, "masks", rel) > 0.5
+        a, b = _png(full, "images", rel), _png(faint, "images", rel)
+        np.testing.assert_allclose(a[~mask], b[~mask], atol=1 / 255)  # the same scene
+        assert (a[mask] >= b[mask] - 1 / 255).all()  # c d (1 - background) grows with c
+        weaker += float((a - b)[mask].sum())
+    assert weaker > 0
+
+
+def test_command_line_writes_it(tmp_path, capsys):
+    code = cli_main(["data", "biased-scenes", str(tmp_path / "s"), "--size", "24", "--per-class", "2",
+                     "--per-class-val", "1", "--per-class-test", "1", "--bias", "1.0", "--photo-seed", "5",
+                     "--contrast", "0.7", "--scene", "0.8", "--quiet"])
+    assert code in (0, None)
+    info = json.loads((tmp_path / "s" / "info.json").read_text())
+    assert info["bias"] == 1.0 and info["photo_seed"] == 5 and info["counts"]["train"] == 20
+    assert info["contrast"] == 0.7 and info["scene"] == 0.8
+    assert "biased scenes" in capsys.readouterr().out
 
 
 def test_command_line_names_the_flag(tmp_path, capsys):
@@ -133,13 +150,3 @@ def test_command_line_names_the_flag(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "--bias" in err and "bias=" not in err
-
-
-def test_command_line_writes_it(tmp_path, capsys):
-    code = cli_main(["data", "biased-scenes", str(tmp_path / "s"), "--size", "24", "--per-class", "2",
-                     "--per-class-val", "1", "--per-class-test", "1", "--bias", "1.0", "--photo-seed", "5",
-                     "--quiet"])
-    assert code in (0, None)
-    info = json.loads((tmp_path / "s" / "info.json").read_text())
-    assert info["bias"] == 1.0 and info["photo_seed"] == 5 and info["counts"]["train"] == 20
-    assert "biased scenes" in capsys.readouterr().out
