@@ -228,15 +228,15 @@ def _write(root: Path, digits: Any, photos: dict[str, np.ndarray], class_photos:
     def other_class(rng: np.random.Generator, c: int) -> int:
         return (c + 1 + int(rng.integers(NUM_CLASSES - 1))) % NUM_CLASSES
 
-    def write(split: str, c: int, name: str, digit: np.ndarray, mask: np.ndarray, scene: int, photo: str,
+    def write(split: str, c: int, name: str, digit: np.ndarray, mask: np.ndarray, scene_class: int, photo: str,
               rng: np.random.Generator, scan: int) -> None:
         background, (y, x, side) = _crop(photos[photo], rng, size, scene)
         image = background * (1 - contrast * digit) + contrast * digit
         rel = f"{split}/{c}/{name}"
         Image.fromarray(_bt._to_uint8(image)).save(root / "images" / rel)
         Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / rel)
-        group = f"{c}:{'aligned' if scene == c else 'conflicting'}"
-        rows.append((split, rel, c, scene, photo, group, y, x, side, scan))
+        group = f"{c}:{'aligned' if scene_class == c else 'conflicting'}"
+        rows.append((split, rel, c, scene_class, photo, group, y, x, side, scan))
         counts[split] += 1
 
     total = NUM_CLASSES * ((1 + train_clean) * per_class["train"] + per_class["val"] + 3 * per_class["test"])
@@ -250,8 +250,8 @@ def _write(root: Path, digits: Any, photos: dict[str, np.ndarray], class_photos:
                     digit, mask = _bt._digit(scans[scan], rng, size)
                     name = f"{k:04d}.png"
                     if pool != "test":
-                        scene = c if rng.random() < bias else other_class(rng, c)
-                        write(pool, c, name, digit, mask, scene, class_photos[scene], rng, scan)
+                        own = c if rng.random() < bias else other_class(rng, c)
+                        write(pool, c, name, digit, mask, own, class_photos[own], rng, scan)
                         if pool == "train" and train_clean:
                             clean = int(rng.integers(NUM_CLASSES))
                             write(CLEAN_SPLIT, c, name, digit, mask, clean, class_photos[clean], rng, scan)

@@ -150,3 +150,12 @@ def test_command_line_names_the_flag(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "--bias" in err and "bias=" not in err
+
+
+def test_scene_range_is_the_same_for_every_class(tmp_path):
+    write_biased_scenes(tmp_path / "s", size=SIZE, seed=0, scene=0.5, contrast=1.0, progress=False, per_class_train=2,
+                        per_class_val=1, per_class_test=1, train_clean=False)
+    for row in _rows(tmp_path / "s"):
+        image, mask = _png(tmp_path / "s", "images", row["path"]), _png(tmp_path / "s", "masks", row["path"]) > 0.5
+        assert image[~mask].max() <= 0.5 + 1 / 255, row  # each crop stretched to [0, 0.5], whatever its class
+        assert image[~mask].max() >= 0.25, row
