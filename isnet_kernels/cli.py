@@ -175,10 +175,10 @@ def _build_parser() -> argparse.ArgumentParser:
         if name == "biased-scenes":
             ds.add_argument("--bias", type=float, default=0.95, help="fraction of the train and val images of a "
                             "class drawn on its own scene (default 0.95)")
-            ds.add_argument("--contrast", type=float, default=0.5, help="the digit's strength over the scene, in "
-                            "(0, 1] (default 0.5)")
-            ds.add_argument("--scene", type=float, default=1.0, help="the scene's range [0, SCENE], in (0, 1] "
-                            "(default 1)")
+            ds.add_argument("--contrast", type=float, default=1.0, help="the digit's strength over the scene, in "
+                            "(0, 1] (default 1)")
+            ds.add_argument("--scene", type=float, default=0.85, help="the scene's range [0, SCENE], in (0, 1] "
+                            "(default 0.85)")
             ds.add_argument("--photo-seed", type=int, default=None, help="seed of which photograph belongs to which "
                             "class (default: --seed); another value gives a set of this kind with other scenes")
 
@@ -338,7 +338,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
               "biased-scenes": write_biased_scenes}[args.dataset]
     extra = {"biased-digits": {"noise": getattr(args, "noise", 0.0)}, "biased-tags": {},
              "biased-scenes": {"bias": getattr(args, "bias", 0.95), "photo_seed": getattr(args, "photo_seed", None),
-                               "contrast": getattr(args, "contrast", 0.5), "scene": getattr(args, "scene", 1.0)}}
+                               "contrast": getattr(args, "contrast", 1.0), "scene": getattr(args, "scene", 0.85)}}
     try:
         info = writer(args.root, size=args.size, per_class_train=args.per_class, per_class_val=args.per_class_val,
                       per_class_test=args.per_class_test, seed=args.seed, progress=not args.quiet,

@@ -121,8 +121,9 @@ def test_contrast_weakens_the_digit(tmp_path):
     kw = dict(size=SIZE, seed=2, progress=False, per_class_train=1, per_class_val=1, per_class_test=1,
               train_clean=False)
     full, faint = tmp_path / "full", tmp_path / "faint"
-    write_biased_scenes(full, contrast=1.0, **kw)
-    assert write_biased_scenes(faint, **kw)["contrast"] == 0.5  # the default: a digit as strong as the scene
+    info = write_biased_scenes(full, **kw)
+    assert info["contrast"] == 1.0 and info["scene"] == 0.85  # the defaults
+    write_biased_scenes(faint, contrast=0.5, **kw)
     weaker = 0.0
     for c in range(10):
         rel = f"test_biased/{c}/0000.png"
