@@ -90,7 +90,10 @@ def _stage_pattern(root: Path) -> re.Pattern[str]:
     return re.compile(rf"^\.{re.escape(root.name)}\.(partial|old)-(\d+)$")
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with id ``pid`` runs on this machine (one we may not signal counts as running)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -115,7 +118,7 @@ def remove_stale_stages(root: str | os.PathLike[str]) -> list[Path]:
         if match is None or not entry.is_dir():
             continue
         pid = int(match[2])
-        if pid != os.getpid() and _alive(pid):
+        if pid != os.getpid() and pid_alive(pid):
             continue  # another writer at work
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)

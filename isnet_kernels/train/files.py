@@ -18,6 +18,7 @@ import os
 import re
 from pathlib import Path
 
+from ..data.writing import pid_alive
 from .errors import TrainError
 
 #: ``.<name>.tmp-<PID>``: the temporary files :func:`write_atomic` writes.
@@ -75,19 +76,6 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | bytearray | memoryv
         except OSError:  # replaced (the usual case), never created, or the folder is read-only
             pass
     return path
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with id ``pid`` runs on this machine (one we may not signal counts as running)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
