@@ -220,7 +220,7 @@ class Trainer:
         self.isnet = ISNet(self.model, cfg.variant, eps=cfg.eps, first_layer=cfg.first_layer,
                            deep_supervision=cfg.deep_supervision, select=cfg.select, generator=self.generator,
                            backend=cfg.backend, batch_stats=cfg.batch_stats, heatmap=cfg.heatmap,
-                           map_chunk=cfg.map_chunk) if cfg.is_isnet else None
+                           map_chunk=cfg.map_chunk, memory=cfg.memory) if cfg.is_isnet else None
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
         self.net: nn.Module = self.isnet if self.isnet is not None else self.model
