@@ -421,18 +421,22 @@ class LRP:
         """
         program = state.program
         dtype = relevance_dtype(state.logits)
-        saved = upcast(state.saved, dtype)
         with torch.autocast(state.logits.device.type, enabled=False):
-            return self._walk(program, saved, upcast(state.logits, dtype), targets, output, cfg, capture, segments)
+            return self._walk(program, state.saved, upcast(state.logits, dtype), targets, output, cfg, capture,
+                              segments)
 
     def _walk(self, program: Program, saved: dict[str, Any], logits: Tensor, targets: Tensor | None, output: str,
               cfg: S.RuleConfig, capture: Sequence[str], segments: int = 1) -> tuple[Tensor, dict[str, Tensor]]:
+        """The pass over the steps; each step's saved tensors are cast to the relevance dtype (``logits``') as
+        the step runs (:func:`upcast`), so that a half-precision forward's float32 copies live only as long as the
+        ops that save them (and are rebuilt with their segment under ``segments``)."""
         start = program.logits_step
+        dtype = logits.dtype
         wanted = set(capture)
 
         def head() -> dict[str, Tensor]:
             if start is not None:  # a Linear head: the output rules, exactly, at its input
-                return {start.inputs[0]: start.start(saved[start.name], targets, output, cfg)}
+                return {start.inputs[0]: start.start(upcast(saved[start.name], dtype), targets, output, cfg)}
             # any other head: relevance starts at the logits themselves
             return {program.output_name: logits_relevance(logits, targets, output, cfg.eps)}
 
@@ -445,7 +449,7 @@ class LRP:
                     continue
                 if step.name in wanted:
                     captured[step.name] = r
-                for name, part in zip(step.inputs, step.relevance(r, saved[step.name], cfg)):
+                for name, part in zip(step.inputs, step.relevance(r, upcast(saved[step.name], dtype), cfg)):
                     if part is not None:
                         R[name] = part if name not in R else R[name] + part
             return R, captured
