@@ -150,3 +150,22 @@ def test_residual_split_recomputes_the_sum(backend: str) -> None:
         outs.append((Rx.detach(), Rf.detach(), *torch.autograd.grad(loss, (Rg, xg, fg))))
     for u, v in zip(*outs):
         torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
+
+
+def test_train_config_and_command_line() -> None:
+    """``TrainConfig(memory=...)`` is checked and reaches the trainer's ISNet; ``isnet train --memory low`` sets it."""
+    import argparse
+
+    from isnet_kernels.cli import add_config_options
+    from isnet_kernels.train import TrainConfig
+    from isnet_kernels.train.errors import TrainError
+
+    with pytest.raises(TrainError) as err:
+        TrainConfig(memory="tiny")
+    assert err.value.params == ("memory",)
+    assert TrainConfig(memory="low").memory == "low"
+    parser = argparse.ArgumentParser()
+    add_config_options(parser)
+    assert parser.parse_args(["--out", "run", "--memory", "low"]).memory == "low"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--out", "run", "--memory", "tiny"])
