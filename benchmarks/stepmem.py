@@ -263,7 +263,8 @@ def run_time(models: list[str], rounds: int) -> list[dict]:
 
 
 def report(out_dir: Path = RESULTS, plot: bool = True) -> str:
-    """The table (markdown, also written to ``memory.md``) and the plot ``memory.png`` from the JSON files."""
+    """The table (markdown, also written to ``results/memory.md``) and the plot ``results/memory.png`` from the JSON
+    files in ``out_dir`` (default ``results/``)."""
     lines = []
     for prefix, unit in (("", "CPU: peak RSS"), ("gpu-", "CUDA: max_memory_allocated")):
         rows = _load(out_dir / f"{prefix}memory.json")
@@ -290,7 +291,7 @@ def report(out_dir: Path = RESULTS, plot: bool = True) -> str:
             lines.append(f"| {desc} | {cell[0]} | {cell[1]} | {cell[2]} | {ratio[0]} | {ratio[1]} | {tl} | {tp} |")
         lines.append("")
     text = "\n".join(lines)
-    (out_dir / "memory.md").write_text(text + "\n")
+    (out_dir / "memory").with_suffix(".md").write_text(text + "\n")
     if plot:
         _plot(out_dir)
     return text
