@@ -356,7 +356,7 @@ class ISNet(nn.Module):
     def _segments(self, state: ForwardState) -> int:
         """Checkpointed segments of the relevance pass: 1 (none) by default, ``ceil(sqrt(steps))`` with
         ``memory="low"``."""
-        if self.memory != "low":
+        if getattr(self, "memory", "default") != "low":  # an ISNet pickled before the option existed: default
             return 1
         return auto_segments(len(state.saved))
 
