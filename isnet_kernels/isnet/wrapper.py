@@ -264,7 +264,7 @@ class ISNet(nn.Module):
         return (f"variant={self.variant!r}, select={self.select!r}, eps={self.lrp.eps}, "
                 f"first_layer={self.lrp.first_layer!r}, batch_stats={self.lrp.batch_stats!r}, "
                 f"deep_supervision={self.supervised}, map_chunk={self.map_chunk}"
-                + (f", memory={self.memory!r}" if self.memory != "default" else ""))
+                + (f", memory={self.memory!r}" if getattr(self, "memory", "default") != "default" else ""))
 
     def _capture_steps(self, program: Program) -> list[str]:
         """The program steps whose relevance is that of the supervised modules' outputs, computed once per program."""
