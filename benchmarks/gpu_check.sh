@@ -13,11 +13,13 @@
 #      step on CUDA tensors for every backend); tests needing a package absent there (zennit, LXT) skip, saying so;
 #   4. bandwidth: every elementwise kernel (torch, triton, cuda) against a copy of the same bytes
 #      (benchmarks/bandwidth.py);
-#   5. benchmarks: the explain, per-op and ISNet-step suites on CUDA (benchmarks/run_gpu.sh);
+#   5. benchmarks: the explain, per-op and ISNet-step suites on CUDA (benchmarks/run_gpu.sh), then the peak CUDA
+#      memory of one training step, plain vs ISNet (benchmarks/stepmem.py memory -> gpu-memory.json);
 #   6. summary: benchmarks/gpu_summary.py.
-# It writes at most 8 files into $GPU_RESULTS (default benchmarks/results/gpu; build/gpu-dry-run with --dry-run): summary.md (every figure, each step's
-# status), results.json (the same as data: steps, tests, bandwidth, benchmarks), env.json (the machine), check.log (every
-# step's output, the test log included) and tests.xml (JUnit). Intermediate files go to a temporary folder.
+# It writes at most 8 files into $GPU_RESULTS (default benchmarks/results/gpu; build/gpu-dry-run with --dry-run):
+# summary.md (every figure, each step's status), results.json (the same as data: steps, tests, bandwidth,
+# benchmarks, memory), env.json (the machine), check.log (every step's output, the test log included), tests.xml
+# (JUnit) and gpu-memory.json (the memory probes). Intermediate files go to a temporary folder.
 #
 # --dry-run (`make gpu-dry-run`, for a CPU machine with the GPU machines' stack): every step that needs no GPU. The
 # build is the same; the extension _C_cuda must import and register its operators for the CUDA dispatch key
@@ -118,6 +120,8 @@ if [[ $DRY == 1 ]]; then
     step "benchmarks (collected, not run: no GPU)" 120 env BENCH_DEVICE=cuda BENCH_BACKENDS=reference,triton,cuda \
         BENCH_OP_BACKENDS=reference,torch,triton,cuda "${PYTEST[@]}" --collect-only \
         benchmarks/test_bench_explain.py benchmarks/test_bench_ops.py benchmarks/test_bench_training.py
+    step "memory of a training step (imported, not run: no GPU)" 60 env BENCH_DEVICE=cuda "$PY" \
+        benchmarks/stepmem.py --help
 else
     step "tests on CUDA" "${GPU_TEST_STEP_TIMEOUT:-200}" env TRITON_INTERPRET=0 "${PYTEST[@]}" \
         --junitxml="$OUT/tests.xml" "${GPU_TEST_SKIP[@]}" "${GPU_TESTS[@]}"
@@ -126,6 +130,10 @@ else
         BENCH_SUITES="${BENCH_SUITES:-explain ops training}" BENCH_ROUNDS="${BENCH_ROUNDS:-5}" \
         BENCH_OP_ROUNDS="${BENCH_OP_ROUNDS:-10}" BENCH_TRAIN_ROUNDS="${BENCH_TRAIN_ROUNDS:-3}" BENCH_PLOTS=0 \
         bash benchmarks/run_gpu.sh
+    # peak CUDA memory of one training step, plain vs ISNet (default and memory="low"), one process per configuration
+    step "memory of a training step" "${GPU_MEMORY_STEP_TIMEOUT:-90}" env BENCH_DEVICE=cuda "$PY" \
+        benchmarks/stepmem.py memory
+    cp benchmarks/results/gpu-memory.json "$OUT/" 2>/dev/null
 fi
 
 timeout 60 "$PY" benchmarks/gpu_summary.py --work "$WORK" --out "$OUT" --steps "$STEPS" \

@@ -136,8 +136,11 @@ def summarise(work: Path, out: Path, steps_file: Path, elapsed: int | None, dry_
     if (work / "bandwidth.json").exists():
         bandwidth = json.loads((work / "bandwidth.json").read_text())
     benchmarks = read_benchmarks(work)
+    memory = None
+    if (out / "gpu-memory.json").exists():
+        memory = json.loads((out / "gpu-memory.json").read_text()).get("results", [])
     results = {"dry_run": dry_run, "elapsed_s": elapsed, "env": env, "steps": steps, "tests": tests,
-               "bandwidth": bandwidth, "benchmarks": benchmarks}
+               "bandwidth": bandwidth, "benchmarks": benchmarks, "memory": memory}
     ok = all(s["status"] == "passed" for s in steps)
     where = env.get("gpu") or "no GPU"
     title = "GPU check, dry run (no GPU)" if dry_run else f"GPU check on {where}"
@@ -166,6 +169,16 @@ def summarise(work: Path, out: Path, steps_file: Path, elapsed: int | None, dry_
             lines += ["### Targets", "", *table, ""]
     else:
         lines.append(NOT_RUN if dry_run else "No result (see the benchmarks step and check.log).")
+    lines += ["", "## Memory of a training step", ""]
+    if memory:
+        lines += ["| model | mode | peak (MiB) | ratio to plain |", "|---|---|---:|---:|"]
+        plain = {r["model"]: r["peak_mib"] for r in memory if r.get("mode") == "plain"}
+        for r in memory:
+            ratio = r["peak_mib"] / plain[r["model"]] if plain.get(r["model"]) else None
+            lines.append(f"| {r['model']} | {r['mode']} | {r['peak_mib']:.0f} | "
+                         f"{'-' if ratio is None else f'{ratio:.2f}x'} |")
+    else:
+        lines.append(NOT_RUN if dry_run else "No result (see the memory step and check.log).")
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text("\n".join(lines).rstrip() + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")

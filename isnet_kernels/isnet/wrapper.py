@@ -39,7 +39,16 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, InputTypeError, TargetError
-from ..lrp.engine import LRP, BoundsLike, ForwardState, check_bounds, check_eps, check_input, check_logits
+from ..lrp.engine import (
+    LRP,
+    BoundsLike,
+    ForwardState,
+    auto_segments,
+    check_bounds,
+    check_eps,
+    check_input,
+    check_logits,
+)
 from ..lrp.graph import Program, module_output
 from .chunking import auto_map_chunk, bytes_per_map, check_map_chunk, chunked_relevance
 from .output import ISNetOutput
@@ -48,6 +57,8 @@ from .presets import check_preset, preset_value
 VARIANTS = ("original", "selective", "stochastic", "dual")
 SELECTIONS = ("lowest", "highest", "label")
 HEATMAPS = ("lrp", "gradinput")
+#: ``ISNet(memory=...)``: ``"default"`` keeps the relevance pass's graph for the backward; ``"low"`` recomputes it.
+MEMORY_MODES = ("default", "low")
 #: Probability that the stochastic variant explains an image's argmax logit (the reference code's 5 of 11).
 STOCHASTIC_ARGMAX_P = 5 / 11
 
@@ -169,6 +180,12 @@ class ISNet(nn.Module):
     map_chunk : maps per chunk of the relevance pass when an image has more than one map explaining one class
         each (the original variant): a positive int, or None (default) to choose it from the memory available
         (:func:`~isnet_kernels.isnet.chunking.auto_map_chunk`). Heatmaps and gradients do not depend on it.
+    memory : ``"default"`` (autograd keeps the relevance pass's graph until the backward) or ``"low"``: the pass
+        runs in ``ceil(sqrt(steps))`` segments under activation checkpointing (:meth:`LRP.relevance_at`), so
+        that only the relevance at the segments' boundaries is kept and the backward rebuilds one segment at a
+        time: one more relevance pass per step for a graph of about ``1 / sqrt(steps)`` of the default's
+        (docs/kernels.md#memory). Heatmaps and gradients do not depend on it; it has no effect with
+        ``heatmap="gradinput"`` or without autograd.
 
     Checks (:class:`~isnet_kernels.ISNetError`): ``eps`` and ``bounds`` here; in a call with heatmaps the input
     (as :meth:`LRP.check` without synchronisation: the Z^B bounds for CPU inputs) and the labels
@@ -183,7 +200,8 @@ class ISNet(nn.Module):
                  first_layer: str | None = None, bounds: BoundsLike = (0.0, 1.0),
                  deep_supervision: bool | str | Sequence[str] | None = None, select: str | None = None,
                  generator: torch.Generator | None = None, backend: str | None = None, batch_stats: str | None = None,
-                 heatmap: str = "lrp", map_chunk: int | None = None, preset: str = "default"):
+                 heatmap: str = "lrp", map_chunk: int | None = None, preset: str = "default",
+                 memory: str = "default"):
         super().__init__()
         check_preset(preset)
         first_layer = preset_value(preset, "first_layer", first_layer)
@@ -197,6 +215,9 @@ class ISNet(nn.Module):
             raise InputError(f"select must be one of {SELECTIONS}, got {select!r}")
         if heatmap not in HEATMAPS:
             raise InputError(f"heatmap must be one of {HEATMAPS}, got {heatmap!r}")
+        if memory not in MEMORY_MODES:
+            raise InputError(f"memory must be one of {MEMORY_MODES}, got {memory!r}", param="memory")
+        self.memory = memory
         if heatmap == "gradinput" and variant == "dual":
             raise InputError("the dual variant's two maps are two LRP rules and have no Grad x Input counterpart; "
                              "use heatmap='lrp' with variant='dual', or another variant with heatmap='gradinput'")
@@ -242,7 +263,8 @@ class ISNet(nn.Module):
                     f"deep_supervision={self.supervised}")
         return (f"variant={self.variant!r}, select={self.select!r}, eps={self.lrp.eps}, "
                 f"first_layer={self.lrp.first_layer!r}, batch_stats={self.lrp.batch_stats!r}, "
-                f"deep_supervision={self.supervised}, map_chunk={self.map_chunk}")
+                f"deep_supervision={self.supervised}, map_chunk={self.map_chunk}"
+                + (f", memory={self.memory!r}" if getattr(self, "memory", "default") != "default" else ""))
 
     def _capture_steps(self, program: Program) -> list[str]:
         """The program steps whose relevance is that of the supervised modules' outputs, computed once per program."""
@@ -302,8 +324,10 @@ class ISNet(nn.Module):
         output = "selective" if self.variant == "selective" else "logit"
         cfg = lrp.config(x, "epsilon")
 
+        segments = self._segments(state)
+
         def run(t: Tensor) -> tuple[Tensor, ...]:
-            heat, inter = lrp.relevance_at(state, t, output, cfg, capture)
+            heat, inter = lrp.relevance_at(state, t, output, cfg, capture, segments)
             return (heat, *(inter[step] for step in capture))
 
         self.last_map_chunk = chunk = self._chunk(state.saved, targets.shape[1], x.device)
@@ -329,9 +353,17 @@ class ISNet(nn.Module):
             return min(self.map_chunk, maps)
         return auto_map_chunk(maps, bytes_per_map(saved, self.model.parameters()), device)
 
+    def _segments(self, state: ForwardState) -> int:
+        """Checkpointed segments of the relevance pass: 1 (none) by default, ``ceil(sqrt(steps))`` with
+        ``memory="low"``."""
+        if getattr(self, "memory", "default") != "low":  # an ISNet pickled before the option existed: default
+            return 1
+        return auto_segments(len(state.saved))
+
     def _relevance(self, state: ForwardState, targets: Tensor | None, output: str, x: Tensor, rule: str,
                    capture: list[str]) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.lrp.relevance_at(state, targets, output, self.lrp.config(x, rule), capture)
+        return self.lrp.relevance_at(state, targets, output, self.lrp.config(x, rule), capture,
+                                     self._segments(state))
 
     def _gradinput(self, x: Tensor, labels: Tensor | None) -> ISNetOutput:
         """Grad x Input maps (module docstring), (B, M, C, H, W), and the same at the supervised layers."""

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .. import dispatch
 from ..errors import InputError, InputTypeError, TargetError
@@ -256,6 +257,41 @@ def _warn_if_zero(heatmaps: Tensor, logits: Tensor, targets: Tensor | None) -> N
                       "model's weights and input scale, or lower eps)", RuntimeWarning, stacklevel=3)
 
 
+def _step_bytes(saved: Any) -> int:
+    """Bytes of the tensors a step keeps (each counted once per step): the weight of the step's relevance work."""
+    if isinstance(saved, Tensor):
+        return saved.numel() * saved.element_size()
+    if isinstance(saved, (tuple, list)):
+        return sum(_step_bytes(v) for v in saved)
+    if isinstance(saved, dict):
+        return sum(_step_bytes(v) for v in saved.values())
+    return 0
+
+
+def auto_segments(n_steps: int) -> int:
+    """The number of checkpointed segments of a relevance pass over ``n_steps`` steps: ``ceil(sqrt(n))``, which
+    balances the relevance tensors kept at the boundaries (one set per segment) against the graph of the one
+    segment rebuilt at a time in the backward (Chen et al. 2016, sublinear memory)."""
+    return max(1, math.ceil(math.sqrt(n_steps)))
+
+
+def relevance_segments(order: Sequence[Any], saved: dict[str, Any], segments: int) -> list[list[Any]]:
+    """``order`` (the steps in relevance-pass order) cut into at most ``segments`` consecutive runs of about equal
+    weight, a step weighing the bytes of what its forward kept (:func:`_step_bytes`: the relevance tensors its rule
+    makes and saves scale with them), so that the segment rebuilt in the backward is about ``1 / segments`` of the
+    pass's graph."""
+    weights = [max(1, _step_bytes(saved.get(step.name))) for step in order]
+    total, segments = sum(weights), max(1, min(segments, len(order)))
+    parts: list[list[Any]] = [[]]
+    acc = 0
+    for step, w in zip(order, weights):
+        if parts[-1] and acc >= total * len(parts) / segments and len(parts) < segments:
+            parts.append([])
+        parts[-1].append(step)
+        acc += w
+    return parts
+
+
 class LRP:
     """Layer-wise Relevance Propagation of a classifier, compiled once.
 
@@ -374,35 +410,59 @@ class LRP:
         return self.relevance_at(state, targets, output, cfg)[0]
 
     def relevance_at(self, state: ForwardState, targets: Tensor | None, output: str, cfg: S.RuleConfig,
-                     capture: Sequence[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
+                     capture: Sequence[str] = (), segments: int = 1) -> tuple[Tensor, dict[str, Tensor]]:
         """The relevance pass, also returning the relevance at the steps named in ``capture`` (their outputs'
-        relevance, all contributions summed), by step name."""
+        relevance, all contributions summed), by step name.
+
+        ``segments`` > 1 (when autograd records) runs the pass in that many consecutive segments of steps, each
+        under non-reentrant activation checkpointing (:func:`relevance_segments`): autograd then keeps only the
+        relevance tensors at the segments' boundaries and rebuilds one segment's graph at a time in the backward
+        (one more relevance pass). The values and gradients are those of one plain pass.
+        """
         program = state.program
         dtype = relevance_dtype(state.logits)
-        saved = upcast(state.saved, dtype)
         with torch.autocast(state.logits.device.type, enabled=False):
-            return self._walk(program, saved, upcast(state.logits, dtype), targets, output, cfg, capture)
+            return self._walk(program, state.saved, upcast(state.logits, dtype), targets, output, cfg, capture,
+                              segments)
 
     def _walk(self, program: Program, saved: dict[str, Any], logits: Tensor, targets: Tensor | None, output: str,
-              cfg: S.RuleConfig, capture: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
+              cfg: S.RuleConfig, capture: Sequence[str], segments: int = 1) -> tuple[Tensor, dict[str, Tensor]]:
+        """The pass over the steps; each step's saved tensors are cast to the relevance dtype (``logits``') as
+        the step runs (:func:`upcast`), so that a half-precision forward's float32 copies live only as long as the
+        ops that save them (and are rebuilt with their segment under ``segments``)."""
         start = program.logits_step
-        if start is not None:  # a Linear head: the output rules, exactly, at its input
-            R: dict[str, Tensor] = {start.inputs[0]: start.start(saved[start.name], targets, output, cfg)}
-        else:  # any other head: relevance starts at the logits themselves
-            R = {program.output_name: logits_relevance(logits, targets, output, cfg.eps)}
+        dtype = logits.dtype
         wanted = set(capture)
-        captured: dict[str, Tensor] = {}
-        for step in reversed(program.steps[:program.logits_index]):
-            if isinstance(step, _ShapeNode):
-                continue
-            r = R.pop(step.name, None)
-            if r is None:
-                continue
-            if step.name in wanted:
-                captured[step.name] = r
-            for name, part in zip(step.inputs, step.relevance(r, saved[step.name], cfg)):
-                if part is not None:
-                    R[name] = part if name not in R else R[name] + part
+
+        def head() -> dict[str, Tensor]:
+            if start is not None:  # a Linear head: the output rules, exactly, at its input
+                return {start.inputs[0]: start.start(upcast(saved[start.name], dtype), targets, output, cfg)}
+            # any other head: relevance starts at the logits themselves
+            return {program.output_name: logits_relevance(logits, targets, output, cfg.eps)}
+
+        def walk(steps: Sequence[S.Step], R: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+            R = dict(R)
+            captured: dict[str, Tensor] = {}
+            for step in steps:
+                r = R.pop(step.name, None)
+                if r is None:
+                    continue
+                if step.name in wanted:
+                    captured[step.name] = r
+                for name, part in zip(step.inputs, step.relevance(r, upcast(saved[step.name], dtype), cfg)):
+                    if part is not None:
+                        R[name] = part if name not in R else R[name] + part
+            return R, captured
+
+        order = [s for s in reversed(program.steps[:program.logits_index]) if not isinstance(s, _ShapeNode)]
+        if segments <= 1 or not torch.is_grad_enabled():
+            R, captured = walk(order, head())
+        else:
+            parts = relevance_segments(order, saved, segments)
+            R, captured = head(), {}
+            for part in parts:
+                R, found = checkpoint(walk, part, R, use_reentrant=False)
+                captured.update(found)
         missing = wanted - captured.keys()
         if missing:
             raise InputError(f"no relevance reached step(s) {sorted(missing)}: they are not between the input and "

@@ -51,8 +51,8 @@ class Rule:
         z = ops.rule_preactivation(a, None, gamma, beta, mean, invstd, live)
         return ops.batchnorm_epsilon(R, a, z, gamma, invstd, cfg.eps, cfg.prims, live)
 
-    def residual(self, R: Tensor, x: Tensor, f: Tensor, y: Tensor, cfg: RuleConfig) -> tuple[Tensor, Tensor]:
-        """``y = x + f``: ``R_x = x R / stab(y)``, ``R_f = f R / stab(y)``."""
+    def residual(self, R: Tensor, x: Tensor, f: Tensor, y: Tensor | None, cfg: RuleConfig) -> tuple[Tensor, Tensor]:
+        """``y = x + f``: ``R_x = x R / stab(y)``, ``R_f = f R / stab(y)`` (``y`` None: recomputed, ``x + f``)."""
         return ops.residual_split(R, x, f, y, eps=cfg.eps, prims=cfg.prims)
 
     def all_logits(self, a: Tensor, z: Tensor, w: Tensor, b: Tensor | None, cfg: RuleConfig) -> Tensor:
@@ -86,7 +86,7 @@ class ZPlus(Rule):
         z = a * w_pos.view(view) + b_pos.view(view)
         return a.unsqueeze(1) * w_pos.view(view) * R / ops.stabilize(z, cfg.eps).unsqueeze(1)
 
-    def residual(self, R: Tensor, x: Tensor, f: Tensor, y: Tensor, cfg: RuleConfig) -> tuple[Tensor, Tensor]:
+    def residual(self, R: Tensor, x: Tensor, f: Tensor, y: Tensor | None, cfg: RuleConfig) -> tuple[Tensor, Tensor]:
         x, f = x.clamp(min=0), f.clamp(min=0)
         return ops.residual_split(R, x, f, x + f, eps=cfg.eps, prims=cfg.prims)
 

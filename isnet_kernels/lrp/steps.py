@@ -333,9 +333,9 @@ class AddStep(Step):
                              "the residual rule needs equal shapes")
         if self.subtract:
             y = operator.sub(x, f)
-            return y, (x, -f, y)
+            return y, (x, -f, None)
         y = operator.add(x, f)
-        return y, (x, f, y)
+        return y, (x, f, None)  # y = x + f is recomputed where the rule needs it (ops.residual_split), not kept
 
     def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> tuple[Tensor, Tensor]:
         return cfg.hidden.residual(R, *saved, cfg)

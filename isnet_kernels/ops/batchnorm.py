@@ -78,8 +78,13 @@ def rule_preactivation(
         return x0 if bias is None else x0 + _per_channel(bias.detach(), x0.dim())
     mean = mean if live_stats else mean.detach()
     shift = -mean if bias is None else bias.detach() - mean
-    z = (x0 + _per_channel(shift, x0.dim())) * _per_channel(batchnorm_scale(gamma, invstd, live_stats), x0.dim())
-    return z if beta is None else z + _per_channel(beta.detach(), x0.dim())
+    scale = batchnorm_scale(gamma, invstd, live_stats)
+    # z = x0 * scale + (shift * scale + beta): autograd keeps x0 (the forward's tensor) and the (C,) vectors for
+    # the backward, where (x0 + shift) * scale would keep the activation-sized x0 + shift as well
+    offset = shift * scale
+    if beta is not None:
+        offset = offset + beta.detach()
+    return x0 * _per_channel(scale, x0.dim()) + _per_channel(offset, x0.dim())
 
 
 def reference_batchnorm_epsilon(

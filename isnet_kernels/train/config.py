@@ -30,7 +30,7 @@ from ..errors import ISNetError
 from ..isnet.baselines import DEFAULT_LAMBDA
 from ..isnet.loss import FOREGROUND_RULES, NONFINITE_POLICIES, check_band, check_cut
 from ..isnet.presets import PRESETS, TRAINER_PRESETS
-from ..isnet.wrapper import HEATMAPS, SELECTIONS
+from ..isnet.wrapper import HEATMAPS, MEMORY_MODES, SELECTIONS
 from ..lrp.engine import BATCH_STATS, FIRST_LAYER_RULES, check_eps
 from ..models import ARCHITECTURES, build_model
 from ..models.hub import check_name
@@ -55,7 +55,7 @@ ADAMW_DEFAULTS = {"lr": 1e-3, "weight_decay": 0.05}
 #: Fields a resumed run may change: they do not alter what is computed (``epochs`` only extends the run; ``data``
 #: only to the same data set at another path, which the trainer checks). ``out`` is where the run is, whatever its
 #: spelling: not a setting.
-RESUMABLE_FIELDS = ("epochs", "device", "num_workers", "progress", "backend", "data", "threads")
+RESUMABLE_FIELDS = ("epochs", "device", "num_workers", "progress", "backend", "data", "threads", "memory")
 
 
 def _preset_text(name: str) -> str:
@@ -218,6 +218,9 @@ class TrainConfig:
     rrr_lambda: float = option(DEFAULT_LAMBDA, "weight of the RRR penalty (variant rrr; for inputs in [0, 1])")
     map_chunk: int | None = option(None, "maps per chunk of the original variant's relevance pass",
                                    default_text="chosen from the memory available")
+    memory: str = option("default", "low: recompute the relevance pass in the backward (checkpointed segments) "
+                         "instead of keeping it, for less memory at the cost of one more relevance pass per step",
+                         choices=MEMORY_MODES)
     epochs: int = option(24, "epochs in all (on --resume, extends the run); the ISNet needs more optimisation steps "
                          "than a plain classifier: about 800 (24 epochs of 1,100 images at batch 32)")
     batch_size: int = option(32, "GLOBAL batch, split over torchrun processes")
@@ -372,6 +375,8 @@ class TrainConfig:
             raise bad("first_layer", f"one of {FIRST_LAYER_RULES}")
         if self.heatmap not in HEATMAPS:
             raise bad("heatmap", f"one of {HEATMAPS}")
+        if self.memory not in MEMORY_MODES:
+            raise bad("memory", f"one of {MEMORY_MODES}")
         if self.heatmap == "gradinput" and self.variant == "dual":
             raise TrainError("the dual variant's z+ map has no Grad x Input counterpart; use --heatmap lrp with "
                              "--variant dual")

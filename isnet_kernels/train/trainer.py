@@ -246,7 +246,7 @@ class Trainer:
                            deep_supervision=cfg.deep_supervision, select=cfg.select, generator=self.generator,
                            bounds=self.bounds,
                            backend=cfg.backend, batch_stats=cfg.batch_stats, heatmap=cfg.heatmap,
-                           map_chunk=cfg.map_chunk) if cfg.is_isnet else None
+                           map_chunk=cfg.map_chunk, memory=cfg.memory) if cfg.is_isnet else None
         self.optimizer = backbone.make_optimizer(cfg, self.model)
         self.net: nn.Module = self.isnet if self.isnet is not None else self.model
         if ctx.distributed:

@@ -68,6 +68,9 @@ def test_summary_of_a_run(tmp_path: Path) -> None:
         '<testcase classname="tests.gpu.test_models_on_cuda" name="test_b"><failure message="boom: 1e-2"/></testcase>'
         '<testcase classname="tests.lrp.test_lxt" name="test_c"><skipped message="no lxt"/></testcase>'
         '</testsuite></testsuites>')
+    (out / "gpu-memory.json").write_text(json.dumps({"results": [
+        {"model": "resnet50_224", "mode": "plain", "peak_mib": 1000.0},
+        {"model": "resnet50_224", "mode": "default", "peak_mib": 2500.0}]}))
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_summary.py"), "--work", str(work), "--out",
                            str(out), "--steps", str(steps), "--elapsed", "300"], capture_output=True, text=True,
                           timeout=120)
@@ -81,6 +84,7 @@ def test_summary_of_a_run(tmp_path: Path) -> None:
     assert "| `tests.gpu.test_models_on_cuda::test_b` | boom: 1e-2 |" in summary
     assert "| 1 | no lxt |" in summary
     assert "| benchmarks | timed out | 150 |" in summary
+    assert "| resnet50_224 | default | 2500 | 2.50x |" in summary
 
 
 def test_summary_of_a_dry_run(tmp_path: Path) -> None:
