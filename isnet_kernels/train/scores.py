@@ -57,19 +57,18 @@ def _none(value: float) -> float | None:
 
 
 def _ovr_auroc(metrics: Any, labels: np.ndarray, probs: np.ndarray) -> list[float | None]:
-    """One-vs-rest AUROC per class; None for a class without positives or without negatives."""
+    """One-vs-rest AUROC per class; None for a class without positives or without negatives. One scikit-learn call
+    over the classes that have both (a bootstrap resample of a small split often lacks some)."""
     k_all = probs.shape[1]
     onehot = labels[:, None] == np.arange(k_all)[None, :]
     counts = onehot.sum(axis=0)
-    if k_all > 2 and ((counts > 0) & (counts < len(labels))).all():  # every class has both kinds: one call
-        return [float(v) for v in metrics.roc_auc_score(onehot, probs, average=None)]
-    out: list[float | None] = []
-    for k in range(k_all):
-        positive = labels == k
-        if positive.all() or not positive.any():
-            out.append(None)
-        else:
-            out.append(float(metrics.roc_auc_score(positive, probs[:, k])))
+    both = np.flatnonzero((counts > 0) & (counts < len(labels)))
+    out: list[float | None] = [None] * k_all
+    if len(both) == 1:
+        out[both[0]] = float(metrics.roc_auc_score(onehot[:, both[0]], probs[:, both[0]]))
+    elif len(both) > 1:  # an indicator matrix: per column, the binary AUROC of that class against the rest
+        for k, v in zip(both, metrics.roc_auc_score(onehot[:, both], probs[:, both], average=None)):
+            out[k] = float(v)
     return out
 
 
