@@ -104,7 +104,8 @@ def _run(job: Job) -> dict[str, Any]:
     start = time.perf_counter()
     result = train(TrainConfig(**settings), resume=resume)
     seconds = time.perf_counter() - start
-    evaluation = evaluate_run(out, job.data, list(SPLITS), which="last", write=False)
+    evaluation = evaluate_run(out, job.data, list(SPLITS), which="last", write=False,
+                              bootstrap=0)  # the grid reports accuracies; no AUROC interval
     epoch_seconds = [row["seconds"] for row in result.history]
     record = {"method": job.method, "dataset": job.dataset, "settings": settings, "splits": evaluation["splits"],
               "train_seconds": seconds, "epoch_seconds": median(epoch_seconds) if epoch_seconds else None,
