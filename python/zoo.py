@@ -386,7 +386,9 @@ def _md(rows: list[dict[str, Any]], skipped: list[Case], meta: dict[str, Any]) -
         f"torchvision {meta['torchvision']}, timm {meta.get('timm', '-')}, torch {meta['torch']}, "
         f"{meta['threads']} threads, {meta['date']}. "
         f"{ok} of {len(rows)} run ok ({len(skipped)} builders too heavy, listed below); total {meta['total_s']:.0f} s"
-        + ("." if meta["complete"] else " (an interrupted run: the builders not listed were not run)."),
+        + ("." if meta["complete"] else " (an interrupted run: the builders not listed were not run).")
+        + "".join(f" {e['rows']} rows kept from the run of {e['date']} ({e['threads']} threads, torchvision "
+                  f"{e['torchvision']}, torch {e['torch']})." for e in meta.get("earlier", [])),
         "",
         "Per builder: `explain` (eval, float32, two images), conservation (float64, eps 1e-9, no biases or shifts, "
         f"epsilon first layer: |sum R - logit| / |logit|, required <= {CONSERVATION_TOL:g} where the rules conserve), "
@@ -428,9 +430,14 @@ def main(argv: list[str] | None = None) -> int:
         todo = [c for c in todo if c.name in args.only]
     todo = [c for c in todo if c not in skipped]
     rows, t0 = [], time.perf_counter()
+    earlier: list[dict[str, Any]] = []  # the runs whose rows --resume keeps
     if args.resume and (args.out / "zoo.json").exists():
-        rows = json.loads((args.out / "zoo.json").read_text())["rows"]
+        kept = json.loads((args.out / "zoo.json").read_text())
+        rows = kept["rows"]
         t0 -= sum(r["time_s"] for r in rows)
+        previous = {k: v for k, v in kept["meta"].items() if k not in ("earlier", "total_s", "complete")}
+        earlier = kept["meta"].get("earlier", []) + [{**previous, "rows": len(rows) - sum(
+            e["rows"] for e in kept["meta"].get("earlier", []))}]
     done = {r["name"] for r in rows}
     order = {c.name: i for i, c in enumerate(todo)}
     todo = sorted((c for c in todo if c.name not in done),
@@ -446,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = {"torchvision": tv.__version__, "timm": timm.__version__, "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
                 "date": time.strftime("%Y-%m-%d"), "total_s": time.perf_counter() - t0,
-                "complete": len(rows) == total}
+                "complete": len(rows) == total, "earlier": earlier}
         # written after every builder, so that an interrupted run keeps its table
         (args.out / "zoo.json").write_text(json.dumps({"meta": meta, "rows": rows,
                                                        "skipped": {c.name: c.heavy for c in skipped}}, indent=1)

@@ -305,7 +305,8 @@ def _sum(ctx: NodeContext):
 @register(operator.mul, operator.imul, torch.mul, "mul", "mul_", "__mul__", "__rmul__", operator.truediv,
           torch.div, "div", "div_", "__truediv__", group="products",
           description="`a * b` of two activations: signal takes all for a gate (`x * sigmoid(...)`, squeeze-"
-                      "excitation; `product=\"uniform\"` for AttnLRP's uniform rule), the uniform rule otherwise; a "
+                      "excitation; `x * softmax(...)`, split attention; also through reshapes of the gate; "
+                      "`product=\"uniform\"` for AttnLRP's uniform rule), the uniform rule otherwise; a "
                       "tensor times or divided by a constant (layer scale, GoogLeNet's input transform): diagonal "
                       "epsilon")
 def _mul(ctx: NodeContext):
