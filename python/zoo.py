@@ -1,7 +1,9 @@
-"""Every torchvision classifier through ``isnet_kernels``: explain, conservation, one selective ISNet step.
+"""Every torchvision classifier and a list of timm models through ``isnet_kernels``: explain, conservation, one
+selective ISNet step.
 
-For each classification builder of ``torchvision.models.list_models(module=torchvision.models)`` (10 classes,
-``weights=None``, randomised parameters and BatchNorm statistics, small inputs, see :func:`cases`):
+For each classification builder of ``torchvision.models.list_models(module=torchvision.models)`` and each timm
+model of :data:`TIMM` (named ``timm:NAME``; 10 classes, ``weights=None`` / random weights, randomised parameters
+and BatchNorm statistics, small inputs where the model allows, see :func:`cases`):
 
 1. ``explain`` in eval mode (float32, epsilon first layer): finite and not all zero;
 2. conservation: in float64, eps = 1e-9, every bias and BatchNorm shift zeroed and BatchNorm running means
@@ -11,12 +13,13 @@ For each classification builder of ``torchvision.models.list_models(module=torch
 3. one selective ISNet training step (train mode, ``ISNetLoss``, backward): every gradient finite.
 
 ``make zoo`` runs all of them and writes ``python/results/zoo/zoo.md`` and ``zoo.json`` (status, time and
-conservation error per builder); ``tests/lrp/test_zoo.py`` runs a fixed sample (one builder per family) with
-the same functions.
+conservation error per builder); ``tests/lrp/test_zoo.py`` runs a fixed sample (one builder per torchvision
+family) and ``tests/lrp/test_timm_zoo.py`` one timm model per family (:data:`TIMM_SAMPLE`) with the same
+functions. A timm model the engine cannot explain fails with an ``UnsupportedLayerError`` naming its operations.
 
 Usage::
 
-    python python/zoo.py [--out python/results/zoo/] [--only resnet18 vit_b_16 ...] [--heavy]
+    python python/zoo.py [--out python/results/zoo/] [--only resnet18 timm:vit_tiny_patch16_224 ...] [--heavy]
 """
 
 from __future__ import annotations
@@ -90,6 +93,64 @@ SAMPLE = ("alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "googlen
           "squeezenet1_1", "swin_t", "swin_v2_t", "vgg11_bn", "vit_b_32")
 
 
+def import_timm() -> types.ModuleType:
+    """timm (which imports torchvision: :func:`import_torchvision` first)."""
+    import_torchvision()
+    import timm
+
+    return timm
+
+
+TIMM_PREFIX = "timm:"
+
+# timm models, family by family (the module of timm.models that defines them), with the keyword arguments that
+# shrink their input and the input size: every family of the torchvision zoo that timm has, the families whose
+# forms differ from torchvision's (ResNeSt's split attention, timm's BatchNormAct and SE modules, ViT/DeiT
+# with their optional forward arguments) and hybrids of convolutions and attention (EfficientFormer, LeViT).
+# (name, constructor arguments, input size)
+_VIT_SMALL = {"img_size": 32}  # two by two 16x16 patches: the position embedding follows the image size
+TIMM: tuple[tuple[str, dict[str, Any], int], ...] = (
+    ("resnet10t", {}, SIZE),
+    ("resnet18", {}, SIZE),
+    ("resnet26d", {}, SIZE),
+    ("seresnext26d_32x4d", {}, SIZE),
+    ("resnest14d", {}, SIZE),
+    ("resnest26d", {}, SIZE),
+    ("convnext_atto", {}, SIZE),
+    ("convnext_nano", {}, SIZE),
+    ("efficientnet_b0", {}, SIZE),
+    ("efficientnet_lite0", {}, SIZE),
+    ("mobilenetv2_050", {}, SIZE),
+    ("mobilenetv3_small_050", {}, SIZE),
+    ("mobilenetv3_large_100", {}, SIZE),
+    ("regnetx_002", {}, SIZE),
+    ("regnety_002", {}, SIZE),
+    ("densenet121", {}, SIZE),
+    ("ghostnet_100", {}, SIZE),
+    ("rexnet_100", {}, SIZE),
+    ("vit_tiny_patch16_224", _VIT_SMALL, 32),
+    ("vit_small_patch16_224", _VIT_SMALL, 32),
+    ("deit_tiny_patch16_224", _VIT_SMALL, 32),
+    ("deit_tiny_distilled_patch16_224", _VIT_SMALL, 32),
+    ("efficientformer_l1", {}, 224),  # its last stage's attention biases are for 7x7 tokens: 224x224 only
+    ("levit_128s", {"img_size": 64}, 64),
+    ("mobilevit_xxs", {}, SIZE),
+)
+
+# The tests' fixed sample: one timm model per family, the smallest, and every model that needed a rule of its own.
+TIMM_SAMPLE = ("timm:resnet10t", "timm:resnest14d", "timm:convnext_atto", "timm:efficientnet_b0",
+               "timm:mobilenetv3_small_050", "timm:regnetx_002", "timm:vit_tiny_patch16_224",
+               "timm:deit_tiny_patch16_224", "timm:efficientformer_l1", "timm:levit_128s")
+
+_TIMM_ABSORBS = {
+    "vision_transformer": ABSORBS["vit"],
+    "deit": ABSORBS["vit"],
+    "levit": _ATTENTION + "; the attention biases (added constants) absorb their share",
+    "efficientformer": _ATTENTION + " (last stage); the attention biases (added constants) absorb their share",
+    "mobilevit": _ATTENTION,
+}
+
+
 @dataclass(frozen=True)
 class Case:
     """One builder with its constructor arguments and input size.
@@ -98,17 +159,34 @@ class Case:
     absorbs relevance. ``heavy`` is None or why the builder is left out by default.
     """
 
-    name: str  # "googlenet+transform_input" for a variant
+    name: str  # "googlenet+transform_input" for a variant, "timm:NAME" for a timm model
     builder: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     size: int = SIZE
     absorbs: str | None = None
     heavy: str | None = None
+    source: str = "torchvision"  # or "timm"
 
     @property
     def family(self) -> str:
+        if self.source == "timm":
+            return timm_family(self.builder)
         tv = import_torchvision()
         return tv.models.get_model_builder(self.builder).__module__.rsplit(".", 1)[-1]
+
+
+def timm_family(name: str) -> str:
+    """The module of ``timm.models`` that defines the model ``name`` (``resnest``, ``vision_transformer``)."""
+    return import_timm().models.model_entrypoint(name).__module__.rsplit(".", 1)[-1]
+
+
+def timm_cases() -> list[Case]:
+    """The timm models of :data:`TIMM`, in list order."""
+    out = []
+    for name, kwargs, size in TIMM:
+        out.append(Case(TIMM_PREFIX + name, name, {"num_classes": NUM_CLASSES, **kwargs}, size,
+                        _TIMM_ABSORBS.get(timm_family(name)), source="timm"))
+    return out
 
 
 def _case(name: str) -> list[Case]:
@@ -138,11 +216,14 @@ def cases(heavy: bool = True) -> list[Case]:
     """Every classification builder of torchvision (and the transform_input variants), in list order."""
     tv = import_torchvision()
     out = [c for name in tv.models.list_models(module=tv.models) for c in _case(name)]
+    out += timm_cases()
     return out if heavy else [c for c in out if c.heavy is None]
 
 
 def case(name: str) -> Case:
-    """The case named ``name`` (a builder or ``<builder>+transform_input``)."""
+    """The case named ``name`` (a builder, ``<builder>+transform_input`` or ``timm:NAME``)."""
+    if name.startswith(TIMM_PREFIX):
+        return next(c for c in timm_cases() if c.name == name)
     return next(c for n in (name.split("+")[0],) for c in _case(n) if c.name == name)
 
 
@@ -210,11 +291,13 @@ def inputs(c: Case, batch: int, dtype: torch.dtype = torch.float32, seed: int = 
 def build(c: Case, dtype: torch.dtype = torch.float32, *, shifts: bool = True, seed: int = 0) -> nn.Module:
     """The model of ``c``, randomised (:func:`randomise`), in eval mode and ``dtype``; without any constant shift
     when ``shifts`` is False (:func:`zero_shifts`)."""
-    tv = import_torchvision()
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # GoogLeNet's and Inception's notes on their initialisation
-        model = tv.models.get_model(c.builder, weights=None, **c.kwargs)
+        if c.source == "timm":
+            model = import_timm().create_model(c.builder, pretrained=False, **c.kwargs)
+        else:
+            model = import_torchvision().models.get_model(c.builder, weights=None, **c.kwargs)
     model = randomise(model, inputs(c, 4, seed=seed + 100), seed).to(dtype)
     return model if shifts else zero_shifts(model)
 
@@ -271,7 +354,8 @@ def check_isnet_step(c: Case) -> dict[str, Any]:
 
 def run_case(c: Case) -> dict[str, Any]:
     """All three checks of ``c``; a failure is recorded, not raised."""
-    row: dict[str, Any] = {"name": c.name, "family": c.family, "input": c.size, "absorbs": c.absorbs}
+    row: dict[str, Any] = {"name": c.name, "source": c.source, "family": c.family, "input": c.size,
+                           "absorbs": c.absorbs}
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
@@ -288,7 +372,7 @@ def run_case(c: Case) -> dict[str, Any]:
             row["isnet_step_s"] = round(time.perf_counter() - t, 2)
         row["status"] = "ok" if ok else "not conserved"
     except Exception as e:  # noqa: BLE001 - the table records every failure
-        row["status"] = "fail"
+        row["status"] = "unsupported" if type(e).__name__ == "UnsupportedLayerError" else "fail"
         row["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
     row["time_s"] = round(time.perf_counter() - t0, 2)
     return row
@@ -297,16 +381,20 @@ def run_case(c: Case) -> dict[str, Any]:
 def _md(rows: list[dict[str, Any]], skipped: list[Case], meta: dict[str, Any]) -> str:
     ok = sum(r["status"] == "ok" for r in rows)
     lines = [
-        "# torchvision classifiers through isnet_kernels",
+        "# torchvision and timm classifiers through isnet_kernels",
         "",
-        f"torchvision {meta['torchvision']}, torch {meta['torch']}, {meta['threads']} threads, {meta['date']}. "
+        f"torchvision {meta['torchvision']}, timm {meta.get('timm', '-')}, torch {meta['torch']}, "
+        f"{meta['threads']} threads, {meta['date']}. "
         f"{ok} of {len(rows)} run ok ({len(skipped)} builders too heavy, listed below); total {meta['total_s']:.0f} s"
-        + ("." if meta["complete"] else " (an interrupted run: the builders not listed were not run)."),
+        + ("." if meta["complete"] else " (an interrupted run: the builders not listed were not run).")
+        + "".join(f" {e['rows']} rows kept from the run of {e['date']} ({e['threads']} threads, torchvision "
+                  f"{e['torchvision']}, torch {e['torch']})." for e in meta.get("earlier", [])),
         "",
         "Per builder: `explain` (eval, float32, two images), conservation (float64, eps 1e-9, no biases or shifts, "
         f"epsilon first layer: |sum R - logit| / |logit|, required <= {CONSERVATION_TOL:g} where the rules conserve), "
         "one selective ISNet step (train mode, ISNetLoss, backward, finite gradients). Time: all three, seconds of "
-        "wall clock on a shared machine (the load varied during the run).",
+        "wall clock on a shared machine (the load varied during the run). timm models (`timm:NAME`) with random "
+        "weights; `unsupported`: the engine refused the model with an `UnsupportedLayerError` (the note says why).",
         "",
         "| builder | family | input | status | time (s) | conservation error | note |",
         "| --- | --- | ---: | --- | ---: | ---: | --- |",
@@ -332,18 +420,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     tv = import_torchvision()
+    timm = import_timm()
     todo = cases()
+    skipped = [c for c in todo if c.heavy and not args.heavy]  # listed in the table, also when --only runs others
     if args.only:
+        unknown = sorted(set(args.only) - {c.name for c in todo})
+        if unknown:
+            parser.error(f"no case named {', '.join(unknown)} (builders, <builder>+transform_input, timm:NAME)")
         todo = [c for c in todo if c.name in args.only]
-    skipped = [c for c in todo if c.heavy and not args.heavy]
     todo = [c for c in todo if c not in skipped]
     rows, t0 = [], time.perf_counter()
+    earlier: list[dict[str, Any]] = []  # the runs whose rows --resume keeps
     if args.resume and (args.out / "zoo.json").exists():
-        rows = json.loads((args.out / "zoo.json").read_text())["rows"]
+        kept = json.loads((args.out / "zoo.json").read_text())
+        rows = kept["rows"]
         t0 -= sum(r["time_s"] for r in rows)
+        previous = {k: v for k, v in kept["meta"].items() if k not in ("earlier", "total_s", "complete")}
+        earlier = kept["meta"].get("earlier", []) + [{**previous, "rows": len(rows) - sum(
+            e["rows"] for e in kept["meta"].get("earlier", []))}]
     done = {r["name"] for r in rows}
     order = {c.name: i for i, c in enumerate(todo)}
-    todo = sorted((c for c in todo if c.name not in done), key=lambda c: c.name not in SAMPLE)  # the sample first
+    todo = sorted((c for c in todo if c.name not in done),
+                  key=lambda c: c.name not in SAMPLE + TIMM_SAMPLE)  # the samples first
     total = len(rows) + len(todo)
     args.out.mkdir(parents=True, exist_ok=True)
     for c in todo:
@@ -352,9 +450,10 @@ def main(argv: list[str] | None = None) -> int:
         err = row.get("conservation_error")
         print(f"{row['status']:14s} {c.name:30s} {row['time_s']:6.1f} s  "
               f"conservation {'-' if err is None else f'{err:.1e}'}  {row.get('error', '')}", flush=True)
-        meta = {"torchvision": tv.__version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        meta = {"torchvision": tv.__version__, "timm": timm.__version__, "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
                 "date": time.strftime("%Y-%m-%d"), "total_s": time.perf_counter() - t0,
-                "complete": len(rows) == total}
+                "complete": len(rows) == total, "earlier": earlier}
         # written after every builder, so that an interrupted run keeps its table
         (args.out / "zoo.json").write_text(json.dumps({"meta": meta, "rows": rows,
                                                        "skipped": {c.name: c.heavy for c in skipped}}, indent=1)

@@ -15,7 +15,7 @@ import types
 import pytest
 
 #: pip requirement of each optional package, as the development environment installs it (Makefile).
-INSTALL = {"zennit": "zennit==0.5.1", "lxt": "lxt==2.1", "torchvision": "torchvision"}
+INSTALL = {"zennit": "zennit==0.5.1", "lxt": "lxt==2.1", "torchvision": "torchvision", "timm": "timm"}
 
 
 def required() -> set[str]:

@@ -11,6 +11,7 @@ listing every one of them with its module path and type.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,7 @@ _SHAPE_METHODS = {"size", "dim"}
 #: The rule of Conv2d and Linear as the package registers it: a layer taking it (a subclass that keeps its base's
 #: forward) folds the BatchNorm after it.
 _LINEAR_ENTRY = REGISTRY.modules[nn.Conv2d]
-_SHAPE_ATTRS = {"shape", "ndim"}
+_SHAPE_ATTRS = {"shape", "ndim", "device", "dtype", "is_cuda"}  # x.device: where the model puts a tensor it makes
 
 
 def supported() -> str:
@@ -72,12 +73,69 @@ class _Tracer(fx.Tracer):
         return is_leaf(m)
 
 
+def optional_arguments(model: nn.Module) -> dict[str, Any]:
+    """The arguments of ``model.forward`` after the image that have defaults, bound to them: timm's
+    ``VisionTransformer.forward(x, attn_mask=None, is_causal=False)`` is explained as ``forward(x)``. Arguments
+    without a default stay inputs (and are refused by :func:`compile_model`)."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C-implemented forward: nothing to bind
+        return {}
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                  inspect.Parameter.KEYWORD_ONLY)
+    return {p.name: p.default for p in params[1:] if p.kind in positional and p.default is not p.empty}
+
+
+def _drop_bound_arguments(graph: fx.Graph, bound: dict[str, Any]) -> None:
+    """Remove the placeholders ``torch.fx`` keeps for arguments bound by ``concrete_args`` and the checks it adds
+    on them (``_assert_is_none``, ``torch._assert``): the traced code already uses the bound values."""
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"][1:]
+    dead: list[fx.Node] = []
+    for ph in placeholders:
+        stack = [ph]
+        while stack:
+            node = stack.pop()
+            if node not in dead:
+                dead.append(node)
+                stack.extend(node.users)
+    for node in reversed(sorted(dead, key=_order(graph))):
+        if any(user not in dead for user in node.users):
+            raise UnsupportedLayerError(f"the traced model computes with its argument {node.name!r}, bound to its "
+                                        f"default ({', '.join(f'{k}={v!r}' for k, v in bound.items())}); the LRP "
+                                        "engine explains a forward of the image alone")
+        graph.erase_node(node)
+
+
+def _order(graph: fx.Graph) -> Callable[[fx.Node], int]:
+    index = {node: i for i, node in enumerate(graph.nodes)}
+    return lambda node: index[node]
+
+
+def _forget_proxies(before: dict[nn.Module, dict[str, Any]]) -> None:
+    """Undo what tracing left in the modules: a model that caches a value under a key computed from its input
+    (timm's attention-bias cache, keyed by ``str(x.device)``) stores a ``torch.fx`` proxy while it is traced.
+    Attributes set to a proxy get their former value back; dict entries holding one are removed."""
+    for module, attrs in before.items():
+        for key, value in list(vars(module).items()):
+            if isinstance(value, fx.Proxy):
+                if key in attrs:
+                    setattr(module, key, attrs[key])
+                else:
+                    delattr(module, key)
+            elif isinstance(value, dict):
+                for k in [k for k, v in value.items() if isinstance(v, fx.Proxy)]:
+                    del value[k]
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     """Trace the model with ``torch.fx`` (leaves: :func:`~isnet_kernels.lrp.registry.is_leaf`), turning tracing
-    failures into :class:`UnsupportedLayerError`."""
+    failures into :class:`UnsupportedLayerError`. Optional arguments of ``forward`` beside the image are bound to
+    their defaults (:func:`optional_arguments`)."""
     root = nn.Sequential(model) if is_leaf(model) else model
+    bound = optional_arguments(root)
+    before = {module: dict(vars(module)) for module in root.modules()}
     try:
-        graph = _Tracer().trace(root)
+        graph = _Tracer().trace(root, concrete_args=bound or None)
     except Exception as exc:  # fx raises many types: TraceError, TypeError, NotImplementedError, ...
         raise UnsupportedLayerError(
             f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: {' '.join(str(exc).split())}. "
@@ -85,7 +143,53 @@ def trace(model: nn.Module) -> fx.GraphModule:
             "tensor, shapes compared with data) and calls only traceable operations; move such code out of "
             "forward, or register a rule for the module that holds it (isnet_kernels.lrp.register_rule)."
         ) from exc
+    finally:
+        _forget_proxies(before)
+    if bound:
+        _drop_bound_arguments(graph, bound)
+    _unmerge_token_batchnorms(graph, dict(root.named_modules()))
     return fx.GraphModule(root, graph, type(root).__name__)
+
+
+def _merged_batch(node: fx.Node) -> fx.Node | None:
+    """``x`` when ``node`` is ``x.flatten(0, 1)`` (or ``torch.flatten(x, 0, 1)``), else None."""
+    if node.target not in ("flatten", torch.flatten) or node.op not in ("call_method", "call_function"):
+        return None
+    args = list(node.args) + [None] * 3
+    start = node.kwargs.get("start_dim", args[1])
+    end = node.kwargs.get("end_dim", args[2])
+    return node.args[0] if start == 0 and end == 1 and isinstance(node.args[0], fx.Node) else None
+
+
+def _unmerge_token_batchnorms(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
+    """Rewrite ``bn(x.flatten(0, 1)).reshape_as(x)`` (a BatchNorm1d over tokens with the batch axis merged into
+    the token axis, timm's LeViT) into ``bn(tokens_channels_first(x)).transpose(1, 2)``: the same function (the
+    statistics of each channel over the B*N tokens, the running statistics updated alike) with the batch axis
+    kept, which the relevance rules need (:func:`~isnet_kernels.lrp.movement.tokens_channels_first`)."""
+    from .movement import tokens_channels_first
+
+    for bn in list(graph.nodes):
+        if bn.op != "call_module" or not isinstance(modules.get(str(bn.target)), nn.BatchNorm1d) \
+                or len(bn.args) != 1 or bn.kwargs or not isinstance(bn.args[0], fx.Node):
+            continue
+        merged = bn.args[0]
+        x = _merged_batch(merged)
+        if x is None or len(merged.users) != 1 or not bn.users:
+            continue
+        if not all(u.op == "call_method" and u.target in ("reshape_as", "view_as") and u.args == (bn, x)
+                   and not u.kwargs for u in bn.users):
+            continue
+        with graph.inserting_before(merged):
+            channels_first = graph.call_function(tokens_channels_first, (x,))
+        bn.args = (channels_first,)
+        for user in list(bn.users):
+            with graph.inserting_before(user):
+                back = graph.call_method("transpose", (bn, 1, 2))
+            back.meta = dict(user.meta)
+            user.replace_all_uses_with(back)
+            graph.erase_node(user)
+        channels_first.meta = dict(merged.meta)
+        graph.erase_node(merged)
 
 
 def _is_value_node(node: fx.Node, kinds: dict[str, str]) -> str | None:
@@ -216,7 +320,7 @@ def compile_model(model: nn.Module) -> Program:
         if isinstance(step, S.TupleNode):
             ctx_shared.producers[node.name] = step.part
             continue
-        if _is_gate(node, modules):
+        if _is_gate(node, modules) or _is_softmax(node, modules) or _moves_gate(step, ctx_shared.gates):
             ctx_shared.gates.add(node.name)
         if _is_softmax(node, modules):
             ctx_shared.softmax.add(node.name)
@@ -271,6 +375,13 @@ def _is_gate(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 
     key = type(modules[node.target]) if node.op == "call_module" else node.target
     return any(key is g or key == g for g in GATES)
+
+
+def _moves_gate(step: Any, gates: set[str]) -> bool:
+    """Whether ``step`` only moves the elements of a gate (a reshape, view, permutation, slice of one): its
+    output is a gate too (ResNeSt's ``x * softmax(...).view(B, -1, 1, 1).reshape(...)``)."""
+    moves = isinstance(step, (S.PassStep, S.ReshapeStep)) or getattr(step, "passes_input", False)
+    return moves and not getattr(step, "is_relu", False) and len(step.inputs) == 1 and step.inputs[0] in gates
 
 
 def _is_softmax(node: fx.Node, modules: dict[str, nn.Module]) -> bool:

@@ -285,10 +285,28 @@ def _add(ctx: NodeContext):
     raise ctx.unsupported("only the sum of two tensors, or of a tensor and a constant, has a rule")
 
 
+@register(torch.sum, "sum", group="sums",
+          description="`x.sum(dims)` / `torch.sum` over non-batch axes (ResNeSt's radix splits): epsilon with "
+                      "weights 1, relevance in proportion to the summands")
+def _sum(ctx: NodeContext):
+    b = ctx.bind(["input", "dim", "keepdim"], {"dim": None, "keepdim": False})
+    ctx.constants(b)
+    dims = b["dim"]
+    if dims is None or (isinstance(dims, (list, tuple)) and not dims):
+        raise ctx.unsupported("a sum over all axes (the batch axis too); sum over non-batch axes only")
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    if not all(isinstance(d, int) for d in dims):
+        raise ctx.unsupported("a sum over named or computed axes; give the axes as integers")
+    if 0 in dims:
+        raise ctx.unsupported("a sum over the batch axis")
+    return S.SumStep(ctx.name, ctx.single(), dims, ctx.call())
+
+
 @register(operator.mul, operator.imul, torch.mul, "mul", "mul_", "__mul__", "__rmul__", operator.truediv,
           torch.div, "div", "div_", "__truediv__", group="products",
           description="`a * b` of two activations: signal takes all for a gate (`x * sigmoid(...)`, squeeze-"
-                      "excitation; `product=\"uniform\"` for AttnLRP's uniform rule), the uniform rule otherwise; a "
+                      "excitation; `x * softmax(...)`, split attention; also through reshapes of the gate; "
+                      "`product=\"uniform\"` for AttnLRP's uniform rule), the uniform rule otherwise; a "
                       "tensor times or divided by a constant (layer scale, GoogLeNet's input transform): diagonal "
                       "epsilon")
 def _mul(ctx: NodeContext):
@@ -436,8 +454,16 @@ def _attribute(ctx: NodeContext):
     """``x.mT`` (the transpose of the last two axes); other attributes of an activation have no rule."""
     name = ctx.node.args[1] if len(ctx.node.args) > 1 else None
     if name != "mT":
-        raise ctx.unsupported(f"the attribute {name!r} of an activation (x.mT and sizes have rules)")
+        raise ctx.unsupported(f"the attribute {name!r} of an activation (x.mT, sizes, x.device and x.dtype have "
+                             "rules)")
     return MV.CallStep(ctx.name, [ctx.single()], ctx.call(), MV.transpose_rule(-2, -1), passes_input=True)
+
+
+@register(MV.tokens_channels_first, group="batch normalisation",
+          description="`bn(x.flatten(0, 1)).reshape_as(x)` on tokens (B, N, C), a BatchNorm1d with the batch axis "
+                      "merged (timm's LeViT): run as `bn(x.transpose(1, 2)).transpose(1, 2)`, the standalone rule")
+def _tokens_channels_first(ctx: NodeContext):
+    return MV.CallStep(ctx.name, [ctx.single()], ctx.call(), MV.transpose_rule(1, 2), passes_input=True)
 
 
 @register("expand", "expand_as", group="data movement", description="")

@@ -190,6 +190,17 @@ def pad_rule(pad: Sequence[int]) -> Callable:
     return rule
 
 
+def tokens_channels_first(x: Tensor) -> Tensor:
+    """``x.transpose(1, 2)`` of a token tensor (B, N, C): the form in which the compiler runs a BatchNorm1d that a
+    model applies to its tokens with the batch axis merged, ``bn(x.flatten(0, 1)).reshape_as(x)`` (timm's LeViT),
+    as ``bn(tokens_channels_first(x)).transpose(1, 2)``: the same per-channel statistics over the B*N tokens, the
+    batch axis kept."""
+    if x.dim() != 3:
+        raise InputError(f"bn(x.flatten(0, 1)).reshape_as(x) on a tensor of shape {tuple(x.shape)}: the LRP engine "
+                         "explains it for token tensors (B, N, C) only")
+    return x.transpose(1, 2)
+
+
 def identity_rule(R: Tensor, inputs: list[Tensor], out: Tensor, cfg: RuleConfig) -> list[Tensor]:
     """Element-wise non-linearity ``y = f(x)``: the identity rule ``R_x = R_y`` (AttnLRP)."""
     return [R]

@@ -318,6 +318,27 @@ class MeanStep(Step):
         return [ops.mean(R, a, out, dims, cfg.eps, cfg.prims)]
 
 
+class SumStep(Step):
+    """``x.sum(dims)`` / ``torch.sum`` over non-batch axes (ResNeSt's sum over its radix splits): the epsilon rule
+    of a linear layer with weights 1, ``R_in = x R / stab(z)`` broadcast back over the summed axes
+    (docs/rules.md#sum-over-axes). ``call`` evaluates the node as the model does (its ``dtype`` argument too)."""
+
+    def __init__(self, name: str, input_name: str, dims: Sequence[int], call: Callable[[dict[str, Any]], Tensor]):
+        self.name, self.inputs, self.dims, self.call = name, [input_name], tuple(dims), call
+
+    def forward(self, env: dict[str, Any]) -> tuple[Tensor, Any]:
+        a = env[self.inputs[0]]
+        dims = tuple(sorted({d % a.dim() for d in self.dims}))
+        if 0 in dims:
+            raise InputError(f"node '{self.name}' sums over the batch axis; relevance needs it kept")
+        out = self.call(env)
+        return out, (a, out, dims)
+
+    def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> list[Tensor]:
+        a, out, dims = saved
+        return [ops.reduce_sum(R, a, like(out, a), dims, cfg.eps, cfg.prims)]
+
+
 class AddStep(Step):
     """Residual addition ``y = x + f`` (or ``y = x - f``, the summand ``-f``): relevance split in proportion to
     the summands."""

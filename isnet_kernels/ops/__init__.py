@@ -45,10 +45,12 @@ from .pool import (
     avgpool,
     maxpool,
     mean,
+    reduce_sum,
     reference_adaptive_avgpool,
     reference_avgpool,
     reference_maxpool,
     reference_mean,
+    reference_sum,
 )
 from .primitives import TorchPrimitives
 from .products import reference_affine_constant, reference_product_gate, reference_product_uniform
@@ -90,6 +92,7 @@ __all__ = [
     "epsilon",
     "maxpool",
     "mean",
+    "reduce_sum",
     "residual_split",
     "zbox",
     "zplus",
@@ -109,6 +112,7 @@ __all__ = [
     "reference_logit_output",
     "reference_maxpool",
     "reference_mean",
+    "reference_sum",
     "reference_residual_split",
     "reference_selective_output",
     "rule_preactivation",

@@ -80,6 +80,17 @@ def reference_mean(R: Tensor, a: Tensor, z: Tensor, dims: Sequence[int], eps: fl
     return a.unsqueeze(1) * (s / count)
 
 
+def reference_sum(R: Tensor, a: Tensor, z: Tensor, dims: Sequence[int], eps: float = 1e-2) -> Tensor:
+    """Epsilon rule through a sum over ``dims`` of ``a`` (non-negative dims of ``a``, never 0; ``z`` keeps them as
+    size 1 or drops them): ``z = sum_i a_i`` is a linear layer with weights 1, so
+    ``R_in_i = a_i R / stab(z)``, the output's relevance broadcast back over the summed axes. ``R`` has the shape
+    of ``z`` with the map axis after the batch. Conservation: ``sum_i R_in_i = z R / stab(z)``."""
+    B, M = R.shape[:2]
+    s = R / stabilize(z, eps).unsqueeze(1)
+    keep = [1 if d in dims else n for d, n in enumerate(a.shape)]
+    return a.unsqueeze(1) * s.reshape(B, M, *keep[1:])
+
+
 class MaxPoolFunction(torch.autograd.Function):
     """Winner-take-all through a max-pool with a hand-written backward.
 
@@ -247,14 +258,31 @@ def mean(R: Tensor, a: Tensor, z: Tensor, dims: Sequence[int], eps: float = 1e-2
         R_in = AvgPoolFunction.apply(R.reshape(B, M, P, 1, 1), a.reshape(B, P, 1, Q), z.reshape(B, P, 1, 1), None,
                                      eps, prims)
         return R_in.view(B, M, *a.shape[1:])
+    return _reduction(R, a, z, dims, math.prod(a.shape[d] for d in dims), eps, prims)
+
+
+def reduce_sum(R: Tensor, a: Tensor, z: Tensor, dims: Sequence[int], eps: float = 1e-2,
+               prims: TorchPrimitives | None = None) -> Tensor:
+    """Epsilon rule through a sum over ``dims`` (:func:`reference_sum`), on a backend's primitives (through
+    :class:`LinearPoolFunction`: the adjoint broadcasts back, the map itself sums) or the reference."""
+    if prims is None:
+        return reference_sum(R, a, z, dims, eps)
+    return _reduction(R, a, z, dims, 1, eps, prims)
+
+
+def _reduction(R: Tensor, a: Tensor, z: Tensor, dims: Sequence[int], count: int, eps: float,
+               prims: TorchPrimitives) -> Tensor:
+    """:class:`LinearPoolFunction` for ``z = sum over dims of a / count`` (a mean: the count of the summed
+    elements; a sum: 1)."""
     keep = [1 if d in dims else size for d, size in enumerate(a.shape)][1:]
-    count = math.prod(a.shape[d] for d in dims)
     shifted = list(dims)  # the axes of a (B, ...) tensor are those of the (B*M, ...) ones too
 
     def adjoint(s: Tensor) -> Tensor:
-        return (s.reshape(s.shape[0], *keep) / count).expand(s.shape[0], *a.shape[1:])
+        s = s.reshape(s.shape[0], *keep)
+        return (s / count if count != 1 else s).expand(s.shape[0], *a.shape[1:])
 
     def apply(u: Tensor) -> Tensor:
-        return u.mean(shifted, keepdim=True).reshape(u.shape[0], *z.shape[1:])
+        u = u.sum(shifted, keepdim=True)
+        return (u / count if count != 1 else u).reshape(u.shape[0], *z.shape[1:])
 
     return LinearPoolFunction.apply(R, a, z, adjoint, apply, eps, prims)

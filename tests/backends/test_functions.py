@@ -124,7 +124,7 @@ def test_maxpool_function(backend, kernel, stride, padding, size):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("pool", ["avg", "avg_ceil_nopad", "adaptive", "mean", "batchnorm"])
+@pytest.mark.parametrize("pool", ["avg", "avg_ceil_nopad", "adaptive", "mean", "sum", "batchnorm"])
 def test_linear_pool_functions(backend, pool):
     prims = _prims(backend)
     a = torch.rand(2, 3, 9, 7, dtype=torch.double) + 0.1
@@ -140,6 +140,9 @@ def test_linear_pool_functions(backend, pool):
     elif pool == "mean":
         z = a.mean((2, 3))
         fn = lambda R, a, z, p: ops.mean(R, a, z, (2, 3), eps=0.1, prims=p)  # noqa: E731
+    elif pool == "sum":
+        z = a.sum(1)
+        fn = lambda R, a, z, p: ops.reduce_sum(R, a, z, (1,), eps=0.1, prims=p)  # noqa: E731
     else:
         gamma, invstd = torch.rand(3, dtype=torch.double) + 0.5, torch.rand(3, dtype=torch.double) + 0.5
         z = (a - 0.4) * (gamma * invstd).view(3, 1, 1)

@@ -134,6 +134,69 @@ def halves(R, u, y, m, eps):
     return torch.cat([R / 2, R / 2], 1)  # y = u[:, :2] * u[:, 2:]: uniform
 
 
+def summed(dims: Sequence[int], keepdim: bool = False) -> Callable:
+    """``y = u.sum(dims)``: a linear layer with weights 1, ``R_u = u R / stab(y)`` broadcast over the summed axes."""
+
+    def rule(R, u, y, m, eps):
+        s = R / stabilize(y, eps)
+        if not keepdim:
+            for d in sorted(d % u.dim() for d in dims):
+                s = s.unsqueeze(d)
+        return u * s
+
+    return rule
+
+
+def _radix(x):
+    return x.view(x.shape[0], 2, 2, H, W).sum(1)
+
+
+def radix_rule(R, u, y, m, eps):
+    v = u.view(u.shape[0], 2, 2, H, W)
+    return (v * (R / stabilize(y, eps)).unsqueeze(1)).reshape(u.shape)
+
+
+def _splat(x):
+    """ResNeSt's split attention: the radix splits weighted by a softmax over the radix axis, then summed."""
+    B = x.shape[0]
+    gate = F.softmax(x.mean((2, 3)).view(B, 2, 2), dim=1).reshape(B, 2, 2, 1, 1)
+    return (x.view(B, 2, 2, H, W) * gate).sum(1)
+
+
+def splat_rule(R, u, y, m, eps):
+    """The softmax is a gate (signal takes all, through its reshape): the sum's epsilon rule gives each weighted
+    split ``p = v g`` its share ``p R / stab(y)``, which passes to ``v`` whole; the gate branch gets nothing."""
+    B = u.shape[0]
+    v = u.view(B, 2, 2, H, W)
+    g = F.softmax(u.mean((2, 3)).view(B, 2, 2), dim=1).reshape(B, 2, 2, 1, 1)
+    return (v * g * (R / stabilize(y, eps)).unsqueeze(1)).reshape(u.shape)
+
+
+class TokenBatchNorm(nn.Module):
+    """timm's LeViT ``LinearNorm`` without its Linear: a BatchNorm1d over tokens (B, N, C) with the batch axis
+    merged into the token axis, ``bn(x.flatten(0, 1)).reshape_as(x)``."""
+
+    def __init__(self, channels: int = 4):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(channels, momentum=0.0)  # Net's train-mode probe forward leaves the statistics
+        with torch.no_grad():
+            self.bn.weight.copy_(torch.linspace(0.5, 1.5, channels))
+            self.bn.bias.copy_(torch.linspace(-0.2, 0.3, channels))
+            self.bn.running_var.copy_(torch.linspace(0.7, 1.9, channels))  # running mean 0: no shift without bias
+
+    def forward(self, x):
+        x = x.flatten(2).transpose(1, 2)
+        return self.bn(x.flatten(0, 1)).reshape_as(x)
+
+
+def token_bn_rule(R, u, y, m, eps):
+    """The standalone BatchNorm rule per channel of the tokens, ``R_x = x (gamma / sigma) R / stab(y)``, then the
+    adjoint of ``u.flatten(2).transpose(1, 2)``."""
+    x = u.flatten(2).transpose(1, 2)
+    scale = m.bn.weight / torch.sqrt(m.bn.running_var + m.bn.eps)
+    return adjoint(lambda v: v.flatten(2).transpose(1, 2), u, x * scale * R / stabilize(y, eps))
+
+
 def softmax_rule(dim: int) -> Callable:
     return lambda R, u, y, m, eps: u * (R - y * R.sum(dim, keepdim=True))
 
@@ -222,6 +285,16 @@ CASES = [
     # products
     _case("se-gate", Fn(_se), se_gate),
     _case("product-halves", Fn(lambda x: x[:, :2] * x[:, 2:]), lambda R, u, y, m, eps: torch.cat([R / 2] * 2, 1)),
+    _case("se-gate-through-view", Fn(lambda x: x * torch.sigmoid(x.mean((2, 3))).view(x.shape[0], -1, 1, 1)),
+          se_gate),
+    _case("split-attention-softmax-gate", Fn(_splat), splat_rule),
+    # sums over axes
+    _case("sum-channels", Fn(lambda x: x.sum(1)), summed((1,))),
+    _case("torch.sum-hw-keepdim", Fn(lambda x: torch.sum(x, (2, 3), keepdim=True)), summed((2, 3), True)),
+    _case("sum-last-dim-kwarg", Fn(lambda x: x.sum(dim=-1)), summed((-1,))),
+    _case("sum-radix", Fn(_radix), radix_rule),
+    # a BatchNorm1d over tokens with the batch axis merged (timm's LeViT)
+    _case("token-batchnorm", TokenBatchNorm(), token_bn_rule),
     # constants
     _case("x*c", Fn(lambda x: x * -1.5), scaled(lambda m: -1.5)),
     _case("c*x", Fn(lambda x: 2.0 * x), scaled(lambda m: 2.0)),

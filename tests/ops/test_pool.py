@@ -1,5 +1,5 @@
 """Pooling rules: max-pool winner-take-all against an explicit window scan, average pooling (plain, adaptive,
-mean) against the epsilon rule on the pooling's explicit matrix (its Jacobian)."""
+mean) and the sum over axes against the epsilon rule on the pooling's explicit matrix (its Jacobian)."""
 
 import math
 
@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.functional import jacobian
 
-from isnet_kernels.ops import reference_adaptive_avgpool, reference_avgpool, reference_maxpool, reference_mean
+from isnet_kernels import ops
+from isnet_kernels.ops import (
+    reference_adaptive_avgpool,
+    reference_avgpool,
+    reference_maxpool,
+    reference_mean,
+    reference_sum,
+)
 
 
 def stab(z, eps):
@@ -317,3 +324,60 @@ def test_mean_explicit_formula_float32_and_gradcheck():
     R = torch.randn(2, 3, 2, 1, 1, dtype=torch.float64)
     args = tuple(t.clone().requires_grad_() for t in (R, a, z))
     assert torch.autograd.gradcheck(lambda R, a, z: reference_mean(R, a, z, (2, 3), eps=0.1), args)
+
+
+# ------------------------------------------------------------------------------------------------------- sum
+
+# (activation shape, dims, keepdim): odd sizes; ResNeSt's sum over its radix splits is "radix"
+SUM_CASES = {
+    "radix": ((3, 2, 5, 3, 7), (1,), False),
+    "hw_keepdim": ((2, 3, 5, 7), (2, 3), True),
+    "last": ((3, 5, 3), (2,), False),
+    "negative": ((3, 5, 3), (-1,), True),
+    "chw": ((2, 3, 3, 5), (1, 2, 3), False),
+}
+
+
+@pytest.mark.parametrize("M", [1, 3])
+@pytest.mark.parametrize("case", SUM_CASES)
+def test_sum_matches_matrix_oracle(case, M):
+    """The sum is a linear layer with weights 1: the epsilon rule on its explicit matrix, float64; float32 against
+    that float64 oracle; conservation as eps -> 0 (no bias: sum R_in = sum R)."""
+    shape, dims, keepdim = SUM_CASES[case]
+    torch.manual_seed(13)
+    a = torch.randn(*shape, dtype=torch.float64)
+    pos = tuple(d % a.dim() for d in dims)
+
+    def fn(t):
+        return t.sum(dims, keepdim=keepdim)
+
+    z = fn(a)
+    R = torch.randn(shape[0], M, *z.shape[1:], dtype=torch.float64)
+    got = reference_sum(R, a, z, pos, eps=1e-2)
+    assert got.shape == (shape[0], M, *shape[1:])
+    P = matrix_of(fn, shape[1:])
+    assert 1.0 in P and set(P.unique().tolist()) <= {0.0, 1.0}  # weights 1: a sum, not a mean
+    expected = oracle_epsilon(R.reshape(shape[0], M, -1), a.flatten(1), z.reshape(shape[0], -1), P, 1e-2)
+    torch.testing.assert_close(got.flatten(2), expected, rtol=1e-10, atol=1e-10)
+    got32 = reference_sum(R.float(), a.float(), fn(a.float()), pos, eps=1e-2)
+    assert got32.dtype == torch.float32
+    torch.testing.assert_close(got32.double().flatten(2), expected, rtol=1e-4, atol=1e-5 * expected.abs().max().item())
+    exact = reference_sum(R, a, z, pos, eps=1e-12)
+    torch.testing.assert_close(exact.reshape(shape[0], M, -1).sum(-1), R.reshape(shape[0], M, -1).sum(-1),
+                               rtol=1e-8, atol=1e-8)
+
+
+def test_sum_gradcheck_reference_and_function():
+    """``gradcheck`` of the reference and of :func:`ops.reduce_sum` on the torch primitives (the hand-written
+    backward of ``LinearPoolFunction``), which also equals the reference in value."""
+    torch.manual_seed(14)
+    a = torch.randn(2, 3, 2, 3, dtype=torch.float64)
+    z = a.sum(1)
+    z = torch.where(z >= 0, z + 0.5, z - 0.5)  # away from the stabiliser's kink
+    R = torch.randn(2, 2, *z.shape[1:], dtype=torch.float64)
+    prims = ops.TorchPrimitives()
+    args = tuple(t.clone().requires_grad_() for t in (R, a, z))
+    assert torch.autograd.gradcheck(lambda R, a, z: reference_sum(R, a, z, (1,), eps=0.1), args)
+    assert torch.autograd.gradcheck(lambda R, a, z: ops.reduce_sum(R, a, z, (1,), 0.1, prims), args)
+    torch.testing.assert_close(ops.reduce_sum(R, a, z, (1,), 0.1, prims), reference_sum(R, a, z, (1,), 0.1),
+                               rtol=1e-12, atol=1e-12)
