@@ -49,7 +49,7 @@ help:
 	@echo "make lint   ruff check ."
 	@echo "make bench  run benchmarks/ and write $(BENCH_JSON)"
 	@echo "make cuda-compile  compile the CUDA sources with nvcc for sm_80 and sm_90, write benchmarks/results/aot/cuda.md"
-	@echo "make zoo    every torchvision classifier: explain, conservation, ISNet step; writes python/results/zoo/zoo.md"
+	@echo "make zoo    every torchvision classifier and 25 timm models: explain, conservation, ISNet step; writes python/results/zoo/zoo.md"
 	@echo "make aot-check  compile every Triton kernel for sm_80 and sm_90 (no GPU); table in benchmarks/results/aot/"
 	@echo "make aot-check-mirror  the same with triton 3.6.0 (the GPU machines') for sm_90, in $(MIRROR)"
 	@echo "make gpu-check  on a CUDA machine, offline: builds both extensions in place against the python3 given"
@@ -100,7 +100,7 @@ explain-demo: venv
 # pytest exits with 5 when no test ran; make treats any non-zero status as a failure, this just says why.
 # The development environment has zennit, LXT and torchvision: their comparison tests must run, not skip.
 test: venv
-	TRITON_INTERPRET=1 ISNET_KERNELS_TEST_REQUIRE=zennit,lxt,torchvision $(PY) -m pytest -q tests --ignore=benchmarks; rc=$$?; \
+	TRITON_INTERPRET=1 ISNET_KERNELS_TEST_REQUIRE=zennit,lxt,torchvision,timm $(PY) -m pytest -q tests --ignore=benchmarks; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no test ran (pytest exit code 5)" >&2; fi; \
 	exit $$rc
 
@@ -127,11 +127,16 @@ gpu-check:
 gpu-dry-run: mirror-venv
 	PYTHON=$(MPY) bash benchmarks/gpu_check.sh --dry-run
 
-# The CPU suite on the GPU machines' stack (extensions built in place for Python 3.12 by gpu-dry-run or here).
+# The CPU suite on the GPU machines' stack (extensions built in place for Python 3.12 by gpu-dry-run or here), less
+# the end-to-end training scripts' tests (demo, study, comparison, experiment grid, kill-and-resume), which exercise
+# no code the rest of the suite does not and cost CI minutes twice; every module is still imported there
+# (tests/test_layering.py) and every backend's tests run. MIRROR_TESTS_ALL=1 runs the whole suite.
+MIRROR_REDUCED := --ignore=tests/test_biased_digits_demo.py --ignore=tests/test_experiment_grid.py \
+	--ignore=tests/train/test_reliability.py
 test-mirror: mirror-venv
 	$(MPY) setup.py -q build_ext --inplace
-	TRITON_INTERPRET=1 ISNET_KERNELS_TEST_REQUIRE=_C_cuda,torchvision PYTHONPATH=$(CURDIR) $(MPY) -m pytest -q \
-		-p no:cacheprovider tests; rc=$$?; \
+	TRITON_INTERPRET=1 ISNET_KERNELS_TEST_REQUIRE=_C_cuda,torchvision,timm PYTHONPATH=$(CURDIR) $(MPY) -m pytest -q \
+		-p no:cacheprovider tests $(if $(MIRROR_TESTS_ALL),,$(MIRROR_REDUCED)); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-mirror: no test ran (pytest exit code 5)" >&2; fi; \
 	exit $$rc
 
