@@ -182,7 +182,7 @@ def _build_parser() -> argparse.ArgumentParser:
                             "black (default 0)")
         if name == "biased-multilabel":
             ds.add_argument("--labels", type=int, default=5, help="number of labels, the digit classes 0 .. LABELS-1 "
-                            "(2 to 10, default 5)")
+                            "(4 to 10, default 5)")
         if name == "biased-scenes":
             ds.add_argument("--bias", type=float, default=0.95, help="fraction of the train and val images of a "
                             "class drawn on its own scene (default 0.95)")

@@ -127,7 +127,8 @@ def write_biased_multilabel(
     ----------
     root : target folder; created if needed; it must not hold ``images/`` or ``masks/`` yet (see ``overwrite``).
     size : canvas side in pixels (at least 32: two digit slots inside the artefact band).
-    labels : the number of labels K, 2 .. 10 (the digit classes ``0 .. K - 1``).
+    labels : the number of labels K, 4 .. 10 (the digit classes ``0 .. K - 1``; at least 4, so that a two-label
+        image of test_confounding gets two artefacts of labels it does not have).
     per_class_train, per_class_val, per_class_test : a split holds ``per_class * labels`` images (each test split).
     seed : seed of every random choice.
     progress : a tqdm progress bar.
@@ -148,9 +149,9 @@ def write_biased_multilabel(
     if isinstance(size, bool) or not isinstance(size, int) or size < 32:
         raise InputError(f"size must be an int of at least 32 pixels (two digit slots inside the artefact band), got "
                          f"{size!r}", param="size")
-    if isinstance(labels, bool) or not isinstance(labels, int) or not 2 <= labels <= NUM_CLASSES:
-        raise InputError(f"labels must be an int in 2 .. {NUM_CLASSES} (the digit classes used), got {labels!r}",
-                         param="labels")
+    if isinstance(labels, bool) or not isinstance(labels, int) or not 4 <= labels <= NUM_CLASSES:
+        raise InputError(f"labels must be an int in 4 .. {NUM_CLASSES} (the digit classes used; a two-label image "
+                         f"needs two others for its confounding artefacts), got {labels!r}", param="labels")
     per_class = {"train": _check_count("per_class_train", per_class_train),
                  "val": _check_count("per_class_val", per_class_val),
                  "test": _check_count("per_class_test", per_class_test)}
