@@ -137,7 +137,8 @@ def write_biased_multilabel(
     max_files : refuse, before writing, a set of more files than this or larger than the free space (None: write).
 
     Returns the summary also written to ``root/info.json`` (``name``, ``size``, ``seed``, ``classes``, ``splits``,
-    ``counts``, ``labels_per_image`` (train images with one and with two labels), ``artefact``, ``digit``, ``manifest``) plus ``root``. Raises
+    ``counts``, ``labels_per_image`` (train images with one and with two labels), ``artefact``, ``digit``,
+    ``manifest``) plus ``root``. Raises
     :class:`~isnet_kernels.data.DataError` when ``root`` holds a set already (without ``overwrite``) or the set
     would exceed ``max_files`` or the free space, :class:`~isnet_kernels.errors.InputError` for bad arguments.
     """

@@ -34,7 +34,10 @@ supervision the heatmap losses of the input and of each supervised layer are com
 ``d_loss`` (largest first).
 
 Multi-label classification (``task="multilabel"``, targets ``t`` (B, K) in {0, 1}): the classification term is
-binary cross-entropy with logits, ``-mean_{b,k}(t log sigmoid(z) + (1 - t) log(1 - sigmoid(z)))``, and the heatmap
+binary cross-entropy with logits summed over the labels of an image and averaged over the images,
+``-mean_b sum_k(t log sigmoid(z) + (1 - t) log(1 - sigmoid(z)))`` (the negative log-likelihood of the image's label
+vector, whose gradient per logit, ``sigmoid(z) - t``, has the scale of cross-entropy's; a mean over the labels
+would divide the classification step by K against the heatmap loss), and the heatmap
 loss counts the maps whose weight (``ISNetOutput.weights``, (B, M)) is 1: per image the mean over its counted
 maps, then the mean over the images with at least one (an image with no positive label adds no heatmap loss)::
 
@@ -219,10 +222,11 @@ def check_targets(targets: Tensor, logits: Tensor) -> Tensor:
 def classification_loss(logits: Tensor, labels: Tensor, task: str = "multiclass",
                         reduction: str = "mean") -> Tensor:
     """The classification term: cross-entropy of ``logits`` (B, K) against class indices (B,) (``"multiclass"``), or
-    binary cross-entropy with logits against 0/1 targets (B, K) (``"multilabel"``), averaged over the K classes per
-    image; ``reduction`` ``"mean"`` (over images) or ``"sum"`` (over images). Labels are not checked here."""
+    binary cross-entropy with logits against 0/1 targets (B, K) (``"multilabel"``) summed over the K classes of an
+    image (the negative log-likelihood of its label vector, as cross-entropy is of its class);
+    ``reduction`` ``"mean"`` (over images) or ``"sum"`` (over images). Labels are not checked here."""
     if task == "multilabel":
-        per_image = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none").mean(1)
+        per_image = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none").sum(1)
         return per_image.mean() if reduction == "mean" else per_image.sum()
     return F.cross_entropy(logits, labels, reduction=reduction)
 

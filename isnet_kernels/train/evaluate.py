@@ -56,7 +56,7 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str =
     """Sums of cross-entropy, correct predictions and background fractions over ``loader`` (module docstring).
 
     ``loader`` yields ``(images, masks, labels)``; multi-label targets (B, K) make the loss binary cross-entropy
-    (averaged over the labels), the accuracy the exact match and the probabilities sigmoids. Returns a
+    (summed over the labels of an image), the accuracy the exact match and the probabilities sigmoids. Returns a
     :class:`~.metrics.Meter` over :data:`EVAL_METRICS`
     (call ``.all_reduce()`` to add other processes' shares, then ``.means()``). The model is evaluated in eval
     mode and left in the mode it had. With ``heatmaps=False`` (a model the LRP engine cannot explain) the

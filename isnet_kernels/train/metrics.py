@@ -1,5 +1,6 @@
-"""Per-epoch metrics: accuracy (exact match for multi-label data), the loss and its parts, the background-relevance fraction and the validation scores
-of :mod:`.scores` (balanced accuracy, macro F1, one-vs-rest AUROC, worst-group accuracy); the files they go to.
+"""Per-epoch metrics: accuracy (exact match for multi-label data), the loss and its parts, the background-relevance
+fraction and the validation scores of :mod:`.scores` (balanced accuracy, macro F1, one-vs-rest AUROC, worst-group
+accuracy, mAP); the files they go to.
 
 Background-relevance fraction of one image, for a heatmap ``H`` (C, h, w) and its foreground mask resized to
 (h, w) as the heatmap loss resizes it (adaptive average pooling, then ``!= 0``;

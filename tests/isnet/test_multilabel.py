@@ -89,9 +89,10 @@ def test_gradinput_maps_are_the_input_gradient_of_the_positive_logits() -> None:
 
 
 def _reference_loss(out, targets, masks, P=0.7, **kw):
-    """Plain PyTorch: BCEWithLogitsLoss, and per image the single-label heatmap loss of its positive maps alone,
-    averaged over the images that have one; deep-supervision levels combined by their mean (d_loss = 1)."""
-    bce = nn.BCEWithLogitsLoss()(out.logits, targets)
+    """Plain PyTorch: BCEWithLogitsLoss summed over the labels and averaged over the images, and per image the
+    single-label heatmap loss of its positive maps alone, averaged over the images that have one; deep-supervision
+    levels combined by their mean (d_loss = 1)."""
+    bce = nn.BCEWithLogitsLoss(reduction="sum")(out.logits, targets) / targets.shape[0]  # summed over labels
     levels = []
     for maps in [out.heatmaps, *out.intermediate.values()]:
         per_image = []
@@ -143,7 +144,7 @@ def test_an_image_without_positive_labels_adds_no_heatmap_loss() -> None:
     out = isnet(x, none)
     loss = ik.ISNetLoss(task="multilabel")(out, none, masks)
     assert loss.heatmap == 0
-    torch.testing.assert_close(loss.total, 0.3 * nn.BCEWithLogitsLoss()(out.logits, none))
+    torch.testing.assert_close(loss.total, 0.3 * nn.BCEWithLogitsLoss(reduction="sum")(out.logits, none) / 4)
 
 
 def test_other_variants_choose_maps_without_the_labels() -> None:
