@@ -5,7 +5,9 @@ worst-group and average-group accuracy, the confusion matrix: :mod:`.scores`).
 The heatmap behind the background-relevance fraction is the same for every variant, the plain classifier
 included, so that runs compare: the LRP heatmap of each image's predicted class (argmax logit), logit output rule,
 epsilon in the hidden layers and the run's first-layer rule and eps, the model in eval mode, computed by
-:func:`isnet_kernels.explain` without recording a graph (see :mod:`.metrics`).
+:func:`isnet_kernels.explain` without recording a graph (see :mod:`.metrics`); for a multi-label model, the map of
+its highest logit. A multi-label run (its data's ``labels`` column) reports the scores of
+:func:`~.scores.multilabel_scores` instead of the single-label ones.
 """
 
 from __future__ import annotations
