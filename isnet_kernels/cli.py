@@ -2,6 +2,7 @@
 
 ::
 
+    isnet data biased-multilabel ROOT [--labels 5] [--size 40] ... (multi-label: writes ROOT/manifest.csv)
     isnet data biased-digits ROOT [--size 32] [--seed 0] [--per-class 300] [--per-class-val 20] [--per-class-test 50]
         [--overwrite] [--yes]
     isnet data import {oxford-pet,cub,waterbirds} ROOT OUT.csv [--segmentations DIR] [--overwrite]
@@ -154,15 +155,22 @@ def _build_parser() -> argparse.ArgumentParser:
                              ("biased-tags", "digits over photographic texture with a class-coding text tag in the "
                               "background (the bias of burnt-in labels)", 40),
                              ("biased-scenes", "digits on real photographs, one scene per class behind most training "
-                              "images (the whole background is the shortcut, as in Waterbirds)", 40)):
+                              "images (the whole background is the shortcut, as in Waterbirds)", 40),
+                             ("biased-multilabel", "one or two digits per image, its labels their classes, a "
+                              "label-coding artefact per label in the border (multi-label; writes ROOT/manifest.csv)",
+                              40)):
         ds = data_sub.add_parser(name, help=text)
         ds.add_argument("root", type=Path, help="folder to write (images/, masks/, info.json)")
         ds.add_argument("--size", type=int, default=size, help=f"image side in pixels (default {size})")
         ds.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
-        ds.add_argument("--per-class", type=int, default=300, help="training images per class (default 300)")
-        ds.add_argument("--per-class-val", type=int, default=20, help="validation images per class (default 20)")
-        ds.add_argument("--per-class-test", type=int, default=50, help="images per class of each test split "
-                        "(default 50)")
+        counts = (150, 10, 30) if name == "biased-multilabel" else (300, 20, 50)
+        unit = " (a split holds PER_CLASS x LABELS images)" if name == "biased-multilabel" else ""
+        ds.add_argument("--per-class", type=int, default=counts[0], help=f"training images per class{unit} "
+                        f"(default {counts[0]})")
+        ds.add_argument("--per-class-val", type=int, default=counts[1], help="validation images per class "
+                        f"(default {counts[1]})")
+        ds.add_argument("--per-class-test", type=int, default=counts[2], help="images per class of each test split "
+                        f"(default {counts[2]})")
         ds.add_argument("--no-train-clean", dest="train_clean", action="store_false",
                         help="do not write train_clean (the training images without the artefact)")
         ds.add_argument("--overwrite", action="store_true", help="replace a data set written there before")
@@ -172,6 +180,9 @@ def _build_parser() -> argparse.ArgumentParser:
         if name == "biased-digits":
             ds.add_argument("--noise", type=float, default=0.0, help="background uniform in [0, NOISE] instead of "
                             "black (default 0)")
+        if name == "biased-multilabel":
+            ds.add_argument("--labels", type=int, default=5, help="number of labels, the digit classes 0 .. LABELS-1 "
+                            "(4 to 10, default 5)")
         if name == "biased-scenes":
             ds.add_argument("--bias", type=float, default=0.95, help="fraction of the train and val images of a "
                             "class drawn on its own scene (default 0.95)")
@@ -329,14 +340,15 @@ def _cmd_data_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from .data import write_biased_digits, write_biased_scenes, write_biased_tags
+    from .data import write_biased_digits, write_biased_multilabel, write_biased_scenes, write_biased_tags
 
     if args.dataset in ("import", "inspect"):
         return {"import": _cmd_data_import, "inspect": _cmd_data_inspect}[args.dataset](args)
 
     writer = {"biased-digits": write_biased_digits, "biased-tags": write_biased_tags,
-              "biased-scenes": write_biased_scenes}[args.dataset]
+              "biased-scenes": write_biased_scenes, "biased-multilabel": write_biased_multilabel}[args.dataset]
     extra = {"biased-digits": {"noise": getattr(args, "noise", 0.0)}, "biased-tags": {},
+             "biased-multilabel": {"labels": getattr(args, "labels", 5)},
              "biased-scenes": {"bias": getattr(args, "bias", 0.95), "photo_seed": getattr(args, "photo_seed", None),
                                "contrast": getattr(args, "contrast", 1.0), "scene": getattr(args, "scene", 0.85)}}
     try:
@@ -351,7 +363,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{split} {n}" for split, n in info["counts"].items())
     print(f"wrote {args.dataset.replace('-', ' ')} to {info['root']}: {info['size']}x{info['size']} px, "
           f"{len(info['classes'])} classes, seed {info['seed']}; images per split: {counts}")
-    print(f"train with: isnet train --data {info['root']} --out runs/isnet")
+    data = Path(info["root"]) / info["manifest"] if "manifest" in info else info["root"]
+    print(f"train with: isnet train --data {data} --out runs/isnet")
     return 0
 
 
@@ -415,16 +428,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     # printed first: a write that fails (a read-only run directory, a full disk) loses nothing
     print(f"{out['run']} ({out['checkpoint']}, epoch {out['epoch']}, {out['arch']}, variant {out['variant']}) on "
           f"{out['data']}:")
-    print(markdown_table(out["splits"]), end="")
-    print("background relevance: share of |LRP| of the predicted class outside the mask; AUROC: one-vs-rest, macro, "
-          "with its bootstrap interval; worst group / average group: accuracy over the data set's groups.",
-          flush=True)
+    multilabel = out.get("task") == "multilabel"
+    print(markdown_table(out["splits"], out["classes"] if multilabel else None), end="")
+    if multilabel:
+        print("exact match: images whose every label is right (a label present where its sigmoid exceeds 0.5); "
+              "label accuracy: the mean over labels; background relevance: share of |LRP| of the highest logit "
+              "outside the mask; AUROC per label and macro, with its bootstrap interval; mAP: mean average "
+              "precision.", flush=True)
+    else:
+        print("background relevance: share of |LRP| of the predicted class outside the mask; AUROC: one-vs-rest, "
+              "macro, with its bootstrap interval; worst group / average group: accuracy over the data set's "
+              "groups.", flush=True)
     try:
         json_path, md_path = write_eval(out)
     except ISNetError as exc:
         raise CommandError(f"{_one_line(exc)} (the results are printed above)") from None
-    print(f"Written to {json_path} and {md_path}, confusion matrices beside them "
-          f"({json_path.stem}-confusion-<split>.png)")
+    print(f"Written to {json_path} and {md_path}" + ("" if multilabel else ", confusion matrices beside them "
+                                                      f"({json_path.stem}-confusion-<split>.png)"))
     return 0
 
 

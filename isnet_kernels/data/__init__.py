@@ -16,6 +16,9 @@ write_biased_tags(root, *, size=40, per_class_train=300, per_class_val=20, per_c
 write_biased_scenes(root, *, size=40, ..., seed=0, photo_seed=None, bias=0.95)
     The digits on real photographs (scikit-image's), one scene per class behind most training images: the whole
     background is the shortcut (Waterbirds' kind); groups (label, aligned) for worst-group accuracy.
+write_biased_multilabel(root, *, size=40, labels=5, per_class_train=150, ..., seed=0)
+    One or two digits per image, its labels their classes, an artefact per label in the border; the same six
+    splits, listed in ``root/manifest.csv`` (a ``labels`` column) for multi-label training.
 artefact_positions(size) -> where each class's artefact sits in the biased digits.
     Both writers estimate the files and bytes first and refuse a set of more than ``max_files`` files (200,000) or
     larger than the free space; they write into a hidden folder beside ``root`` and move the complete set into
@@ -38,6 +41,7 @@ DataError
 from __future__ import annotations
 
 from .biased_digits import artefact_positions, write_biased_digits
+from .biased_multilabel import write_biased_multilabel
 from .biased_scenes import write_biased_scenes
 from .biased_tags import write_biased_tags
 from .errors import DataError
@@ -49,4 +53,4 @@ from .masks import MaskConvention, check_masks
 
 __all__ = ["DataError", "ManifestDataset", "MaskConvention", "MaskedImageFolder", "artefact_positions",
            "check_masks", "dataset_splits", "import_dataset", "inspect_data", "open_dataset", "splits",
-           "write_biased_digits", "write_biased_scenes", "write_biased_tags"]
+           "write_biased_digits", "write_biased_multilabel", "write_biased_scenes", "write_biased_tags"]

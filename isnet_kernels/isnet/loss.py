@@ -33,6 +33,16 @@ for very large maps). ``L_fg = mean_m(left + right)``.
 supervision the heatmap losses of the input and of each supervised layer are combined by a 1-D GWRP with decay
 ``d_loss`` (largest first).
 
+Multi-label classification (``task="multilabel"``, targets ``t`` (B, K) in {0, 1}): the classification term is
+binary cross-entropy with logits summed over the labels of an image and averaged over the images,
+``-mean_b sum_k(t log sigmoid(z) + (1 - t) log(1 - sigmoid(z)))`` (the negative log-likelihood of the image's label
+vector, whose gradient per logit, ``sigmoid(z) - t``, has the scale of cross-entropy's; a mean over the labels
+would divide the classification step by K against the heatmap loss), and the heatmap
+loss counts the maps whose weight (``ISNetOutput.weights``, (B, M)) is 1: per image the mean over its counted
+maps, then the mean over the images with at least one (an image with no positive label adds no heatmap loss)::
+
+    L_heat = sum_{b: W_b > 0} (sum_m w_bm l_bm / W_b) / #{b: W_b > 0},     W_b = sum_m w_bm
+
 Everything is vectorised over (B, M, C): one sort per call, no Python loop over samples, maps or classes and no
 host synchronisation, except the checks that ``nonfinite`` and ``check_masks`` ask for (documented there).
 """
@@ -53,6 +63,8 @@ from .output import ISNetOutput
 
 FOREGROUND_RULES = ("hybrid", "l2")
 NONFINITE_POLICIES = ("raise", "skip", "propagate")
+#: ``ISNetLoss(task=...)``: cross-entropy over classes (labels (B,)) or binary cross-entropy per class (targets (B, K)).
+TASKS = ("multiclass", "multilabel")
 NORM_EPS = 1e-10
 SATURATION = 1 - 1e-7
 
@@ -189,6 +201,47 @@ def check_labels(labels: Tensor, logits: Tensor, flags: list[Tensor] | None = No
     return torch.where(valid, labels, 0)
 
 
+def check_targets(targets: Tensor, logits: Tensor) -> Tensor:
+    """Multi-label targets (B, K) for ``logits`` (B, K): a real or bool tensor of 0 and 1 (checked at once on CPU;
+    on an accelerator without a host synchronisation). Returns them in the logits' dtype."""
+    B, K = logits.shape
+    if not isinstance(targets, Tensor) or targets.dim() != 2 or tuple(targets.shape) != (B, K):
+        shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+        raise InputError(f"multi-label targets must have shape (B, K) = ({B}, {K}), one 0/1 entry per class, got "
+                         f"{shape}", param="labels")
+    if targets.is_complex():
+        raise InputTypeError(f"multi-label targets must be real 0/1 values, got {targets.dtype}", param="labels")
+    if targets.device.type == "cpu":
+        bad = (targets != 0) & (targets != 1)
+        if bool(bad.any()):
+            raise TargetError(f"multi-label targets must be 0 or 1, found {targets[bad].unique()[:5].tolist()}",
+                              param="labels")
+    return targets.to(logits.dtype)
+
+
+def classification_loss(logits: Tensor, labels: Tensor, task: str = "multiclass",
+                        reduction: str = "mean") -> Tensor:
+    """The classification term: cross-entropy of ``logits`` (B, K) against class indices (B,) (``"multiclass"``), or
+    binary cross-entropy with logits against 0/1 targets (B, K) (``"multilabel"``) summed over the K classes of an
+    image (the negative log-likelihood of its label vector, as cross-entropy is of its class);
+    ``reduction`` ``"mean"`` (over images) or ``"sum"`` (over images). Labels are not checked here."""
+    if task == "multilabel":
+        per_image = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction="none").sum(1)
+        return per_image.mean() if reduction == "mean" else per_image.sum()
+    return F.cross_entropy(logits, labels, reduction=reduction)
+
+
+def _weighted_mean(values: Tensor, weights: Tensor | None) -> Tensor:
+    """``values`` (B, M): the mean over m then b, or with ``weights`` (B, M) per image the weighted mean over its
+    maps and then the mean over the images whose weights are not all 0 (0 when there are none)."""
+    if weights is None:
+        return values.mean(1).mean()
+    w = weights.to(values.dtype)
+    total = w.sum(1)
+    per_image = torch.where(w > 0, values, 0).mul(w).sum(1) / total.clamp(min=1)
+    return per_image.sum() / (total > 0).sum().clamp(min=1)
+
+
 def nan_where_invalid(loss: Tensor, labels: Tensor, K: int) -> Tensor:
     """``loss`` (a scalar) made NaN when some accelerator label is out of range (:func:`check_labels`)."""
     if labels.device.type == "cpu":
@@ -216,12 +269,14 @@ class HeatmapLossParts:
 def heatmap_loss(heatmaps: Tensor, masks: Tensor, *, d: float = 0.9, E: float = 1.0, A: float = 1.0,
                  B: float = 3.0, C1: float | Sequence[float] | Tensor = 1.0,
                  C2: float | Sequence[float] | Tensor = 25.0, foreground: str = "hybrid",
-                 check_masks: bool = True, flags: list[Tensor] | None = None, mass: float = 0.0
-                 ) -> HeatmapLossParts:
+                 check_masks: bool = True, flags: list[Tensor] | None = None, mass: float = 0.0,
+                 weights: Tensor | None = None) -> HeatmapLossParts:
     """``L_heat = mean_b(A * L_bkg + mass * L_mass + B * L_fg)`` of heatmaps (B, M, C, h, w) against foreground
     masks (module doc).
 
-    ``C1`` and ``C2`` are numbers or one value per map (the dual variant's two maps have their own).
+    ``C1`` and ``C2`` are numbers or one value per map (the dual variant's two maps have their own). ``weights``
+    (B, M), 0 or 1: only the maps of weight 1 count, per image their mean, then the mean over the images that have
+    one (module doc, multi-label); None: every map.
     """
     if heatmaps.dim() != 5:
         raise InputError(f"heatmaps must have shape (B, M, C, H, W), got {tuple(heatmaps.shape)}")
@@ -250,6 +305,15 @@ def heatmap_loss(heatmaps: Tensor, masks: Tensor, *, d: float = 0.9, E: float = 
     right = ((torch.maximum(fg, c2.expand_as(fg)) - c2) / c1) ** 2
     if foreground == "hybrid":
         right = torch.where(fg.detach() <= c1 + c2, right, fg - c1 - c2 + 1)
+    if weights is not None:
+        if tuple(weights.shape) != (Bsz, M):
+            raise InputError(f"map weights must have shape (B, M) = ({Bsz}, {M}), got {tuple(weights.shape)}")
+        weights = weights.to(heatmaps.device)
+        bkg_bm = -torch.log1p(-(S / (S + E)).clamp(max=SATURATION)).mean(2)  # (B, M)
+        mass_bm = -torch.log1p(-share.clamp(max=SATURATION)) if mass else torch.zeros_like(fg)
+        fg_bm = left + right
+        return HeatmapLossParts(_weighted_mean(A * bkg_bm + mass * mass_bm + B * fg_bm, weights),
+                                _weighted_mean(bkg_bm, weights), _weighted_mean(fg_bm, weights))
     fgl = (left + right).mean(1)
     return HeatmapLossParts((A * bkg + mass * bkg_mass + B * fgl).mean(), bkg.mean(), fgl.mean())
 
@@ -292,6 +356,8 @@ class ISNetLoss(nn.Module):
         ``"skip"`` (a zero loss with no gradient and ``finite=False``; one synchronisation) or ``"propagate"``
         (no check, no synchronisation).
     check_masks : check that masks are binary (free on CPU masks; an asynchronous device assertion otherwise).
+    task : ``"multiclass"`` (labels (B,), cross-entropy) or ``"multilabel"`` (0/1 targets (B, K), binary
+        cross-entropy; the heatmap loss counts the maps of ``output.weights``, module doc).
 
     Call as ``loss(output, labels, masks)`` with the :class:`~isnet_kernels.isnet.output.ISNetOutput` of an ISNet
     (in training mode, or called with ``heatmaps=True``), labels (B,) and masks (B, 1, H, W) or (B, H, W).
@@ -301,8 +367,12 @@ class ISNetLoss(nn.Module):
     def __init__(self, P: float = 0.7, d: float = 0.9, E: float = 1.0, A: float = 1.0, B: float = 3.0,
                  C1: float | Sequence[float] | dict = 1.0, C2: float | Sequence[float] | dict = 25.0,
                  foreground: str = "hybrid",
-                 d_loss: float = 1.0, nonfinite: str = "raise", check_masks: bool = True, mass: float = 0.0):
+                 d_loss: float = 1.0, nonfinite: str = "raise", check_masks: bool = True, mass: float = 0.0,
+                 task: str = "multiclass"):
         super().__init__()
+        if task not in TASKS:
+            raise InputError(f"task must be one of {TASKS}, got {task!r}", param="task")
+        self.task = task
         if not 0 <= P <= 1:
             raise InputError(f"P must be in [0, 1], got {P}")
         for name, value in (("d", d), ("d_loss", d_loss)):
@@ -324,14 +394,15 @@ class ISNetLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"P={self.P}, d={self.d}, E={self.E}, A={self.A}, B={self.B}, mass={self.mass}, C1={self.C1}, "
                 f"C2={self.C2}, "
-                f"foreground={self.foreground!r}, d_loss={self.d_loss}, nonfinite={self.nonfinite!r}")
+                f"foreground={self.foreground!r}, d_loss={self.d_loss}, nonfinite={self.nonfinite!r}"
+                + (", task='multilabel'" if getattr(self, "task", "multiclass") == "multilabel" else ""))
 
     def heatmap_parts(self, heatmaps: Tensor, masks: Tensor, level: str = "input",
-                      flags: list[Tensor] | None = None) -> HeatmapLossParts:
+                      flags: list[Tensor] | None = None, weights: Tensor | None = None) -> HeatmapLossParts:
         """The heatmap loss of one level: ``"input"`` or a supervised module's name (for per-level C1/C2)."""
         return heatmap_loss(heatmaps, masks, d=self.d, E=self.E, A=self.A, B=self.B, C1=_at_level(self.C1, level),
                             C2=_at_level(self.C2, level), foreground=self.foreground, check_masks=self.check_masks,
-                            flags=flags, mass=self.mass)
+                            flags=flags, mass=self.mass, weights=weights)
 
     def forward(self, output: ISNetOutput, labels: Tensor, masks: Tensor) -> ISNetLossOutput:
         if not isinstance(output, ISNetOutput):
@@ -339,8 +410,11 @@ class ISNetLoss(nn.Module):
                                  f"{type(output).__name__}")
         logits = output.logits
         label_flags: list[Tensor] = []  # accelerator labels' range, read with the finiteness check
-        checked = check_labels(labels, logits, label_flags)
-        ce = nan_where_invalid(F.cross_entropy(logits, checked), labels, logits.shape[1])
+        if getattr(self, "task", "multiclass") == "multilabel":
+            ce = classification_loss(logits, check_targets(labels, logits), "multilabel")
+        else:
+            checked = check_labels(labels, logits, label_flags)
+            ce = nan_where_invalid(F.cross_entropy(logits, checked), labels, logits.shape[1])
         if self.P == 0:
             zero = ce.new_zeros(())
             return self.finish(ISNetLossOutput(ce, ce, zero, zero, zero), labels=label_flags,
@@ -349,8 +423,9 @@ class ISNetLoss(nn.Module):
             raise InputError("the ISNet output carries no heatmaps: call the ISNet in training mode (isnet.train()) "
                              "or with heatmaps=True")
         flags: list[Tensor] = []  # accelerator masks' validity, read with the finiteness check
-        first = self.heatmap_parts(output.heatmaps, masks, flags=flags)
-        levels = [first.heatmap] + [self.heatmap_parts(h, masks, name).heatmap
+        weights = output.weights
+        first = self.heatmap_parts(output.heatmaps, masks, flags=flags, weights=weights)
+        levels = [first.heatmap] + [self.heatmap_parts(h, masks, name, weights=weights).heatmap
                                     for name, h in output.intermediate.items()]
         heat = levels[0] if len(levels) == 1 else gwrp(torch.stack(levels), self.d_loss)
         total = (1 - self.P) * ce + self.P * heat

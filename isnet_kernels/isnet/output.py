@@ -21,9 +21,13 @@ class ISNetOutput:
         logits together, and when there are no heatmaps).
     intermediate : with deep supervision, the relevance at each supervised layer, by module name, each
         (B, M, C', H', W'), ordered from the input side to the output side.
+    weights : (B, M) 1 for a map the loss counts and 0 for padding: a multi-label selective ISNet explains each
+        image's positive labels, and a batch holds as many maps per image as its image with the most (None: every
+        map counts).
     """
 
     logits: Tensor
     heatmaps: Tensor | None = None
     targets: Tensor | None = None
     intermediate: dict[str, Tensor] = field(default_factory=dict)
+    weights: Tensor | None = None

@@ -25,6 +25,16 @@ positively homogeneous functions). In train mode with BatchNorm batch statistics
 summed logits includes the statistics' (order 1/B) dependence on the other images. The dual variant's two maps
 are two LRP rules and have no Grad x Input counterpart.
 
+Multi-label classification (``task="multilabel"``: the labels are 0/1 targets (B, K), one sigmoid per class,
+docs/isnet.md#multi-label-classification): the selective variant with ``select="label"`` explains each positive
+label of an image, one map each, with the logit rule. A sigmoid's log-odds, ``log p_c - log(1 - p_c)`` with
+``p_c = sigmoid(z_c)``, is the logit ``z_c`` itself: the quantity the selective rule explains for a softmax
+classifier is, for independent sigmoids, what the logit rule explains. A batch gets ``M = max_b P_b`` maps (``P_b``
+the positives of image b, at least 1); ``ISNetOutput.weights`` (B, M) marks the maps that explain a positive label
+(1) and the padding (0), which the loss leaves out; an image with no positive label has no map that counts.
+``select="lowest"``/``"highest"`` explain one logit per image with the logit rule; the other variants choose
+their maps without the labels and run as for a single-label classifier.
+
 The original variant at large K: the relevance pass runs in chunks of ``map_chunk`` maps under activation
 checkpointing (:mod:`isnet_kernels.isnet.chunking`), so that memory stays bounded; ``map_chunk=None`` chooses the
 chunk from the memory available and does not chunk when all K maps fit.
@@ -57,6 +67,8 @@ from .presets import check_preset, preset_value
 VARIANTS = ("original", "selective", "stochastic", "dual")
 SELECTIONS = ("lowest", "highest", "label")
 HEATMAPS = ("lrp", "gradinput")
+#: ``ISNet(task=...)``: one class per image (softmax, labels (B,)) or several (sigmoids, 0/1 targets (B, K)).
+TASKS = ("multiclass", "multilabel")
 #: ``ISNet(memory=...)``: ``"default"`` keeps the relevance pass's graph for the backward; ``"low"`` recomputes it.
 MEMORY_MODES = ("default", "low")
 #: Probability that the stochastic variant explains an image's argmax logit (the reference code's 5 of 11).
@@ -113,6 +125,32 @@ def _label_targets(labels: Tensor, batch: int, num_classes: int, device: torch.d
     labels = labels.to(device=device, dtype=torch.long)
     valid = (labels >= 0) & (labels < num_classes)
     return torch.where(valid, labels, 0).view(batch, 1), valid
+
+
+def multilabel_targets(labels: Tensor, batch: int, num_classes: int, device: torch.device
+                       ) -> tuple[Tensor, Tensor]:
+    """The positive labels of multi-label targets (B, K) in {0, 1} as classes to explain (B, M) and their weights
+    (B, M): image b's positive classes in increasing order, then padding (a class of the image, weight 0) up to
+    ``M = max(1, max_b P_b)``. Checked on the host (M is a shape, read back anyway): a tensor of shape (B, K) whose
+    values are 0 or 1, else :class:`~isnet_kernels.errors.InputError` / :class:`~isnet_kernels.errors.TargetError`."""
+    if not isinstance(labels, Tensor):
+        raise InputTypeError(f"multi-label targets must be a tensor of shape (B, K) = ({batch}, {num_classes}) of 0 "
+                             f"and 1, got {type(labels).__name__}", param="labels")
+    if labels.dim() != 2 or tuple(labels.shape) != (batch, num_classes):
+        raise InputError(f"multi-label targets must have shape (B, K) = ({batch}, {num_classes}), one 0/1 entry per "
+                         f"class, got {tuple(labels.shape)}", param="labels")
+    if labels.is_complex():
+        raise InputTypeError(f"multi-label targets must be real 0/1 values, got {labels.dtype}", param="labels")
+    bad = (labels != 0) & (labels != 1)
+    if bool(bad.any()):
+        raise TargetError(f"multi-label targets must be 0 or 1, found {labels[bad].unique()[:5].tolist()}; "
+                          "one entry per class, 1 where the class is present", param="labels")
+    positive = (labels != 0).to(device)
+    counts = positive.sum(1)
+    M = max(int(counts.max()) if batch else 0, 1)
+    order = torch.argsort((~positive).to(torch.int8), dim=1, stable=True)[:, :M]  # positives first, in class order
+    weights = (torch.arange(M, device=device)[None, :] < counts[:, None])
+    return order, weights
 
 
 class _PerProgram:
@@ -180,6 +218,8 @@ class ISNet(nn.Module):
     map_chunk : maps per chunk of the relevance pass when an image has more than one map explaining one class
         each (the original variant): a positive int, or None (default) to choose it from the memory available
         (:func:`~isnet_kernels.isnet.chunking.auto_map_chunk`). Heatmaps and gradients do not depend on it.
+    task : ``"multiclass"`` (default: labels (B,) of class indices) or ``"multilabel"`` (0/1 targets (B, K); the
+        selective variant explains each positive label with the logit rule, module docstring).
     memory : ``"default"`` (autograd keeps the relevance pass's graph until the backward) or ``"low"``: the pass
         runs in ``ceil(sqrt(steps))`` segments under activation checkpointing (:meth:`LRP.relevance_at`), so
         that only the relevance at the segments' boundaries is kept and the backward rebuilds one segment at a
@@ -201,7 +241,7 @@ class ISNet(nn.Module):
                  deep_supervision: bool | str | Sequence[str] | None = None, select: str | None = None,
                  generator: torch.Generator | None = None, backend: str | None = None, batch_stats: str | None = None,
                  heatmap: str = "lrp", map_chunk: int | None = None, preset: str = "default",
-                 memory: str = "default"):
+                 memory: str = "default", task: str = "multiclass"):
         super().__init__()
         check_preset(preset)
         first_layer = preset_value(preset, "first_layer", first_layer)
@@ -218,6 +258,9 @@ class ISNet(nn.Module):
         if memory not in MEMORY_MODES:
             raise InputError(f"memory must be one of {MEMORY_MODES}, got {memory!r}", param="memory")
         self.memory = memory
+        if task not in TASKS:
+            raise InputError(f"task must be one of {TASKS}, got {task!r}", param="task")
+        self.task = task
         if heatmap == "gradinput" and variant == "dual":
             raise InputError("the dual variant's two maps are two LRP rules and have no Grad x Input counterpart; "
                              "use heatmap='lrp' with variant='dual', or another variant with heatmap='gradinput'")
@@ -264,7 +307,24 @@ class ISNet(nn.Module):
         return (f"variant={self.variant!r}, select={self.select!r}, eps={self.lrp.eps}, "
                 f"first_layer={self.lrp.first_layer!r}, batch_stats={self.lrp.batch_stats!r}, "
                 f"deep_supervision={self.supervised}, map_chunk={self.map_chunk}"
-                + (f", memory={self.memory!r}" if getattr(self, "memory", "default") != "default" else ""))
+                + (f", memory={self.memory!r}" if getattr(self, "memory", "default") != "default" else "")
+                + (", task='multilabel'" if self.multilabel else ""))
+
+    @property
+    def multilabel(self) -> bool:
+        """Whether the labels are multi-label 0/1 targets (B, K) (``task="multilabel"``)."""
+        return getattr(self, "task", "multiclass") == "multilabel"  # an ISNet pickled before the option: multiclass
+
+    def _targets(self, logits: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The classes the maps explain (B, M) and, for a multi-label selective ISNet explaining the labels, the
+        weights (B, M) of the maps that explain a positive label (None: every map counts)."""
+        if self.multilabel and self.variant == "selective" and self.select == "label":
+            if labels is None:
+                raise InputError("select='label' explains each image's positive labels: call isnet(x, targets) "
+                                 "with the 0/1 targets (B, K)", param="labels")
+            targets, weights = multilabel_targets(labels, *logits.shape, logits.device)
+            return targets, weights
+        return self.choose_classes(logits, labels), None
 
     def _capture_steps(self, program: Program) -> list[str]:
         """The program steps whose relevance is that of the supervised modules' outputs, computed once per program."""
@@ -320,8 +380,9 @@ class ISNet(nn.Module):
             levels = {name: torch.cat([part[step] for part in inter], 1)
                       for name, step in zip(self.supervised, capture)}
             return ISNetOutput(logits, heat, None, levels)
-        targets = self.choose_classes(logits, labels)
-        output = "selective" if self.variant == "selective" else "logit"
+        targets, weights = self._targets(logits, labels)
+        # a sigmoid's log-odds is its logit: multi-label maps use the logit rule (module docstring)
+        output = "selective" if self.variant == "selective" and not self.multilabel else "logit"
         cfg = lrp.config(x, "epsilon")
 
         segments = self._segments(state)
@@ -333,12 +394,12 @@ class ISNet(nn.Module):
         self.last_map_chunk = chunk = self._chunk(state.saved, targets.shape[1], x.device)
         heat, *inter = chunked_relevance(run, targets, chunk)
         heat, *inter = self._mark_invalid_labels(labels, logits, [heat, *inter])
-        return ISNetOutput(logits, heat, targets, dict(zip(self.supervised, inter)))
+        return ISNetOutput(logits, heat, targets, dict(zip(self.supervised, inter)), weights)
 
     def _mark_invalid_labels(self, labels: Tensor | None, logits: Tensor, maps: list[Tensor]) -> list[Tensor]:
         """``maps`` with NaN for the images whose label is out of range (accelerator labels, whose range is not read
         back: :meth:`choose_classes`); unchanged when the labels were not used or were checked on the host."""
-        if labels is None or self.variant != "selective" or self.select != "label":
+        if labels is None or self.variant != "selective" or self.select != "label" or self.multilabel:
             return maps
         valid = _label_targets(labels, *logits.shape, logits.device)[1]
         if valid is None:
@@ -380,7 +441,7 @@ class ISNet(nn.Module):
                 for hook in hooks:
                     hook.remove()
             check_logits(logits, x.shape[0])
-            targets = self.choose_classes(logits, labels)
+            targets, weights = self._targets(logits, labels)
             inputs = [xg, *(acts[name] for name in self.supervised)]
             maps: list[list[Tensor]] = [[] for _ in inputs]
             M = targets.shape[1]
@@ -394,4 +455,4 @@ class ISNet(nn.Module):
         if not record:
             logits, heat, inter = logits.detach(), heat.detach(), [t.detach() for t in inter]
         self.last_map_chunk = 1
-        return ISNetOutput(logits, heat, targets, dict(zip(self.supervised, inter)))
+        return ISNetOutput(logits, heat, targets, dict(zip(self.supervised, inter)), weights)

@@ -2,17 +2,19 @@
 
 Public API
 ----------
-TrainConfig(data, out, arch, model_kwargs, weights, mean, std, preset, variant, heatmap, rrr_lambda, map_chunk,
+TrainConfig(data, out, arch, model_kwargs, weights, mean, std, preset, variant, task, heatmap, rrr_lambda, map_chunk,
     epochs, batch_size, lr, lr_schedule, optimizer, warmup_epochs, momentum, clip, weight_decay, P, d, E, A, B, mass,
     C1, C2, foreground, d_loss, nonfinite, eps, first_layer, deep_supervision, select, batch_stats, tune_cut, seed,
     num_workers, threads, size, channels, mask_foreground, mask_threshold, mask_invert, mask_check, augment,
-    train_split, val_split, device, backend, precision, progress); ``data`` a masked image folder or a manifest CSV
+    train_split, val_split, device, backend, precision, progress); ``data`` a masked image folder or a manifest CSV;
+    ``task`` multiclass or multilabel (a manifest's labels column), found from the data when None
 Trainer(config, *, model=None, resume=False, callbacks=()).fit() -> TrainResult
 train(config, *, model=None, resume=False, callbacks=()) -> TrainResult
 evaluate(model, loader, *, device, eps, first_layer, bounds, backend) -> Meter of loss, accuracy, background_fraction
 evaluate_run(run_dir, data=None, splits=None, *, which="best", bootstrap=1000) -> dict, writes
     RUN_DIR/eval-best.json, .md and a confusion-matrix figure per split; balanced accuracy, macro F1, AUROC with a
-    bootstrap interval, worst-group accuracy (:mod:`.scores`, scikit-learn)
+    bootstrap interval, worst-group accuracy; for a multi-label run per-label and macro AUROC, mAP, exact match
+    (:mod:`.scores`, scikit-learn)
 write_eval(result) -> the eval-<checkpoint>.json and .md files of an evaluate_run result, beside its checkpoint
 environment() -> the CPU, its instruction set, the threads and the library versions a result was computed with
 load_run(run_dir, which="best") -> Run (model, config, checkpoint, classes, in_channels)

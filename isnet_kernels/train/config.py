@@ -30,7 +30,7 @@ from ..errors import ISNetError
 from ..isnet.baselines import DEFAULT_LAMBDA
 from ..isnet.loss import FOREGROUND_RULES, NONFINITE_POLICIES, check_band, check_cut
 from ..isnet.presets import PRESETS, TRAINER_PRESETS
-from ..isnet.wrapper import HEATMAPS, MEMORY_MODES, SELECTIONS
+from ..isnet.wrapper import HEATMAPS, MEMORY_MODES, SELECTIONS, TASKS
 from ..lrp.engine import BATCH_STATS, FIRST_LAYER_RULES, check_eps
 from ..models import ARCHITECTURES, build_model
 from ..models.hub import check_name
@@ -162,6 +162,9 @@ class TrainConfig:
     mean, std : per-channel input normalisation (None: from the weights' metadata, or none without weights).
     variant : ``"none"`` (plain classifier, cross-entropy only) or an ISNet variant: ``"original"``,
         ``"selective"``, ``"stochastic"``, ``"dual"``.
+    task : ``"multiclass"`` (one class per image: cross-entropy) or ``"multilabel"`` (a manifest's ``labels``
+        column: binary cross-entropy, the ISNet explains each positive label); None: from the data, and a saved
+        configuration holds the task found. A task that does not match the data is an error.
     epochs, batch_size : epochs to train in all, and the global batch (module docstring).
     lr, lr_schedule, momentum, clip, weight_decay : the optimizer and its learning-rate schedule
         (:data:`LR_SCHEDULES`); ``clip`` is the gradient-norm clip (``None`` or 0: no clipping).
@@ -213,6 +216,10 @@ class TrainConfig:
                          "data sets) or 'paper' (the authors' settings)", choices=PRESETS)
     variant: str = option("selective", "none = plain classifier (no LRP); rrr = Right for the Right Reasons (input "
                           "gradient penalised on the background); else the ISNet variant", choices=TRAIN_VARIANTS)
+    task: str | None = option(None, "multiclass: one class per image (cross-entropy); multilabel: several per image, "
+                              "a manifest's labels column (binary cross-entropy; the ISNet explains each positive "
+                              "label)", choices=TASKS, default_text="from the data: multilabel for a manifest with a "
+                              "labels column, else multiclass")
     heatmap: str = option("lrp", "the ISNet's heatmaps: LRP, or Grad x Input (the authors' ablation)",
                           choices=HEATMAPS)
     rrr_lambda: float = option(DEFAULT_LAMBDA, "weight of the RRR penalty (variant rrr; for inputs in [0, 1])")
@@ -410,9 +417,26 @@ class TrainConfig:
             raise bad("backend", f"one of {BACKENDS} (or not given: auto)")
         if not self.train_split:
             raise bad("train_split", "a split folder name")
+        if self.task is not None and self.task not in TASKS:
+            raise bad("task", f"one of {TASKS} (or not given: from the data)")
+        self.check_task(self.task)
         if self.variant in ("none", "rrr") and self.tune_cut:
             raise TrainError(f"tune_cut chooses C1/C2 of the heatmap loss, which variant {self.variant!r} does not "
                              "use; drop --tune-cut or pick an ISNet variant")
+
+    def check_task(self, task: str | None) -> None:
+        """Raise a :class:`TrainError` for settings that a ``task`` (the configured or the data's) does not
+        support: multi-label training with ``--variant rrr`` (its penalty is the input gradient of the summed
+        log-softmax, a single-label quantity) or ``--tune-cut`` (its copy is trained with cross-entropy)."""
+        if task != "multilabel":
+            return
+        if self.variant == "rrr":
+            raise TrainError("--variant rrr penalises the input gradient of the log-softmax, a single-label quantity; "
+                             "train the multi-label data with an ISNet variant (selective) or --variant none",
+                             param="variant")
+        if self.tune_cut:
+            raise TrainError("--tune-cut trains its copy with cross-entropy over classes, not for multi-label data; "
+                             "drop --tune-cut and give --C1/--C2", param="tune_cut")
 
     def check_model(self, image_size: tuple[int, int] | None = None, in_channels: int | None = None) -> None:
         """Check that ``arch`` can be built with ``model_kwargs`` and takes images of ``size`` (or of

@@ -14,12 +14,33 @@ from ..data.masks import MaskConvention, MaskReport, check_masks
 from .errors import TrainError
 
 
+def dataset_task(dataset) -> str:
+    """``"multilabel"`` for a multi-label manifest (a ``labels`` column), else ``"multiclass"``."""
+    return "multilabel" if getattr(dataset, "multilabel", False) else "multiclass"
+
+
+def check_task(dataset, task: str | None, root: str | Path, given: str = "--task") -> str:
+    """The task of ``dataset`` (:func:`dataset_task`); a ``task`` that differs is a :class:`TrainError` naming
+    ``given`` (where the task came from: ``--task`` or the run that was trained)."""
+    found = dataset_task(dataset)
+    if task is None or task == found:
+        return found
+    if found == "multilabel":
+        raise TrainError(f"{root} is a multi-label manifest (a labels column, classes separated by ;) but {given} is "
+                         f"{task!r}; pass --task multilabel, or leave --task out (it is found from the data)",
+                         param="task")
+    raise TrainError(f"{root} has one class per image (a label column or class folders) but {given} is {task!r}; "
+                     "multi-label data is a manifest with a labels column (classes separated by ;), or leave --task "
+                     "out (it is found from the data)", param="task")
+
+
 def open_split(root: str | Path, split: str, *, size: int | None = None, channels: int | None = None,
                flag: str | None = None, mask_convention: MaskConvention | None = None,
-               classes: Sequence[str] | None = None):
+               classes: Sequence[str] | None = None, task: str | None = None, task_source: str = "--task"):
     """Split ``split`` of the folder or manifest ``root`` (:func:`~isnet_kernels.data.manifest.open_dataset`); a
     missing split names ``flag`` as the fix. ``classes``: the classes the model knows (a label outside them is an
-    error). A multi-label manifest is refused (training and evaluating multi-label tasks is not supported yet)."""
+    error). ``task``: the task the run expects (None: either); a data set of the other task is an error naming
+    ``task_source`` (:func:`check_task`)."""
     if not root:
         raise TrainError("no data set given; pass --data ROOT (a folder with images/<split>/<class>/*.png and "
                          "masks/..., or a manifest FILE.csv), e.g. one written by: isnet data biased-digits ROOT")
@@ -31,9 +52,7 @@ def open_split(root: str | Path, split: str, *, size: int | None = None, channel
                          f"{where}{hint}")
     dataset = open_dataset(root, split, size=size, channels=channels, mask_convention=mask_convention,
                            classes=classes)
-    if getattr(dataset, "multilabel", False):
-        raise TrainError(f"manifest {root} is multi-label (a labels column): multi-label training and evaluation are "
-                         "not yet supported; give one class per image in a label column")
+    check_task(dataset, task, root, task_source)
     return dataset
 
 
@@ -76,4 +95,5 @@ def check_classes(expected: list[str], found: list[str], where: str) -> None:
                          "of every split must be the same (class i is the i-th folder name in sorted order)")
 
 
-__all__ = ["DataError", "check_classes", "check_split_masks", "dataset_groups", "open_split"]
+__all__ = ["DataError", "check_classes", "check_split_masks", "check_task", "dataset_groups", "dataset_task",
+           "open_split"]

@@ -5,7 +5,9 @@ worst-group and average-group accuracy, the confusion matrix: :mod:`.scores`).
 The heatmap behind the background-relevance fraction is the same for every variant, the plain classifier
 included, so that runs compare: the LRP heatmap of each image's predicted class (argmax logit), logit output rule,
 epsilon in the hidden layers and the run's first-layer rule and eps, the model in eval mode, computed by
-:func:`isnet_kernels.explain` without recording a graph (see :mod:`.metrics`).
+:func:`isnet_kernels.explain` without recording a graph (see :mod:`.metrics`); for a multi-label model, the map of
+its highest logit. A multi-label run (its data's ``labels`` column) reports the scores of
+:func:`~.scores.multilabel_scores` instead of the single-label ones.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data.manifest import dataset_splits as list_splits
 from ..errors import UnsupportedLayerError
+from ..isnet.loss import classification_loss
 from ..lrp import explain, get_program
 from ..models import Preprocess, build_model
 from .backbone import rebuild, spec_preprocess, wrap
@@ -34,7 +36,7 @@ from .environment import environment
 from .errors import TrainError
 from .files import write_atomic
 from .metrics import Meter, background_fraction, correct
-from .scores import classification_scores, confusion_figure
+from .scores import SCORE_NAMES, classification_scores, confusion_figure, multilabel_scores
 
 EVAL_METRICS = ("loss", "accuracy", "background_fraction")
 
@@ -55,7 +57,9 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str =
              outputs: dict[str, list] | None = None) -> Meter:
     """Sums of cross-entropy, correct predictions and background fractions over ``loader`` (module docstring).
 
-    ``loader`` yields ``(images, masks, labels)``. Returns a :class:`~.metrics.Meter` over :data:`EVAL_METRICS`
+    ``loader`` yields ``(images, masks, labels)``; multi-label targets (B, K) make the loss binary cross-entropy
+    (summed over the labels of an image), the accuracy the exact match and the probabilities sigmoids. Returns a
+    :class:`~.metrics.Meter` over :data:`EVAL_METRICS`
     (call ``.all_reduce()`` to add other processes' shares, then ``.means()``). The model is evaluated in eval
     mode and left in the mode it had. With ``heatmaps=False`` (a model the LRP engine cannot explain) the
     background fraction (no images counted) reads NaN. ``outputs``, a dict, gets the class probabilities
@@ -72,10 +76,12 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str =
                 x, y = images.to(device), labels.to(device)
                 logits = model(x)
                 n = y.shape[0]
-                meter.add_sum("loss", F.cross_entropy(logits, y, reduction="sum"), n)
+                task = "multilabel" if y.dim() == 2 else "multiclass"
+                meter.add_sum("loss", classification_loss(logits, y, task, reduction="sum"), n)
                 meter.add_sum("accuracy", correct(logits, y), n)
                 if outputs is not None:
-                    outputs.setdefault("probs", []).append(logits.float().softmax(-1).cpu())
+                    probs = logits.float().sigmoid() if task == "multilabel" else logits.float().softmax(-1)
+                    outputs.setdefault("probs", []).append(probs.cpu())
                     outputs.setdefault("labels", []).append(y.cpu())
                 if heatmaps:
                     heat = explain(model, x, None, eps=eps, first_layer=first_layer, bounds=bounds, backend=backend)
@@ -88,7 +94,13 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device | str =
 def split_scores(outputs: dict[str, list], classes: Sequence[str], groups: Sequence[str | None] | None = None, *,
                  bootstrap: int = 0, seed: int = 0) -> dict[str, Any]:
     """:func:`~.scores.classification_scores` of what :func:`evaluate` collected in ``outputs`` (``groups`` in the
-    loader's order)."""
+    loader's order), or for multi-label targets :func:`~.scores.multilabel_scores` (the single-label scores None;
+    no group scores)."""
+    if outputs.get("labels") and outputs["labels"][0].dim() == 2:
+        targets, probs = torch.cat(outputs["labels"]).numpy(), torch.cat(outputs["probs"]).numpy()
+        scores = multilabel_scores(targets, probs, list(classes), bootstrap=bootstrap, seed=seed)
+        return {**dict.fromkeys(SCORE_NAMES), "group_accuracy": None, "average_group_accuracy": None,
+                "confusion_matrix": None, **scores}
     probs = torch.cat(outputs.get("probs", [torch.zeros(0, len(classes))])).numpy()
     labels = torch.cat(outputs.get("labels", [torch.zeros(0, dtype=torch.long)])).numpy()
     return classification_scores(labels, probs, list(classes), groups=groups, bootstrap=bootstrap, seed=seed)
@@ -109,6 +121,12 @@ class Run:
     @property
     def epoch(self) -> int:
         return int(self.checkpoint["epoch"])
+
+    @property
+    def task(self) -> str:
+        """``"multiclass"`` or ``"multilabel"``: the task the run was trained for (runs saved before the setting
+        existed: multiclass)."""
+        return self.config.task or "multiclass"
 
 
 def load_run(run_dir: str | os.PathLike[str], which: str = "best", device: torch.device | str = "cpu") -> Run:
@@ -146,7 +164,35 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{100 * value:.2f}%"
 
 
-def markdown_table(results: dict[str, dict[str, Any]]) -> str:
+def multilabel_table(results: dict[str, dict[str, Any]], labels: Sequence[str]) -> str:
+    """The multi-label results: per split images, exact match, mean per-label accuracy, background relevance, binary
+    cross-entropy, macro AUROC with its interval and mAP; then per-label AUROC, one column per split."""
+    lines = ["| split | images | exact match | label accuracy | background relevance | binary cross-entropy "
+             "| macro AUROC (95% CI) | mAP |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for split, r in results.items():
+        auroc, ci = r.get("auroc"), r.get("auroc_ci")
+        auroc_text = "n/a" if auroc is None else f"{auroc:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+        mean_ap = "n/a" if r.get("map") is None else f"{r['map']:.3f}"
+        lines.append(f"| {split} | {r['images']} | {_percent(r.get('exact_match'))} "
+                     f"| {_percent(r.get('label_accuracy'))} | {_percent(r['background_fraction'])} | {r['loss']:.4f} "
+                     f"| {auroc_text} | {mean_ap} |")
+    lines += ["", "| label | " + " | ".join(f"AUROC {split}" for split in results) + " |",
+              "|---|" + "---:|" * len(results)]
+    for label in labels:
+        cells = [(r.get("per_label_auroc") or {}).get(label) for r in results.values()]
+        lines.append(f"| {label} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table(results: dict[str, dict[str, Any]], labels: Sequence[str] | None = None) -> str:
+    """The results table of :func:`evaluate_run`: :func:`multilabel_table` for multi-label results (with
+    ``labels``), else the single-label table below."""
+    if labels is not None and any("per_label_auroc" in r for r in results.values()):
+        return multilabel_table(results, labels)
+    return _multiclass_table(results)
+
+
+def _multiclass_table(results: dict[str, dict[str, Any]]) -> str:
     """One row per split: images, accuracy, background-relevance fraction, cross-entropy and, where computed,
     balanced accuracy, macro F1, AUROC with its interval, worst-group and average-group accuracy."""
     lines = ["| split | images | accuracy | background relevance | cross-entropy | balanced accuracy | macro F1 "
@@ -184,7 +230,11 @@ def evaluate_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[str] |
     checkpoint (``RUN_DIR/eval-best.json`` and ``eval-best.md``). Returns ``{"run", "checkpoint",
     "checkpoint_path", "epoch", "variant", "arch", "data", "heatmap", "splits": {split: {images, accuracy,
     background_fraction, loss, balanced_accuracy, macro_f1, per_class_recall, auroc, auroc_ci, per_class_auroc,
-    group_accuracy, worst_group_accuracy, average_group_accuracy, confusion_matrix}}, "classes", "environment"}``.
+    group_accuracy, worst_group_accuracy, average_group_accuracy, confusion_matrix}}, "classes", "task",
+    "environment"}``. A multi-label run (``task`` ``"multilabel"``, recorded in its checkpoint) reports per split
+    the exact match (as ``accuracy`` and ``exact_match``), per-label and mean label accuracy, the binary
+    cross-entropy, per-label and macro AUROC with its interval, per-label average precision and mAP
+    (:func:`~.scores.multilabel_scores`); data of the other task is an error.
     """
     run = load_run(run_dir, which, device)
     cfg = run.config
@@ -197,7 +247,8 @@ def evaluate_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[str] |
     results: dict[str, dict[str, float]] = {}
     for split in names:
         dataset = open_split(root, split, size=run.preprocess.size, channels=run.in_channels, flag="--splits",
-                             mask_convention=mask_convention or cfg.mask_convention, classes=run.classes)
+                             mask_convention=mask_convention or cfg.mask_convention, classes=run.classes,
+                             task=run.task, task_source=f"the run's task (it was trained with --task {run.task})")
         check_classes(run.classes, dataset.classes, f"split {split!r} of {root}")
         loader = torch.utils.data.DataLoader(wrap(dataset, run.preprocess), batch_size=batch_size or cfg.batch_size,
                                              shuffle=False)
@@ -214,7 +265,7 @@ def evaluate_run(run_dir: str | os.PathLike[str], data: str | os.PathLike[str] |
            "epoch": run.epoch, "variant": cfg.variant, "arch": cfg.arch, "data": root,
            "heatmap": "LRP of the predicted class: logit rule, epsilon, first layer " + cfg.first_layer
            if note is None else f"none: {note}",
-           "splits": results, "classes": list(run.classes), "environment": environment()}
+           "splits": results, "classes": list(run.classes), "task": run.task, "environment": environment()}
     if write:
         write_eval(out)
     return out
@@ -226,7 +277,8 @@ def write_eval(result: dict[str, Any]) -> tuple[Path, Path]:
     :class:`~.errors.TrainError` naming the cause."""
     json_path, md_path = eval_paths(result["checkpoint_path"])
     write_atomic(json_path, json.dumps(result, indent=2) + "\n", what="evaluation results")
-    write_atomic(md_path, markdown_table(result["splits"]), what="evaluation table")
+    labels = result.get("classes") if result.get("task") == "multilabel" else None
+    write_atomic(md_path, markdown_table(result["splits"], labels), what="evaluation table")
     for split, r in result["splits"].items():
         if r.get("confusion_matrix") is not None and result.get("classes"):
             figure = confusion_figure(r["confusion_matrix"], result["classes"], f"{result['run']}: {split}")

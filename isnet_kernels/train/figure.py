@@ -69,7 +69,8 @@ def explain_image(run_dir: str | os.PathLike[str], image: str | os.PathLike[str]
     outline when a mask is given (:func:`isnet_kernels.plot.save_heatmap_grid`).
 
     The heatmap explains ``target`` (a class index or class folder name; default: the predicted class) with the
-    logit rule and the run's eps and first-layer rule, as in evaluation. Returns ``{"path", "predicted",
+    logit rule and the run's eps and first-layer rule, as in evaluation (a multi-label run: the class with the
+    highest probability by default, each class's probability its sigmoid). Returns ``{"path", "predicted",
     "target", "probability", "background_fraction" (None without a mask)}``.
     """
     run = load_run(run_dir, which, device)
@@ -79,8 +80,9 @@ def explain_image(run_dir: str | os.PathLike[str], image: str | os.PathLike[str]
     m = (read_mask(mask, tuple(x.shape[-2:]), pre.size, cfg.mask_convention).to(device) if mask is not None
          else None)
     inputs = pre.normalize(x)
-    with torch.no_grad():
-        probs = run.model(inputs).softmax(-1)[0]
+    with torch.no_grad():  # a multi-label run's classes are independent sigmoids
+        logits = run.model(inputs)[0]
+        probs = logits.sigmoid() if run.task == "multilabel" else logits.softmax(-1)
     predicted = int(probs.argmax())
     if target is None:
         cls = predicted

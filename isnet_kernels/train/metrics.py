@@ -1,5 +1,6 @@
-"""Per-epoch metrics: accuracy, the loss and its parts, the background-relevance fraction and the validation scores
-of :mod:`.scores` (balanced accuracy, macro F1, one-vs-rest AUROC, worst-group accuracy); the files they go to.
+"""Per-epoch metrics: accuracy (exact match for multi-label data), the loss and its parts, the background-relevance
+fraction and the validation scores of :mod:`.scores` (balanced accuracy, macro F1, one-vs-rest AUROC, worst-group
+accuracy, mAP); the files they go to.
 
 Background-relevance fraction of one image, for a heatmap ``H`` (C, h, w) and its foreground mask resized to
 (h, w) as the heatmap loss resizes it (adaptive average pooling, then ``!= 0``;
@@ -62,7 +63,11 @@ def background_fraction(heatmaps: Tensor, masks: Tensor) -> Tensor:
 
 
 def correct(logits: Tensor, labels: Tensor) -> Tensor:
-    """Number of images whose argmax logit is the label (a 0-d tensor, no host synchronisation)."""
+    """Number of images whose argmax logit is the label (a 0-d tensor, no host synchronisation); for multi-label
+    targets (B, K), of images whose every label is right (exact match: a label is predicted present where its logit
+    is positive, its sigmoid above 0.5)."""
+    if labels.dim() == 2:
+        return ((logits.detach() > 0) == (labels > 0.5)).all(1).sum()
     return (logits.detach().argmax(-1) == labels).sum()
 
 

@@ -15,8 +15,10 @@
 
 :func:`multilabel_scores`, from each image's 0/1 targets and per-label probabilities (sigmoid of the logits):
 ``per_label_auroc`` and ``per_label_ap`` (average precision), their means ``auroc`` (macro) and ``map`` over the
-labels with positives and negatives, and the bootstrap interval of the macro AUROC. (Multi-label training is not
-supported yet; the scores are ready for it.)
+labels with positives and negatives, and the bootstrap interval of the macro AUROC; ``exact_match`` (scikit-learn's
+``accuracy_score`` of the indicator matrices: the share of images whose every label is predicted right, a label
+predicted present where its probability exceeds 0.5), ``per_label_accuracy`` and ``label_accuracy`` (their mean,
+1 - the Hamming loss).
 
 Values that cannot be computed (AUROC of a split with one class) are None, never NaN, so results compare with
 ``==`` and serialise to JSON.
@@ -39,7 +41,7 @@ from ..errors import MissingDependencyError
 __all__ = ["SCORE_NAMES", "classification_scores", "confusion_figure", "multilabel_scores", "sklearn_metrics"]
 
 #: The scalar scores of :func:`classification_scores` (per-epoch columns ``val_<name>`` of the trainer).
-SCORE_NAMES = ("balanced_accuracy", "macro_f1", "auroc", "worst_group_accuracy")
+SCORE_NAMES = ("balanced_accuracy", "macro_f1", "auroc", "worst_group_accuracy", "map")
 
 
 def sklearn_metrics() -> Any:
@@ -110,6 +112,7 @@ def classification_scores(labels: Sequence[int] | np.ndarray, probs: np.ndarray,
         "auroc_ci": None,
         "per_class_auroc": dict(zip(classes, per_class_auroc)),
         "confusion_matrix": metrics.confusion_matrix(y, pred, labels=ks).tolist() if len(y) else [[0] * k] * k,
+        "map": None,  # multi-label only
     }
     if bootstrap and out["auroc"] is not None:
         rng = np.random.default_rng(seed)
@@ -156,8 +159,14 @@ def multilabel_scores(targets: np.ndarray, probs: np.ndarray, labels: Sequence[s
     p = np.asarray(probs, dtype=np.float64)
     auroc = _per_label(metrics, t, p, "auroc")
     ap = _per_label(metrics, t, p, "ap")
+    pred = p > 0.5
+    per_label_accuracy = [float(metrics.accuracy_score(t[:, k], pred[:, k])) for k in range(t.shape[1])] \
+        if len(t) else [None] * t.shape[1]
     out: dict[str, Any] = {"per_label_auroc": dict(zip(labels, auroc)), "auroc": _macro(auroc), "auroc_ci": None,
-                           "per_label_ap": dict(zip(labels, ap)), "map": _macro(ap)}
+                           "per_label_ap": dict(zip(labels, ap)), "map": _macro(ap),
+                           "exact_match": float(metrics.accuracy_score(t, pred)) if len(t) else None,
+                           "per_label_accuracy": dict(zip(labels, per_label_accuracy)),
+                           "label_accuracy": _macro(per_label_accuracy)}
     if bootstrap and out["auroc"] is not None:
         rng = np.random.default_rng(seed)
         draws = [v for v in (_macro(_per_label(metrics, t[idx], p[idx], "auroc"))

@@ -63,7 +63,7 @@ from ..isnet import ISNet, ISNetLoss, ISNetLossOutput, ISNetOutput, RRRLoss, tun
 from . import backbone
 from .checkpoint import BEST, FORMAT, LAST, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .config import RESUMABLE_FIELDS, TrainConfig, flag_of
-from .data import check_classes, check_split_masks, dataset_groups, open_split
+from .data import check_classes, check_split_masks, check_task, dataset_groups, open_split
 from .distributed import Context, setup
 from .environment import default_threads, environment
 from .errors import TrainError
@@ -205,11 +205,15 @@ class Trainer:
         self.train_set = open_split(cfg.data, cfg.train_split, size=pre.size, channels=pre.channels,
                                     flag="--train-split", mask_convention=masks)
         self.classes = list(self.train_set.classes)
+        task = check_task(self.train_set, cfg.task, cfg.data)  # --task, or found from the data
+        cfg.check_task(task)
+        if cfg.task != task:
+            cfg = self.config = cfg.replace(task=task)
         self.val_set = None
         if cfg.val_split:
             self.val_set = open_split(cfg.data, cfg.val_split, size=pre.size, channels=pre.channels,
                                       flag="--val-split (or --val-split '' to train without validation)",
-                                      mask_convention=masks, classes=self.classes)
+                                      mask_convention=masks, classes=self.classes, task=task)
             check_classes(self.classes, self.val_set.classes, f"validation split {cfg.val_split!r}")
         for dataset in (self.train_set, self.val_set):  # masks that cannot penalise anything stop a run using them
             if dataset is not None:
@@ -246,7 +250,7 @@ class Trainer:
                            deep_supervision=cfg.deep_supervision, select=cfg.select, generator=self.generator,
                            bounds=self.bounds,
                            backend=cfg.backend, batch_stats=cfg.batch_stats, heatmap=cfg.heatmap,
-                           map_chunk=cfg.map_chunk, memory=cfg.memory) if cfg.is_isnet else None
+                           map_chunk=cfg.map_chunk, memory=cfg.memory, task=cfg.task) if cfg.is_isnet else None
         self.optimizer = backbone.make_optimizer(cfg, self.model)
         self.net: nn.Module = self.isnet if self.isnet is not None else self.model
         if ctx.distributed:
@@ -284,7 +288,7 @@ class Trainer:
         self.rrr = RRRLoss(cfg.rrr_lambda) if cfg.variant == "rrr" else None
         self.loss_fn = ISNetLoss(P=cfg.P if cfg.is_isnet else 0.0, d=cfg.d, E=cfg.E, A=cfg.A, B=cfg.B, C1=cfg.C1,
                                  C2=cfg.C2, foreground=cfg.foreground, d_loss=cfg.d_loss, nonfinite=cfg.nonfinite,
-                                 mass=cfg.mass)
+                                 mass=cfg.mass, task=cfg.task)
         self._boundary = self._snapshot()
 
     def _check_run_dir(self) -> dict[str, Any] | None:
@@ -303,7 +307,8 @@ class Trainer:
         saved = TrainConfig.from_dict(state["config"])
         mine, theirs = self.config.to_dict(), saved.to_dict()
         # out is where the run is now, however it is spelled or wherever it was moved: not a setting
-        ignore = {"out", *RESUMABLE_FIELDS} | ({"C1", "C2"} if saved.tune_cut else set())
+        ignore = {"out", *RESUMABLE_FIELDS} | ({"C1", "C2"} if saved.tune_cut else set()) \
+            | ({"task"} if self.config.task is None else set())  # not given: the task the run found in its data
         changed = sorted(k for k in mine if k not in ignore and mine[k] != theirs[k])
         if changed:
             diff = ", ".join(f"{flag_of(k)} {theirs[k]!r} -> {mine[k]!r}" for k in changed)
@@ -316,6 +321,8 @@ class Trainer:
                              f"{'passed as an object' if state.get('custom_model') else 'built by name'}; resume it "
                              "the same way")
         resumed = saved.replace(out=mine["out"], **{k: mine[k] for k in RESUMABLE_FIELDS})
+        if resumed.task is None:  # a run saved before the task was recorded: one class per image
+            resumed = resumed.replace(task="multiclass")
         recorded = (state.get("data") or {}).get("root")
         if resumed.data == saved.data and not Path(saved.data).exists() and recorded and Path(recorded).exists():
             resumed = resumed.replace(data=recorded)  # a relative --data of a run started in another folder

@@ -1,6 +1,6 @@
 """From a data set's own layout to an evaluation, through the command line: import, inspect, train with
 augmentation, evaluate with worst-group accuracy; raw Pet trimaps refused with the fix; augmentation resumed
-exactly; multi-label refused for now."""
+exactly; a multi-label manifest trained as one, and refused with --task multiclass."""
 
 from __future__ import annotations
 
@@ -90,13 +90,17 @@ def test_cub_boxes_train(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert (tmp_path / "cub-run" / "best.pt").is_file()
 
 
-def test_multilabel_refused_for_now(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_multilabel_manifest_task(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from PIL import Image
 
     Image.new("RGB", (16, 16)).save(tmp_path / "x.png")
     (tmp_path / "m.csv").write_text("image,labels,box,split\nx.png,a;b,0 0 8 8,train\nx.png,b,0 0 8 8,val\n")
-    assert _train(tmp_path / "m.csv", tmp_path / "run") == 2
-    assert "multi-label training and evaluation are not yet supported" in capsys.readouterr().err
+    assert _train(tmp_path / "m.csv", tmp_path / "refused", "--task", "multiclass", "--mask-check", "1") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "multi-label manifest" in err and "--task multilabel" in err
+    assert not (tmp_path / "refused" / "last.pt").exists()
+    assert _train(tmp_path / "m.csv", tmp_path / "run", "--mask-check", "1") == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["task"] == "multilabel"
 
 
 def test_mask_settings_checked_up_front() -> None:
