@@ -72,6 +72,7 @@ from .errors import TrainError
 from .evaluate import evaluate, heatmap_support, split_scores
 from .files import remove_stale_temporaries, write_atomic
 from .metrics import LOSS_PARTS, Meter, correct, write_metrics
+from .sampling import loader_seed
 from .scores import SCORE_NAMES
 
 TRAIN_METRICS = (*LOSS_PARTS, "accuracy")
@@ -424,7 +425,7 @@ class Trainer:
             if hasattr(self.train_set, "set_epoch"):  # augmentation drawn per (seed, epoch, image)
                 self.train_set.set_epoch(self.epoch)
             self.sampler.skip(self.step * self.local_batch)
-            self.loader_generator.manual_seed(cfg.seed * 100_003 + self.epoch)
+            self.loader_generator.manual_seed(loader_seed(cfg.seed, self.epoch))
             total = self.step + len(self.loader)
             bar = tqdm(self.loader, total=total, initial=self.step, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                        disable=not (cfg.progress and ctx.is_main), leave=False)
