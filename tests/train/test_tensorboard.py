@@ -15,7 +15,9 @@ from isnet_kernels import cli
 from isnet_kernels.plot import heatmap_grid_array
 from isnet_kernels.train.board import BOARD_DIR, GRID_TAG, Board
 
-event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+from ..optional import require
+
+event_accumulator = require("tensorboard.backend.event_processing.event_accumulator")
 
 
 def _read(folder: Path):
