@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,12 @@ def test_heatmap_grid_array_layout() -> None:
     assert (grid[0, 9] == 0).all() and (grid[2, 11] == 255).all()  # mask: background black, foreground white
     assert tuple(grid[0, 18]) == (255, 0, 0) and tuple(grid[9, 18]) == (0, 0, 255)
     assert (grid[8] == 255).all()  # the gap between rows
+
+
+def test_tensorboard_missing_is_one_line_before_any_data_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    rc = cli.main(_args(tmp_path / "no-such-data", tmp_path / "run", 1, "--tensorboard"))
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "pip install 'isnet-kernels[tensorboard]'" in err and "without --tensorboard" in err
