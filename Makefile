@@ -18,6 +18,9 @@ TORCHVISION := torchvision==0.28.0
 LXT     := lxt==2.1
 # timm (models by name, `--arch timm:NAME`) and safetensors (weights files), as the GPU machines have them.
 TIMM    := timm==1.0.31 safetensors
+# PyTorch Lightning, TensorBoard and torchmetrics (isnet_kernels.lightning, isnet train --tensorboard), as the GPU
+# machines have them; installed beside the pinned torch so that nothing else moves.
+LIGHTNING := lightning==2.6.6 tensorboard==2.21.0 torchmetrics==1.9.0
 STAMP   := $(VENV)/.installed
 # The GPU machines' stack (issue of the GPU check): Python 3.12 with the CUDA 13 build of torch 2.11.0, triton 3.6.0
 # and torchvision 0.26.0, plus the packages those machines have (no zennit, no LXT). $(MIRROR) mirrors it on a CPU
@@ -69,6 +72,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*/*)
 	$(PIP) install $(TRITON) $(TORCH)
 	$(PIP) install --no-deps $(ZENNIT) $(TORCHVISION) $(LXT)
 	$(PIP) install $(TIMM) $(TORCH) $(TORCHVISION)
+	$(PIP) install $(LIGHTNING) $(TORCH)
 	@touch $@
 
 mirror-venv: $(MIRROR_STAMP)
@@ -98,9 +102,9 @@ explain-demo: venv
 	$(PY) python/explain_digits.py --out demo/explain/
 
 # pytest exits with 5 when no test ran; make treats any non-zero status as a failure, this just says why.
-# The development environment has zennit, LXT and torchvision: their comparison tests must run, not skip.
+# The development environment has zennit, LXT, torchvision, Lightning and TensorBoard: their tests must run, not skip.
 test: venv
-	TRITON_INTERPRET=1 ISNET_KERNELS_TEST_REQUIRE=zennit,lxt,torchvision,timm $(PY) -m pytest -q tests --ignore=benchmarks; rc=$$?; \
+	TRITON_INTERPRET=1 ISNET_KERNELS_TEST_REQUIRE=zennit,lxt,torchvision,timm,lightning,tensorboard $(PY) -m pytest -q tests --ignore=benchmarks; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no test ran (pytest exit code 5)" >&2; fi; \
 	exit $$rc
 
@@ -135,7 +139,7 @@ MIRROR_REDUCED := --ignore=tests/test_biased_digits_demo.py --ignore=tests/test_
 	--ignore=tests/train/test_reliability.py
 test-mirror: mirror-venv
 	$(MPY) setup.py -q build_ext --inplace
-	TRITON_INTERPRET=1 ISNET_KERNELS_TEST_REQUIRE=_C_cuda,torchvision,timm PYTHONPATH=$(CURDIR) $(MPY) -m pytest -q \
+	TRITON_INTERPRET=1 ISNET_KERNELS_TEST_REQUIRE=_C_cuda,torchvision,timm,lightning,tensorboard PYTHONPATH=$(CURDIR) $(MPY) -m pytest -q \
 		-p no:cacheprovider tests $(if $(MIRROR_TESTS_ALL),,$(MIRROR_REDUCED)); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-mirror: no test ran (pytest exit code 5)" >&2; fi; \
 	exit $$rc

@@ -22,7 +22,7 @@ from .errors import InputError
 
 ArrayLike = Tensor | np.ndarray
 
-__all__ = ["heatmap_to_rgb", "overlay", "save_heatmap_grid"]
+__all__ = ["heatmap_grid_array", "heatmap_to_rgb", "overlay", "save_heatmap_grid"]
 
 
 def _to_numpy(x: ArrayLike) -> np.ndarray:
@@ -135,6 +135,61 @@ def _rows(x: ArrayLike | Sequence[ArrayLike]) -> list[ArrayLike]:
     if isinstance(x, (Tensor, np.ndarray)):
         return [x[i] for i in range(x.shape[0])]
     return list(x)
+
+
+def _mask_rgb(mask: ArrayLike) -> np.ndarray:
+    """A foreground mask (H, W) or (1, H, W) as an (H, W, 3) float image: white foreground, black background."""
+    m = _to_numpy(mask)
+    if m.ndim == 3 and m.shape[0] == 1:
+        m = m[0]
+    if m.ndim != 2:
+        raise InputError(f"mask must have shape (H, W) or (1, H, W), got {tuple(m.shape)}")
+    return np.repeat((np.nan_to_num(m) != 0).astype(np.float64)[..., None], 3, axis=-1)
+
+
+def heatmap_grid_array(images: ArrayLike | Sequence[ArrayLike], heatmaps: ArrayLike | Sequence[ArrayLike],
+                       masks: ArrayLike | Sequence[ArrayLike] | None = None, *, min_cell: int = 64,
+                       gap: int = 2) -> np.ndarray:
+    """One RGB array of image | mask | heatmap panels, a row per image: what a training logger shows (TensorBoard's
+    ``add_image`` takes it with ``dataformats="HWC"``). No matplotlib: the panels are the pixels themselves.
+
+    ``images`` N images (a (N, C, H, W) batch, or a sequence), drawn as :func:`overlay` draws them (min-max scaled
+    when outside [0, 1]); ``heatmaps`` N maps (H, W) or (C, H, W), coloured by :func:`heatmap_to_rgb`;
+    ``masks`` N masks (H, W) or (1, H, W) (white foreground; the column is left out when None). Each panel is
+    enlarged by an integer factor (nearest neighbour) to at least ``min_cell`` pixels a side; panels are ``gap``
+    white pixels apart. Returns an (rows, columns, 3) uint8 array.
+    """
+    image_rows, heat_rows = _rows(images), _rows(heatmaps)
+    mask_rows = _rows(masks) if masks is not None else None
+    n = len(image_rows)
+    if n == 0:
+        raise InputError("heatmap_grid_array needs at least one image")
+    if len(heat_rows) != n or (mask_rows is not None and len(mask_rows) != n):
+        raise InputError(f"got {n} images, {len(heat_rows)} heatmaps and "
+                         f"{len(mask_rows) if mask_rows is not None else 'no'} masks; pass one of each per image")
+    rows = []
+    for i in range(n):
+        panels = [_image_rgb(image_rows[i])]
+        if mask_rows is not None:
+            panels.append(_mask_rgb(mask_rows[i]))
+        panels.append(heatmap_to_rgb(heat_rows[i]).astype(np.float64) / 255.0)
+        shape = panels[0].shape[:2]
+        if any(p.shape[:2] != shape for p in panels):
+            raise InputError(f"image {i} is {shape} but its mask or heatmap is "
+                             f"{[p.shape[:2] for p in panels[1:]]}; they must match")
+        rows.append(panels)
+    h, w = rows[0][0].shape[:2]
+    if any(p.shape[:2] != (h, w) for r in rows for p in r):
+        raise InputError("every image of a grid must have the same size")
+    factor = max(1, -(-min_cell // max(min(h, w), 1)))
+    ch, cw = h * factor, w * factor
+    cols = len(rows[0])
+    out = np.ones((n * ch + (n - 1) * gap, cols * cw + (cols - 1) * gap, 3))
+    for i, panels in enumerate(rows):
+        for j, p in enumerate(panels):
+            y, x = i * (ch + gap), j * (cw + gap)
+            out[y:y + ch, x:x + cw] = np.kron(p, np.ones((factor, factor, 1)))
+    return np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def save_heatmap_grid(

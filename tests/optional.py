@@ -1,4 +1,5 @@
-"""Packages the tests compare against but the package does not need (zennit, LXT, torchvision).
+"""Packages the tests compare against but the package does not need (zennit, LXT, torchvision), and the optional
+ones whose features they test (Lightning, TensorBoard).
 
 Where such a package is missing, the tests that need it are skipped with the reason, as on the GPU machines, whose
 Python has no zennit or LXT. Where a run must have it (``make test`` sets ``ISNET_KERNELS_TEST_REQUIRE`` to the
@@ -15,7 +16,9 @@ import types
 import pytest
 
 #: pip requirement of each optional package, as the development environment installs it (Makefile).
-INSTALL = {"zennit": "zennit==0.5.1", "lxt": "lxt==2.1", "torchvision": "torchvision", "timm": "timm"}
+INSTALL = {"zennit": "--no-deps zennit==0.5.1", "lxt": "--no-deps lxt==2.1", "torchvision": "--no-deps torchvision",
+           "lightning": "lightning==2.6.6 torch==<the installed version>", "tensorboard": "tensorboard==2.21.0",
+           "timm": "timm==1.0.31 safetensors"}
 
 
 def required() -> set[str]:
@@ -32,7 +35,7 @@ def require(module: str) -> types.ModuleType:
         package = module.split(".")[0]
         if package in required():
             raise ImportError(f"{module} is required in this run (ISNET_KERNELS_TEST_REQUIRE) but not importable: "
-                              f"{exc}; install it with pip install --no-deps {INSTALL.get(package, package)}") from exc
+                              f"{exc}; install it with pip install {INSTALL.get(package, package)}") from exc
         pytest.skip(f"the package {package} is not installed here ({exc}); "
-                    f"pip install --no-deps {INSTALL.get(package, package)} runs these tests",
+                    f"pip install {INSTALL.get(package, package)} runs these tests",
                     allow_module_level=True)

@@ -6,8 +6,8 @@ TrainConfig(data, out, arch, model_kwargs, weights, mean, std, preset, variant, 
     epochs, batch_size, lr, lr_schedule, optimizer, warmup_epochs, momentum, clip, weight_decay, P, d, E, A, B, mass,
     C1, C2, foreground, d_loss, nonfinite, eps, first_layer, deep_supervision, select, batch_stats, tune_cut, seed,
     num_workers, threads, size, channels, mask_foreground, mask_threshold, mask_invert, mask_check, augment,
-    train_split, val_split, device, backend, precision, progress); ``data`` a masked image folder or a manifest CSV;
-    ``task`` multiclass or multilabel (a manifest's labels column), found from the data when None
+    train_split, val_split, device, backend, precision, progress, tensorboard); ``data`` a masked image folder or a
+    manifest CSV; ``task`` multiclass or multilabel (a manifest's labels column), found from the data when None
 Trainer(config, *, model=None, resume=False, callbacks=()).fit() -> TrainResult
 train(config, *, model=None, resume=False, callbacks=()) -> TrainResult
 evaluate(model, loader, *, device, eps, first_layer, bounds, backend) -> Meter of loss, accuracy, background_fraction

@@ -55,7 +55,8 @@ ADAMW_DEFAULTS = {"lr": 1e-3, "weight_decay": 0.05}
 #: Fields a resumed run may change: they do not alter what is computed (``epochs`` only extends the run; ``data``
 #: only to the same data set at another path, which the trainer checks). ``out`` is where the run is, whatever its
 #: spelling: not a setting.
-RESUMABLE_FIELDS = ("epochs", "device", "num_workers", "progress", "backend", "data", "threads", "memory")
+RESUMABLE_FIELDS = ("epochs", "device", "num_workers", "progress", "backend", "data", "threads", "memory",
+                    "tensorboard")
 
 
 def _preset_text(name: str) -> str:
@@ -195,6 +196,7 @@ class TrainConfig:
     train_split, val_split : split folder names; ``val_split=""`` trains without validation (no ``best.pt``).
     device : ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``; ``backend`` the relevance backend.
     progress : tqdm bars.
+    tensorboard : also write TensorBoard event files into ``out/tensorboard`` (:mod:`.board`).
     """
 
     data: str = option("", "data set folder (images/<split>/<class>/*.png, masks/...) or manifest FILE.csv",
@@ -289,6 +291,9 @@ class TrainConfig:
     precision: str = option("32", "numeric precision: float32, or bf16 autocast for the forward and the relevance "
                             "pass (float32 master weights and losses)", choices=PRECISIONS)
     progress: bool = option(True, "no progress bars (the per-epoch lines stay)", flag="--quiet")
+    tensorboard: bool = option(False, "also write TensorBoard events into RUN_DIR/tensorboard: the metrics per "
+                               "epoch, the learning rate and a heatmap grid of fixed validation images (needs the "
+                               "tensorboard package)")
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:

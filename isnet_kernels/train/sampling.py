@@ -21,6 +21,11 @@ from torch.utils.data import Sampler
 from ..errors import InputError
 
 
+def loader_seed(seed: int, epoch: int) -> int:
+    """The seed of a training DataLoader's generator in epoch ``epoch`` (the base seed of its workers' RNGs)."""
+    return int(seed) * 100_003 + int(epoch)
+
+
 class EpochSampler(Sampler[int]):
     """Indices of this process's share of epoch ``epoch``'s permutation (module docstring).
 

@@ -5,7 +5,8 @@ input preprocessing, the optimizer and bf16 autocast come from :mod:`.backbone`.
 Per epoch, the run directory gets a row in ``metrics.csv`` / ``metrics.json`` (:data:`~.metrics.COLUMNS`: the
 training loss parts and accuracy, running means over the epoch's batches in train mode; the validation
 cross-entropy, accuracy and background-relevance fraction, see :mod:`.evaluate`), ``last.pt`` and, when the
-validation accuracy is the best so far, ``best.pt`` (:mod:`.checkpoint`).
+validation accuracy is the best so far, ``best.pt`` (:mod:`.checkpoint`). With ``--tensorboard`` the same numbers,
+and a heatmap grid of fixed validation images, go to TensorBoard event files in ``tensorboard/`` (:mod:`.board`).
 
 Exact resume: a checkpoint describes a batch boundary (epochs and batches done, the model, the optimizer, every
 RNG state, the metric sums of a partial epoch), and the data order is a function of (seed, epoch)
@@ -61,6 +62,7 @@ from .. import dispatch
 from ..errors import InputTypeError, ISNetError
 from ..isnet import ISNet, ISNetLoss, ISNetLossOutput, ISNetOutput, RRRLoss, tune_cut
 from . import backbone
+from .board import open_board, summary_writer
 from .checkpoint import BEST, FORMAT, LAST, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .config import RESUMABLE_FIELDS, TrainConfig, flag_of
 from .data import check_classes, check_split_masks, check_task, dataset_groups, open_split
@@ -70,6 +72,7 @@ from .errors import TrainError
 from .evaluate import evaluate, heatmap_support, split_scores
 from .files import remove_stale_temporaries, write_atomic
 from .metrics import LOSS_PARTS, Meter, correct, write_metrics
+from .sampling import loader_seed
 from .scores import SCORE_NAMES
 
 TRAIN_METRICS = (*LOSS_PARTS, "accuracy")
@@ -148,8 +151,11 @@ class Trainer:
         threads = torch.get_num_threads()
         torch.set_num_threads(self.config.threads or default_threads(self.config.num_workers))
         _set_interop_threads(torch.get_num_threads())
+        self.board = None
         try:
             self._check_backend()  # before any data is read: a backend that cannot run fails at once
+            if self.config.tensorboard:  # likewise a missing tensorboard package
+                summary_writer()
             self._prepare()  # Ctrl-C here (data, model, tune_cut) simply stops: there is nothing to save yet
             if self.epoch >= self.config.epochs:
                 self.info(f"{self.run_dir} has trained {self.epoch} epoch(s) already; nothing to do (pass --epochs "
@@ -166,6 +172,8 @@ class Trainer:
             return TrainResult(self.run_dir, self.epoch, self.step, stopped_by is not None, list(self.history),
                                self.best, self.config.C1, self.config.C2, stopped_by)
         finally:
+            if self.board is not None:
+                self.board.close()
             torch.set_num_threads(threads)
             for s, handler in previous.items():
                 signal.signal(s, handler)
@@ -290,6 +298,8 @@ class Trainer:
                                  C2=cfg.C2, foreground=cfg.foreground, d_loss=cfg.d_loss, nonfinite=cfg.nonfinite,
                                  mass=cfg.mass, task=cfg.task)
         self._boundary = self._snapshot()
+        if cfg.tensorboard and ctx.is_main:
+            self.board = open_board(self, self.info)
 
     def _check_run_dir(self) -> dict[str, Any] | None:
         last = self.run_dir / LAST
@@ -422,7 +432,7 @@ class Trainer:
             if hasattr(self.train_set, "set_epoch"):  # augmentation drawn per (seed, epoch, image)
                 self.train_set.set_epoch(self.epoch)
             self.sampler.skip(self.step * self.local_batch)
-            self.loader_generator.manual_seed(cfg.seed * 100_003 + self.epoch)
+            self.loader_generator.manual_seed(loader_seed(cfg.seed, self.epoch))
             total = self.step + len(self.loader)
             bar = tqdm(self.loader, total=total, initial=self.step, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                        disable=not (cfg.progress and ctx.is_main), leave=False)
@@ -508,6 +518,8 @@ class Trainer:
                 self._save(state, BEST)
             self._save(state, LAST)
             write_metrics(self.history, self.run_dir)
+            if self.board is not None:
+                self.board.write_epoch(row, self.model)
             self._write_run_info(finished=self.epoch >= cfg.epochs)
             self.info(_summary(row, cfg.epochs))
         ctx.barrier()
