@@ -74,6 +74,10 @@ def _init_worker(threads: int) -> None:
     torch.use_deterministic_algorithms(True)
 
 
+#: TrainConfig fields that, left None, the trainer finds from the data and saves resolved.
+FOUND_FROM_DATA = ("task",)
+
+
 def _run(job: Job) -> dict[str, Any]:
     from isnet_kernels.train import TrainConfig, environment, evaluate_run, train
     from isnet_kernels.train.config import default_of
@@ -92,7 +96,12 @@ def _run(job: Job) -> dict[str, Any]:
         saved = {**fields, **json.loads(path.read_text())}
         return {k: v for k, v in saved.items() if k not in ("C1", "C2")}
 
-    same = trained_with() == resolved
+    def comparable(values: dict[str, Any] | None) -> dict[str, Any] | None:
+        # a setting left None is found from the data when training starts (the task): the saved value is that
+        return None if values is None else {k: v for k, v in values.items()
+                                            if not (k in FOUND_FROM_DATA and resolved.get(k) is None)}
+
+    same = comparable(trained_with()) == comparable(resolved)
     done = out / "eval.json"
     if done.is_file() and same:
         saved = json.loads(done.read_text())
