@@ -155,9 +155,9 @@ class TrainConfig:
     ----------
     data : the data set folder (``ROOT/images/<split>/<class>/*.png`` with masks, see :mod:`isnet_kernels.data`).
     out : the run directory: ``config.json``, ``metrics.csv``, ``metrics.json``, ``last.pt``, ``best.pt``.
-    arch : a model name of :func:`isnet_kernels.models.build_model`: the package's (``small``, ``resnet18``, ...), a
-        torchvision classification builder, or ``timm:NAME``; ``model_kwargs`` go to its constructor (e.g.
-        ``{"width": 8}``).
+    arch : a model name of :func:`isnet_kernels.models.build_model`: the package's ``small``, a torchvision
+        classification builder (``resnet18``, ``convnext_tiny``, ...), or ``timm:NAME``; ``model_kwargs`` go to its
+        constructor (e.g. ``{"width": 8}`` for ``small``, ``{"small_input": True}`` for a torchvision ResNet).
     weights : pretrained weights: a torchvision weights name, ``"pretrained"`` (timm) or a file (None: none).
     mean, std : per-channel input normalisation (None: from the weights' metadata, or none without weights).
     variant : ``"none"`` (plain classifier, cross-entropy only) or an ISNet variant: ``"original"``,
@@ -198,10 +198,11 @@ class TrainConfig:
                        metavar="ROOT")
     out: str = option("", "run directory (created; holds config.json, metrics, checkpoints)", metavar="RUN_DIR")
     arch: str = option("small", f"model: the package's ({', '.join(ARCHITECTURES)}), any torchvision "
-                       "classification builder (convnext_tiny, vit_b_16, ...; torchvision:NAME where the package has "
-                       "the name), or timm:NAME", metavar="NAME")
+                       "classification builder (resnet18, densenet121, convnext_tiny, vit_b_16, ...), or timm:NAME",
+                       metavar="NAME")
     model_kwargs: dict[str, Any] = option(dict, "constructor argument of the architecture, e.g. width=8 "
-                                          "(repeatable)", flag="--model-arg", metavar="KEY=VALUE")
+                                          "(small), small_input=True (a torchvision ResNet or DenseNet for 32-64 "
+                                          "pixel images) (repeatable)", flag="--model-arg", metavar="KEY=VALUE")
     weights: str | None = option(None, "pretrained weights: a torchvision weights name (DEFAULT, IMAGENET1K_V2, "
                                  "...), 'pretrained' (timm), or a .pt/.pth/.safetensors file; the head is left out "
                                  "when its shape differs", metavar="WEIGHTS", default_text="none: random init")
@@ -419,12 +420,15 @@ class TrainConfig:
         ``image_size``, the data's own, when ``size`` is not given), without reading data: the model is built on
         PyTorch's meta device (no memory, no computation) and run on an empty batch of that shape. A
         :class:`TrainError` names the setting (``model_kwargs`` or ``size``) and, for a too-small size, the
-        smallest the architecture takes. torchvision and timm models (``arch`` not one of the package's) are checked
-        when they are built, by their own constructors."""
-        if self.arch not in ARCHITECTURES:
+        smallest the architecture takes. For a torchvision model the size is refused only when a smaller one than
+        the smallest it takes is asked for (a model built for one input size, as a ViT, is left to its own check);
+        timm models are checked when they are built, by their own constructors."""
+        if self.arch.startswith("timm:"):
             return
-        channels = in_channels or self.channels or 1
-        _check_model_kwargs(self.arch, self.model_kwargs)
+        package = self.arch in ARCHITECTURES
+        channels = in_channels or self.channels or (1 if package else 3)
+        if package:
+            _check_model_kwargs(self.arch, self.model_kwargs)
         try:
             with torch.device("meta"):
                 model = build_model(self.arch, 2, channels, **self.model_kwargs)
@@ -437,6 +441,8 @@ class TrainConfig:
         if hw is None or _takes(model, channels, hw):
             return
         smallest = _smallest_size(model, channels)
+        if not package and (smallest is None or smallest <= min(hw)):
+            return
         which = f"size {self.size} is" if self.size is not None else f"the images ({hw[0]} x {hw[1]} pixels) are"
         fix = (f"its smallest input is {smallest} x {smallest} pixels; pass size={smallest} or more"
                if smallest is not None else "pass a larger size")
