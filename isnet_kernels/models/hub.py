@@ -145,9 +145,8 @@ def resolve(name: str) -> tuple[str, str]:
     except MissingExtraError as exc:
         if forced:
             raise
-        raise UnknownModelError(f"unknown architecture {name!r} (--arch): not one of the package's "
-                                f"({', '.join(package)}){_close(name, list(package))}; a torchvision name needs "
-                                f"torchvision ({exc}), a timm model is named timm:NAME") from None
+        raise MissingExtraError(f"{exc} (every name but the package's own {', '.join(package)} is a torchvision "
+                                f"builder; a timm model is named timm:NAME){_close(name, list(package))}") from None
     names = M.list_models(module=M)
     if model in names:
         return "torchvision", model

@@ -32,7 +32,7 @@ from ..isnet.loss import FOREGROUND_RULES, NONFINITE_POLICIES, check_band, check
 from ..isnet.presets import PRESETS, TRAINER_PRESETS
 from ..isnet.wrapper import HEATMAPS, MEMORY_MODES, SELECTIONS
 from ..lrp.engine import BATCH_STATS, FIRST_LAYER_RULES, check_eps
-from ..models import ARCHITECTURES, build_model
+from ..models import ARCHITECTURES, ModelArgumentError, build_model
 from ..models.hub import check_name
 from .errors import TrainError
 
@@ -432,6 +432,8 @@ class TrainConfig:
         try:
             with torch.device("meta"):
                 model = build_model(self.arch, 2, channels, **self.model_kwargs)
+        except ModelArgumentError as exc:  # names the argument and what to do already
+            raise TrainError(str(exc), param="model_kwargs") from None
         except Exception as exc:  # the constructor's own message, whatever its type, with the setting that caused it
             given = ", ".join(f"{k}={v!r}" for k, v in self.model_kwargs.items()) or "(none given)"
             detail = str(exc) if isinstance(exc, ISNetError) else f"{type(exc).__name__}: {exc}"
