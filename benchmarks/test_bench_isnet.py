@@ -1,6 +1,6 @@
 """One ISNet training step per variant and class count K, against one plain classifier step (issue 4, item 5).
 
-Model: the zoo's ``resnet18(num_classes=K, width=64, small_input=False)`` (torchvision's layout) with a fixed random
+Model: torchvision's ``resnet18(num_classes=K)`` with a fixed random
 initialisation, train mode (batch statistics), float32, a batch of ``BATCH`` = 16 images 64x64 uniform in [0, 1],
 labels uniform in [0, K), ``torch.set_num_threads(2)``. One pytest-benchmark group per K; in each:
 

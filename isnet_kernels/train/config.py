@@ -106,7 +106,7 @@ _ARGUMENT_TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
 
 def _check_model_kwargs(arch: str, kwargs: dict[str, Any]) -> None:
     """Each model argument must be a parameter of the architecture's constructor, of the type it is annotated with
-    (the zoo's integer arguments are sizes: positive); ``num_classes`` and ``in_channels`` come from the data."""
+    (its integer arguments are sizes: positive); ``num_classes`` and ``in_channels`` come from the data."""
     parameters = inspect.signature(ARCHITECTURES[arch]).parameters
     settable = [name for name in parameters if name not in ("num_classes", "in_channels")]
     for name, value in kwargs.items():
