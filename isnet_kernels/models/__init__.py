@@ -62,9 +62,9 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3, *, weights: s
         Input image channels. torchvision's builders take 3; another count replaces the first convolution reading
         3 channels by one reading ``in_channels`` (freshly initialised; not with a torchvision weights name).
     weights : str, optional
-        A torchvision weights name (``"DEFAULT"``, ``"IMAGENET1K_V2"``, ...), ``"pretrained"`` (timm's default tag), or a weights file (``.pt``/``.pth``
-        state dict or checkpoint, ``.safetensors``); the head is left out when its shape differs, every other key
-        must match (:func:`load_state`).
+        A torchvision weights name (``"DEFAULT"``, ``"IMAGENET1K_V2"``, ...), ``"pretrained"`` (timm's default
+        tag), or a weights file (``.pt``/``.pth`` state dict or checkpoint, ``.safetensors``); the head is left out
+        when its shape differs, every other key must match (:func:`load_state`).
     load_weights : bool, default True
         False builds the model as for ``weights`` without reading them (to load a checkpoint into).
     **kw

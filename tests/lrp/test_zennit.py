@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 import isnet_kernels as ik
+
 from ..tv_models import Bottleneck, tiny_densenet, tiny_resnet, tiny_vgg
 from .zennit_utils import (
     Epsilon,

@@ -155,8 +155,8 @@ def zennit_copy(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` for zennit (whose canonizers edit the model in place).
 
     The global pooling of torchvision's DenseNet is the functional ``F.adaptive_avg_pool2d``, which zennit cannot
-    hook; the copy computes the same function with an ``nn.AdaptiveAvgPool2d`` module, so the pooling takes the epsilon rule as in
-    ``isnet_kernels`` (which traces the functional form).
+    hook; the copy computes the same function with an ``nn.AdaptiveAvgPool2d`` module, so the pooling takes the
+    epsilon rule as in ``isnet_kernels`` (which traces the functional form).
     """
     z = copy.deepcopy(model)
     if isinstance(z, DenseNet):

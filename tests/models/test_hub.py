@@ -107,7 +107,8 @@ def test_weights_of_another_architecture_name_the_keys(tmp_path: Path) -> None:
     text = str(info.value)
     assert "unexpected keys: layer1.2.conv1.weight" in text and "--arch" in text
     torch.save(M.resnet18(num_classes=10).state_dict(), tmp_path / "r18.pth")
-    with pytest.raises(WeightsError, match=r"shapes that differ: conv1.weight \(64, 3, 7, 7\) vs the model.s \(64, 3, 3,"):
+    differ = r"shapes that differ: conv1.weight \(64, 3, 7, 7\) vs the model.s \(64, 3, 3,"
+    with pytest.raises(WeightsError, match=differ):
         build_model("resnet18", 10, small_input=True, weights=str(tmp_path / "r18.pth"))  # another stem
     with pytest.raises(WeightsError, match="does not exist"):
         read_state_dict(tmp_path / "nothing.pt")
