@@ -77,11 +77,14 @@ def _former_resnet18_state(seed: int) -> dict[str, torch.Tensor]:
     """A state dict as the former ``resnet18(num_classes=3, in_channels=1, small_input=True)`` wrote it: a grey 3x3
     stride-1 stem (written here by hand) on torchvision's ResNet-18 keys, random values everywhere."""
     gen = torch.Generator().manual_seed(seed)
-    state = M.resnet18(num_classes=3).state_dict()
+    with torch.device("meta"):  # names and shapes
+        state = M.resnet18(num_classes=3).state_dict()
     state["conv1.weight"] = torch.empty(64, 1, 3, 3)
     for key, value in state.items():
         if value.is_floating_point():
             state[key] = torch.rand(value.shape, generator=gen) + (0.5 if key.endswith("running_var") else -0.5)
+        else:
+            state[key] = torch.zeros(value.shape, dtype=value.dtype)
     lines = sorted(f"{k}:{','.join(map(str, v.shape))}" for k, v in state.items())
     digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()
     assert digest == FORMER_COPIES["resnet18", "small_input, grey"][4]  # exactly the former copy's listing
@@ -111,9 +114,10 @@ def test_a_former_copys_checkpoint_loads_into_torchvision(spec: bool, tmp_path: 
     loaded = run.model.state_dict()
     assert list(loaded) == list(state)
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
-    hand = M.resnet18(num_classes=3)  # the former copy's layout, built here by hand from torchvision's model
-    hand.conv1, hand.maxpool = nn.Conv2d(1, 64, 3, 1, 1, bias=False), nn.Identity()
-    hand.load_state_dict(state, strict=True)
+    with torch.device("meta"):  # the former copy's layout, built here by hand from torchvision's model
+        hand = M.resnet18(num_classes=3)
+        hand.conv1, hand.maxpool = nn.Conv2d(1, 64, 3, 1, 1, bias=False), nn.Identity()
+    hand.load_state_dict(state, strict=True, assign=True)
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(run.model(x), hand.eval()(x), rtol=0, atol=0)
@@ -156,7 +160,8 @@ def test_small_input_swaps_the_stem_and_keeps_the_keys() -> None:
     with torch.device("meta"):  # downsamples by 8 instead of 32: a 32x32 image reaches layer4 at 4x4
         trunk = nn.Sequential(*list(small.children())[:-2])
         assert trunk(torch.empty(1, 3, 32, 32)).shape == (1, 512, 4, 4)
-    with pytest.raises(ModelArgumentError, match="small_input=True applies to torchvision's ResNet and DenseNet"):
+    with pytest.raises(ModelArgumentError, match="small_input=True applies to torchvision's ResNet and DenseNet"), \
+            torch.device("meta"):
         build_model("vit_b_16", 3, small_input=True)
     with pytest.raises(WeightsError, match="small_input=True replaces the stem"):
         build_model("resnet18", 3, small_input=True, weights="DEFAULT", load_weights=False)
