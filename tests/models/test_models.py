@@ -73,10 +73,11 @@ def test_former_names_build_torchvision_with_the_copies_keys(name: str, case: st
     assert _listing(model) == (entries, digest)
 
 
-def _former_resnet18_state(seed: int) -> dict[str, torch.Tensor]:
+@pytest.fixture(scope="module")
+def former_state() -> dict[str, torch.Tensor]:
     """A state dict as the former ``resnet18(num_classes=3, in_channels=1, small_input=True)`` wrote it: a grey 3x3
     stride-1 stem (written here by hand) on torchvision's ResNet-18 keys, random values everywhere."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(1)
     with torch.device("meta"):  # names and shapes
         state = M.resnet18(num_classes=3).state_dict()
     state["conv1.weight"] = torch.empty(64, 1, 3, 3)
@@ -103,11 +104,12 @@ def _write_run(run: Path, arch: str, kwargs: dict, state: dict, *, spec: bool) -
 
 
 @pytest.mark.parametrize("spec", [True, False], ids=["model_spec", "before_model_spec"])
-def test_a_former_copys_checkpoint_loads_into_torchvision(spec: bool, tmp_path: Path) -> None:
+def test_a_former_copys_checkpoint_loads_into_torchvision(spec: bool, former_state: dict[str, torch.Tensor],
+                                                          tmp_path: Path) -> None:
     """A run directory of the former ``--arch resnet18 --model-arg width=64 --model-arg small_input=True`` on grey
     images (with and without the ``model_spec`` newer checkpoints keep) is rebuilt as torchvision's ResNet-18 with
     the same parameters and computes with them."""
-    state = _former_resnet18_state(1)
+    state = former_state
     _write_run(tmp_path / "run", "resnet18", {"width": 64, "small_input": True}, state, spec=spec)
     run = load_run(tmp_path / "run")
     assert type(run.model) is M.ResNet and isinstance(run.model.maxpool, nn.Identity)
