@@ -15,8 +15,8 @@ Methods, all for one class per image (the logit of ``target``), float32, eval mo
 * ``input_gradient``: forward + ``torch.autograd.grad(logits.gather(1, t).sum(), x)``, the cheapest backward
   pass of the same model (the floor any gradient-based explainer pays).
 * ``zennit``: zennit 0.5.1 with matched rules: BatchNorm merged into the preceding Conv2d
-  (``SequentialMergeBatchNorm``, with zennit's ResNet block canonizers for the ResNet, matched against
-  ``isnet_kernels.models.resnet``'s blocks, which also turn the residual add into a ``zennit.layer.Sum``);
+  (``SequentialMergeBatchNorm``; for the ResNet zennit's ``ResNetCanonizer``, whose block canonizers match
+  torchvision's blocks and turn the residual add into a ``zennit.layer.Sum``);
   ``Epsilon(1e-2)`` on every Conv2d, Linear, max/average pool and ``Sum``; ``ZBox(0, 1, stabilizer=1e-2)`` on
   the first convolution (``isnet_kernels`` stabilises its Z^B denominator with the same eps; zennit's default
   would be 1e-6); relevance starts as ``one_hot(target) * logits`` (``grad_outputs`` of
@@ -144,22 +144,38 @@ class ModelSpec:
 
 
 def _resnet18() -> nn.Module:
-    from isnet_kernels.models import resnet18
-
-    return resnet18(num_classes=NUM_CLASSES, width=64, small_input=False)
+    return import_torchvision().models.resnet18(num_classes=NUM_CLASSES)
 
 
 def _vgg11_bn() -> nn.Module:
-    from isnet_kernels.models import vgg11
-
-    return vgg11(batch_norm=True, num_classes=NUM_CLASSES, width=64, hidden=512, pool_size=1)
+    """torchvision's VGG-11 with BatchNorm (``features`` as ``vgg11_bn`` builds them) with a 1x1 average pool and
+    512 hidden units in the classifier instead of 7x7 and 4096 (sized for 64x64 images), initialised as torchvision
+    initialises a VGG."""
+    tv = import_torchvision()
+    with torch.device("meta"):  # the 4096-wide classifier it is built with is replaced below
+        model = tv.models.VGG(nn.Sequential(), num_classes=NUM_CLASSES, init_weights=False)
+    model.features = tv.models.vgg.make_layers(tv.models.vgg.cfgs["A"], batch_norm=True)
+    model.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+    model.classifier = nn.Sequential(nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(), nn.Linear(512, 512),
+                                     nn.ReLU(True), nn.Dropout(), nn.Linear(512, NUM_CLASSES))
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.zeros_(m.bias)
+    return model
 
 
 MODELS: dict[str, ModelSpec] = {
     "resnet18": ModelSpec("resnet18", _resnet18, "conv1",
-                          "ResNet-18, torchvision layout (width 64, 7x7 stem + max-pool), 10 classes"),
+                          "torchvision's ResNet-18 (7x7 stem + max-pool), 10 classes"),
     "vgg11_bn": ModelSpec("vgg11_bn", _vgg11_bn, "features.0",
-                          "VGG-11 with BatchNorm (width 64, hidden 512, pool_size 1), 10 classes"),
+                          "torchvision's VGG-11 with BatchNorm (1x1 pool, hidden 512), 10 classes"),
 }
 
 
@@ -179,26 +195,11 @@ def make_inputs() -> tuple[Tensor, Tensor]:
 
 
 def _resnet_canonizer():
-    """zennit's ``ResNetCanonizer`` (BatchNorm merge, residual add -> ``zennit.layer.Sum``) with its block
-    canonizers matched against ``isnet_kernels.models.resnet``'s blocks (stock zennit matches torchvision's)."""
-    from zennit.canonizers import CompositeCanonizer, SequentialMergeBatchNorm
-    from zennit.layer import Sum
-    from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
+    """zennit's ``ResNetCanonizer`` (BatchNorm merge, residual add -> ``zennit.layer.Sum`` in torchvision's
+    blocks)."""
+    from zennit.torchvision import ResNetCanonizer
 
-    from isnet_kernels.models.resnet import BasicBlock, Bottleneck
-
-    def matched(base, block):
-        class Canonizer(base):
-            @classmethod
-            def _attribute_map(cls, name, module):
-                if isinstance(module, block):
-                    return {"forward": cls.forward.__get__(module), "canonizer_sum": Sum()}
-                return None
-
-        return Canonizer()
-
-    return CompositeCanonizer([SequentialMergeBatchNorm(), matched(ResNetBasicBlockCanonizer, BasicBlock),
-                               matched(ResNetBottleneckCanonizer, Bottleneck)])
+    return ResNetCanonizer()
 
 
 def _zennit_composite(first_layer: str, resnet: bool):

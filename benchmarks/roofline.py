@@ -131,13 +131,18 @@ def costs(op: Op, M: int, b: int) -> tuple[Cost, Cost]:
 
 
 def resnet18_ops(batch: int, size: int) -> list[Op]:
-    """Every relevance op of the zoo's ResNet-18 (10 classes) at ``batch`` x 3 x ``size`` x ``size``."""
+    """Every relevance op of torchvision's ResNet-18 (10 classes) at ``batch`` x 3 x ``size`` x ``size``."""
+    import sys
+
     import torch
 
-    from isnet_kernels.models import resnet18
-    from isnet_kernels.models.resnet import BasicBlock
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_common as bc
 
-    model = resnet18(num_classes=10).to("meta")
+    tv = bc.import_torchvision()
+    BasicBlock = tv.models.resnet.BasicBlock
+    with torch.device("meta"):
+        model = tv.models.resnet18(num_classes=10)
     ops: list[Op] = []
     first = True
 

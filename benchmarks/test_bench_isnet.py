@@ -1,6 +1,6 @@
 """One ISNet training step per variant and class count K, against one plain classifier step (issue 4, item 5).
 
-Model: the zoo's ``resnet18(num_classes=K, width=64, small_input=False)`` (torchvision's layout) with a fixed random
+Model: torchvision's ``resnet18(num_classes=K)`` with a fixed random
 initialisation, train mode (batch statistics), float32, a batch of ``BATCH`` = 16 images 64x64 uniform in [0, 1],
 labels uniform in [0, K), ``torch.set_num_threads(2)``. One pytest-benchmark group per K; in each:
 
@@ -124,10 +124,8 @@ def make_step(variant: str, K: int, backend: str | None
               ) -> tuple[Callable[[], tuple[Tensor, int]], list[Tensor], isnet_kernels.ISNet | None]:
     """A fresh model and optimiser: a no-argument function making one training step (it returns the loss, a 0-d
     tensor, and the maps per image it computed), the model's parameters and the ISNet (None for plain)."""
-    from isnet_kernels.models import resnet18
-
     torch.manual_seed(0)
-    model = resnet18(num_classes=K, width=64, small_input=False).float().to(bc.DEVICE).train()
+    model = bc.import_torchvision().models.resnet18(num_classes=K).float().to(bc.DEVICE).train()
     x, y, masks = make_inputs(K)
     if variant == "plain":
         opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)

@@ -1,10 +1,10 @@
-"""Model zoo: ResNet, VGG and DenseNet with torchvision's parameter names, a small CNN for tiny images, and
-:func:`build_model`, which also builds any torchvision classifier or timm model by name with pretrained weights
-(:mod:`.hub`) and knows the preprocessing those weights expect (:class:`Preprocess`).
+"""Models by name: the package's small CNN for tiny images, any torchvision classifier and any timm model
+(:func:`build_model`, :mod:`.hub`), their pretrained weights and the preprocessing those weights expect
+(:class:`Preprocess`).
 
-At their default (torchvision) settings the ResNet, VGG and DenseNet constructors build models whose
-``state_dict`` keys and shapes equal torchvision's, so torchvision weights load with ``strict=True``. All models
-use only layers the LRP engine has rules for and trace with ``torch.fx.symbolic_trace``.
+``resnet18``, ``vgg11``, ``densenet121``, ... are torchvision's builders (the package keeps no copies of them);
+``small`` (:class:`SmallCNN`) is the package's own. Checkpoints of the package's former ResNet, VGG and DenseNet
+copies load into torchvision's builders, whose ``state_dict`` keys they were built to match (:mod:`.hub`).
 """
 
 from __future__ import annotations
@@ -14,46 +14,35 @@ from typing import Any
 
 from torch import nn
 
-from .densenet import DenseNet, densenet121
-from .hub import MissingExtraError, UnknownModelError, WeightsError, load_state, preprocessing, read_state_dict
+from .hub import (
+    MissingExtraError,
+    ModelArgumentError,
+    UnknownModelError,
+    WeightsError,
+    load_state,
+    preprocessing,
+    read_state_dict,
+)
 from .preprocess import Preprocess
-from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50
 from .small import SmallCNN
-from .vgg import VGG, vgg11, vgg16
 
 __all__ = [
     "ARCHITECTURES",
-    "VGG",
-    "BasicBlock",
-    "Bottleneck",
-    "DenseNet",
     "MissingExtraError",
+    "ModelArgumentError",
     "Preprocess",
-    "ResNet",
     "SmallCNN",
     "UnknownModelError",
     "WeightsError",
     "build_model",
-    "densenet121",
     "load_state",
     "preprocessing",
     "read_state_dict",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "vgg11",
-    "vgg16",
 ]
 
-#: Constructor for each name :func:`build_model` accepts.
+#: Constructor of each of the package's own model names (every other name is torchvision's or timm's).
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "small": SmallCNN,
-    "resnet18": resnet18,
-    "resnet34": resnet34,
-    "resnet50": resnet50,
-    "vgg11": vgg11,
-    "vgg16": vgg16,
-    "densenet121": densenet121,
 }
 
 
@@ -64,25 +53,25 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3, *, weights: s
     Parameters
     ----------
     arch : str
-        One of the package's names (:data:`ARCHITECTURES`: ``"small"``, ``"resnet18"``, ``"resnet34"``,
-        ``"resnet50"``, ``"vgg11"``, ``"vgg16"``, ``"densenet121"``), any torchvision classification builder name
-        (``"convnext_tiny"``, ``"vit_b_16"``, ...; ``"torchvision:resnet18"`` for torchvision's own where the
-        package has a name), or ``"timm:NAME"`` for a timm model (extras ``[vision]``, ``[timm]``).
+        ``"small"`` (the package's :class:`SmallCNN`), any torchvision classification builder name
+        (``"resnet18"``, ``"vgg11_bn"``, ``"densenet121"``, ``"convnext_tiny"``, ``"vit_b_16"``, ...; also spelled
+        ``"torchvision:resnet18"``), or ``"timm:NAME"`` for a timm model (extras ``[vision]``, ``[timm]``).
     num_classes : int
         Number of outputs (the classifier head is built or replaced for it).
     in_channels : int, default 3
-        Input image channels (torchvision's builders take 3).
+        Input image channels. torchvision's builders take 3; another count replaces the first convolution reading
+        3 channels by one reading ``in_channels`` (freshly initialised; not with a torchvision weights name).
     weights : str, optional
-        A torchvision weights name (``"DEFAULT"``, ``"IMAGENET1K_V2"``, ...; also for the package's
-        torchvision-compatible names), ``"pretrained"`` (timm's default tag), or a weights file (``.pt``/``.pth``
-        state dict or checkpoint, ``.safetensors``); the head is left out when its shape differs, every other key
-        must match (:func:`load_state`).
+        A torchvision weights name (``"DEFAULT"``, ``"IMAGENET1K_V2"``, ...), ``"pretrained"`` (timm's default
+        tag), or a weights file (``.pt``/``.pth`` state dict or checkpoint, ``.safetensors``); the head is left out
+        when its shape differs, every other key must match (:func:`load_state`).
     load_weights : bool, default True
         False builds the model as for ``weights`` without reading them (to load a checkpoint into).
     **kw
-        Further keyword arguments of the constructor, e.g. ``width`` and ``small_input`` (ResNet), ``width``,
-        ``batch_norm``, ``hidden`` and ``pool_size`` (VGG), ``growth_rate`` and ``small_input`` (DenseNet),
-        ``width`` (small); torchvision's and timm's own (``image_size``, ``img_size``, ``drop_rate``, ...).
+        Further keyword arguments of the constructor: ``width`` (small); torchvision's and timm's own
+        (``width_per_group``, ``bn_size``, ``image_size``, ``img_size``, ``drop_rate``, ...); and, for
+        torchvision's ResNet and DenseNet families, ``small_input=True``: a 3x3 stride-1 stem convolution and no
+        stem max-pool, for 32x32 to 64x64 images (:func:`~isnet_kernels.models.hub.small_stem`).
 
     Returns
     -------
@@ -93,6 +82,9 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3, *, weights: s
     ------
     UnknownModelError
         If ``arch`` is not a known name; the message lists close matches.
+    ModelArgumentError
+        If a keyword argument of the package's former ResNet/VGG/DenseNet copies (``width``, ``hidden``, ...) has
+        a value torchvision's builder cannot build, or ``small_input`` is given for a model without such a stem.
     MissingExtraError
         If torchvision or timm is needed but not installed (the message names the extra).
     WeightsError

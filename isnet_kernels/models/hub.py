@@ -2,10 +2,21 @@
 
 Names (:func:`build`):
 
-- the package's own (:data:`~isnet_kernels.models.ARCHITECTURES`: ``small``, ``resnet18``, ...);
+- the package's own (:data:`~isnet_kernels.models.ARCHITECTURES`: ``small``);
 - any torchvision classification builder (``torchvision.models.list_models(module=torchvision.models)``:
-  ``convnext_tiny``, ``vit_b_16``, ...), also as ``torchvision:NAME`` (which wins over a package name);
+  ``resnet18``, ``vgg11_bn``, ``densenet121``, ``convnext_tiny``, ``vit_b_16``, ...); ``torchvision:NAME`` is
+  accepted as another spelling of the same name (run directories that recorded it keep loading);
 - ``timm:NAME``: any timm model (``timm.create_model(NAME, num_classes=K)``).
+
+Two rules adapt a torchvision model without copying it: ``in_channels`` other than 3 replaces the first
+convolution that reads 3 channels (:func:`set_in_channels`), and ``small_input=True`` gives the ResNet and DenseNet
+families a 3x3 stride-1 stem without its max-pool, for 32x32 to 64x64 images (:func:`small_stem`).
+
+Checkpoints of the package's former ResNet-18/34/50, VGG-11/16 and DenseNet-121 copies (the same names, whose
+``state_dict`` keys were built to equal torchvision's) load into torchvision's builders: their constructor arguments
+(:data:`LEGACY_ARGUMENTS`) are translated where torchvision builds the same model (``width=64``; VGG's
+``batch_norm=True`` is ``vgg11_bn``/``vgg16_bn``), and any other value is a :class:`ModelArgumentError` saying
+what to do.
 
 The class count is set by building with ``num_classes=K``. Pretrained weights (``weights=``): a torchvision weights
 name (``DEFAULT``, ``IMAGENET1K_V2``, ...: the model is built as torchvision builds it for those weights, its
@@ -36,8 +47,9 @@ from torch import Tensor, nn
 from ..errors import ISNetError
 from .preprocess import Preprocess
 
-__all__ = ["MissingExtraError", "UnknownModelError", "WeightsError", "build", "check_name", "load_state",
-           "preprocessing", "read_state_dict", "resolve"]
+__all__ = ["LEGACY_ARGUMENTS", "MissingExtraError", "ModelArgumentError", "UnknownModelError", "WeightsError",
+           "build", "check_name", "load_state", "preprocessing", "read_state_dict", "resolve", "set_in_channels",
+           "small_stem"]
 
 TORCHVISION_PREFIX = "torchvision:"
 TIMM_PREFIX = "timm:"
@@ -59,6 +71,20 @@ class MissingExtraError(ISNetError, ImportError):
 
 class WeightsError(ISNetError, ValueError):
     """Weights that do not exist or do not fit the model; the message names the missing and unexpected keys."""
+
+
+class ModelArgumentError(ISNetError, ValueError):
+    """A model argument that cannot apply: ``small_input`` for a model without a ResNet/DenseNet stem, or an
+    argument of the package's former ResNet/VGG/DenseNet copies with a value torchvision's builder does not build."""
+
+
+#: Arguments of the package's former ResNet/VGG/DenseNet copies, by name, with the value torchvision's builder of
+#: that name has (such a value is dropped; ``batch_norm`` picks the ``_bn`` builder; another value is an error).
+LEGACY_ARGUMENTS: dict[str, dict[str, Any]] = {
+    **{name: {"width": 64} for name in ("resnet18", "resnet34", "resnet50")},
+    **{name: {"width": 64, "hidden": 4096, "pool_size": 7, "batch_norm": False} for name in ("vgg11", "vgg16")},
+    "densenet121": {"growth_rate": 32, "block_config": (6, 12, 24, 16), "num_init_features": 64},
+}
 
 
 def _import(module: str, extra: str, why: str) -> ModuleType:
@@ -109,7 +135,7 @@ def resolve(name: str) -> tuple[str, str]:
             raise UnknownModelError(f"timm has no model {model!r} (--arch {name}){_close(model, candidates)} "
                                     "(timm.list_models() lists them)")
         return "timm", model
-    forced = name.startswith(TORCHVISION_PREFIX)
+    forced = name.startswith(TORCHVISION_PREFIX)  # an accepted spelling of the plain torchvision name
     model = name[len(TORCHVISION_PREFIX):] if forced else name
     package = _package_architectures()
     if not forced and model in package:
@@ -119,16 +145,16 @@ def resolve(name: str) -> tuple[str, str]:
     except MissingExtraError as exc:
         if forced:
             raise
-        raise UnknownModelError(f"unknown architecture {name!r} (--arch): not one of the package's "
-                                f"({', '.join(package)}){_close(name, list(package))}; a torchvision name needs "
-                                f"torchvision ({exc}), a timm model is named timm:NAME") from None
+        raise MissingExtraError(f"{exc} (every name but the package's own {', '.join(package)} is a torchvision "
+                                f"builder; a timm model is named timm:NAME){_close(name, list(package))}") from None
     names = M.list_models(module=M)
     if model in names:
         return "torchvision", model
     candidates = list(dict.fromkeys(names + ([] if forced else list(package))))
     raise UnknownModelError(f"unknown architecture {name!r} (--arch){_close(model, candidates)} Valid: the "
-                            f"package's {', '.join(package)}, a torchvision classification builder "
-                            "(torchvision.models.list_models(module=torchvision.models)), or timm:NAME")
+                            f"package's {', '.join(package)}, a torchvision classification builder (resnet18, "
+                            "convnext_tiny, ...: torchvision.models.list_models(module=torchvision.models)), or "
+                            "timm:NAME")
 
 
 def check_name(name: str) -> str:
@@ -157,19 +183,15 @@ def build(name: str, num_classes: int, in_channels: int = 3, *, weights: str | N
         raise WeightsError(f"weights must be a name or a file path (--weights), got {weights!r}")
     file = weights if weights is not None and is_weights_file(weights) else None
     if source == "package":
-        model = _package_architectures()[builder](num_classes=num_classes, in_channels=in_channels, **kwargs)
         if weights is not None and file is None:
-            if weights == TIMM_PRETRAINED:
-                raise WeightsError(f"--weights pretrained is timm's; for --arch {name} give a torchvision weights "
-                                   "name (DEFAULT, IMAGENET1K_V1, ...) or a file")
-            entry = _torchvision_weights(builder, weights, name)
-            if load_weights:
-                load_state(model, _fetch(entry, name), num_classes,
-                           what=f"torchvision's {builder} {entry.name} weights")
+            raise WeightsError(f"--weights {weights!r}: the package's {builder} model has no named pretrained "
+                               "weights; pass a weights file (.pt, .pth, .safetensors) or no --weights")
+        model = _package_architectures()[builder](num_classes=num_classes, in_channels=in_channels, **kwargs)
     elif source == "torchvision":
-        if in_channels != 3:
-            raise WeightsError(f"torchvision's {builder} takes 3-channel images, the data has {in_channels}; pass "
-                               "--channels 3 (grey images are repeated over RGB)")
+        builder, kwargs = _translate_legacy(builder, kwargs, name)
+        small = kwargs.pop("small_input", False)
+        if not isinstance(small, bool):
+            raise ModelArgumentError(f"--model-arg small_input={small!r}: small_input must be True or False")
         M = _torchvision_models(f"--arch {name}")
         if weights is None or file is not None:
             model = M.get_model(builder, weights=None, num_classes=num_classes, **kwargs)
@@ -177,6 +199,12 @@ def build(name: str, num_classes: int, in_channels: int = 3, *, weights: str | N
             if weights == TIMM_PRETRAINED:
                 raise WeightsError(f"--weights pretrained is timm's; for --arch {name} give a torchvision weights "
                                    "name (DEFAULT, IMAGENET1K_V1, ...) or a file")
+            if in_channels != 3:
+                raise WeightsError(f"torchvision's {builder} {weights} weights take 3-channel images, the data has "
+                                   f"{in_channels}; pass --channels 3 (grey images are repeated over RGB)")
+            if small:
+                raise WeightsError(f"--model-arg small_input=True replaces the stem that torchvision's {builder} "
+                                   f"{weights} weights were trained with; drop small_input, or train without them")
             entry = _torchvision_weights(builder, weights, name)
             with _without_fetching():
                 model = M.get_model(builder, weights=entry, **kwargs)  # as torchvision builds it for these weights
@@ -186,6 +214,10 @@ def build(name: str, num_classes: int, in_channels: int = 3, *, weights: str | N
                 if hasattr(model, "aux_logits") and not getattr(model, "aux_logits", True):
                     state = {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2."))}
                 load_state(model, state, num_classes, what=f"torchvision's {builder} {entry.name} weights")
+        if small:
+            small_stem(model, builder)
+        if in_channels != 3:
+            set_in_channels(model, in_channels, builder)
     else:
         timm = _timm(f"--arch {name}")
         pretrained = weights == TIMM_PRETRAINED
@@ -202,6 +234,85 @@ def build(name: str, num_classes: int, in_channels: int = 3, *, weights: str | N
                                "where there is no network, pass a weights file (--weights FILE)") from None
     if file is not None and load_weights:
         load_state(model, read_state_dict(file), num_classes, what=f"weights file {file}")
+    return model
+
+
+def _translate_legacy(builder: str, kwargs: dict[str, Any], name: str) -> tuple[str, dict[str, Any]]:
+    """The torchvision builder and arguments for arguments of the package's former copy named ``builder``
+    (:data:`LEGACY_ARGUMENTS`): a value torchvision's builder has is dropped, ``batch_norm=True`` picks the
+    ``_bn`` builder, any other value raises :class:`ModelArgumentError` saying what to do."""
+    legacy = LEGACY_ARGUMENTS.get(builder, {})
+    kwargs = dict(kwargs)
+    for key in [k for k in kwargs if k in legacy]:
+        value = kwargs.pop(key)
+        same = tuple(value) == legacy[key] if isinstance(value, (list, tuple)) else value == legacy[key]
+        if key == "batch_norm" and not isinstance(value, bool):
+            raise ModelArgumentError(f"--model-arg batch_norm={value!r} of --arch {name}: must be True or False "
+                                     f"(True builds torchvision's {builder}_bn)")
+        if key == "batch_norm" and value is True:
+            builder = f"{builder}_bn"
+        elif not same:
+            if builder.startswith("densenet"):
+                fix = ("build torchvision.models.DenseNet(growth_rate=..., block_config=..., num_init_features=...) "
+                       "yourself and load the checkpoint's 'model' state dict into it")
+            else:
+                fix = (f"torchvision's {builder} has no such argument, so a run trained with it cannot be rebuilt "
+                       "by name; train again with torchvision's widths or with --arch small --model-arg width=N")
+            raise ModelArgumentError(f"--model-arg {key}={value!r} of --arch {name}: an argument of the package's "
+                                     f"former {builder} copy, which is torchvision's {builder} now (fixed at "
+                                     f"{key}={legacy[key]!r}); {fix}")
+    return builder, kwargs
+
+
+def _stem_init(conv: nn.Conv2d) -> nn.Conv2d:
+    """``conv`` with torchvision's ResNet initialisation (Kaiming-normal, fan-out)."""
+    if not conv.weight.is_meta:
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return conv
+
+
+def small_stem(model: nn.Module, builder: str = "the model") -> nn.Module:
+    """Give a torchvision ResNet-family model (a ``conv1`` and a ``maxpool`` at the top) or DenseNet-family model
+    (``features.conv0`` and ``features.pool0``) a 3x3 stride-1 stem convolution (padding 1, freshly initialised)
+    and no stem max-pool: it then downsamples by 8 instead of 32, for 32x32 to 64x64 images (CIFAR, Tiny
+    ImageNet). The ``state_dict`` keys stay torchvision's; the stem's kernel is 3x3 instead of 7x7. In place;
+    returns ``model``. :func:`build` applies it for ``small_input=True``."""
+    holder: nn.Module | None = None
+    if isinstance(getattr(model, "conv1", None), nn.Conv2d) and hasattr(model, "maxpool"):
+        holder, conv_name, pool_name = model, "conv1", "maxpool"
+    else:
+        features = getattr(model, "features", None)
+        if isinstance(getattr(features, "conv0", None), nn.Conv2d) and hasattr(features, "pool0"):
+            holder, conv_name, pool_name = features, "conv0", "pool0"
+    if holder is None:
+        raise ModelArgumentError(f"--model-arg small_input=True applies to torchvision's ResNet and DenseNet "
+                                 f"families (a conv1 and maxpool, or features.conv0 and pool0); {builder} has "
+                                 "neither: drop small_input, or resize the images (--size)")
+    old = getattr(holder, conv_name)
+    new = nn.Conv2d(old.in_channels, old.out_channels, kernel_size=3, stride=1, padding=1,
+                    bias=old.bias is not None).to(device=old.weight.device, dtype=old.weight.dtype)
+    setattr(holder, conv_name, _stem_init(new))
+    setattr(holder, pool_name, nn.Identity())
+    return model
+
+
+def set_in_channels(model: nn.Module, in_channels: int, builder: str = "the model") -> nn.Module:
+    """Replace the first convolution (in module order) that reads 3 channels by one reading ``in_channels``, with
+    the same output channels, kernel, stride and padding, freshly initialised. In place; returns ``model``.
+    :func:`build` applies it to torchvision models for ``in_channels`` other than 3."""
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+        raise ModelArgumentError(f"in_channels must be a positive int, got {in_channels!r} (--channels)")
+    found = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3),
+                 None)
+    if found is None:
+        raise ModelArgumentError(f"{builder} has no convolution reading 3 channels to replace by one reading "
+                                 f"{in_channels}; pass --channels 3")
+    name, old = found
+    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation,
+                    old.groups, bias=old.bias is not None, padding_mode=old.padding_mode)
+    new = _stem_init(new.to(device=old.weight.device, dtype=old.weight.dtype))
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
     return model
 
 
@@ -375,9 +486,10 @@ def preprocessing(name: str, weights: str | None = None, **kwargs: Any) -> Prepr
     if weights is None:
         return Preprocess(channels=3 if source != "package" else None, source="no weights: inputs in [0, 1]")
     file = is_weights_file(weights)
-    if source in ("package", "torchvision"):
-        if source == "package" and (file or builder == "small"):
-            return Preprocess(source="a weights file of the package's model: inputs in [0, 1]")
+    if source == "package":
+        return Preprocess(source="a weights file of the package's model: inputs in [0, 1]")
+    if source == "torchvision":
+        builder, _ = _translate_legacy(builder, kwargs, name)
         M = _torchvision_models(f"--arch {name}")
         try:
             enum = M.get_model_weights(builder)

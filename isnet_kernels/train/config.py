@@ -32,7 +32,7 @@ from ..isnet.loss import FOREGROUND_RULES, NONFINITE_POLICIES, check_band, check
 from ..isnet.presets import PRESETS, TRAINER_PRESETS
 from ..isnet.wrapper import HEATMAPS, MEMORY_MODES, SELECTIONS, TASKS
 from ..lrp.engine import BATCH_STATS, FIRST_LAYER_RULES, check_eps
-from ..models import ARCHITECTURES, build_model
+from ..models import ARCHITECTURES, ModelArgumentError, build_model
 from ..models.hub import check_name
 from .errors import TrainError
 
@@ -107,7 +107,7 @@ _ARGUMENT_TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
 
 def _check_model_kwargs(arch: str, kwargs: dict[str, Any]) -> None:
     """Each model argument must be a parameter of the architecture's constructor, of the type it is annotated with
-    (the zoo's integer arguments are sizes: positive); ``num_classes`` and ``in_channels`` come from the data."""
+    (its integer arguments are sizes: positive); ``num_classes`` and ``in_channels`` come from the data."""
     parameters = inspect.signature(ARCHITECTURES[arch]).parameters
     settable = [name for name in parameters if name not in ("num_classes", "in_channels")]
     for name, value in kwargs.items():
@@ -156,9 +156,9 @@ class TrainConfig:
     ----------
     data : the data set folder (``ROOT/images/<split>/<class>/*.png`` with masks, see :mod:`isnet_kernels.data`).
     out : the run directory: ``config.json``, ``metrics.csv``, ``metrics.json``, ``last.pt``, ``best.pt``.
-    arch : a model name of :func:`isnet_kernels.models.build_model`: the package's (``small``, ``resnet18``, ...), a
-        torchvision classification builder, or ``timm:NAME``; ``model_kwargs`` go to its constructor (e.g.
-        ``{"width": 8}``).
+    arch : a model name of :func:`isnet_kernels.models.build_model`: the package's ``small``, a torchvision
+        classification builder (``resnet18``, ``convnext_tiny``, ...), or ``timm:NAME``; ``model_kwargs`` go to its
+        constructor (e.g. ``{"width": 8}`` for ``small``, ``{"small_input": True}`` for a torchvision ResNet).
     weights : pretrained weights: a torchvision weights name, ``"pretrained"`` (timm) or a file (None: none).
     mean, std : per-channel input normalisation (None: from the weights' metadata, or none without weights).
     variant : ``"none"`` (plain classifier, cross-entropy only) or an ISNet variant: ``"original"``,
@@ -203,10 +203,11 @@ class TrainConfig:
                        metavar="ROOT")
     out: str = option("", "run directory (created; holds config.json, metrics, checkpoints)", metavar="RUN_DIR")
     arch: str = option("small", f"model: the package's ({', '.join(ARCHITECTURES)}), any torchvision "
-                       "classification builder (convnext_tiny, vit_b_16, ...; torchvision:NAME where the package has "
-                       "the name), or timm:NAME", metavar="NAME")
+                       "classification builder (resnet18, densenet121, convnext_tiny, vit_b_16, ...), or timm:NAME",
+                       metavar="NAME")
     model_kwargs: dict[str, Any] = option(dict, "constructor argument of the architecture, e.g. width=8 "
-                                          "(repeatable)", flag="--model-arg", metavar="KEY=VALUE")
+                                          "(small), small_input=True (a torchvision ResNet or DenseNet for 32-64 "
+                                          "pixel images) (repeatable)", flag="--model-arg", metavar="KEY=VALUE")
     weights: str | None = option(None, "pretrained weights: a torchvision weights name (DEFAULT, IMAGENET1K_V2, "
                                  "...), 'pretrained' (timm), or a .pt/.pth/.safetensors file; the head is left out "
                                  "when its shape differs", metavar="WEIGHTS", default_text="none: random init")
@@ -448,15 +449,20 @@ class TrainConfig:
         ``image_size``, the data's own, when ``size`` is not given), without reading data: the model is built on
         PyTorch's meta device (no memory, no computation) and run on an empty batch of that shape. A
         :class:`TrainError` names the setting (``model_kwargs`` or ``size``) and, for a too-small size, the
-        smallest the architecture takes. torchvision and timm models (``arch`` not one of the package's) are checked
-        when they are built, by their own constructors."""
-        if self.arch not in ARCHITECTURES:
+        smallest the architecture takes. For a torchvision model the size is refused only when a smaller one than
+        the smallest it takes is asked for (a model built for one input size, as a ViT, is left to its own check);
+        timm models are checked when they are built, by their own constructors."""
+        if self.arch.startswith("timm:"):
             return
-        channels = in_channels or self.channels or 1
-        _check_model_kwargs(self.arch, self.model_kwargs)
+        package = self.arch in ARCHITECTURES
+        channels = in_channels or self.channels or (1 if package else 3)
+        if package:
+            _check_model_kwargs(self.arch, self.model_kwargs)
         try:
             with torch.device("meta"):
                 model = build_model(self.arch, 2, channels, **self.model_kwargs)
+        except ModelArgumentError as exc:  # names the argument and what to do already
+            raise TrainError(str(exc), param="model_kwargs") from None
         except Exception as exc:  # the constructor's own message, whatever its type, with the setting that caused it
             given = ", ".join(f"{k}={v!r}" for k, v in self.model_kwargs.items()) or "(none given)"
             detail = str(exc) if isinstance(exc, ISNetError) else f"{type(exc).__name__}: {exc}"
@@ -466,6 +472,8 @@ class TrainConfig:
         if hw is None or _takes(model, channels, hw):
             return
         smallest = _smallest_size(model, channels)
+        if not package and (smallest is None or smallest <= min(hw)):
+            return
         which = f"size {self.size} is" if self.size is not None else f"the images ({hw[0]} x {hw[1]} pixels) are"
         fix = (f"its smallest input is {smallest} x {smallest} pixels; pass size={smallest} or more"
                if smallest is not None else "pass a larger size")

@@ -8,10 +8,10 @@ from torch import nn
 
 import isnet_kernels as ik
 from isnet_kernels import dispatch
-from isnet_kernels.models import densenet121, resnet18
 
 from ..backend_params import FUNCTION_BACKENDS, backend_cases, backend_params
 from ..lrp.models import EveryLayer
+from ..tv_models import tiny_densenet, tiny_resnet
 
 BACKENDS = backend_params()
 
@@ -20,9 +20,9 @@ def _models():
     torch.manual_seed(0)
     return {
         "every": (EveryLayer(), (3, 3, 9, 9)),
-        "resnet": (resnet18(num_classes=5, width=4, small_input=True), (2, 3, 16, 16)),
-        "densenet": (densenet121(num_classes=4, growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2,
-                                 small_input=True), (2, 3, 16, 16)),
+        "resnet": (tiny_resnet(width=4, num_classes=5, small_input=True), (2, 3, 16, 16)),
+        "densenet": (tiny_densenet(growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2,
+                                   num_classes=4, small_input=True), (2, 3, 16, 16)),
     }
 
 

@@ -1,9 +1,9 @@
 """Whole models on CUDA tensors, every backend that runs there (``reference``, ``torch``, ``triton``, ``cuda``): part
 of ``make gpu-check``. Skipped, with the reason, without a CUDA device.
 
-- ``explain`` of a ResNet-18 (the package's torchvision-layout copy, small input) and of a DenseNet on CUDA in
-  float32 against the ``reference`` backend on the CPU in float64: normwise error ``max |a - b| / max |b|`` within
-  1e-4 (float32 accumulation over a few hundred terms per output, TF32 off).
+- ``explain`` of torchvision's ResNet-18 (with the package's ``small_input`` stem) and of a narrow torchvision
+  DenseNet on CUDA in float32 against the ``reference`` backend on the CPU in float64: normwise error
+  ``max |a - b| / max |b|`` within 1e-4 (float32 accumulation over a few hundred terms per output, TF32 off).
 - the same in float64 on CUDA: within 1e-9 (the backends' float64 kernels against plain autograd).
 - one selective ISNet training step (heatmaps, :class:`~isnet_kernels.ISNetLoss`, backward) on CUDA, float64: the
   loss and every parameter gradient against the same step on the CPU with the ``reference`` backend, within 1e-8.
@@ -21,7 +21,9 @@ import torch
 
 import isnet_kernels as ik
 from isnet_kernels import dispatch
-from isnet_kernels.models import densenet121, resnet18
+from isnet_kernels.models import build_model
+
+from ..tv_models import tiny_densenet
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
                                 reason="needs a CUDA device and compiled kernels (TRITON_INTERPRET unset or 0)")
@@ -44,9 +46,9 @@ def _error(out: torch.Tensor, ref: torch.Tensor) -> float:
 def _model(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if name == "resnet18":
-        return resnet18(num_classes=10, small_input=True).eval()
-    return densenet121(num_classes=10, growth_rate=8, block_config=(2, 2), num_init_features=16, bn_size=2,
-                       small_input=True).eval()
+        return build_model("resnet18", 10, small_input=True).eval()
+    return tiny_densenet(growth_rate=8, block_config=(2, 2), num_init_features=16, bn_size=2, num_classes=10,
+                         small_input=True).eval()
 
 
 @pytest.fixture(autouse=True)

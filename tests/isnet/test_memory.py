@@ -11,9 +11,9 @@ from torch import Tensor, nn
 from isnet_kernels import ISNet, ISNetLoss, ops
 from isnet_kernels.errors import InputError
 from isnet_kernels.lrp import engine
-from isnet_kernels.models import resnet18
 
 from ..backend_params import backend_params
+from ..tv_models import tiny_resnet
 from .test_wrapper import DT, Tiny, _randomize
 
 BACKENDS = backend_params(("reference", "torch", "cpp", "triton"))
@@ -21,7 +21,7 @@ BACKENDS = backend_params(("reference", "torch", "cpp", "triton"))
 
 def _resnet() -> nn.Module:
     torch.manual_seed(0)
-    return _randomize(resnet18(num_classes=5, width=4, small_input=True).to(DT)).train()
+    return _randomize(tiny_resnet(width=4, num_classes=5, small_input=True).to(DT)).train()
 
 
 def _tiny(classes: int = 4) -> nn.Module:

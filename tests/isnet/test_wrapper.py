@@ -21,9 +21,10 @@ from isnet_kernels import ISNet as _ISNet
 from isnet_kernels import ISNetLoss
 from isnet_kernels.isnet import default_supervision
 from isnet_kernels.isnet.wrapper import STOCHASTIC_ARGMAX_P
-from isnet_kernels.models import SmallCNN, densenet121, resnet18, vgg11
+from isnet_kernels.models import SmallCNN
 
 from ..lrp.models import randomize_bn
+from ..tv_models import tiny_densenet, tiny_resnet, tiny_vgg
 
 # The maths here is checked against references written for the authors' settings (Z^B first layer, lowest logit,
 # detached statistics, no deep supervision unless asked): every ISNet below takes the "paper" preset. The default
@@ -290,15 +291,15 @@ def test_dual_maps(first_layer):
 
 
 def test_default_supervision_picks():
-    res = resnet18(num_classes=3, width=2, small_input=True).to(DT).eval()
+    res = tiny_resnet(width=2, num_classes=3, small_input=True).to(DT).eval()
     assert ISNet(res, deep_supervision=True).supervised == ["layer1", "layer2", "layer3", "layer4"]
-    dense = densenet121(num_classes=3, growth_rate=2, block_config=(1, 1, 1), num_init_features=4, bn_size=2,
-                        small_input=True).to(DT).eval()
+    dense = tiny_densenet(growth_rate=2, block_config=(1, 1, 1), num_init_features=4, bn_size=2, num_classes=3,
+                          small_input=True).to(DT).eval()
     assert ISNet(dense, deep_supervision=True).supervised == ["features.transition1", "features.transition2",
                                                               "features"]
     small = SmallCNN(3, width=2).to(DT).eval()
     assert ISNet(small, deep_supervision=True).supervised == ["features.3", "features.7", "features.11"]
-    vgg = vgg11(num_classes=3, width=2, hidden=4, pool_size=1).to(DT).eval()
+    vgg = tiny_vgg("vgg11", width=2, hidden=4, pool_size=1, num_classes=3).to(DT).eval()
     pools = [n for n, m in vgg.named_modules() if isinstance(m, nn.MaxPool2d)]
     assert len(pools) == 5 and ISNet(vgg, deep_supervision=True).supervised == pools
     assert ISNet(small, deep_supervision=False).supervised == []
@@ -368,7 +369,7 @@ def test_deep_supervision_smallcnn_equals_head(variant):
 def test_deep_supervision_resnet_equals_head(variant):
     """ResNet stages: the head's first block reads its input through conv1 and the shortcut (identity or
     projection); with epsilon on the head's first layers the two contributions sum as in the whole model."""
-    model = _randomize(resnet18(num_classes=3, width=2, small_input=True).to(DT)).eval()
+    model = _randomize(tiny_resnet(width=2, num_classes=3, small_input=True).to(DT)).eval()
     x = torch.rand(2, 3, 8, 8, dtype=DT)
     out = ISNet(model, variant, deep_supervision=True).eval()(x, heatmaps=True)
     assert list(out.intermediate) == ["layer1", "layer2", "layer3", "layer4"]
@@ -388,8 +389,8 @@ def test_deep_supervision_resnet_equals_head(variant):
 def test_deep_supervision_densenet_equals_head(variant):
     """DenseNet: after a transition the next dense block reads its input through a concatenation and a standalone
     BatchNorm; ``features`` ends in ``norm5``, whose output the classifier's ReLU and pooling read."""
-    model = _randomize(densenet121(num_classes=3, growth_rate=2, block_config=(2, 2, 2), num_init_features=4,
-                                   bn_size=2, small_input=True).to(DT)).eval()
+    model = _randomize(tiny_densenet(growth_rate=2, block_config=(2, 2, 2), num_init_features=4, bn_size=2,
+                                     num_classes=3, small_input=True).to(DT)).eval()
     x = torch.rand(2, 3, 8, 8, dtype=DT)
     out = ISNet(model, variant, deep_supervision=True).eval()(x, heatmaps=True)
     children = dict(model.features.named_children())

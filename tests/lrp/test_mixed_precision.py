@@ -11,16 +11,16 @@ import pytest
 import torch
 
 import isnet_kernels as ik
-from isnet_kernels.models import resnet18
 
 from ..backend_params import backend_params
+from ..tv_models import tiny_resnet
 
 BACKENDS = backend_params(("torch", "cpp"))
 
 
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
-    model = resnet18(num_classes=6, width=4, small_input=True)
+    model = tiny_resnet(width=4, num_classes=6, small_input=True)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):  # running statistics of a trained network, not the identity
             m.running_mean.uniform_(-0.2, 0.2)

@@ -3,8 +3,9 @@
 Rules on both sides: BatchNorm merged into the Conv2d/Linear before it; epsilon on Conv2d, Linear, max-pool,
 average pools, the residual sum and the BatchNorms that follow no linear layer (DenseNet's pre-activation norms,
 transition norms, ``norm5``); ReLU, dropout and identity pass relevance; the logit rule at the output; Z^B (zennit
-``ZBox``) or epsilon on the first layer. The models are the package's model zoo at small widths, with randomised
-BatchNorm statistics, scales and shifts so that folding matters.
+``ZBox``) or epsilon on the first layer. The models are torchvision's ResNet (basic and bottleneck blocks), VGG
+and DenseNet classes at small widths (``tests/tv_models.py``), with randomised BatchNorm statistics, scales and
+shifts so that folding matters; zennit's stock ResNet block canonizers match torchvision's blocks.
 
 Z^B and biases: zennit's stock ``ZBox`` leaves the bias out of its denominator altogether (its bound terms carry
 ``b+`` and ``b-``, which cancel the layer's ``b``), while ``isnet_kernels`` follows the ISNet reference code and
@@ -26,15 +27,14 @@ import torch
 from torch import Tensor, nn
 
 import isnet_kernels as ik
-from isnet_kernels.models import DenseNet, ResNet, resnet18, vgg11
-from isnet_kernels.models.resnet import Bottleneck
 
+from ..tv_models import Bottleneck, tiny_densenet, tiny_resnet, tiny_vgg
 from .zennit_utils import (
-    BasicBlockCanonizer,
-    BottleneckCanonizer,
     Epsilon,
     ExactNamedMergeBatchNorm,
     ExactSequentialMergeBatchNorm,
+    ResNetBasicBlockCanonizer,
+    ResNetBottleneckCanonizer,
     ZBox,
     ZBoxWithBias,
     make_composite,
@@ -67,7 +67,7 @@ class Case:
 def _vgg(batch_norm: bool) -> Case:
     # 96x96 -> 3x3 features -> AdaptiveAvgPool2d(2): uneven, overlapping windows; 64x64 -> 2x2 -> 1x1.
     size, pool = (64, 1) if batch_norm else (96, 2)
-    model = vgg11(num_classes=5, width=8, hidden=16, pool_size=pool, batch_norm=batch_norm)
+    model = tiny_vgg("vgg11", width=8, hidden=16, pool_size=pool, batch_norm=batch_norm, num_classes=5)
     n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     return Case(model, size, "features.0", "features.1" if batch_norm else None,
                 lambda: [ExactSequentialMergeBatchNorm()], n_bn, 0)
@@ -76,22 +76,23 @@ def _vgg(batch_norm: bool) -> Case:
 def _resnet_basic() -> Case:
     # torchvision stem (7x7 stride 2, max-pool 3x3 stride 2 padding 1: overlapping windows), 2 blocks per stage:
     # identity shortcuts in layer1 and in the second block of every stage, 1x1 projections (downsample) elsewhere.
-    model = resnet18(num_classes=5, width=4)
+    model = tiny_resnet(width=4, num_classes=5)
     n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    return Case(model, 64, "conv1", "bn1", lambda: [ExactSequentialMergeBatchNorm(), BasicBlockCanonizer()], n_bn, 8)
+    return Case(model, 64, "conv1", "bn1", lambda: [ExactSequentialMergeBatchNorm(), ResNetBasicBlockCanonizer()],
+                n_bn, 8)
 
 
 def _resnet_bottleneck() -> Case:
     # every stage's first block has a downsample (layer1: 4 -> 16 channels, stride 1); layer1's second block not.
-    model = ResNet(Bottleneck, (2, 1, 1, 1), num_classes=5, width=4, small_input=True)
+    model = tiny_resnet(Bottleneck, (2, 1, 1, 1), width=4, num_classes=5, small_input=True)
     n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    return Case(model, 32, "conv1", "bn1", lambda: [ExactSequentialMergeBatchNorm(), BottleneckCanonizer()], n_bn,
-                5)
+    return Case(model, 32, "conv1", "bn1", lambda: [ExactSequentialMergeBatchNorm(), ResNetBottleneckCanonizer()],
+                n_bn, 5)
 
 
 def _densenet() -> Case:
-    model = DenseNet(growth_rate=4, block_config=(2, 2, 2), num_init_features=8, bn_size=2, num_classes=5,
-                     small_input=True)
+    model = tiny_densenet(growth_rate=4, block_config=(2, 2, 2), num_init_features=8, bn_size=2, num_classes=5,
+                          small_input=True)
     # Merged: conv0 -> norm0 and each dense layer's conv1 -> norm2. Not merged (epsilon): norm1 (after the
     # concatenation), the transitions' norm, norm5. zennit's SequentialMergeBatchNorm would wrongly pair a dense
     # layer's conv2 with the next layer's norm1 (adjacent in module order), hence explicit pairs.
@@ -127,7 +128,7 @@ def _build(name: str, first_bias: str) -> Case:
                 m.running_mean.uniform_(-0.3, 0.3)
                 m.running_var.uniform_(0.5, 2.0)
             elif isinstance(m, nn.Linear):
-                m.reset_parameters()  # the zoo's VGG uses N(0, 0.01) linear weights: too small to be interesting
+                m.reset_parameters()  # torchvision's VGG uses N(0, 0.01) linear weights: too small to be interesting
             if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
                 m.bias.uniform_(-0.1, 0.1)
         modules = dict(model.named_modules())

@@ -12,9 +12,9 @@ What this module adds to stock zennit, and why:
   on a VGG-11 with BatchNorm), more than the tolerance of the comparison. These subclasses also set the merged
   BatchNorm's ``eps`` to 0 (an exact identity) and restore it on removal, and mark the merged BatchNorms so that
   the rule map leaves them without a rule (an epsilon rule on an identity would not pass relevance unchanged).
-* :class:`BasicBlockCanonizer`, :class:`BottleneckCanonizer`: zennit's ResNet block canonizers (their forward with
-  a ``zennit.layer.Sum`` for the residual add), matched against ``isnet_kernels.models.resnet``'s blocks (stock
-  zennit matches torchvision's own ``BasicBlock`` and ``Bottleneck`` classes).
+* zennit's stock ResNet block canonizers (``ResNetBasicBlockCanonizer``, ``ResNetBottleneckCanonizer``: their
+  forward with a ``zennit.layer.Sum`` for the residual add), which match torchvision's ``BasicBlock`` and
+  ``Bottleneck``, re-exported.
 * :class:`ZBoxWithBias`: zennit's ``ZBox`` rule but with the bias counted as an input in the box, the way the
   ISNet reference code (and ``isnet_kernels``) does it. Stock ``ZBox`` clamps *all* parameters in its bound terms,
   so their biases ``b+`` and ``b-`` cancel the layer's own bias ``b = b+ + b-``: its denominator is
@@ -43,15 +43,14 @@ from zennit.layer import Sum
 from zennit.rules import Epsilon, NoMod, ZBox
 from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 
-from isnet_kernels.models.densenet import DenseNet
-from isnet_kernels.models.resnet import BasicBlock, Bottleneck
+from ..tv_models import DenseNet
 
 __all__ = [
-    "BasicBlockCanonizer",
-    "BottleneckCanonizer",
     "Epsilon",
     "ExactNamedMergeBatchNorm",
     "ExactSequentialMergeBatchNorm",
+    "ResNetBasicBlockCanonizer",
+    "ResNetBottleneckCanonizer",
     "ZBox",
     "ZBoxWithBias",
     "make_composite",
@@ -85,26 +84,6 @@ class ExactSequentialMergeBatchNorm(_ExactMerge, SequentialMergeBatchNorm):
 
 class ExactNamedMergeBatchNorm(_ExactMerge, NamedMergeBatchNorm):
     """zennit's NamedMergeBatchNorm (explicit ``[((linear_name,), bn_name), ...]`` pairs), exact."""
-
-
-class BasicBlockCanonizer(ResNetBasicBlockCanonizer):
-    """zennit's BasicBlock canonizer (residual add -> ``zennit.layer.Sum``) for ``isnet_kernels``' BasicBlock."""
-
-    @classmethod
-    def _attribute_map(cls, name, module):
-        if isinstance(module, BasicBlock):
-            return {"forward": cls.forward.__get__(module), "canonizer_sum": Sum()}
-        return None
-
-
-class BottleneckCanonizer(ResNetBottleneckCanonizer):
-    """zennit's Bottleneck canonizer (residual add -> ``zennit.layer.Sum``) for ``isnet_kernels``' Bottleneck."""
-
-    @classmethod
-    def _attribute_map(cls, name, module):
-        if isinstance(module, Bottleneck):
-            return {"forward": cls.forward.__get__(module), "canonizer_sum": Sum()}
-        return None
 
 
 def _bias_bound(bound: float | Tensor, reduce: str) -> float | Tensor:
@@ -175,9 +154,9 @@ def _densenet_forward(self: DenseNet, x: Tensor) -> Tensor:
 def zennit_copy(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` for zennit (whose canonizers edit the model in place).
 
-    DenseNet's global pooling is the functional ``F.adaptive_avg_pool2d``, which zennit cannot hook; the copy
-    computes the same function with an ``nn.AdaptiveAvgPool2d`` module, so the pooling takes the epsilon rule as in
-    ``isnet_kernels`` (which traces the functional form).
+    The global pooling of torchvision's DenseNet is the functional ``F.adaptive_avg_pool2d``, which zennit cannot
+    hook; the copy computes the same function with an ``nn.AdaptiveAvgPool2d`` module, so the pooling takes the
+    epsilon rule as in ``isnet_kernels`` (which traces the functional form).
     """
     z = copy.deepcopy(model)
     if isinstance(z, DenseNet):

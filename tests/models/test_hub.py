@@ -24,6 +24,7 @@ from isnet_kernels.models import (
 from isnet_kernels.models.hub import resolve
 
 from ..optional import require
+from ..tv_models import tiny_resnet
 
 M = require("torchvision.models")
 
@@ -37,8 +38,10 @@ def _same_features(source: torch.nn.Module, model: torch.nn.Module, head: str, x
 
 def test_names_resolve_to_their_source() -> None:
     assert resolve("small") == ("package", "small")
-    assert resolve("resnet18") == ("package", "resnet18")  # the package's copy keeps its name
-    assert resolve("torchvision:resnet18") == ("torchvision", "resnet18")
+    assert resolve("resnet18") == ("torchvision", "resnet18")  # torchvision's builder
+    assert resolve("torchvision:resnet18") == ("torchvision", "resnet18")  # another spelling of the same
+    with torch.device("meta"):
+        assert type(build_model("torchvision:resnet18", 3)) is type(build_model("resnet18", 3)) is M.ResNet
     assert resolve("convnext_tiny") == ("torchvision", "convnext_tiny")
     model = build_model("mobilenet_v3_small", 7)
     assert model.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 7)
@@ -63,8 +66,8 @@ def test_torchvision_weights_file_gives_the_source_outputs(tmp_path: Path) -> No
     other = build_model("torchvision:resnet18", 4, weights=str(tmp_path / "ckpt.pt"))
     assert other.fc.out_features == 4 and not torch.equal(other.fc.weight[:4], source.fc.weight[:4])
     _same_features(source, other, "fc", x)  # every other layer is the source's
-    package = build_model("resnet18", 4, weights=str(tmp_path / "r18.pth"))  # the package's copy: same keys
-    _same_features(source, package, "fc", x)
+    plain = build_model("resnet18", 4, weights=str(tmp_path / "r18.pth"))  # the plain spelling: the same
+    _same_features(source, plain, "fc", x)
 
 
 def test_weights_name_loads_through_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -78,8 +81,8 @@ def test_weights_name_loads_through_torchvision(tmp_path: Path, monkeypatch: pyt
     model = build_model("torchvision:resnet18", 3, weights="IMAGENET1K_V1")
     assert model.fc.out_features == 3
     _same_features(source, model, "fc", torch.rand(2, 3, 32, 32))
-    package = build_model("resnet18", 3, weights="DEFAULT")  # the package's copy takes torchvision's weights too
-    _same_features(source, package, "fc", torch.rand(2, 3, 32, 32))
+    plain = build_model("resnet18", 3, weights="DEFAULT")
+    _same_features(source, plain, "fc", torch.rand(2, 3, 32, 32))
 
 
 def test_weights_name_shapes_the_model_without_fetching() -> None:
@@ -105,8 +108,9 @@ def test_weights_of_another_architecture_name_the_keys(tmp_path: Path) -> None:
     text = str(info.value)
     assert "unexpected keys: layer1.2.conv1.weight" in text and "--arch" in text
     torch.save(M.resnet18(num_classes=10).state_dict(), tmp_path / "r18.pth")
-    with pytest.raises(WeightsError, match=r"shapes that differ: conv1.weight \(64, 3, 7, 7\) vs the model.s \(32,"):
-        build_model("resnet18", 10, width=32, weights=str(tmp_path / "r18.pth"))  # another width: every key
+    differ = r"shapes that differ: conv1.weight \(64, 3, 7, 7\) vs the model.s \(64, 3, 3,"
+    with pytest.raises(WeightsError, match=differ):
+        build_model("resnet18", 10, small_input=True, weights=str(tmp_path / "r18.pth"))  # another stem
     with pytest.raises(WeightsError, match="does not exist"):
         read_state_dict(tmp_path / "nothing.pt")
     torch.save({"epoch": 1}, tmp_path / "empty.pt")
@@ -162,7 +166,7 @@ def test_automatic_bounds_equal_the_hand_worked_ones() -> None:
     hand_high = torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225], dtype=torch.float64)
     torch.testing.assert_close(low, hand_low, rtol=1e-15, atol=0)
     torch.testing.assert_close(high, hand_high, rtol=1e-15, atol=0)
-    model = build_model("resnet18", 3, width=4).eval()
+    model = tiny_resnet(num_classes=3).eval()
     x = torch.rand(2, 3, 16, 16)
     inputs = pre.normalize(x)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)

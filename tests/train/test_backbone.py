@@ -94,7 +94,7 @@ def tv_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     source = M.resnet18(num_classes=1000)
     torch.save(source.state_dict(), tmp / "r18.pth")
     run = tmp / "run"
-    args = ["train", "--data", str(tiny_data), "--out", str(run), "--arch", "torchvision:resnet18", "--weights",
+    args = ["train", "--data", str(tiny_data), "--out", str(run), "--arch", "resnet18", "--weights",
             str(tmp / "r18.pth"), "--mean", *map(str, MEAN), "--std", *map(str, STD), "--first-layer", "zb",
             "--optimizer", "adamw", "--warmup-epochs", "1", "--precision", "bf16", "--epochs", "1", "--batch-size",
             "4", "--size", "32", "--device", "cpu", "--quiet"]
@@ -106,7 +106,7 @@ def test_checkpoint_records_model_and_preprocessing(tv_run: tuple[Path, dict]) -
     run, _ = tv_run
     state = load_checkpoint(run / "last.pt")
     spec = state["model_spec"]
-    assert (spec["arch"], spec["num_classes"], spec["in_channels"]) == ("torchvision:resnet18", 2, 3)
+    assert (spec["arch"], spec["num_classes"], spec["in_channels"]) == ("resnet18", 2, 3)
     assert spec["preprocess"]["mean"] == MEAN and spec["preprocess"]["std"] == STD
     assert spec["preprocess"]["size"] == 32  # --size wins over the default weights' 224
     assert all(v.dtype in (torch.float32, torch.int64) for v in state["model"].values())  # float32 master weights
@@ -162,7 +162,7 @@ def test_weights_errors_on_the_command_line(tiny_data: Path, tmp_path: Path, cap
     M = require("torchvision.models")
     torch.save(M.resnet34(num_classes=10).state_dict(), tmp_path / "r34.pth")
     base = ["train", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--epochs", "1", "--quiet"]
-    assert cli.main([*base, "--arch", "torchvision:resnet18", "--weights", str(tmp_path / "r34.pth")]) == 2
+    assert cli.main([*base, "--arch", "resnet18", "--weights", str(tmp_path / "r34.pth")]) == 2
     err = capsys.readouterr().err
     assert "unexpected keys: layer1.2.conv1.weight" in err and len(err.splitlines()) == 1
     assert cli.main([*base, "--arch", "resnet18", "--weights", "IMAGENET1K_V9"]) == 2

@@ -130,9 +130,9 @@ def test_elementwise_and_pooling_on_cuda(precision) -> None:
 
 def test_explain_resnet18_triton_matches_reference() -> None:
     from isnet_kernels import explain
-    from isnet_kernels.models.resnet import resnet18
+    from isnet_kernels.models import build_model
 
-    model = resnet18(num_classes=10).cuda().eval()
+    model = build_model("resnet18", 10).cuda().eval()  # torchvision's
     x = torch.rand(2, 3, 64, 64, device="cuda")
     saved = torch.backends.cuda.matmul.fp32_precision
     torch.backends.cuda.matmul.fp32_precision = "ieee"
