@@ -5,15 +5,16 @@ PYTHON3 ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip
-# The CPU build of torch that this project is developed against. Pinned everywhere: an unpinned torch would
-# pull a different (CUDA) build.
-TORCH   := torch==2.13.0
-TRITON  := triton==3.7.1
+# The torch this project is developed against: PyPI's CUDA 13 build (it runs on a CPU; the CUDA extension builds
+# against it), with the triton it requires and the torchvision built for it (a matched pair: torchvision's compiled
+# operators load, so torchmetrics and Lightning import it as anywhere). Pinned everywhere: an unpinned torch would
+# pull another build.
+TORCH   := torch==2.14.1
+TRITON  := triton==3.8.0
 # The independent LRP implementation the comparison tests run against (installed without its dependencies).
 ZENNIT  := zennit==0.5.1
-# torchvision's classification models for the zoo tests: a CUDA build whose compiled ops are never loaded
-# (see tests/conftest.py), installed without dependencies so that it cannot replace the CPU torch.
-TORCHVISION := torchvision==0.28.0
+# torchvision, built for that torch: its classification models (--arch NAME, the zoo), transforms (--augment).
+TORCHVISION := torchvision==0.29.1
 # AttnLRP's authors' library, the independent implementation the attention comparison tests run against.
 LXT     := lxt==2.1
 # timm (models by name, `--arch timm:NAME`) and safetensors (weights files), as the GPU machines have them.
@@ -70,7 +71,8 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*/*)
 	$(PIP) install $(TORCH) setuptools wheel
 	$(PIP) install --no-build-isolation -e '.[test]' $(TORCH)
 	$(PIP) install $(TRITON) $(TORCH)
-	$(PIP) install --no-deps $(ZENNIT) $(TORCHVISION) $(LXT)
+	$(PIP) install --no-deps $(ZENNIT) $(LXT)
+	$(PIP) install $(TORCHVISION) $(TORCH)
 	$(PIP) install $(TIMM) $(TORCH) $(TORCHVISION)
 	$(PIP) install $(LIGHTNING) $(TORCH)
 	@touch $@

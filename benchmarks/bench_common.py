@@ -31,7 +31,6 @@ import copy
 import importlib.util
 import os
 import re
-import sys
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,23 +109,8 @@ def describe_device() -> str:
 
 
 def import_torchvision() -> types.ModuleType:
-    """Import the real torchvision, also beside a CPU build of torch it was not built for; zennit imports it at
-    import time.
-
-    A torchvision built for the installed torch (torch 2.11.0 with torchvision 0.26.0 on the GPU machines) imports
-    as it is. PyPI's torchvision 0.28.0 beside the CPU build of torch 2.13.0 is a CUDA build: its compiled operators
-    do not load there, and importing ``torchvision._meta_registrations`` (meta kernels for those operators) fails;
-    then an empty module in its place lets ``torchvision.models`` import (classification models need none of the
-    compiled operators).
-    """
-    if "torchvision" not in sys.modules:
-        try:
-            import torchvision.models  # noqa: F401
-        except (ImportError, RuntimeError):
-            for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-                del sys.modules[name]
-            name = "torchvision._meta_registrations"
-            sys.modules.setdefault(name, types.ModuleType(name))
+    """Import torchvision and its classification models (zennit imports torchvision at import time; the
+    environments the benchmarks run in install the torchvision built for their torch)."""
     import torchvision
     import torchvision.models  # noqa: F401
 

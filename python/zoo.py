@@ -39,16 +39,7 @@ from torch import Tensor, nn
 
 
 def import_torchvision() -> types.ModuleType:
-    """Import the real torchvision beside the CPU build of torch.
-
-    PyPI's torchvision 0.28.0 (``pip install --no-deps torchvision==0.28.0``) is built for CUDA: its compiled
-    operators do not load here, and ``torchvision._meta_registrations`` registers meta kernels for them at import
-    time, which fails. An empty module in its place lets ``torchvision.models`` import; classification models
-    need none of the compiled operators.
-    """
-    name = "torchvision._meta_registrations"
-    if "torchvision" not in sys.modules:
-        sys.modules.setdefault(name, types.ModuleType(name))
+    """Import torchvision and its classification models (the torchvision built for the installed torch)."""
     import torchvision
     import torchvision.models  # noqa: F401
 

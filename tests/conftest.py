@@ -1,12 +1,11 @@
 """Shared test set-up: Triton's CPU interpreter, the real torchvision, a fixed seed, one thread.
 
 ``TRITON_INTERPRET`` must be set before any ``@triton.jit`` function is defined, so it is set here, before
-anything else is imported. torchvision (0.28.0, installed with ``--no-deps``) is imported here, before zennit
-(which imports ``torchvision.models.resnet`` at import time): see :func:`import_torchvision`.
+anything else is imported. torchvision is imported here, before zennit (which imports ``torchvision.models.resnet``
+at import time): see :func:`import_torchvision`.
 """
 
 import os
-import sys
 import types
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -18,28 +17,8 @@ torch.set_num_threads(1)  # the tests use tiny tensors: threads only add overhea
 
 
 def import_torchvision() -> types.ModuleType:
-    """Import the real torchvision, also beside a CPU build of torch it was not built for.
-
-    A torchvision built for the installed torch (as torch 2.11.0 with torchvision 0.26.0 on the GPU machines'
-    stack) imports as it is. PyPI's torchvision 0.28.0 beside the CPU build of torch 2.13.0 is a CUDA build: its
-    compiled operators do not load there, and importing ``torchvision._meta_registrations`` (meta kernels for those
-    operators) fails. Then an empty module in its place lets ``torchvision.models`` import; classification models
-    need none of the compiled operators.
-    """
-    if "torchvision" in sys.modules:
-        import torchvision
-
-        return torchvision
-    try:
-        import torchvision
-        import torchvision.models  # noqa: F401
-
-        return torchvision
-    except (ImportError, RuntimeError):
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-    name = "torchvision._meta_registrations"
-    sys.modules.setdefault(name, types.ModuleType(name))
+    """Import torchvision and its classification models (both stacks the suite runs on install the torchvision
+    built for their torch: torch 2.14.1 with torchvision 0.29.1, torch 2.11.0 with torchvision 0.26.0)."""
     import torchvision
     import torchvision.models  # noqa: F401
 

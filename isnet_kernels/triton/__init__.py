@@ -30,7 +30,7 @@ from ..ops.pool import AvgPoolWindows
 from ..ops.primitives import Geometry, TorchPrimitives
 from .reference import FusedReference
 
-_INSTALL_HINT = "triton is not installed: pip install triton==3.7.1"
+_INSTALL_HINT = "triton is not installed: pip install triton==3.8.0"
 
 
 def available() -> tuple[bool, str]:
@@ -44,7 +44,7 @@ def available() -> tuple[bool, str]:
         if isinstance(exc, ModuleNotFoundError):
             return False, _INSTALL_HINT
         return False, f"triton failed to import ({type(exc).__name__}: {exc}); reinstall with pip install " \
-                      "triton==3.7.1"
+                      "triton==3.8.0"
     import torch
 
     if os.environ.get("TRITON_INTERPRET") == "1":

@@ -277,15 +277,16 @@ def _conv_epsilon_backward_kernel(
 # (``python -m isnet_kernels.triton.aot``, benchmarks/results/aot/): the tiles that fit the shared memory of sm_80
 # and sm_90 and spill no registers on either, for every dtype of their set. Rejected there, each spilling on at
 # least one target and dtype: 128 x 64 and larger; 4-warp tensor-core tiles over 32 x 32 outputs or more (for the
-# backward); 64 x 64 x 32 with 8 warps (bf16 on sm_80); 32 x 32 x 16 (bf16 / TF32 backward).
+# backward); 64 x 64 x 32 with 8 warps (bf16 on sm_80); 32 x 32 x 16 (bf16 / TF32 backward); with triton 3.8.0 on
+# sm_80, 64 x 64 x 16 FMA (IEEE fp32, 8 bytes) and the Z^B form's 64 x 32 x 16 FMA (fp64, 4 bytes).
 TRANSPOSE_TILES = {
     "tensor_core": ((64, 32, 32, 8, 3), (32, 64, 32, 8, 3), (32, 32, 32, 8, 3)),
-    "fma": ((64, 64, 16, 8, 2), (64, 32, 16, 8, 2), (32, 32, 16, 4, 2)),
+    "fma": ((64, 32, 16, 8, 2), (32, 32, 16, 4, 2)),
 }
 #: The Z^B rule's form of the transposed convolution (two accumulators, two weight tiles) needs smaller tiles.
 ZBOX_TILES = {
     "tensor_core": ((32, 64, 32, 8, 3),),
-    "fma": ((64, 32, 16, 8, 2), (32, 32, 16, 4, 2)),
+    "fma": ((32, 32, 16, 4, 2),),
 }
 BACKWARD_TILES = {
     "tensor_core": ((64, 32, 16, 8, 3), (32, 32, 32, 8, 3)),
