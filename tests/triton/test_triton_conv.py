@@ -290,14 +290,20 @@ def test_dot_tiles_are_pruned_to_the_problem(monkeypatch: pytest.MonkeyPatch) ->
     from isnet_kernels.triton import conv
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    for tiles in (*conv.TRANSPOSE_TILES.values(), *conv.BACKWARD_TILES.values(), conv.ZBOX_TILES["fma"]):
+    tile_sets = (*conv.TRANSPOSE_TILES.values(), *conv.BACKWARD_TILES.values(), *conv.ZBOX_TILES.values())
+    assert sum(len(tiles) > 1 for tiles in tile_sets) >= 4  # the pruning below is exercised
+    for tiles in tile_sets:
         configs = conv._dot_configs("BLOCK_CI", tiles)
-        assert len(configs) == len(tiles) > 1
+        assert len(configs) == len(tiles)
         prune = conv._dot_pruner("BLOCK_CI", "Ci_g", "Co_g")
 
         def kept(Ci_g: int, Co_g: int, n_pixels: int, prune=prune, configs=configs) -> list[dict]:
             args = {"Ci_g": Ci_g, "Co_g": Co_g, "P_BUCKET": conv.pixel_bucket(n_pixels)}
             return [c.kwargs for c in prune(configs, args)]
+
+        if len(configs) == 1:  # a set of one tile keeps it whatever the problem
+            assert kept(512, 512, 1 << 20) == kept(8, 8, 1 << 20) == kept(1, 1, 1) == [configs[0].kwargs]
+            continue
 
         assert len(kept(512, 512, 1 << 20)) == len(configs)
         narrow = kept(8, 8, 1 << 20)  # the tiles within 16 channels, else the smallest tile alone
