@@ -72,6 +72,20 @@ _NAME = "biased-digits"
 _FORMAT_VERSION = 1
 
 
+
+def split_pools(labels: np.ndarray, classes: int, rng: np.random.Generator) -> dict[str, list[np.ndarray]]:
+    """The scans of each class ``0 .. classes - 1`` shuffled by ``rng`` and split :data:`POOL_FRACTIONS` into
+    disjoint train / val / test pools: ``pools[pool][c]`` holds the indices of class ``c`` in that pool."""
+    pools: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for c in range(classes):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_train = round(POOL_FRACTIONS["train"] * len(idx))
+        n_val = round(POOL_FRACTIONS["val"] * len(idx))
+        pools["train"].append(idx[:n_train])
+        pools["val"].append(idx[n_train : n_train + n_val])
+        pools["test"].append(idx[n_train + n_val :])
+    return pools
+
 def _border(size: int) -> int:
     return max(4, round(size / 8))
 
@@ -293,14 +307,7 @@ def _write(root: Path, digits: Any, positions: list[tuple[int, int, int]], count
     pool_rng = dict(zip(("train", "val", "test"), render_rngs))
 
     # Scans split per class into train / val / test pools (disjoint).
-    pools: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
-    for c in range(NUM_CLASSES):
-        idx = split_rng.permutation(np.flatnonzero(labels == c))
-        n_train = round(POOL_FRACTIONS["train"] * len(idx))
-        n_val = round(POOL_FRACTIONS["val"] * len(idx))
-        pools["train"].append(idx[:n_train])
-        pools["val"].append(idx[n_train : n_train + n_val])
-        pools["test"].append(idx[n_train + n_val :])
+    pools = split_pools(labels, NUM_CLASSES, split_rng)
 
     written = [s for s in SPLITS if train_clean or s != CLEAN_SPLIT]
     total = NUM_CLASSES * ((1 + train_clean) * counts_per_class["train"] + counts_per_class["val"]

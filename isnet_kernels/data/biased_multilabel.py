@@ -48,13 +48,13 @@ from ..errors import InputError, MissingDependencyError
 from .biased_digits import (
     MASK_THRESHOLD,
     NUM_CLASSES,
-    POOL_FRACTIONS,
     _border,
     _check_count,
     _dilate,
     _enlarge,
     _prepare_root,
     artefact_positions,
+    split_pools,
 )
 from .writing import MAX_FILES, check_size, staged
 
@@ -174,14 +174,7 @@ def _write(root: Path, digits: Any, positions: list[tuple[int, int, int]], per_c
     targets = digits.target.astype(np.int64)
     split_rng, *render_rngs = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
     pool_rng = dict(zip(("train", "val", "test"), render_rngs))
-    pools: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
-    for c in range(labels):
-        idx = split_rng.permutation(np.flatnonzero(targets == c))
-        n_train = round(POOL_FRACTIONS["train"] * len(idx))
-        n_val = round(POOL_FRACTIONS["val"] * len(idx))
-        pools["train"].append(idx[:n_train])
-        pools["val"].append(idx[n_train : n_train + n_val])
-        pools["test"].append(idx[n_train + n_val :])
+    pools = split_pools(targets, labels, split_rng)
 
     written = [s for s in SPLITS if train_clean or s != CLEAN_SPLIT]
     for split in written:

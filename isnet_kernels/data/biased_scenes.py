@@ -210,14 +210,7 @@ def _write(root: Path, digits: Any, photos: dict[str, np.ndarray], class_photos:
     labels = digits.target.astype(np.int64)
     split_rng, *pool_rngs = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
     pool_rng = dict(zip(("train", "val", "test"), pool_rngs))
-    pools: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
-    for c in range(NUM_CLASSES):
-        idx = split_rng.permutation(np.flatnonzero(labels == c))
-        n_train = round(_bd.POOL_FRACTIONS["train"] * len(idx))
-        n_val = round(_bd.POOL_FRACTIONS["val"] * len(idx))
-        pools["train"].append(idx[:n_train])
-        pools["val"].append(idx[n_train:n_train + n_val])
-        pools["test"].append(idx[n_train + n_val:])
+    pools = _bd.split_pools(labels, NUM_CLASSES, split_rng)
 
     written = [s for s in SPLITS if train_clean or s != CLEAN_SPLIT]
     for split in written:

@@ -59,7 +59,7 @@ from tqdm import tqdm
 
 from ..errors import InputError, MissingDependencyError
 from . import biased_digits as _bd
-from .biased_digits import MASK_THRESHOLD, NUM_CLASSES, POOL_FRACTIONS
+from .biased_digits import MASK_THRESHOLD, NUM_CLASSES, split_pools
 from .errors import DataError
 from .writing import MAX_FILES, check_size, staged
 
@@ -266,14 +266,7 @@ def _write(root: Path, digits: Any, per_class: dict[str, int], *, size: int, see
     photos = _photographs()
     split_rng, *pool_rngs = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
     pool_rng = dict(zip(("train", "val", "test"), pool_rngs))
-    pools: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
-    for c in range(NUM_CLASSES):
-        idx = split_rng.permutation(np.flatnonzero(labels == c))
-        n_train = round(POOL_FRACTIONS["train"] * len(idx))
-        n_val = round(POOL_FRACTIONS["val"] * len(idx))
-        pools["train"].append(idx[:n_train])
-        pools["val"].append(idx[n_train:n_train + n_val])
-        pools["test"].append(idx[n_train + n_val:])
+    pools = split_pools(labels, NUM_CLASSES, split_rng)
 
     written = [s for s in SPLITS if train_clean or s != CLEAN_SPLIT]
     for split in written:
