@@ -201,21 +201,29 @@ def check_labels(labels: Tensor, logits: Tensor, flags: list[Tensor] | None = No
     return torch.where(valid, labels, 0)
 
 
-def check_targets(targets: Tensor, logits: Tensor) -> Tensor:
-    """Multi-label targets (B, K) for ``logits`` (B, K): a real or bool tensor of 0 and 1 (checked at once on CPU;
-    on an accelerator without a host synchronisation). Returns them in the logits' dtype."""
-    B, K = logits.shape
-    if not isinstance(targets, Tensor) or targets.dim() != 2 or tuple(targets.shape) != (B, K):
-        shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
-        raise InputError(f"multi-label targets must have shape (B, K) = ({B}, {K}), one 0/1 entry per class, got "
-                         f"{shape}", param="labels")
+def check_multilabel_targets(targets: Tensor, batch: int, num_classes: int, *, values: bool = True) -> None:
+    """Multi-label targets: a real tensor (B, K) = (``batch``, ``num_classes``) of 0 and 1 (the values read on the
+    host only where ``values``). Raises :class:`~isnet_kernels.errors.InputTypeError`,
+    :class:`~isnet_kernels.errors.InputError` or :class:`~isnet_kernels.errors.TargetError` naming the problem."""
+    if not isinstance(targets, Tensor):
+        raise InputTypeError(f"multi-label targets must be a tensor of shape (B, K) = ({batch}, {num_classes}) of 0 "
+                             f"and 1, got {type(targets).__name__}", param="labels")
+    if targets.dim() != 2 or tuple(targets.shape) != (batch, num_classes):
+        raise InputError(f"multi-label targets must have shape (B, K) = ({batch}, {num_classes}), one 0/1 entry per "
+                         f"class, got {tuple(targets.shape)}", param="labels")
     if targets.is_complex():
         raise InputTypeError(f"multi-label targets must be real 0/1 values, got {targets.dtype}", param="labels")
-    if targets.device.type == "cpu":
+    if values:
         bad = (targets != 0) & (targets != 1)
         if bool(bad.any()):
-            raise TargetError(f"multi-label targets must be 0 or 1, found {targets[bad].unique()[:5].tolist()}",
-                              param="labels")
+            raise TargetError(f"multi-label targets must be 0 or 1, found {targets[bad].unique()[:5].tolist()}; "
+                              "one entry per class, 1 where the class is present", param="labels")
+
+
+def check_targets(targets: Tensor, logits: Tensor) -> Tensor:
+    """Multi-label targets (B, K) for ``logits`` (B, K), checked (:func:`check_multilabel_targets`; the values on CPU
+    only, so that an accelerator step needs no host synchronisation). Returns them in the logits' dtype."""
+    check_multilabel_targets(targets, *logits.shape, values=targets.device.type == "cpu")
     return targets.to(logits.dtype)
 
 
@@ -292,14 +300,13 @@ def heatmap_loss(heatmaps: Tensor, masks: Tensor, *, d: float = 0.9, E: float = 
     scale = fg / count.clamp(min=1) + NORM_EPS
     Hn = absH / scale[..., None, None, None]
     S = gwrp((Hn * (1 - mask)).flatten(-2), d)  # (B, M, C)
-    bkg = -torch.log1p(-(S / (S + E)).clamp(max=SATURATION))
-    bkg = bkg.mean((1, 2))
+    bkg_all = -torch.log1p(-(S / (S + E)).clamp(max=SATURATION))  # (B, M, C)
     if mass:
         out = (absH * (1 - mask)).sum((2, 3, 4))  # (B, M): the background's relevance mass
         share = out / (out + E * fg + NORM_EPS)
-        bkg_mass = -torch.log1p(-share.clamp(max=SATURATION)).mean(1)
+        mass_bm = -torch.log1p(-share.clamp(max=SATURATION))  # (B, M)
     else:
-        bkg_mass = fg.new_zeros(Bsz)
+        mass_bm = torch.zeros_like(fg)
     c1, c2 = _per_map(C1, M, fg, "C1"), _per_map(C2, M, fg, "C2")
     left = ((fg / c1).clamp(max=1) - 1) ** 2
     right = ((torch.maximum(fg, c2.expand_as(fg)) - c2) / c1) ** 2
@@ -309,11 +316,12 @@ def heatmap_loss(heatmaps: Tensor, masks: Tensor, *, d: float = 0.9, E: float = 
         if tuple(weights.shape) != (Bsz, M):
             raise InputError(f"map weights must have shape (B, M) = ({Bsz}, {M}), got {tuple(weights.shape)}")
         weights = weights.to(heatmaps.device)
-        bkg_bm = -torch.log1p(-(S / (S + E)).clamp(max=SATURATION)).mean(2)  # (B, M)
-        mass_bm = -torch.log1p(-share.clamp(max=SATURATION)) if mass else torch.zeros_like(fg)
+        bkg_bm = bkg_all.mean(2)  # (B, M)
         fg_bm = left + right
         return HeatmapLossParts(_weighted_mean(A * bkg_bm + mass * mass_bm + B * fg_bm, weights),
                                 _weighted_mean(bkg_bm, weights), _weighted_mean(fg_bm, weights))
+    bkg = bkg_all.mean((1, 2))
+    bkg_mass = mass_bm.mean(1)
     fgl = (left + right).mean(1)
     return HeatmapLossParts((A * bkg + mass * bkg_mass + B * fgl).mean(), bkg.mean(), fgl.mean())
 

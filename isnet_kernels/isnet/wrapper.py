@@ -61,6 +61,7 @@ from ..lrp.engine import (
 )
 from ..lrp.graph import Program, module_output
 from .chunking import auto_map_chunk, bytes_per_map, check_map_chunk, chunked_relevance
+from .loss import check_multilabel_targets
 from .output import ISNetOutput
 from .presets import check_preset, preset_value
 
@@ -133,18 +134,7 @@ def multilabel_targets(labels: Tensor, batch: int, num_classes: int, device: tor
     (B, M): image b's positive classes in increasing order, then padding (a class of the image, weight 0) up to
     ``M = max(1, max_b P_b)``. Checked on the host (M is a shape, read back anyway): a tensor of shape (B, K) whose
     values are 0 or 1, else :class:`~isnet_kernels.errors.InputError` / :class:`~isnet_kernels.errors.TargetError`."""
-    if not isinstance(labels, Tensor):
-        raise InputTypeError(f"multi-label targets must be a tensor of shape (B, K) = ({batch}, {num_classes}) of 0 "
-                             f"and 1, got {type(labels).__name__}", param="labels")
-    if labels.dim() != 2 or tuple(labels.shape) != (batch, num_classes):
-        raise InputError(f"multi-label targets must have shape (B, K) = ({batch}, {num_classes}), one 0/1 entry per "
-                         f"class, got {tuple(labels.shape)}", param="labels")
-    if labels.is_complex():
-        raise InputTypeError(f"multi-label targets must be real 0/1 values, got {labels.dtype}", param="labels")
-    bad = (labels != 0) & (labels != 1)
-    if bool(bad.any()):
-        raise TargetError(f"multi-label targets must be 0 or 1, found {labels[bad].unique()[:5].tolist()}; "
-                          "one entry per class, 1 where the class is present", param="labels")
+    check_multilabel_targets(labels, batch, num_classes)
     positive = (labels != 0).to(device)
     counts = positive.sum(1)
     M = max(int(counts.max()) if batch else 0, 1)
