@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from ..errors import InputError, InputTypeError
-from ..isnet import ISNet, ISNetLoss, ISNetLossOutput, ISNetOutput, RRRLoss
+from ..isnet import ISNetLossOutput, ISNetOutput, RRRLoss
 from ..lrp.engine import BoundsLike
 from ..train import backbone
 from ..train.config import TrainConfig
@@ -139,16 +139,11 @@ class ISNetModule(pl.LightningModule):
         self.generator = torch.Generator().manual_seed(cfg.seed) if cfg.variant == "stochastic" else None
         # the ISNet wraps self.model and holds no state of its own: kept out of the module tree (one copy of the
         # weights in state_dict); building it compiles the relevance program, so an unsupported layer fails here
-        isnet = ISNet(model, cfg.variant, eps=cfg.eps, first_layer=cfg.first_layer,
-                      deep_supervision=cfg.deep_supervision, select=cfg.select, generator=self.generator,
-                      bounds=self.bounds, backend=cfg.backend, batch_stats=cfg.batch_stats, heatmap=cfg.heatmap,
-                      map_chunk=cfg.map_chunk, memory=cfg.memory) if cfg.is_isnet else None
+        isnet = backbone.make_isnet(cfg, model, bounds=self.bounds, generator=self.generator)
         object.__setattr__(self, "isnet", isnet)
         self.heatmap_note = heatmap_support(model)  # None, or why the background fraction cannot be computed
         self.rrr = RRRLoss(cfg.rrr_lambda) if cfg.variant == "rrr" else None
-        self.loss_fn = ISNetLoss(P=cfg.P if cfg.is_isnet else 0.0, d=cfg.d, E=cfg.E, A=cfg.A, B=cfg.B, C1=cfg.C1,
-                                 C2=cfg.C2, foreground=cfg.foreground, d_loss=cfg.d_loss, nonfinite=cfg.nonfinite,
-                                 mass=cfg.mass)
+        self.loss_fn = backbone.make_loss(cfg)
         self._meters: dict[str, Meter] = {}
         self._last_lr: float | None = None
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ..isnet import ISNet, ISNetLoss
 from ..models import MissingExtraError, Preprocess, UnknownModelError, WeightsError, build_model, preprocessing
 from .config import TrainConfig
 from .errors import TrainError
@@ -112,6 +113,24 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def make_isnet(cfg: TrainConfig, model: nn.Module, *, bounds: Any, generator: torch.Generator | None
+               ) -> ISNet | None:
+    """The ISNet of the settings around ``model`` (None for a plain classifier or RRR: ``cfg.is_isnet`` false)."""
+    if not cfg.is_isnet:
+        return None
+    return ISNet(model, cfg.variant, eps=cfg.eps, first_layer=cfg.first_layer, deep_supervision=cfg.deep_supervision,
+                 select=cfg.select, generator=generator, bounds=bounds, backend=cfg.backend,
+                 batch_stats=cfg.batch_stats, heatmap=cfg.heatmap, map_chunk=cfg.map_chunk, memory=cfg.memory,
+                 task=cfg.task or "multiclass")
+
+
+def make_loss(cfg: TrainConfig) -> ISNetLoss:
+    """The loss of the settings: the ISNet's (``P = 0`` without heatmaps: cross-entropy alone)."""
+    return ISNetLoss(P=cfg.P if cfg.is_isnet else 0.0, d=cfg.d, E=cfg.E, A=cfg.A, B=cfg.B, C1=cfg.C1, C2=cfg.C2,
+                     foreground=cfg.foreground, d_loss=cfg.d_loss, nonfinite=cfg.nonfinite, mass=cfg.mass,
+                     task=cfg.task or "multiclass")
 
 
 def learning_rate(cfg: TrainConfig, t: int, total: int, per_epoch: int) -> float:

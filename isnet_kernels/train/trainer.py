@@ -60,7 +60,7 @@ from torch.utils.data import DataLoader
 
 from .. import dispatch
 from ..errors import InputTypeError, ISNetError
-from ..isnet import ISNet, ISNetLoss, ISNetLossOutput, ISNetOutput, RRRLoss, tune_cut
+from ..isnet import ISNetLossOutput, ISNetOutput, RRRLoss, tune_cut
 from . import backbone
 from .board import open_board, summary_writer
 from .checkpoint import BEST, FORMAT, LAST, capture_rng, load_checkpoint, restore_rng, save_checkpoint
@@ -254,11 +254,7 @@ class Trainer:
         self.model = model.to(ctx.device)
         self.generator = torch.Generator().manual_seed(cfg.seed + ctx.rank) if cfg.variant == "stochastic" else None
         # a plain classifier uses nothing of the LRP engine: a model with layers it has no rules for trains too
-        self.isnet = ISNet(self.model, cfg.variant, eps=cfg.eps, first_layer=cfg.first_layer,
-                           deep_supervision=cfg.deep_supervision, select=cfg.select, generator=self.generator,
-                           bounds=self.bounds,
-                           backend=cfg.backend, batch_stats=cfg.batch_stats, heatmap=cfg.heatmap,
-                           map_chunk=cfg.map_chunk, memory=cfg.memory, task=cfg.task) if cfg.is_isnet else None
+        self.isnet = backbone.make_isnet(cfg, self.model, bounds=self.bounds, generator=self.generator)
         self.optimizer = backbone.make_optimizer(cfg, self.model)
         self.net: nn.Module = self.isnet if self.isnet is not None else self.model
         if ctx.distributed:
@@ -294,9 +290,7 @@ class Trainer:
             write_atomic(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n",
                          what="the run's settings")
         self.rrr = RRRLoss(cfg.rrr_lambda) if cfg.variant == "rrr" else None
-        self.loss_fn = ISNetLoss(P=cfg.P if cfg.is_isnet else 0.0, d=cfg.d, E=cfg.E, A=cfg.A, B=cfg.B, C1=cfg.C1,
-                                 C2=cfg.C2, foreground=cfg.foreground, d_loss=cfg.d_loss, nonfinite=cfg.nonfinite,
-                                 mass=cfg.mass, task=cfg.task)
+        self.loss_fn = backbone.make_loss(cfg)
         self._boundary = self._snapshot()
         if cfg.tensorboard and ctx.is_main:
             self.board = open_board(self, self.info)
