@@ -320,9 +320,10 @@ def compile_model(model: nn.Module) -> Program:
         if isinstance(step, S.TupleNode):
             ctx_shared.producers[node.name] = step.part
             continue
-        if _is_gate(node, modules) or _is_softmax(node, modules) or _moves_gate(step, ctx_shared.gates):
+        softmax = _is_softmax(node, modules)
+        if softmax or _is_gate(node, modules) or _moves_gate(step, ctx_shared.gates):
             ctx_shared.gates.add(node.name)
-        if _is_softmax(node, modules):
+        if softmax:
             ctx_shared.softmax.add(node.name)
         steps.append(step)
         by_name[step.name] = step
