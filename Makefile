@@ -31,11 +31,12 @@ PYTHON312 ?= $(shell for p in $$(ls $$HOME/.pyenv/versions/3.12*/bin/python3.12 
 	"$$p" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null && echo "$$p" && break; done)
 MIRROR  := .venv-mirror
 MPY     := $(MIRROR)/bin/python
-# numpy < 2.4: triton 3.6's interpreter (TRITON_INTERPRET=1, the CPU suite) converts one-element arrays with int(),
-# which numpy 2.4 refuses; compiled kernels on a GPU do not go through it.
 MIRROR_STACK := torch==2.11.0 triton==3.6.0 torchvision==0.26.0
-MIRROR_PACKAGES := "numpy<2.4" pytest pytest-benchmark pytest-timeout ninja pybind11 timm lightning tensorboard scikit-learn \
-	setuptools wheel pillow matplotlib tqdm scikit-image
+# Everything else the GPU machines have (pytest, timm, lightning, tensorboard, scikit-learn, ...), every package pinned
+# and installed without a resolver; the file says why its CUDA libraries are not torch 2.11.0's own.
+MIRROR_LOCK := benchmarks/mirror-requirements.txt
+# Downloads retried: a broken-off transfer resumes, a failed install runs again (finished downloads are kept).
+MIRROR_PIP := $(MPY) -m pip install -q --retries 10 --timeout 60 --resume-retries 20
 MIRROR_STAMP := $(MIRROR)/.installed
 BENCH_JSON ?= benchmarks/results/latest.json
 
@@ -81,11 +82,12 @@ mirror-venv: $(MIRROR_STAMP)
 
 # The package itself is not installed there (as on the GPU machines): its extensions are built in place and it is
 # imported from the source tree (PYTHONPATH), as `make gpu-check` does.
-$(MIRROR_STAMP): Makefile
+$(MIRROR_STAMP): Makefile $(MIRROR_LOCK)
 	@test -n "$(PYTHON312)" || { echo "make mirror-venv: no Python 3.12 found (set PYTHON312=/path/to/python3.12)" >&2; exit 2; }
 	@test -x $(MPY) || $(PYTHON312) -m venv $(MIRROR)
-	$(MPY) -m pip install -q --upgrade pip
-	$(MPY) -m pip install -q $(MIRROR_STACK) $(MIRROR_PACKAGES)
+	$(MPY) -m pip install -q --retries 10 --timeout 60 --upgrade pip
+	for try in 1 2 3; do $(MIRROR_PIP) --no-deps -r $(MIRROR_LOCK) $(MIRROR_STACK) && break; [ $$try -lt 3 ] || exit 1; sleep 30; done
+	$(MPY) -c 'import torch, torchvision, triton; torch.ops.torchvision.nms'
 	@touch $@
 
 demo: venv

@@ -46,3 +46,15 @@ def test_this_interpreter_runs_a_tested_stack() -> None:
     base = torch.__version__.split("+")[0]
     stacks = [(s["python"], s["torch"]) for s in _stacks().values()]
     assert (python, base) in stacks, f"Python {python} with torch {base} is not among the tested stacks {stacks}"
+
+
+def test_mirror_lock_pins_everything_but_the_stack() -> None:
+    """`make mirror-venv` installs the lock without a resolver: every line must pin one version, and torch, triton and
+    torchvision come from MIRROR_STACK alone (one place to change them)."""
+    lock = (ROOT / "benchmarks" / "mirror-requirements.txt").read_text().splitlines()
+    pins = [line for line in lock if line.strip() and not line.startswith("#")]
+    assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[\w.]+", pin) for pin in pins), pins
+    names = {pin.split("==")[0].lower().replace("_", "-") for pin in pins}
+    assert not names & {"torch", "triton", "torchvision"}
+    assert {"pytest", "timm", "lightning", "tensorboard", "numpy"} <= names
+    assert "MIRROR_LOCK := benchmarks/mirror-requirements.txt" in (ROOT / "Makefile").read_text()
