@@ -5,6 +5,8 @@ PYTHON3 ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip
+# Every install after pip's own upgrade retries and resumes broken-off downloads.
+PIPI    := $(PIP) install --retries 10 --timeout 60 --resume-retries 20
 # The torch this project is developed against: PyPI's CUDA 13 build (it runs on a CPU; the CUDA extension builds
 # against it), with the triton it requires and the torchvision built for it (a matched pair: torchvision's compiled
 # operators load, so torchmetrics and Lightning import it as anywhere). Pinned everywhere: an unpinned torch would
@@ -69,13 +71,13 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*/*)
 	@test -x $(PY) || $(PYTHON3) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install $(TORCH) setuptools wheel
-	$(PIP) install --no-build-isolation -e '.[test]' $(TORCH)
-	$(PIP) install $(TRITON) $(TORCH)
-	$(PIP) install --no-deps $(ZENNIT) $(LXT)
-	$(PIP) install $(TORCHVISION) $(TORCH)
-	$(PIP) install $(TIMM) $(TORCH) $(TORCHVISION)
-	$(PIP) install $(LIGHTNING) $(TORCH)
+	$(PIPI) $(TORCH) setuptools wheel
+	$(PIPI) --no-build-isolation -e '.[test]' $(TORCH)
+	$(PIPI) $(TRITON) $(TORCH)
+	$(PIPI) --no-deps $(ZENNIT) $(LXT)
+	$(PIPI) $(TORCHVISION) $(TORCH)
+	$(PIPI) $(TIMM) $(TORCH) $(TORCHVISION)
+	$(PIPI) $(LIGHTNING) $(TORCH)
 	@touch $@
 
 mirror-venv: $(MIRROR_STAMP)
