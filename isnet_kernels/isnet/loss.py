@@ -60,6 +60,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError, InputTypeError, NonFiniteLossError, TargetError
 from .output import ISNetOutput
+from .presets import LOSS_PRESETS, preset_value
 
 FOREGROUND_RULES = ("hybrid", "l2")
 NONFINITE_POLICIES = ("raise", "skip", "propagate")
@@ -165,7 +166,7 @@ def check_band(C1: Cut | dict[str, Cut], C2: Cut | dict[str, Cut]) -> None:
             if one > two:
                 raise InputError(f"C1 must not exceed C2{_where(level)}, got {one:g} > {two:g}: the foreground "
                                  "term keeps the total relevance between its lower bound C1 and its upper bound C2, "
-                                 "which leaves no room when the lower is above the upper (the defaults are 1 and 25; "
+                                 "which leaves no room when the lower is above the upper (the defaults are 1 and 1000; "
                                  "tune_cut chooses both from the data)", param=("C1", "C2"))
 
 
@@ -346,7 +347,8 @@ class ISNetLossOutput:
 
 
 class ISNetLoss(nn.Module):
-    """``L = (1 - P) * CE(logits, y) + P * L_heat`` (docs/isnet.md#the-heatmap-loss, defaults from the reference code).
+    """``L = (1 - P) * CE(logits, y) + P * L_heat`` (docs/isnet.md#the-heatmap-loss; the reference code's constants but
+    ``C2``, which the preset gives).
 
     Parameters
     ----------
@@ -357,7 +359,8 @@ class ISNetLoss(nn.Module):
     mass : weight of the background-mass term (the share of the relevance outside the mask; 0, the default: off).
     C1, C2 : foreground bounds (see :func:`~isnet_kernels.tune_cut`): numbers, one per map for the dual variant
         (z+ map first), or a dict of those per level (``"input"`` and each deep-supervision module name), as
-        :func:`~isnet_kernels.tune_cut` returns them.
+        :func:`~isnet_kernels.tune_cut` returns them. ``C2`` not given: the preset's (1000 by default, in effect
+        no upper bound; the authors' 25 with ``preset="paper"``; docs/isnet.md, section "C2").
     foreground : ``"hybrid"`` (Faster ISNet: linear beyond ``C1 + C2``) or ``"l2"``.
     d_loss : GWRP decay combining the input's and the deep-supervision layers' heatmap losses (1: their mean).
     nonfinite : what a non-finite loss does: ``"raise"`` (FloatingPointError, one host synchronisation per call),
@@ -366,6 +369,7 @@ class ISNetLoss(nn.Module):
     check_masks : check that masks are binary (free on CPU masks; an asynchronous device assertion otherwise).
     task : ``"multiclass"`` (labels (B,), cross-entropy) or ``"multilabel"`` (0/1 targets (B, K), binary
         cross-entropy; the heatmap loss counts the maps of ``output.weights``, module doc).
+    preset : ``"default"`` or ``"paper"`` (:mod:`~isnet_kernels.isnet.presets`): where ``C2`` is not given.
 
     Call as ``loss(output, labels, masks)`` with the :class:`~isnet_kernels.isnet.output.ISNetOutput` of an ISNet
     (in training mode, or called with ``heatmaps=True``), labels (B,) and masks (B, 1, H, W) or (B, H, W).
@@ -373,11 +377,12 @@ class ISNetLoss(nn.Module):
     """
 
     def __init__(self, P: float = 0.7, d: float = 0.9, E: float = 1.0, A: float = 1.0, B: float = 3.0,
-                 C1: float | Sequence[float] | dict = 1.0, C2: float | Sequence[float] | dict = 25.0,
+                 C1: float | Sequence[float] | dict = 1.0, C2: float | Sequence[float] | dict | None = None,
                  foreground: str = "hybrid",
                  d_loss: float = 1.0, nonfinite: str = "raise", check_masks: bool = True, mass: float = 0.0,
-                 task: str = "multiclass"):
+                 task: str = "multiclass", preset: str = "default"):
         super().__init__()
+        C2 = preset_value(preset, "C2", C2, LOSS_PRESETS)
         if task not in TASKS:
             raise InputError(f"task must be one of {TASKS}, got {task!r}", param="task")
         self.task = task

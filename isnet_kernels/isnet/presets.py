@@ -12,12 +12,18 @@ batch_stats       ``"live"``: BatchNorm statistics keep their    ``"detached"``:
 deep_supervision  ``"auto"``: the default layers when the        ``False``: the input heatmap only
                   model has them (:func:`default_supervision`)
 first_layer       ``"epsilon"``                                  ``"zb"`` (Z^B)
+C2 (the loss)     1000: in effect no upper bound on the          25
+                  foreground relevance
 lr (trainer)      0.15                                           0.01
 lr_schedule       ``"cosine"``                                   ``"constant"``
 ================  ===========================================  ============================================
 
-The heatmap loss's constants (P = 0.7, d = 0.9, E = 1, A = 1, B = 3, C1 = 1, C2 = 25, hybrid foreground term) are
-the authors' in both.
+The heatmap loss's other constants (P = 0.7, d = 0.9, E = 1, A = 1, B = 3, C1 = 1, hybrid foreground term) are the
+authors' in both. The foreground term's upper bound ``C2`` caps the total relevance inside the mask, which is the
+label's logit under the logit rule: at 25 it capped the classifier's margin, so that on images whose whole
+background predicts the class the margin it still needed came from the background (docs/isnet.md, section "C2:
+when the whole background is the shortcut"). The default preset lifts it; the paper preset keeps the authors'
+value.
 """
 
 from __future__ import annotations
@@ -31,10 +37,13 @@ ISNET_PRESETS: dict[str, dict[str, Any]] = {
     "default": {"select": "label", "batch_stats": "live", "deep_supervision": "auto", "first_layer": "epsilon"},
     "paper": {"select": "lowest", "batch_stats": "detached", "deep_supervision": False, "first_layer": "zb"},
 }
-#: What the trainer adds to them (:class:`~isnet_kernels.train.TrainConfig` fields).
+#: The heatmap loss's settings each preset gives (:class:`~isnet_kernels.ISNetLoss` arguments).
+LOSS_PRESETS: dict[str, dict[str, Any]] = {"default": {"C2": 1000.0}, "paper": {"C2": 25.0}}
+#: What the trainer takes from a preset (:class:`~isnet_kernels.train.TrainConfig` fields): both of the above, the
+#: learning rate and its schedule.
 TRAINER_PRESETS: dict[str, dict[str, Any]] = {
-    "default": {**ISNET_PRESETS["default"], "lr": 0.15, "lr_schedule": "cosine"},
-    "paper": {**ISNET_PRESETS["paper"], "lr": 0.01, "lr_schedule": "constant"},
+    "default": {**ISNET_PRESETS["default"], **LOSS_PRESETS["default"], "lr": 0.15, "lr_schedule": "cosine"},
+    "paper": {**ISNET_PRESETS["paper"], **LOSS_PRESETS["paper"], "lr": 0.01, "lr_schedule": "constant"},
 }
 PRESETS = tuple(ISNET_PRESETS)
 

@@ -1,12 +1,12 @@
 """Everything a training run is configured by, as one dataclass that a run directory and its checkpoints keep.
 
 Defaults (docs/isnet.md#defaults): SGD with momentum 0.9 and gradient-norm clip 1; the heatmap loss's constants
-are the authors' (P = 0.7, d = 0.9, E = 1, A = 1, B = 3, C1 = 1, C2 = 25, the hybrid foreground term), LRP eps =
+are the authors' (P = 0.7, d = 0.9, E = 1, A = 1, B = 3, C1 = 1, the hybrid foreground term) but C2, LRP eps =
 1e-2. The settings a preset governs (:mod:`isnet_kernels.isnet.presets`) are None until the preset fills them in:
 ``preset="default"`` gives what trained best across data sets (label class, live BatchNorm statistics, deep
-supervision where the model has the layers, epsilon first layer, lr 0.15 with a cosine decay), ``"paper"`` the
-authors' (lowest logit, detached statistics, no deep supervision, Z^B, lr 0.01 constant). A saved configuration
-holds the resolved values.
+supervision where the model has the layers, epsilon first layer, C2 = 1000, lr 0.15 with a cosine decay),
+``"paper"`` the authors' (lowest logit, detached statistics, no deep supervision, Z^B, C2 = 25, lr 0.01 constant).
+A saved configuration holds the resolved values.
 
 ``batch_size`` is the GLOBAL batch: under ``torchrun`` with W processes each process takes ``batch_size / W``
 images per step (it must divide), so a run gives the same optimisation steps whatever the number of processes.
@@ -251,7 +251,7 @@ class TrainConfig:
     mass: float = option(0.0, "weight of the background-mass term: the share of the relevance outside the mask "
                          "(0 = off)")
     C1: float | dict[str, Any] = option(1.0, "foreground lower bound")
-    C2: float | dict[str, Any] = option(25.0, "foreground upper bound")
+    C2: float | dict[str, Any] = option(None, "foreground upper bound", default_text=_preset_text("C2"))
     foreground: str = option("hybrid", "foreground term", choices=FOREGROUND_RULES)
     d_loss: float = option(1.0, "GWRP decay over deep-supervision levels")
     nonfinite: str = option("raise", "non-finite loss policy", choices=NONFINITE_POLICIES)

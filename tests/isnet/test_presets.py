@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from isnet_kernels import ISNet
-from isnet_kernels.isnet.presets import ISNET_PRESETS, TRAINER_PRESETS
+from isnet_kernels import ISNet, ISNetLoss
+from isnet_kernels.errors import InputError
+from isnet_kernels.isnet.presets import ISNET_PRESETS, LOSS_PRESETS, TRAINER_PRESETS
 from isnet_kernels.models import SmallCNN
 
 
@@ -40,10 +41,20 @@ def test_paper_preset_and_explicit_arguments() -> None:
         ISNet(SmallCNN(10, 1, width=2), deep_supervision="some")
 
 
-def test_trainer_presets_extend_the_isnet_presets() -> None:
+def test_trainer_presets_extend_the_isnet_and_loss_presets() -> None:
     for name, settings in ISNET_PRESETS.items():
-        assert {k: TRAINER_PRESETS[name][k] for k in settings} == settings
-        assert set(TRAINER_PRESETS[name]) - set(settings) == {"lr", "lr_schedule"}
+        both = {**settings, **LOSS_PRESETS[name]}
+        assert {k: TRAINER_PRESETS[name][k] for k in both} == both
+        assert set(TRAINER_PRESETS[name]) - set(both) == {"lr", "lr_schedule"}
+
+
+def test_loss_preset_gives_c2() -> None:
+    """C2 is the preset's unless given: lifted by default (1000), the authors' 25 with the paper preset."""
+    assert ISNetLoss().C2 == 1000.0 and ISNetLoss(preset="paper").C2 == 25.0
+    assert ISNetLoss(C2=40.0).C2 == ISNetLoss(C2=40.0, preset="paper").C2 == 40.0
+    assert ISNetLoss(C2=(30.0, 50.0)).C2 == (30.0, 50.0)
+    with pytest.raises(InputError, match="preset must be one of"):
+        ISNetLoss(preset="fast")
 
 
 def test_default_equals_paper_with_the_defaults_spelled_out() -> None:

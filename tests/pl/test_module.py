@@ -82,7 +82,7 @@ def test_defaults_are_the_trainers() -> None:
     module = ISNetModule("small", 3, 1, model_kwargs={"width": 2})
     cfg = module.config
     assert (cfg.variant, cfg.select, cfg.lr, cfg.lr_schedule, cfg.clip, cfg.P, cfg.C2) == \
-        ("selective", "label", 0.15, "cosine", 1.0, 0.7, 25.0)
+        ("selective", "label", 0.15, "cosine", 1.0, 0.7, 1000.0)
     assert module.isnet.supervised == ["features.3", "features.7", "features.11"]  # deep supervision "auto"
     assert module.model.fc.out_features == 3
     paper = ISNetModule(TinyNet(), preset="paper", optimizer="adamw")

@@ -185,7 +185,7 @@ def test_config_errors_name_the_fix() -> None:
 def test_config_defaults_and_presets() -> None:
     c = TrainConfig()
     assert (c.preset, c.momentum, c.clip) == ("default", 0.9, 1.0)
-    assert (c.P, c.d, c.E, c.A, c.B, c.C1, c.C2, c.foreground) == (0.7, 0.9, 1.0, 1.0, 3.0, 1.0, 25.0, "hybrid")
+    assert (c.P, c.d, c.E, c.A, c.B, c.C1, c.C2, c.foreground) == (0.7, 0.9, 1.0, 1.0, 3.0, 1.0, 1000.0, "hybrid")
     assert (c.select, c.batch_stats, c.first_layer, c.deep_supervision) == ("label", "live", "epsilon", "auto")
     assert (c.lr, c.lr_schedule) == (0.15, "cosine")
     assert TrainConfig.from_dict(c.to_dict()) == c
@@ -193,7 +193,10 @@ def test_config_defaults_and_presets() -> None:
     assert (paper.select, paper.batch_stats, paper.first_layer, paper.deep_supervision) == ("lowest", "detached",
                                                                                             "zb", False)
     assert (paper.lr, paper.lr_schedule) == (0.01, "constant")
-    assert (paper.P, paper.C2) == (c.P, c.C2)  # the loss constants are the authors' in both
+    assert (paper.P, paper.C2) == (c.P, 25.0)  # the loss constants are the authors' in both, but C2 (lifted)
+    assert TrainConfig(C2=40.0).C2 == TrainConfig(preset="paper", C2=40.0).C2 == 40.0
+    # a configuration saved before C2 was a preset's setting keeps the value it trained with
+    assert TrainConfig.from_dict({**c.to_dict(), "C2": 25.0}).C2 == 25.0
     # an explicit value wins over the preset's, and the saved configuration keeps it
     mixed = TrainConfig(preset="paper", select="label", lr=0.2)
     assert (mixed.select, mixed.lr, mixed.batch_stats) == ("label", 0.2, "detached")
