@@ -42,15 +42,17 @@ MIRROR_PIP := $(MPY) -m pip install -q --retries 10 --timeout 60 --resume-retrie
 MIRROR_STAMP := $(MIRROR)/.installed
 BENCH_JSON ?= benchmarks/results/latest.json
 
-.PHONY: help venv mirror-venv test-mirror gpu-dry-run aot-check-mirror demo study compare explain-demo test lint bench clean cuda-compile aot-check gpu-check zoo
+.PHONY: help venv mirror-venv test-mirror gpu-dry-run aot-check-mirror demo study compare defaults-check explain-demo test lint bench clean cuda-compile aot-check gpu-check zoo
 
 help:
 	@echo "make venv   create $(VENV) and install the package with its test dependencies"
 	@echo "make demo   biased digits: train a plain classifier and a selective ISNet, write demo/report.md"
 	@echo "make study  the selective ISNet's settings on two data sets, two seeds, and the defaults on a held-out one"
 	@echo "            (python/results/defaults/study.md)"
-	@echo "make compare  plain, RRR, ISNet (LRP), ISNet (Grad x Input), plain on clean data: both data sets, three"
+	@echo "make compare  plain, RRR, ISNet (LRP), ISNet (Grad x Input), plain on clean data: three data sets, three"
 	@echo "            seeds (python/results/compare/compare.md, .png)"
+	@echo "make defaults-check  the defaults on every kind of bias (square, tags, noise, held-out scenes), three seeds,"
+	@echo "            beside the artefact-free target (python/results/defaults/check.md)"
 	@echo "make explain-demo  train a small CNN on handwritten digits and write demo/explain/heatmaps.png"
 	@echo "make test   run the test suite (tests/, Triton kernels in interpreter mode)"
 	@echo "make lint   ruff check ."
@@ -100,6 +102,9 @@ study: venv
 
 compare: venv
 	$(PY) python/compare.py --out python/results/compare/
+
+defaults-check: venv
+	$(PY) python/defaults_check.py --out python/results/defaults/
 
 zoo: venv
 	$(PY) python/zoo.py --out python/results/zoo/

@@ -75,7 +75,7 @@ def test_compare_every_method_both_data_sets_mean_and_std(tmp_path):
     compare = load_script("compare.py")
     out = tmp_path / "compare"
     args = ["--out", str(out), "--epochs", "1", "--seeds", "0", "1", "--per-class", "2", "--per-class-test", "1",
-            "--quiet"]
+            "--quiet", "--datasets", "biased digits", "biased tags"]
     rows = compare.main(args)
     assert [(r["dataset"], r["method"]) for r in rows] == [(d, m) for d in ("biased digits", "biased tags")
                                                            for m in compare.METHODS]
@@ -97,3 +97,46 @@ def test_compare_every_method_both_data_sets_mean_and_std(tmp_path):
     # a second call trains nothing again: every run's record (with its training time) is read back
     again = compare.main(args)
     assert json.loads((out / "compare.json").read_text())["runs"] == runs and len(again) == len(rows)
+
+
+@pytest.mark.slow
+def test_compare_on_the_biased_scenes_has_its_own_epochs_and_worst_group(tmp_path):
+    compare = load_script("compare.py")
+    out = tmp_path / "compare"
+    rows = compare.main(["--out", str(out), "--seeds", "0", "--per-class-test", "1", "--quiet", "--datasets",
+                         "biased scenes", "--scenes-epochs", "2", "--scenes-per-class", "3", "--epochs", "1"])
+    assert [(r["dataset"], r["method"]) for r in rows] == [("biased scenes", m) for m in compare.METHODS]
+    runs = json.loads((out / "compare.json").read_text())["runs"]
+    assert {r["settings"]["epochs"] for r in runs} == {2}  # the scenes' epochs, not --epochs
+    info = json.loads((Path(runs[0]["settings"]["data"]) / "info.json").read_text())
+    assert info["name"] == "biased-scenes" and info["counts"]["train"] == 30
+    # worst-group accuracy: the lowest accuracy over the split's groups, which the scenes have
+    for r, row in zip(runs, rows):
+        split = r["splits"]["test_unbiased"]
+        assert split["worst_group_accuracy"] == min(split["group_accuracy"].values())
+        assert row["test_unbiased_worst_group"]["mean"] == split["worst_group_accuracy"]
+    assert "worst group (unbiased)" in (out / "compare.md").read_text()
+
+
+@pytest.mark.slow
+def test_defaults_check_trains_the_defaults_beside_the_target_on_every_kind(tmp_path):
+    check = load_script("defaults_check.py")
+    out = tmp_path / "check"
+    kinds = ["biased digits 40x40 on noise (held out)", "biased scenes, other photographs (held out)"]
+    rows = check.main(["--out", str(out), "--seeds", "0", "--epochs", "1", "--per-class", "2", "--per-class-test",
+                       "1", "--quiet", "--kinds", *kinds])
+    assert [(r["dataset"], r["method"]) for r in rows] == [
+        (kinds[0], check.ISNET), (kinds[0], check.CLEAN), (kinds[1], check.ISNET), (kinds[1], check.CLEAN),
+        (kinds[1], check.PLAIN)]
+    runs = json.loads((out / "check.json").read_text())["runs"]
+    isnet = json.loads((Path(runs[0]["settings"]["out"]) / "config.json").read_text())
+    # the ISNet is the package's defaults: nothing but the variant, arch, epochs and seed was given
+    assert {k: isnet[k] for k in TRAINER_PRESETS["default"]} == TRAINER_PRESETS["default"]
+    assert isnet["C2"] == 1000.0 and runs[1]["settings"]["train_split"] == "train_clean"
+    scenes = json.loads((Path(runs[2]["settings"]["data"]) / "info.json").read_text())
+    assert (scenes["seed"], scenes["photo_seed"]) == (1, 1)  # not the set C2 was measured on
+    lines = [line for line in (out / "check.md").read_text().splitlines() if line.startswith("| biased")]
+    assert len(lines) == 5 and all(line.endswith(("| met |", "| missed |")) for line in lines[::2][:2])
+    target = rows[1]["test_unbiased"]["mean"]
+    learnt = f"{rows[0]['test_unbiased']['mean'] / target:.2f}" if target else None
+    assert learnt is None or f"| {learnt} |" in lines[0]
