@@ -47,6 +47,8 @@ GENERATED = {
     "study.md": "python/defaults_study.py, into its output folder",
     "OUT/compare.md": "python/compare.py --out OUT",
     "compare.md": "python/compare.py, into its output folder",
+    "OUT/check.md": "python/defaults_check.py --out OUT",
+    "check.md": "python/defaults_check.py, into its output folder",
     "empty.md": "tests/test_readme_results.py, a file without a table in a temporary folder",
     "eval-best.md": "isnet eval / isnet_kernels.train.write_eval, beside the checkpoint evaluated",
     "roofline.md": "benchmarks/roofline.py, into benchmarks/results/",
