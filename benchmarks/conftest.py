@@ -1,6 +1,6 @@
 """Benchmark set-up: two intra-op threads, the real torchvision (for zennit), and the machine's state in the JSON.
 
-Run from the repository root, one suite per JSON file (see README.md), e.g.
+Run from the repository root, one suite per JSON file (see docs/performance.md), e.g.
 ``python -m pytest benchmarks/test_bench_explain.py -q --benchmark-json=benchmarks/results/explain.json``.
 """
 

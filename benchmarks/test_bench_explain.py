@@ -5,8 +5,8 @@ Per model (one pytest-benchmark group each, so the methods are reported side by 
 64x64 images, one target class per image, float32, eval mode, ``torch.set_num_threads(2)``. Methods:
 ``explain(reference)``, ``explain(cpp)`` (on CPU, when the extension is built; ``explain(triton)`` on CUDA),
 ``input_gradient``, ``zennit``. Each is warmed up once and then timed ``BENCH_ROUNDS`` times (default 7), one
-call per round. See ``bench_common.py`` for exactly what each method computes and ``README.md`` for how to read
-the numbers.
+call per round. See ``bench_common.py`` for exactly what each method computes and ``docs/performance.md`` for how
+to read the numbers.
 
 Environment variables: ``BENCH_ROUNDS`` (rounds per method), ``BENCH_MEMORY=0`` to skip the peak-memory probe
 (one fresh subprocess per model and method, see ``memprobe.py``), ``BENCH_MODELS`` (comma-separated subset of

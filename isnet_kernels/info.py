@@ -37,7 +37,7 @@ def report() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m isnet_kernels.info``: the report; ``--layers``: the supported-layer table (README's)."""
+    """``python -m isnet_kernels.info``: the report; ``--layers``: the supported-layer table (docs/layers.md's)."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv

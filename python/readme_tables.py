@@ -1,9 +1,10 @@
-"""README's result tables are copies of the tables the experiments write: this keeps them so.
+"""The result tables of README and docs/ are copies of the tables the experiments write: this keeps them so.
 
-A README block ``<!-- table: PATH -->`` ... ``<!-- /table -->`` holds the first Markdown table of ``PATH`` (a
-results file such as ``python/results/compare/compare.md``, written by ``make compare``). Usage::
+A block ``<!-- table: PATH -->`` ... ``<!-- /table -->`` in README.md or a page of docs/ holds the first Markdown
+table of ``PATH`` (a results file such as ``python/results/compare/compare.md``, written by ``make compare``).
+Usage::
 
-    python python/readme_tables.py           # rewrite every block from its file
+    python python/readme_tables.py           # rewrite every block of every page from its file
     python python/readme_tables.py --check   # exit 1 naming each block that differs (the test suite runs this)
 """
 
@@ -49,14 +50,22 @@ def sync(readme: Path, check: bool) -> list[str]:
     return stale
 
 
+def pages() -> list[Path]:
+    """README.md and the pages of docs/: where result tables are kept."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--check", action="store_true", help="only report blocks that differ from their file")
-    p.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    p.add_argument("--readme", type=Path, nargs="+", default=None, help="pages to sync (default: README and docs/)")
     args = p.parse_args(argv)
-    stale = sync(args.readme, args.check)
-    for path in stale:
-        print(f"README's table from {path} differs from the file" + ("" if args.check else ": rewritten"))
+    stale = []
+    for page in args.readme or pages():
+        for path in sync(page, args.check):
+            stale.append(path)
+            print(f"{page.relative_to(ROOT) if page.is_relative_to(ROOT) else page}: the table from {path} differs "
+                  "from the file" + ("" if args.check else ": rewritten"))
     return 1 if stale and args.check else 0
 
 

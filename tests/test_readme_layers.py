@@ -1,4 +1,5 @@
-"""README's supported-layer table is the one the rule registry generates, and its custom-rule example works."""
+"""The supported-layer table of docs/layers.md is the one the rule registry generates, and its custom-rule example
+works."""
 
 from __future__ import annotations
 
@@ -10,21 +11,21 @@ import torch
 import isnet_kernels as ik
 from isnet_kernels.lrp import REGISTRY, RuleRegistry
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs/layers.md"
 
 
 def test_readme_table_is_generated_from_the_registry() -> None:
-    text = README.read_text()
+    text = PAGE.read_text()
     found = re.search(r"<!-- supported-layers:[^>]*-->\n(.*?)<!-- /supported-layers -->", text, re.S)
-    assert found, "README has no generated supported-layer table"
+    assert found, "docs/layers.md has no generated supported-layer table"
     assert found.group(1) == REGISTRY.markdown(), "regenerate it with: python -m isnet_kernels.info --layers"
     for group, _ in REGISTRY.table():
         assert f"| {group} |" in found.group(1)
 
 
 def test_readme_custom_rule_example(monkeypatch) -> None:
-    """The README example, run against a copy of the registry so that other tests see the package's rules."""
-    block = re.search(r"### Adding a rule for your own layer\n\n```python\n(.*?)```", README.read_text(), re.S)
+    """The example of docs/layers.md, run against a copy of the registry so that other tests see the package's rules."""
+    block = re.search(r"### Adding a rule for your own layer\n\n```python\n(.*?)```", PAGE.read_text(), re.S)
     assert block
     registry = RuleRegistry()
     for name in ("modules", "functions", "methods", "by_name"):
@@ -36,7 +37,7 @@ def test_readme_custom_rule_example(monkeypatch) -> None:
     monkeypatch.setattr(registry_module, "REGISTRY", registry)
     monkeypatch.setattr(graph, "REGISTRY", registry)
     namespace: dict = {}
-    exec(compile(block.group(1), "README", "exec"), namespace)  # noqa: S102 - the documented example itself
+    exec(compile(block.group(1), "PAGE", "exec"), namespace)  # noqa: S102 - the documented example itself
     swish = namespace["Swish2"]
     assert registry.module_entry(swish()) is not None and REGISTRY.module_entry(swish()) is None
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), swish(), torch.nn.Flatten(), torch.nn.Linear(2 * 4 * 4, 3))

@@ -1,4 +1,5 @@
-"""README's result tables are the tables the experiments wrote (python/readme_tables.py keeps them so)."""
+"""The result tables of README and docs/ are the tables the experiments wrote (python/readme_tables.py keeps them
+so)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_readme_result_tables_equal_their_files() -> None:
     tables = load_script("readme_tables.py")
-    blocks = list(tables.BLOCK.finditer(README.read_text()))
-    paths = {b["path"] for b in blocks}
+    assert README in tables.pages() and README.parent / "docs/results.md" in tables.pages()
+    paths = {b["path"] for page in tables.pages() for b in tables.BLOCK.finditer(page.read_text())}
     assert {"python/results/biased_digits/report.md", "python/results/defaults/study.md",
-            "python/results/compare/compare.md"} <= paths
-    assert tables.sync(README, check=True) == [], "run: python python/readme_tables.py"
+            "python/results/defaults/check.md", "python/results/compare/compare.md",
+            "python/results/compare-scenes/compare.md"} <= paths
+    for page in tables.pages():
+        assert tables.sync(page, check=True) == [], f"{page}: run python python/readme_tables.py"
 
 
 def test_a_stale_block_is_found_and_rewritten(tmp_path: Path) -> None:

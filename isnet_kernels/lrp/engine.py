@@ -298,7 +298,7 @@ class LRP:
     Parameters
     ----------
     model : the classifier: an ``nn.Module`` mapping (B, C, H, W) images to (B, K) logits, built from the layers
-        listed in README (``isnet_kernels.lrp.SUPPORTED``, from the rule registry). Traced with ``torch.fx`` at
+        listed in docs/layers.md (``isnet_kernels.lrp.SUPPORTED``, from the rule registry). Traced with ``torch.fx`` at
         construction;
         unsupported layers raise :class:`~isnet_kernels.UnsupportedLayerError` here.
     eps : the stabiliser of every rule, ``stab(z) = z + eps * sign(z)``: a positive number (0 would divide by zero

@@ -404,7 +404,7 @@ def _unsupported_error(model: nn.Module, failures: list[tuple[fx.Node, str]],
     count = len(failures)
     return UnsupportedLayerError(
         f"{type(model).__name__} has {count} operation{'s' if count > 1 else ''} the LRP engine cannot explain:\n"
-        + "\n".join(lines) + f"\nSupported: {REGISTRY.summary()} (README, 'Supported layers'). Replace these layers "
+        + "\n".join(lines) + f"\nSupported: {REGISTRY.summary()} (docs/layers.md). Replace these layers "
         "by supported ones, or register a rule for them: @isnet_kernels.lrp.register_rule(MyLayer) on a function "
         "that builds its step (docs/extending.md)."
     )

@@ -1,7 +1,7 @@
 """The package's rules, registered in :data:`~isnet_kernels.lrp.registry.REGISTRY`: one builder per layer family.
 
 Each builder turns a traced node into the step implementing its rule (docs/rules.md). Registration order is the
-order of README's supported-layer table.
+order of the supported-layer table (docs/layers.md).
 """
 
 from __future__ import annotations

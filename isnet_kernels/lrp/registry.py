@@ -15,7 +15,7 @@ Users add or override rules without editing the package::
     def _my_scale(ctx):
         return movement.CallStep(ctx.name, [ctx.single()], ctx.call(), movement.identity_rule)
 
-The list of supported layers in error messages, :data:`isnet_kernels.lrp.SUPPORTED` and README's table are
+The list of supported layers in error messages, :data:`isnet_kernels.lrp.SUPPORTED` and the table of docs/layers.md are
 generated from the registered descriptions (:meth:`RuleRegistry.table`).
 """
 
@@ -116,7 +116,7 @@ class RuleRegistry:
         return rows
 
     def markdown(self) -> str:
-        """The supported-layer table of README: one row per rule group, its registered descriptions."""
+        """The supported-layer table of docs/layers.md: one row per rule group, its registered descriptions."""
         groups: dict[str, list[str]] = {}
         for group, description in self.table():
             groups.setdefault(group, []).append(description)

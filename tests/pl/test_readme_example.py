@@ -1,5 +1,5 @@
-"""README's Lightning example runs as written (in a folder whose ``data/digits`` is a tiny masked image folder): it
-trains, validates, tests, and writes the metrics and the heatmap grid to TensorBoard."""
+"""The Lightning example of docs/usage.md runs as written (in a folder whose ``data/digits`` is a tiny masked image
+folder): it trains, validates, tests, and writes the metrics and the heatmap grid to TensorBoard."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ event_accumulator = require("tensorboard.backend.event_processing.event_accumula
 
 from ..train.helpers import write_tiny_folder  # noqa: E402
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs/usage.md"
 
 
 def _example() -> str:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    blocks = re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.S)
     found = [b for b in blocks if "from isnet_kernels.lightning import" in b]
-    assert len(found) == 1, "README has no (or more than one) Lightning example"
+    assert len(found) == 1, "docs/usage.md has no (or more than one) Lightning example"
     return found[0]
 
 
@@ -31,7 +31,7 @@ def test_readme_lightning_example_runs(tmp_path: Path, monkeypatch: pytest.Monke
     write_tiny_folder(tmp_path / "data" / "digits")
     monkeypatch.chdir(tmp_path)
     scope: dict = {"__name__": "readme_example"}
-    exec(compile(code, str(README), "exec"), scope)  # noqa: S102 - the documented example, as written
+    exec(compile(code, str(PAGE), "exec"), scope)  # noqa: S102 - the documented example, as written
     trainer = scope["trainer"]
     assert trainer.current_epoch == 2 and 0 <= float(trainer.callback_metrics["test_unbiased_accuracy"]) <= 1
     runs = list((tmp_path / "runs" / "isnet").glob("version_*"))
