@@ -331,10 +331,8 @@ def compile_model(model: nn.Module) -> Program:
         raise _unsupported_error(model, failures, modules)
 
     out_arg = output_node.args[0]
-    logits_step = _find_logits_step(out_arg, by_name)
-    if logits_step is not None:
-        logits_step.output = True
-    elif out_arg.name not in by_name:
+    logits_step = _find_logits_step(out_arg, by_name)  # produces the logits: relevance starts there
+    if logits_step is None and out_arg.name not in by_name:
         raise UnsupportedLayerError(f"{type(model).__name__}.forward returns node '{out_arg.name}', which carries no "
                                     "relevance (it does not depend on the input)")
     for step in steps:

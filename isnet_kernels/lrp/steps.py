@@ -108,7 +108,6 @@ class LinearBlock(Step):
         self.layer, self.bn = layer, bn
         self.is_conv = isinstance(layer, nn.Conv2d) or getattr(layer, "is_conv", False)
         self.first = False  # takes the Z^B rule when the config asks for it
-        self.output = False  # produces the logits: relevance starts here
         if self.is_conv:
             self.stride, self.dilation = _pair(layer.stride), _pair(layer.dilation)
             self.padding, self.groups = conv_padding(layer), layer.groups

@@ -184,8 +184,9 @@ def test_subclass_keeping_forward_takes_the_base_rule():
     plain = _conv_net(nn.Conv2d).to(DT)
     sub = _conv_net(TaggedConv, TaggedLinear).to(DT)
     sub.load_state_dict(plain.state_dict())
-    steps = [s for s in get_program(sub).steps if isinstance(s, S.LinearBlock)]
-    assert len(steps) == 2 and steps[0].is_conv and steps[0].first and steps[1].output
+    program = get_program(sub)
+    steps = [s for s in program.steps if isinstance(s, S.LinearBlock)]
+    assert len(steps) == 2 and steps[0].is_conv and steps[0].first and program.logits_step is steps[1]
     x = torch.rand(3, 3, 5, 5, dtype=DT)
     for kw in ({"first_layer": "zb"}, {"first_layer": "epsilon"}):
         a = ik.LRP(plain, **kw)(x, torch.tensor([[0], [1], [2]]))
