@@ -143,10 +143,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     minutes = (time.perf_counter() - start) / 60
     run_minutes = sum(r["train_seconds"] for r in records) / 60
     rows = summarise(records)
-    scenes = " (biased scenes: {epochs} epochs, {per_class} images per class)".format(**scenes_run) \
-        if set(args.datasets) & set(SCENES) else ""
-    text = (f"# Background bias: every method, every data set\n\nSmallCNN, {args.epochs} epochs, batch 32, "
-            f"{args.per_class} training images per class{scenes}, the trainer's defaults; seeds "
+    runs = [f"{', '.join(names)}: {run['epochs']} epochs, {run['per_class']} training images per class"
+            for names, run in ((sorted(set(args.datasets) - set(SCENES)), {"epochs": args.epochs,
+                                                                           "per_class": args.per_class}),
+                               (sorted(set(args.datasets) & set(SCENES)), scenes_run)) if names]
+    text = (f"# Background bias: every method, every data set\n\nSmallCNN, batch 32 ({'; '.join(runs)}), "
+            "the trainer's defaults; seeds "
             f"{', '.join(map(str, args.seeds))} (mean ± std); accuracy (%) on each test split "
             f"({records[0]['splits'][SPLITS[0]]['images']} images each), the share of the predicted class's |LRP| "
             f"outside the mask on test_confounding (%), and seconds per epoch (median, one thread). {len(records)} "
