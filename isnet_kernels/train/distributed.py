@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -56,9 +57,21 @@ class Context:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
-    def close(self) -> None:
-        """Leave the process group if :func:`setup` joined it."""
+    def close(self, together: bool = False) -> None:
+        """Leave the process group if :func:`setup` joined it. ``together``: every process reached this point in
+        step (a finished run, a coordinated stop), so they first wait for each other: a process that tore its group
+        down while a peer was still sending to it could abort in gloo's threads ("terminate called without an
+        active exception"). On other paths a peer may never arrive: no barrier, or one that gives up after a
+        minute (gloo's monitored barrier)."""
         if self.owns_group and dist.is_initialized():
+            if together:
+                try:
+                    if dist.get_backend() == "gloo":
+                        dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+                    else:
+                        dist.barrier()
+                except RuntimeError:
+                    pass  # a peer gone: leave the group anyway
             dist.destroy_process_group()
             self.owns_group = False
 

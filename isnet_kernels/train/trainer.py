@@ -152,6 +152,7 @@ class Trainer:
         torch.set_num_threads(self.config.threads or default_threads(self.config.num_workers))
         _set_interop_threads(torch.get_num_threads())
         self.board = None
+        together = False  # every process ends here in step: they leave the process group together
         try:
             self._check_backend()  # before any data is read: a backend that cannot run fails at once
             if self.config.tensorboard:  # likewise a missing tensorboard package
@@ -162,13 +163,14 @@ class Trainer:
                           f"N > {self.epoch} to train on)")
             if threading.current_thread() is threading.main_thread():
                 previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
-            stopped_by = None
+            stopped_by, coordinated = None, True
             try:
                 self._train()
             except KeyboardInterrupt as exc:
-                stopped_by = self._stop or signal.SIGINT
-                self._save_interrupted(coordinated=isinstance(exc, _StopRequested))
+                stopped_by, coordinated = self._stop or signal.SIGINT, isinstance(exc, _StopRequested)
+                self._save_interrupted(coordinated=coordinated)
             self._write_run_info(finished=stopped_by is None)
+            together = coordinated
             return TrainResult(self.run_dir, self.epoch, self.step, stopped_by is not None, list(self.history),
                                self.best, self.config.C1, self.config.C2, stopped_by)
         finally:
@@ -177,7 +179,7 @@ class Trainer:
             torch.set_num_threads(threads)
             for s, handler in previous.items():
                 signal.signal(s, handler)
-            self.ctx.close()
+            self.ctx.close(together=together)
 
     def info(self, message: str) -> None:
         """A message from rank 0."""
