@@ -1,5 +1,5 @@
-"""README's two Python examples run as written: explaining a torchvision classifier, and an ISNet training loop
-(given a one-batch ``loader``)."""
+"""README's Python examples run as written: explaining a torchvision classifier, and an ISNet training loop
+(given a one-batch ``loader``); its Lightning example: tests/pl/test_readme_example.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Lightning example of docs/usage.md runs as written (in a folder whose ``data/digits`` is a tiny masked image
+"""The Lightning example of README.md runs as written (in a folder whose ``data/digits`` is a tiny masked image
 folder): it trains, validates, tests, and writes the metrics and the heatmap grid to TensorBoard."""
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ event_accumulator = require("tensorboard.backend.event_processing.event_accumula
 
 from ..train.helpers import write_tiny_folder  # noqa: E402
 
-PAGE = Path(__file__).resolve().parents[2] / "docs/usage.md"
+PAGE = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _example() -> str:
     blocks = re.findall(r"```python\n(.*?)```", PAGE.read_text(), re.S)
     found = [b for b in blocks if "from isnet_kernels.lightning import" in b]
-    assert len(found) == 1, "docs/usage.md has no (or more than one) Lightning example"
+    assert len(found) == 1, "README.md has no (or more than one) Lightning example"
     return found[0]
 
 
