@@ -366,7 +366,9 @@ class ISNetLoss(nn.Module):
     nonfinite : what a non-finite loss does: ``"raise"`` (FloatingPointError, one host synchronisation per call),
         ``"skip"`` (a zero loss with no gradient and ``finite=False``; one synchronisation) or ``"propagate"``
         (no check, no synchronisation).
-    check_masks : check that masks are binary (free on CPU masks; an asynchronous device assertion otherwise).
+    check_masks : check that masks are binary: CPU masks at once (:class:`~isnet_kernels.errors.InputError`);
+        accelerator masks without a host synchronisation, the result read with the ``nonfinite`` check's (which
+        raises InputError for non-binary masks; unchecked with ``nonfinite="propagate"``, which reads nothing).
     task : ``"multiclass"`` (labels (B,), cross-entropy) or ``"multilabel"`` (0/1 targets (B, K), binary
         cross-entropy; the heatmap loss counts the maps of ``output.weights``, module doc).
     preset : ``"default"`` or ``"paper"`` (:mod:`~isnet_kernels.isnet.presets`): where ``C2`` is not given.

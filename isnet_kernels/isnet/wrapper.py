@@ -36,8 +36,11 @@ the positives of image b, at least 1); ``ISNetOutput.weights`` (B, M) marks the 
 their maps without the labels and run as for a single-label classifier.
 
 The original variant at large K: the relevance pass runs in chunks of ``map_chunk`` maps under activation
-checkpointing (:mod:`isnet_kernels.isnet.chunking`), so that memory stays bounded; ``map_chunk=None`` chooses the
+checkpointing (:mod:`isnet_kernels.lrp.chunking`), so that memory stays bounded; ``map_chunk=None`` chooses the
 chunk from the memory available and does not chunk when all K maps fit.
+
+A call with LRP heatmaps is one :meth:`LRP.run <isnet_kernels.lrp.engine.LRP.run>`, the driver :func:`explain`
+and ``LRP.__call__`` use too: the same checks of the input and of the classes explained, and the same chunking.
 """
 
 from __future__ import annotations
@@ -49,18 +52,18 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, InputTypeError, TargetError
+from ..lrp.chunking import check_map_chunk
 from ..lrp.engine import (
     LRP,
     BoundsLike,
-    ForwardState,
-    auto_segments,
     check_bounds,
     check_eps,
     check_input,
     check_logits,
+    checked_targets,
+    mark_invalid,
 )
 from ..lrp.graph import Program, module_output
-from .chunking import auto_map_chunk, bytes_per_map, check_map_chunk, chunked_relevance
 from .loss import check_multilabel_targets
 from .output import ISNetOutput
 from .presets import check_preset, preset_value
@@ -103,11 +106,10 @@ def _default_layers(model: nn.Module) -> list[str] | None:
     return pools or None
 
 
-def _label_targets(labels: Tensor, batch: int, num_classes: int, device: torch.device
-                   ) -> tuple[Tensor, Tensor | None]:
-    """Labels (B,) as targets (B, 1) on ``device``, checked: integer dtype, shape, and range (on the host for CPU
-    labels, raising :class:`~isnet_kernels.errors.TargetError`). For accelerator labels the range is not read back:
-    out-of-range labels become class 0 and the second value is the device mask (B,) of the valid ones."""
+def _label_targets(labels: Tensor, batch: int, num_classes: int, device: torch.device) -> Tensor:
+    """Labels (B,) as targets (B, 1) (long, on ``device``), checked: integer dtype, shape, and range (on the host
+    for CPU labels, raising :class:`~isnet_kernels.errors.TargetError`). The range of accelerator labels is not
+    read back here: :func:`~isnet_kernels.lrp.engine.checked_targets` masks them."""
     if not isinstance(labels, Tensor):
         raise InputTypeError(f"labels must be a LongTensor of shape (B,) = ({batch},), got {type(labels).__name__}",
                              param="labels")
@@ -122,10 +124,7 @@ def _label_targets(labels: Tensor, batch: int, num_classes: int, device: torch.d
             raise TargetError(f"label {low if low < 0 else high} is out of range for a model with {num_classes} "
                               f"classes (valid: 0 .. {num_classes - 1}); the model's last layer needs one output per "
                               "class of the data", param="labels")
-        return labels.to(device=device, dtype=torch.long).view(batch, 1), None
-    labels = labels.to(device=device, dtype=torch.long)
-    valid = (labels >= 0) & (labels < num_classes)
-    return torch.where(valid, labels, 0).view(batch, 1), valid
+    return labels.to(device=device, dtype=torch.long).view(batch, 1)
 
 
 def multilabel_targets(labels: Tensor, batch: int, num_classes: int, device: torch.device
@@ -207,7 +206,7 @@ class ISNet(nn.Module):
         and ``self.lrp`` is None; ``eps``, ``first_layer``, ``bounds``, ``backend`` and ``batch_stats`` are unused).
     map_chunk : maps per chunk of the relevance pass when an image has more than one map explaining one class
         each (the original variant): a positive int, or None (default) to choose it from the memory available
-        (:func:`~isnet_kernels.isnet.chunking.auto_map_chunk`). Heatmaps and gradients do not depend on it.
+        (:func:`~isnet_kernels.lrp.chunking.auto_map_chunk`). Heatmaps and gradients do not depend on it.
     task : ``"multiclass"`` (default: labels (B,) of class indices) or ``"multilabel"`` (0/1 targets (B, K); the
         selective variant explains each positive label with the logit rule, module docstring).
     memory : ``"default"`` (autograd keeps the relevance pass's graph until the backward) or ``"low"``: the pass
@@ -217,9 +216,9 @@ class ISNet(nn.Module):
         (docs/kernels.md#memory). Heatmaps and gradients do not depend on it; it has no effect with
         ``heatmap="gradinput"`` or without autograd.
 
-    Checks (:class:`~isnet_kernels.ISNetError`): ``eps`` and ``bounds`` here; in a call with heatmaps the input
-    (as :meth:`LRP.check` without synchronisation: the Z^B bounds for CPU inputs) and the labels
-    (:meth:`choose_classes`: out-of-range CPU labels raise, accelerator labels give NaN maps).
+    Checks (:class:`~isnet_kernels.ISNetError`): ``eps`` and ``bounds`` here; in a call with heatmaps those of
+    :meth:`LRP.run` without synchronisation: the input (:meth:`LRP.check`: the Z^B bounds for CPU inputs) and the
+    classes explained (out-of-range CPU labels raise, accelerator labels give NaN maps; :meth:`choose_classes`).
 
     ``isnet(x, labels=None, heatmaps=None)`` returns an :class:`ISNetOutput`. ``heatmaps`` defaults to
     ``self.training``: training calls return logits and heatmaps (B, M, C, H, W); eval calls cost one plain forward.
@@ -306,15 +305,16 @@ class ISNet(nn.Module):
         return getattr(self, "task", "multiclass") == "multilabel"  # an ISNet pickled before the option: multiclass
 
     def _targets(self, logits: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """The classes the maps explain (B, M) and, for a multi-label selective ISNet explaining the labels, the
-        weights (B, M) of the maps that explain a positive label (None: every map counts)."""
+        """The classes the maps explain (B, M), accelerator labels not yet range-checked
+        (:func:`~isnet_kernels.lrp.engine.checked_targets` does), and, for a multi-label selective ISNet explaining
+        the labels, the weights (B, M) of the maps that explain a positive label (None: every map counts)."""
         if self.multilabel and self.variant == "selective" and self.select == "label":
             if labels is None:
                 raise InputError("select='label' explains each image's positive labels: call isnet(x, targets) "
                                  "with the 0/1 targets (B, K)", param="labels")
             targets, weights = multilabel_targets(labels, *logits.shape, logits.device)
             return targets, weights
-        return self.choose_classes(logits, labels), None
+        return self._classes(logits, labels), None
 
     def _capture_steps(self, program: Program) -> list[str]:
         """The program steps whose relevance is that of the supervised modules' outputs, computed once per program."""
@@ -332,6 +332,10 @@ class ISNet(nn.Module):
         back (no host synchronisation): out-of-range labels are replaced by class 0 here, and :meth:`forward` makes
         those images' heatmaps NaN, which the loss reports (no device-side assertion, which would end the process's
         use of the device)."""
+        return checked_targets(self._classes(logits, labels), *logits.shape, logits.device, sync=False)[0]
+
+    def _classes(self, logits: Tensor, labels: Tensor | None) -> Tensor:
+        """:meth:`choose_classes` before the range of accelerator labels is checked."""
         B, K = logits.shape
         scores = logits.detach()
         if self.variant == "original":
@@ -349,7 +353,7 @@ class ISNet(nn.Module):
             return scores.argmax(-1, keepdim=True)
         if labels is None:
             raise InputError("select='label' explains each image's label: call isnet(x, labels)", param="labels")
-        return _label_targets(labels, B, K, logits.device)[0]
+        return _label_targets(labels, B, K, logits.device)
 
     def forward(self, x: Tensor, labels: Tensor | None = None, *, heatmaps: bool | None = None) -> ISNetOutput:
         want = self.training if heatmaps is None else heatmaps
@@ -358,63 +362,27 @@ class ISNet(nn.Module):
         if self.lrp is None:
             check_input(x, check_finite=False, model=self.model)
             return self._gradinput(x, labels)
-        lrp = self.lrp
-        lrp.check(x, sync=False)  # no host synchronisation: the loss catches non-finite values
-        logits, state = lrp.forward(x)
-        capture = self._capture_steps(state.program)
+        capture = self._capture_steps(self.lrp.program)
+        segments = "auto" if getattr(self, "memory", "default") == "low" else 1  # pickled before the option: default
         if self.variant == "dual":
-            self.last_map_chunk = 1
-            maps, inter = zip(*(self._relevance(state, None, "all", x, rule, capture)
-                                for rule in ("zplus", "epsilon")))
-            heat = torch.cat(maps, 1)
-            levels = {name: torch.cat([part[step] for part in inter], 1)
-                      for name, step in zip(self.supervised, capture)}
-            return ISNetOutput(logits, heat, None, levels)
-        targets, weights = self._targets(logits, labels)
-        # a sigmoid's log-odds is its logit: multi-label maps use the logit rule (module docstring)
-        output = "selective" if self.variant == "selective" and not self.multilabel else "logit"
-        cfg = lrp.config(x, "epsilon")
+            result = self.lrp.run(x, None, output="all", rule=("zplus", "epsilon"), capture=capture,
+                                  segments=segments)
+            weights = None
+        else:
+            chosen: dict[str, Tensor | None] = {}
 
-        segments = self._segments(state)
+            def classes(logits: Tensor) -> Tensor:
+                targets, chosen["weights"] = self._targets(logits, labels)
+                return targets
 
-        def run(t: Tensor) -> tuple[Tensor, ...]:
-            heat, inter = lrp.relevance_at(state, t, output, cfg, capture, segments)
-            return (heat, *(inter[step] for step in capture))
-
-        self.last_map_chunk = chunk = self._chunk(state.saved, targets.shape[1], x.device)
-        heat, *inter = chunked_relevance(run, targets, chunk)
-        heat, *inter = self._mark_invalid_labels(labels, logits, [heat, *inter])
-        return ISNetOutput(logits, heat, targets, dict(zip(self.supervised, inter)), weights)
-
-    def _mark_invalid_labels(self, labels: Tensor | None, logits: Tensor, maps: list[Tensor]) -> list[Tensor]:
-        """``maps`` with NaN for the images whose label is out of range (accelerator labels, whose range is not read
-        back: :meth:`choose_classes`); unchanged when the labels were not used or were checked on the host."""
-        if labels is None or self.variant != "selective" or self.select != "label" or self.multilabel:
-            return maps
-        valid = _label_targets(labels, *logits.shape, logits.device)[1]
-        if valid is None:
-            return maps
-        return [torch.where(valid.view(-1, *([1] * (m.dim() - 1))), m, float("nan")) for m in maps]
-
-    def _chunk(self, saved: dict, maps: int, device: torch.device) -> int:
-        """Maps per chunk of the relevance pass: ``map_chunk``, or chosen from the memory available."""
-        if maps == 1:
-            return 1
-        if self.map_chunk is not None:
-            return min(self.map_chunk, maps)
-        return auto_map_chunk(maps, bytes_per_map(saved, self.model.parameters()), device)
-
-    def _segments(self, state: ForwardState) -> int:
-        """Checkpointed segments of the relevance pass: 1 (none) by default, ``ceil(sqrt(steps))`` with
-        ``memory="low"``."""
-        if getattr(self, "memory", "default") != "low":  # an ISNet pickled before the option existed: default
-            return 1
-        return auto_segments(len(state.saved))
-
-    def _relevance(self, state: ForwardState, targets: Tensor | None, output: str, x: Tensor, rule: str,
-                   capture: list[str]) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.lrp.relevance_at(state, targets, output, self.lrp.config(x, rule), capture,
-                                     self._segments(state))
+            # a sigmoid's log-odds is its logit: multi-label maps use the logit rule (module docstring)
+            output = "selective" if self.variant == "selective" and not self.multilabel else "logit"
+            result = self.lrp.run(x, classes, output=output, capture=capture, segments=segments,
+                                  map_chunk="auto" if self.map_chunk is None else self.map_chunk)
+            weights = chosen["weights"]
+        self.last_map_chunk = result.map_chunk
+        levels = {name: result.captured[step] for name, step in zip(self.supervised, capture)}
+        return ISNetOutput(result.logits, result.heatmaps, result.targets, levels, weights)
 
     def _gradinput(self, x: Tensor, labels: Tensor | None) -> ISNetOutput:
         """Grad x Input maps (module docstring), (B, M, C, H, W), and the same at the supervised layers."""
@@ -432,6 +400,7 @@ class ISNet(nn.Module):
                     hook.remove()
             check_logits(logits, x.shape[0])
             targets, weights = self._targets(logits, labels)
+            targets, valid = checked_targets(targets, *logits.shape, logits.device, sync=False)
             inputs = [xg, *(acts[name] for name in self.supervised)]
             maps: list[list[Tensor]] = [[] for _ in inputs]
             M = targets.shape[1]
@@ -441,7 +410,7 @@ class ISNet(nn.Module):
                 for store, a, g in zip(maps, inputs, grads):
                     store.append(a * g)
             heat, *inter = (torch.stack(store, 1) for store in maps)
-        heat, *inter = self._mark_invalid_labels(labels, logits, [heat, *inter])
+        heat, *inter = mark_invalid([heat, *inter], valid)
         if not record:
             logits, heat, inter = logits.detach(), heat.detach(), [t.detach() for t in inter]
         self.last_map_chunk = 1

@@ -2,17 +2,20 @@
 
 One forward pass (the model's own computation, run node by node, keeping only what the rules need) and one
 relevance pass top-down, one call per node, with the M maps per image as a tensor axis. No Python loop over
-samples or maps and no host synchronisation in either pass.
+samples or maps and no host synchronisation in either pass. :meth:`LRP.run` drives both, with the checks of the
+input and of the classes explained, the chunking of the maps and the warnings, for every caller: :func:`explain`,
+``LRP.__call__`` and the ISNet.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from .. import dispatch
 from ..errors import InputError, InputTypeError, TargetError
 from . import steps as S
+from .chunking import auto_map_chunk, bytes_per_map, check_map_chunk, chunked_relevance
 from .graph import Program, _ShapeNode, compile_model
 from .rules import FIRST, HIDDEN
 
@@ -58,6 +62,21 @@ def get_program(model: nn.Module) -> Program:
 def clear_cache() -> None:
     """Forget every compiled program (needed only after changing a model's structure)."""
     _PROGRAMS.clear()
+
+
+#: The classes to explain: a LongTensor (B, M), ``"all"``, a function choosing them from the logits, or None.
+TargetsLike = Tensor | str | Callable[[Tensor], Tensor] | None
+
+
+@dataclass
+class Relevance:
+    """What :meth:`LRP.run` returns."""
+
+    logits: Tensor  # (B, K), the model's
+    heatmaps: Tensor  # (B, M, C, H, W), NaN for the maps of out-of-range accelerator targets
+    targets: Tensor | None  # (B, M) the classes explained (out-of-range ones as 0); None for output="all"
+    captured: dict[str, Tensor]  # the relevance at the steps asked for, (B, M, ...), by step name
+    map_chunk: int  # maps per chunk of the pass (M when not chunked)
 
 
 @dataclass
@@ -181,11 +200,16 @@ def out_of_bounds_error(x: Tensor, low: Tensor, high: Tensor) -> InputError:
                       "inputs: ((0 - mean) / std, (1 - mean) / std)), or first_layer='epsilon'", param="bounds")
 
 
-def _check_targets(targets: Tensor, batch: int, num_classes: int, sync: bool = True) -> Tensor | None:
-    """Check the targets' type and shape, and their range: on the host for CPU targets (and for any targets with
-    ``sync``, one host synchronisation); for accelerator targets without ``sync``, return a device mask of the valid
-    rows (B, M) instead, so that the caller can mark invalid maps without a synchronisation (and without the
-    device-side assertion an out-of-range index would raise, which poisons the CUDA context)."""
+def checked_targets(targets: Tensor, batch: int, num_classes: int, device: torch.device, sync: bool
+                    ) -> tuple[Tensor, Tensor | None]:
+    """``targets`` (B, M) as class indices (long) on ``device``, after checking their type, shape and range.
+
+    The range is read on the host for CPU targets (and for any targets with ``sync``, one host synchronisation):
+    a class outside ``0 .. num_classes - 1`` raises :class:`~isnet_kernels.errors.TargetError`, and the second
+    value is None. Accelerator targets without ``sync`` are not read back: out-of-range classes become class 0
+    and the second value is the device mask (B, M) of the valid ones, for :func:`mark_invalid` (no
+    synchronisation, and no device-side assertion, which an out-of-range index would raise and which poisons the
+    CUDA context)."""
     if targets.dtype not in (torch.int64, torch.int32):
         raise InputTypeError(f"targets must be an integer (Long) tensor of class indices, got {targets.dtype}")
     if targets.dim() != 2 or targets.shape[0] != batch:
@@ -198,8 +222,18 @@ def _check_targets(targets: Tensor, batch: int, num_classes: int, sync: bool = T
         if low < 0 or high >= num_classes:
             raise TargetError(f"target class {low if low < 0 else high} is out of range for a model with "
                               f"{num_classes} classes (valid: 0 .. {num_classes - 1})")
-        return None
-    return (targets >= 0) & (targets < num_classes)
+        return targets.to(device=device, dtype=torch.long), None
+    valid = (targets >= 0) & (targets < num_classes)
+    return torch.where(valid, targets.to(device=device, dtype=torch.long), 0), valid
+
+
+def mark_invalid(maps: Sequence[Tensor], valid: Tensor | None) -> list[Tensor]:
+    """``maps`` (each (B, M, ...)) with NaN where ``valid`` (B, M) is False: the maps of out-of-range accelerator
+    targets (:func:`checked_targets`), which the caller reports when it synchronises anyway (no device-side
+    assertion, which would end the process's use of the device). Unchanged for ``valid`` None."""
+    if valid is None:
+        return list(maps)
+    return [torch.where(valid.view(*valid.shape, *([1] * (m.dim() - 2))), m, float("nan")) for m in maps]
 
 
 def relevance_dtype(logits: Tensor) -> torch.dtype:
@@ -418,20 +452,14 @@ class LRP:
         under non-reentrant activation checkpointing (:func:`relevance_segments`): autograd then keeps only the
         relevance tensors at the segments' boundaries and rebuilds one segment's graph at a time in the backward
         (one more relevance pass). The values and gradients are those of one plain pass.
-        """
-        program = state.program
-        dtype = relevance_dtype(state.logits)
-        with torch.autocast(state.logits.device.type, enabled=False):
-            return self._walk(program, state.saved, upcast(state.logits, dtype), targets, output, cfg, capture,
-                              segments)
 
-    def _walk(self, program: Program, saved: dict[str, Any], logits: Tensor, targets: Tensor | None, output: str,
-              cfg: S.RuleConfig, capture: Sequence[str], segments: int = 1) -> tuple[Tensor, dict[str, Tensor]]:
-        """The pass over the steps; each step's saved tensors are cast to the relevance dtype (``logits``') as
-        the step runs (:func:`upcast`), so that a half-precision forward's float32 copies live only as long as the
-        ops that save them (and are rebuilt with their segment under ``segments``)."""
+        The pass runs outside autocast, in the relevance dtype (:func:`relevance_dtype`); each step's saved
+        tensors are cast to it as the step runs (:func:`upcast`), so that a half-precision forward's float32 copies
+        live only as long as the ops that save them (and are rebuilt with their segment under ``segments``).
+        """
+        program, saved = state.program, state.saved
         start = program.logits_step
-        dtype = logits.dtype
+        dtype = relevance_dtype(state.logits)
         wanted = set(capture)
 
         def head() -> dict[str, Tensor]:
@@ -455,55 +483,115 @@ class LRP:
             return R, captured
 
         order = [s for s in reversed(program.steps[:program.logits_index]) if not isinstance(s, _ShapeNode)]
-        if segments <= 1 or not torch.is_grad_enabled():
-            R, captured = walk(order, head())
-        else:
-            parts = relevance_segments(order, saved, segments)
-            R, captured = head(), {}
-            for part in parts:
-                R, found = checkpoint(walk, part, R, use_reentrant=False)
-                captured.update(found)
+        with torch.autocast(state.logits.device.type, enabled=False):
+            logits = upcast(state.logits, dtype)
+            if segments <= 1 or not torch.is_grad_enabled():
+                R, captured = walk(order, head())
+            else:
+                parts = relevance_segments(order, saved, segments)
+                R, captured = head(), {}
+                for part in parts:
+                    R, found = checkpoint(walk, part, R, use_reentrant=False)
+                    captured.update(found)
         missing = wanted - captured.keys()
         if missing:
             raise InputError(f"no relevance reached step(s) {sorted(missing)}: they are not between the input and "
                              "the logits layer")
         return R[program.input_name], captured
 
-    def __call__(self, x: Tensor, targets: Tensor | str | None, output: str = "logit",
-                 rule: str = "epsilon") -> tuple[Tensor, Tensor]:
-        """Logits (B, K) and heatmaps (B, M, C, H, W).
+    def run(self, x: Tensor, targets: TargetsLike, *, output: str = "logit", rule: str | Sequence[str] = "epsilon",
+            capture: Sequence[str] = (), segments: int | str = 1, map_chunk: int | str | None = None,
+            sync: bool = False) -> Relevance:
+        """The relevance pass of ``x``, from the input's checks to the heatmaps: the one driver that
+        :func:`explain`, ``LRP.__call__`` and :class:`~isnet_kernels.ISNet` go through.
 
-        ``targets``: a LongTensor (B, M) of classes to explain, or ``"all"`` (M = K maps, one per class); with
-        ``output="all"`` (one map explaining all logits together) it is ignored and may be None. ``rule`` is the
-        hidden layers' rule: ``"epsilon"`` or ``"zplus"`` (z+, with positive weights; meant for non-negative
-        layer inputs, as after ReLUs).
+        1. Checks ``x`` (:meth:`check`, with one host synchronisation when ``check_input`` or ``sync``), ``output``,
+           ``rule`` and the type of ``targets``.
+        2. Runs the model's forward (:meth:`forward`; the logits must be (B, K)).
+        3. The classes to explain, (B, M): ``targets`` itself (a LongTensor (B, M)), ``"all"`` (M = K, class k in
+           column k), or ``targets(logits)`` for a callable that chooses them from the logits (the argmax, a
+           label); none with ``output="all"`` (M = 1, all logits together). They are checked
+           (:func:`checked_targets`): out of range, they raise :class:`~isnet_kernels.errors.TargetError`, read
+           on the host for CPU targets and with ``sync``; accelerator targets without ``sync`` are not read back,
+           their maps come out NaN instead (:func:`mark_invalid`, no device-side assertion).
+        4. The relevance pass (:meth:`relevance_at`), once per hidden-layer rule in ``rule`` (a name, or several,
+           whose maps are concatenated along the map axis in that order: the dual ISNet's z+ and epsilon maps), on
+           chunks of ``map_chunk`` maps (None: all M at once; an int; ``"auto"``: from the memory available,
+           :func:`~isnet_kernels.lrp.chunking.auto_map_chunk`), each chunk under activation checkpointing when
+           autograd records (:func:`~isnet_kernels.lrp.chunking.chunked_relevance`), and in ``segments``
+           checkpointed segments of steps (an int, or ``"auto"``: :func:`auto_segments`). Neither changes the maps
+           or their gradients.
+        5. With ``sync``, warns (``RuntimeWarning``, one host synchronisation) when a heatmap is identically zero
+           although the logit it explains is not.
+
+        Returns a :class:`Relevance`: the logits (B, K), the heatmaps (B, M, C, H, W), the classes explained, the
+        relevance at the steps named in ``capture`` (B, M, ...) and the chunk size used.
         """
-        self.check(x, self.check_input)
+        self.check(x, self.check_input or sync)
         if output not in OUTPUT_RULES:
             raise InputError(f"output must be one of {OUTPUT_RULES}, got {output!r}")
-        if rule not in HIDDEN_RULES:
-            raise InputError(f"rule must be one of {HIDDEN_RULES}, got {rule!r}")
-        if output != "all":
+        rules = tuple(rule) if isinstance(rule, (tuple, list)) else (rule,)
+        for name in rules or (rule,):  # an empty sequence of rules is refused as it is
+            if name not in HIDDEN_RULES:
+                raise InputError(f"rule must be one of {HIDDEN_RULES}, got {name!r}")
+        if output != "all" and not callable(targets):
             if isinstance(targets, str) and targets != "all":
                 raise InputError(f"targets must be a LongTensor (B, M) or 'all', got {targets!r}")
             if not isinstance(targets, (Tensor, str)):
                 raise InputTypeError(f"targets must be a LongTensor (B, M) or 'all', got {type(targets).__name__}")
+        if map_chunk is not None and map_chunk != "auto":
+            check_map_chunk(map_chunk)
         logits, state = self.forward(x)
-        B, K = logits.shape[0], logits.shape[-1]
+        B, K = logits.shape
         valid = None
         if output == "all":
             targets = None
-        elif isinstance(targets, str):
-            targets = torch.arange(K, device=x.device).expand(B, K)
         else:
-            valid = _check_targets(targets, B, K, sync=False)
-            targets = targets.to(device=x.device, dtype=torch.long)
-            if valid is not None:  # accelerator targets: out-of-range maps become NaN (no synchronisation)
-                targets = torch.where(valid, targets, 0)
-        heatmaps = self.relevance(state, targets, output, self.config(x, rule))
+            if isinstance(targets, str):
+                targets = torch.arange(K, device=x.device).expand(B, K)
+            elif callable(targets):
+                targets = targets(logits)
+            targets, valid = checked_targets(targets, B, K, x.device, sync)
+        if segments == "auto":
+            segments = auto_segments(len(state.saved))
+        maps = 1 if targets is None else targets.shape[1]
+        if maps == 1 or map_chunk is None:
+            chunk = maps
+        elif map_chunk == "auto":
+            chunk = auto_map_chunk(maps, bytes_per_map(state.saved, self.model.parameters()), x.device)
+        else:
+            chunk = min(map_chunk, maps)
+        per_rule = []
+        for name in rules:
+            cfg = self.config(x, name)
+            if chunk >= maps:
+                heat, found = self.relevance_at(state, targets, output, cfg, capture, segments)
+                per_rule.append((heat, *(found[step] for step in capture)))
+            else:
+                def part(t: Tensor, cfg: S.RuleConfig = cfg) -> tuple[Tensor, ...]:
+                    heat, found = self.relevance_at(state, t, output, cfg, capture, segments)
+                    return (heat, *(found[step] for step in capture))
+
+                per_rule.append(chunked_relevance(part, targets, chunk))
+        heat, *inter = per_rule[0] if len(per_rule) == 1 else [torch.cat(group, 1) for group in zip(*per_rule)]
         if valid is not None:
-            heatmaps = torch.where(valid.view(*valid.shape, *([1] * (heatmaps.dim() - 2))), heatmaps, float("nan"))
-        return logits, heatmaps
+            heat, *inter = mark_invalid([heat, *inter], valid)
+        if sync:
+            _warn_if_zero(heat, logits, targets)
+        return Relevance(logits, heat, targets, dict(zip(capture, inter)), chunk)
+
+    def __call__(self, x: Tensor, targets: Tensor | str | None, output: str = "logit",
+                 rule: str = "epsilon") -> tuple[Tensor, Tensor]:
+        """Logits (B, K) and heatmaps (B, M, C, H, W): :meth:`run` with these arguments.
+
+        ``targets``: a LongTensor (B, M) of classes to explain, or ``"all"`` (M = K maps, one per class); with
+        ``output="all"`` (one map explaining all logits together) it is ignored and may be None. ``rule`` is the
+        hidden layers' rule: ``"epsilon"`` or ``"zplus"`` (z+, with positive weights; meant for non-negative
+        layer inputs, as after ReLUs). Out-of-range CPU targets raise; accelerator targets are not read back, and
+        their maps are NaN.
+        """
+        result = self.run(x, targets, output=output, rule=rule)
+        return result.logits, result.heatmaps
 
 
 def explain(model: nn.Module, x: Tensor, target: int | Tensor | None = None, *, eps: float = 1e-2,
@@ -512,7 +600,9 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | None = None, *, 
     """The LRP heatmap of one class per image, (B, C, H, W).
 
     An inference call: nothing is recorded for autograd and the result carries no graph. To train through
-    heatmaps, use :class:`LRP`, whose heatmaps are differentiable.
+    heatmaps, use :class:`LRP`, whose heatmaps are differentiable. It runs :meth:`LRP.run` with ``sync``: the input
+    (NaN/Inf, the Z^B bounds) and the target's range are read on the host and raise, and an identically zero
+    heatmap warns.
 
     Parameters
     ----------
@@ -528,37 +618,24 @@ def explain(model: nn.Module, x: Tensor, target: int | Tensor | None = None, *, 
     backend : as for :class:`LRP`.
     """
     lrp = LRP(model, eps=eps, first_layer=first_layer, bounds=bounds, backend=backend)
-    lrp.check(x, sync=True)
-    if output not in OUTPUT_RULES:
-        raise InputError(f"output must be one of {OUTPUT_RULES}, got {output!r}")
-    if rule not in HIDDEN_RULES:
-        raise InputError(f"rule must be one of {HIDDEN_RULES}, got {rule!r}")
+    classes = functools.partial(_target_classes, target=target, device=x.device)
     with torch.no_grad():
-        return _explain(lrp, x, target, output, rule)
+        return lrp.run(x, classes, output=output, rule=rule, sync=True).heatmaps[:, 0]
 
 
-def _explain(lrp: LRP, x: Tensor, target: int | Tensor | None, output: str, rule: str) -> Tensor:
-    logits, state = lrp.forward(x)
-    B, K = logits.shape[0], logits.shape[-1]
-    if output == "all":
-        heat = lrp.relevance(state, None, output, lrp.config(x, rule))
-        _warn_if_zero(heat, logits, None)
-        return heat[:, 0]
+def _target_classes(logits: Tensor, target: int | Tensor | None, device: torch.device) -> Tensor:
+    """:func:`explain`'s ``target`` as classes (B, 1): the argmax logit for None, the int for every image, or the
+    tensor (B,) (or a scalar tensor, for every image); their range is checked by :meth:`LRP.run`."""
+    B = logits.shape[0]
     if target is None:
-        targets = logits.detach().argmax(-1, keepdim=True)
-    elif isinstance(target, bool) or not isinstance(target, (int, Tensor)):
+        return logits.detach().argmax(-1, keepdim=True)
+    if isinstance(target, bool) or not isinstance(target, (int, Tensor)):
         raise InputTypeError(f"target must be an int, a LongTensor of shape (B,), or None, got {type(target).__name__}")
-    elif isinstance(target, int):
-        targets = torch.full((B, 1), target, dtype=torch.long, device=x.device)
-        _check_targets(targets, B, K)
-    else:
-        if target.dim() == 0:
-            target = target.expand(B)
-        if target.dim() != 1 or target.shape[0] != B:
-            raise InputError(f"target must be an int or a LongTensor of shape (B,) = ({B},), got shape "
-                             f"{tuple(target.shape)}")
-        targets = target.to(x.device).view(B, 1)
-        _check_targets(targets, B, K)
-    heat = lrp.relevance(state, targets.long(), output, lrp.config(x, rule))
-    _warn_if_zero(heat, logits, targets.long())
-    return heat[:, 0]
+    if isinstance(target, int):
+        return torch.full((B, 1), target, dtype=torch.long, device=device)
+    if target.dim() == 0:
+        target = target.expand(B)
+    if target.dim() != 1 or target.shape[0] != B:
+        raise InputError(f"target must be an int or a LongTensor of shape (B,) = ({B},), got shape "
+                         f"{tuple(target.shape)}")
+    return target.to(device).view(B, 1)

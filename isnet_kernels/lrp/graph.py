@@ -42,10 +42,11 @@ def supported() -> str:
 class Program:
     """A compiled relevance program: steps in forward order, plus what the runner needs to know.
 
-    ``logits_step`` is the ``Linear`` producing the logits (seen through dropout, identity, reshapes) when there is
-    one: the output rules start at its input, exactly (docs/rules.md#output-rules). Otherwise (``logits_step`` None:
-    logits from a convolution and pooling, SqueezeNet) relevance starts at the logits themselves and the pass
-    walks every step.
+    ``logits_step`` is the ``Linear`` producing the logits (seen through dropout and ``nn.Flatten`` only,
+    :func:`_find_logits_step`) when there is one: the output rules start at its input, exactly
+    (docs/rules.md#output-rules). Otherwise (``logits_step`` None: logits from a convolution and pooling, SqueezeNet,
+    or a ``Linear`` followed by ``nn.Identity``, ``view`` or ``.float()``) relevance starts at the logits themselves
+    and the pass walks every step.
     """
 
     graph_module: fx.GraphModule
@@ -63,7 +64,6 @@ class _ShapeNode:
 
     name: str
     fn: Callable[[dict[str, Any]], Any]
-    inputs: list[str]
 
 
 class _Tracer(fx.Tracer):
@@ -299,9 +299,7 @@ def compile_model(model: nn.Module) -> Program:
         value_kind = _is_value_node(node, kinds)
         if value_kind is not None:
             kinds[node.name] = value_kind
-            inputs: list[str] = []
-            fx.node.map_arg((node.args, node.kwargs), lambda n, acc=inputs: acc.append(n.name))
-            steps.append(_ShapeNode(node.name, _value_fn(node, gm), inputs))
+            steps.append(_ShapeNode(node.name, _value_fn(node, gm)))
             continue
         kinds[node.name] = "tensor"
         if node.name in folded:
@@ -420,7 +418,10 @@ def _reads_input(name: str, by_name: dict[str, Any], input_name: str) -> bool:
 
 
 def _find_logits_step(node: fx.Node, by_name: dict[str, Any]) -> S.LinearBlock | None:
-    """The ``Linear`` producing the logits, seen through dropout, identity and reshapes; None for other heads."""
+    """The ``Linear`` producing the logits, seen back from the output through dropout (a ``PassStep`` that is not a
+    ReLU) and ``nn.Flatten`` (a ``ReshapeStep``) only. The walk stops at any other step, ``nn.Identity``, ``view``,
+    ``reshape`` and ``.float()`` included (a ``CallStep``): then, as for a head that is not one ``Linear``, it
+    returns None and relevance starts at the logits themselves (:func:`~isnet_kernels.lrp.engine.logits_relevance`)."""
     name = node.name
     while True:
         step = by_name.get(name)

@@ -10,8 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from isnet_kernels import ISNet, ISNetLoss
-from isnet_kernels.isnet import chunking
-from isnet_kernels.lrp import clear_cache
+from isnet_kernels.lrp import chunking, clear_cache
 from isnet_kernels.lrp.graph import module_output
 from isnet_kernels.models import SmallCNN
 

@@ -141,6 +141,83 @@ def test_out_of_range_targets_on_every_entry_point(label: int) -> None:
         ik.isnet.RRRLoss()(model(x), x, torch.tensor([0, label]), torch.ones(2, 1, 16, 16))
 
 
+#: Every way the package runs the relevance pass, each a call with out-of-range class ``label`` for image 1 where
+#: the call takes classes (the ISNet variants that choose their own maps run without a bad one).
+DRIVER_CALLS = {
+    "explain(int)": lambda model, x, label: ik.explain(model, x, label),
+    "explain(tensor)": lambda model, x, label: ik.explain(model, x, torch.tensor([0, label])),
+    "explain(selective)": lambda model, x, label: ik.explain(model, x, label, output="selective"),
+    "explain(all)": lambda model, x, label: ik.explain(model, x, output="all"),
+    "LRP": lambda model, x, label: ik.LRP(model)(x, torch.tensor([[0], [label]])),
+    "LRP(int32, two maps)": lambda model, x, label: ik.LRP(model)(x, torch.tensor([[0, 1], [1, label]],
+                                                                                  dtype=torch.int32)),
+    "LRP(selective)": lambda model, x, label: ik.LRP(model)(x, torch.tensor([[0], [label]]), "selective"),
+    "LRP('all')": lambda model, x, label: ik.LRP(model)(x, "all"),
+    "LRP.run(chooser)": lambda model, x, label: ik.LRP(model).run(x, lambda logits: torch.tensor([[0], [label]])),
+    "ISNet(selective)": lambda model, x, label: ik.ISNet(model, "selective").train()(x, torch.tensor([0, label])),
+    "ISNet(selective, low memory)": lambda model, x, label: ik.ISNet(model, "selective", memory="low").train()(
+        x, torch.tensor([0, label])),
+    "ISNet(selective, deep supervision)": lambda model, x, label: ik.ISNet(
+        model, "selective", deep_supervision=True).train()(x, torch.tensor([0, label])),
+    "ISNet(gradinput)": lambda model, x, label: ik.ISNet(model, "selective", heatmap="gradinput").train()(
+        x, torch.tensor([0, label])),
+    "ISNet(original, chunked)": lambda model, x, label: ik.ISNet(model, "original", map_chunk=1).train()(x),
+    "ISNet(original, low memory)": lambda model, x, label: ik.ISNet(model, "original", memory="low").train()(x),
+    "ISNet(stochastic)": lambda model, x, label: ik.ISNet(model, "stochastic").train()(x),
+    "ISNet(lowest)": lambda model, x, label: ik.ISNet(model, "selective", select="lowest").train()(x),
+    "ISNet(dual)": lambda model, x, label: ik.ISNet(model, "dual").train()(x),
+    "ISNet(multilabel)": lambda model, x, label: ik.ISNet(model, "selective", task="multilabel").train()(
+        x, torch.tensor([[1, 0, 1], [0, 0, 0]])),
+    "ISNet(multilabel, original)": lambda model, x, label: ik.ISNet(model, "original", task="multilabel").train()(
+        x, torch.tensor([[1, 0, 1], [0, 0, 0]])),
+}
+#: The calls whose classes come from the caller, and so can be out of range.
+TAKES_CLASSES = ["explain(int)", "explain(tensor)", "explain(selective)", "LRP", "LRP(int32, two maps)",
+                 "LRP(selective)", "LRP.run(chooser)", "ISNet(selective)", "ISNet(selective, low memory)",
+                 "ISNet(selective, deep supervision)", "ISNet(gradinput)"]
+
+
+@pytest.mark.parametrize("call", DRIVER_CALLS)
+def test_every_entry_point_runs_the_one_driver(call: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """explain, LRP.__call__ and every LRP ISNet variant run the relevance pass through LRP.run, once per call (the
+    Grad x Input ISNet has no LRP pass); a call with valid classes gives finite heatmaps."""
+    calls = []
+    run = ik.LRP.run
+
+    def counted(self, *args, **kwargs):
+        calls.append(kwargs.get("sync", False))
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(ik.LRP, "run", counted)
+    out = DRIVER_CALLS[call](_model(3), _x(), 2)
+    heat = out if isinstance(out, torch.Tensor) else out[1] if isinstance(out, tuple) else out.heatmaps
+    assert torch.isfinite(heat).all()
+    assert calls == ([] if "gradinput" in call else [call.startswith("explain")])  # explain alone synchronises
+
+
+@pytest.mark.parametrize("call", TAKES_CLASSES)
+@pytest.mark.parametrize("label", [3, -1, 100])
+def test_out_of_range_classes_raise_through_the_driver(call: str, label: int) -> None:
+    """An out-of-range class on CPU is a TargetError at every entry point that takes classes, whatever the output
+    rule, chunking, segments or deep supervision (never a raw gather error): the ISNet names the label."""
+    match = f"label {label} is out of range" if call.startswith("ISNet") else f"target class {label} is out of range"
+    with pytest.raises(TargetError, match=match):
+        DRIVER_CALLS[call](_model(3), _x(), label)
+
+
+def test_out_of_range_multilabel_targets_and_variants_that_ignore_labels() -> None:
+    """Multi-label targets that are not 0/1 are a TargetError in the forward; the variants that choose their maps
+    without the labels leave them to the loss, which raises."""
+    model, x = _model(3), _x()
+    with pytest.raises(TargetError, match="multi-label targets must be 0 or 1"):
+        ik.ISNet(model, "selective", task="multilabel").train()(x, torch.tensor([[1, 0, 2], [0, 0, 0]]))
+    for variant in ("original", "stochastic", "dual"):
+        out = ik.ISNet(model, variant).train()(x, torch.tensor([0, 7]))
+        assert torch.isfinite(out.heatmaps).all()
+        with pytest.raises(TargetError, match="out of range"):
+            ik.ISNetLoss()(out, torch.tensor([0, 7]), torch.ones(2, 1, 16, 16))
+
+
 def test_labels_of_a_wrong_type_or_shape() -> None:
     isnet = ik.ISNet(_model(), "selective", select="label").train()
     with pytest.raises(InputTypeError, match="integer"):
@@ -165,5 +242,14 @@ def test_out_of_range_labels_on_cuda_give_nan_maps_and_a_target_error_without_a_
     assert torch.isnan(propagated.total)
     _, heat = ik.LRP(model, backend="reference")(x, labels.view(2, 1))
     assert torch.isnan(heat[1]).all()
+    for kw in ({"memory": "low"}, {"deep_supervision": True}, {"heatmap": "gradinput"}):
+        out = ik.ISNet(model, "selective", backend="reference", **kw).train()(x, labels)
+        assert torch.isnan(out.heatmaps[1]).all() and torch.isfinite(out.heatmaps[0]).all()
+        assert all(torch.isnan(r[1]).all() for r in out.intermediate.values())
+        assert out.targets[1, 0] == 0
+    result = ik.LRP(model, backend="reference").run(x, lambda logits: labels.view(2, 1).expand(2, 3), map_chunk=1)
+    assert torch.isnan(result.heatmaps[1]).all() and torch.isfinite(result.heatmaps[0]).all()
+    with pytest.raises(TargetError, match="target class 7 is out of range"):  # explain synchronises: it raises
+        ik.explain(model, x, labels)
     torch.cuda.synchronize()  # the device still works
     assert float(torch.ones(1, device="cuda").sum()) == 1.0
