@@ -32,7 +32,6 @@ from .geometry import Geometry, conv2d_transpose, conv_transpose_output_padding
 from .norm import (
     NormEpsilonFunction,
     NormLayout,
-    channels_norm_forward,
     group_norm_forward,
     layer_norm_forward,
     norm_epsilon,
@@ -65,7 +64,6 @@ __all__ = [
     "NormEpsilonFunction",
     "NormLayout",
     "attention_bias",
-    "channels_norm_forward",
     "group_norm_forward",
     "layer_norm_forward",
     "norm_epsilon",
