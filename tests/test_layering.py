@@ -1,8 +1,11 @@
 """The package's layering: data flows one way (errors -> ops -> backends -> dispatch -> lrp -> isnet -> models, data
--> train -> cli), so no module imports from a layer above its own; and every module of the package imports.
+-> train -> cli), so no module imports from a layer above its own; no two modules import each other, directly or
+through others; and every module of the package imports.
 
 The import graph is read from the source (every ``import`` and ``from ... import`` statement, also those inside
-functions), so a lazy import upward is caught as well as a module-level one.
+functions), so a lazy import upward is caught as well as a module-level one. The cycle check reads the module-level
+imports (those that run when the module is imported, ``if TYPE_CHECKING:`` blocks included: a type-only import is
+still a dependency a reader follows), not those inside functions, which run at call time.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import ast
 import importlib
 import pathlib
 import tomllib
+from collections.abc import Iterator
 
 import pytest
 
@@ -66,6 +70,103 @@ def _imports(module: str, path: pathlib.Path) -> set[str]:
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("isnet_kernels."))
     return found
+
+
+def _module_level(body: list[ast.stmt]) -> Iterator[ast.Import | ast.ImportFrom]:
+    """The import statements of a module body that run when it is imported: at the top level and inside ``if``,
+    ``try``, ``with`` and class bodies (``if TYPE_CHECKING:`` blocks too), not inside functions."""
+    for node in body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            for name in ("body", "orelse", "finalbody", "handlers"):
+                yield from _module_level(getattr(node, name, None) or [])
+
+
+def _module_graph(root: pathlib.Path = ROOT) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports at module level; ``from package import name`` is an edge to the
+    submodule ``package.name`` when there is one, to the package otherwise."""
+    modules = {}
+    for path in sorted((root / "isnet_kernels").rglob("*.py")):
+        rel = path.relative_to(root).with_suffix("")
+        modules[".".join(rel.parts).removesuffix(".__init__")] = path
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        found: set[str] = set()
+        for node in _module_level(ast.parse(path.read_text(), filename=str(path)).body):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                found.update(f"{target}.{a.name}" if f"{target}.{a.name}" in modules else target for a in node.names)
+            else:
+                found.update(a.name for a in node.names)
+        graph[module] = {t for t in found if t in modules and t != module}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of ``graph``: its strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_cycle():
+    cycles = _cycles(_module_graph())
+    assert not cycles, "modules importing each other (module docstring): " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+def test_rules_do_not_import_steps():
+    """Steps hand rules the values they read (``FoldedLayer``, ``BatchNormLayer``); rules never import steps, not
+    even for type hints or inside a function."""
+    path = PACKAGE / "lrp" / "rules.py"
+    assert "isnet_kernels.lrp.steps" not in _imports("isnet_kernels.lrp.rules", path)
+    assert "isnet_kernels.lrp.steps" not in _module_graph()["isnet_kernels.lrp.rules"]
+
+
+def test_the_cycle_check_sees_a_type_checking_cycle(tmp_path):
+    """The cycle check itself: two modules importing each other, one only for type hints, are a cycle; a lazy
+    import inside a function is not."""
+    lrp = tmp_path / "isnet_kernels" / "lrp"
+    lrp.mkdir(parents=True)
+    (tmp_path / "isnet_kernels" / "__init__.py").write_text("")
+    (lrp / "__init__.py").write_text("")
+    (lrp / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import B\n")
+    (lrp / "b.py").write_text("from . import a\n\ndef f():\n    from . import c\n    return c\n")
+    (lrp / "c.py").write_text("from .b import f\n")
+    graph = _module_graph(tmp_path)
+    assert graph["isnet_kernels.lrp.a"] == {"isnet_kernels.lrp.b"}
+    assert graph["isnet_kernels.lrp.b"] == {"isnet_kernels.lrp.a"}
+    assert _cycles(graph) == [["isnet_kernels.lrp.a", "isnet_kernels.lrp.b"]]
 
 
 def test_every_unit_has_a_rank():

@@ -14,7 +14,6 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .. import ops
 from . import movement as MV
 from . import steps as S
 from .registry import REGISTRY, NodeContext
@@ -547,5 +546,3 @@ from . import attention_layers as _attention_layers  # noqa: E402,F401
 from . import einsum_layers as _einsum_layers  # noqa: E402,F401
 from . import norm_layers as _norm_layers  # noqa: E402,F401
 from . import swin_layers as _swin_layers  # noqa: E402,F401
-
-_ = ops

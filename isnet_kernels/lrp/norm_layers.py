@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from .. import ops
 from .registry import REGISTRY, NodeContext
-from .steps import RuleConfig, Step
+from .rules import RuleConfig
+from .steps import Step
 
 Env = dict[str, Any]
 

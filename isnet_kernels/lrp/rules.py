@@ -2,27 +2,61 @@
 
 A relevance pass has a *hidden* rule for the layers between the input and the logits (:class:`Epsilon`, or
 :class:`ZPlus` for the dual ISNet's z+ map) and a *first-layer* rule for the layers that read the input
-(:class:`ZBox`, or :class:`Epsilon`). Each rule owns its maths for the layers whose rule it changes: linear
-layers (``Conv2d``/``Linear`` with a folded BatchNorm), standalone BatchNorms, residual sums and the all-logits
-output. Layers whose rule does not depend on the choice (pooling, data movement, products, norms) do not ask.
+(:class:`ZBox`, or :class:`Epsilon`); :class:`RuleConfig` holds both with the pass's other settings. Each rule
+chooses the op of ``ops/`` for the layers whose rule it changes: linear layers (``Conv2d``/``Linear`` with a folded
+BatchNorm), standalone BatchNorms, residual sums and the all-logits output. Layers whose rule does not depend on
+the choice (pooling, data movement, products, norms) do not ask.
+
+A step hands its rule the values it reads as a record, :class:`FoldedLayer` or :class:`BatchNormLayer`, built from
+what the step's forward kept; rules read nothing else (no module, no step), so data flows one way: steps import
+rules, never the reverse.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from .. import ops
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .steps import BatchNormStep, LinearBlock, RuleConfig
+
+@dataclass(frozen=True)
+class FoldedLayer:
+    """A ``Conv2d`` or ``Linear`` with its BatchNorm folded in, as a rule reads it (built by the step, see
+    docs/rules.md#folded-batchnorm).
+
+    ``z`` is the rule's pre-activation (the forward's output in value, the rule's gradient), ``w`` and ``b`` the
+    folded weight and (detached) bias ``W' = W gamma / sigma``, ``b' = gamma (b - mu) / sigma + beta`` (``W`` and
+    ``b`` themselves without a BatchNorm). ``weight`` is the layer's own ``W``; ``gamma``, ``invstd`` (``1 /
+    sigma``) and ``live`` (statistics keep their gradient) are the BatchNorm's, ``invstd`` None without one.
+    Parameters are in ``a``'s dtype.
+    """
+
+    a: Tensor  # the layer input (B, ...)
+    z: Tensor  # the rule's pre-activation (B, ...)
+    w: Tensor  # W'
+    b: Tensor | None  # b', detached
+    geom: ops.Geometry
+    weight: Tensor  # W
+    gamma: Tensor | None = None
+    invstd: Tensor | None = None
+    live: bool = False
 
 
-def like(t: Tensor | None, ref: Tensor) -> Tensor | None:
-    """``t`` (a parameter read live) in ``ref``'s dtype (see :func:`isnet_kernels.lrp.steps.like`)."""
-    return t if t is None or t.dtype == ref.dtype else t.to(ref.dtype)
+@dataclass(frozen=True)
+class BatchNormLayer:
+    """A BatchNorm with no linear layer before it, as a rule reads it: the diagonal layer ``y = (gamma / sigma) a +
+    (beta - mu gamma / sigma)`` (docs/rules.md#standalone-batchnorm), parameters in ``a``'s dtype, the statistics
+    ``mean``, ``invstd = 1 / sigma`` those the rule uses (``live``: they keep their gradient)."""
+
+    a: Tensor  # the BatchNorm input (B, C, ...)
+    gamma: Tensor | None
+    beta: Tensor | None
+    mean: Tensor
+    invstd: Tensor
+    live: bool
 
 
 class Rule:
@@ -30,34 +64,29 @@ class Rule:
 
     name = "epsilon"
 
-    def linear(self, step: LinearBlock, R: Tensor, saved: Any, cfg: RuleConfig) -> Tensor:
-        """Epsilon through a conv/linear layer with its BatchNorm folded: ``R_in = a * W'^T (R / stab(z))``."""
-        a = saved[0]
-        stats = step.statistics(saved, cfg) if step.bn is not None else None
-        z, w, _ = step.folded(saved, cfg, stats)
-        if cfg.prims is not None and step.bn is not None and step.layer.weight.numel() > R.numel():
-            # W'^T (R / t) = W^T (R gamma/sigma / t): scaling the (small) relevance costs less than folding the
-            # (large) weight; the same value and gradient.
-            _, invstd, live = stats
-            scale = ops.batchnorm.batchnorm_scale(like(step.bn.weight, a), invstd, live)
-            R = R * scale.view(-1, *([1] * (R.dim() - 3)))
-            w = like(step.layer.weight, a)
-        return ops.epsilon(R, a, z, w, step.geom, cfg.eps, cfg.prims)
+    def linear(self, layer: FoldedLayer, R: Tensor, cfg: RuleConfig) -> Tensor:
+        """Epsilon through a conv/linear layer with its BatchNorm folded: ``R_in = a * W'^T (R / stab(z))``.
 
-    def batchnorm(self, step: BatchNormStep, R: Tensor, a: Tensor, mean: Tensor, invstd: Tensor, live: bool,
-                  cfg: RuleConfig) -> Tensor:
+        On a backend's kernels, when the weight has more elements than the relevance, the relevance is scaled
+        instead of the weight folded (:func:`~isnet_kernels.ops.batchnorm.scale_relevance`)."""
+        w = layer.w
+        if cfg.prims is not None and layer.invstd is not None and layer.weight.numel() > R.numel():
+            R, w = ops.scale_relevance(R, layer.gamma, layer.invstd, layer.live), layer.weight
+        return ops.epsilon(R, layer.a, layer.z, w, layer.geom, cfg.eps, cfg.prims)
+
+    def batchnorm(self, layer: BatchNormLayer, R: Tensor, cfg: RuleConfig) -> Tensor:
         """Epsilon through a BatchNorm on its own: diagonal weight ``gamma / sigma``."""
-        gamma, beta = like(step.bn.weight, a), like(step.bn.bias, a)
-        z = ops.rule_preactivation(a, None, gamma, beta, mean, invstd, live)
-        return ops.batchnorm_epsilon(R, a, z, gamma, invstd, cfg.eps, cfg.prims, live)
+        a = layer.a
+        z = ops.rule_preactivation(a, None, layer.gamma, layer.beta, layer.mean, layer.invstd, layer.live)
+        return ops.batchnorm_epsilon(R, a, z, layer.gamma, layer.invstd, cfg.eps, cfg.prims, layer.live)
 
     def residual(self, R: Tensor, x: Tensor, f: Tensor, y: Tensor | None, cfg: RuleConfig) -> tuple[Tensor, Tensor]:
         """``y = x + f``: ``R_x = x R / stab(y)``, ``R_f = f R / stab(y)`` (``y`` None: recomputed, ``x + f``)."""
         return ops.residual_split(R, x, f, y, eps=cfg.eps, prims=cfg.prims)
 
-    def all_logits(self, a: Tensor, z: Tensor, w: Tensor, b: Tensor | None, cfg: RuleConfig) -> Tensor:
+    def all_logits(self, layer: FoldedLayer, cfg: RuleConfig) -> Tensor:
         """All logits explained together (one map): ``R_out = z``, then this rule through the last layer."""
-        return ops.all_logits_output(a, z, w, cfg.eps)
+        return ops.all_logits_output(layer.a, layer.z, layer.w, cfg.eps)
 
 
 class Epsilon(Rule):
@@ -70,30 +99,23 @@ class ZPlus(Rule):
 
     name = "zplus"
 
-    def linear(self, step: LinearBlock, R: Tensor, saved: Any, cfg: RuleConfig) -> Tensor:
-        _, w, b = step.folded(saved, cfg)
-        return ops.zplus(R, saved[0], w, b, step.geom, cfg.eps, cfg.prims)
+    def linear(self, layer: FoldedLayer, R: Tensor, cfg: RuleConfig) -> Tensor:
+        return ops.zplus(R, layer.a, layer.w, layer.b, layer.geom, cfg.eps, cfg.prims)
 
-    def batchnorm(self, step: BatchNormStep, R: Tensor, a: Tensor, mean: Tensor, invstd: Tensor, live: bool,
-                  cfg: RuleConfig) -> Tensor:
-        # diagonal weights: W+ = max(gamma / sigma, 0), b+ = max(beta - mu gamma / sigma, 0)
-        scale = ops.batchnorm.batchnorm_scale(like(step.bn.weight, a), invstd, live)
-        shift = -mean.detach() * scale.detach()
-        if step.bn.bias is not None:
-            shift = shift + like(step.bn.bias, a).detach()
-        w_pos, b_pos = scale.clamp(min=0), shift.clamp(min=0)
-        view = (-1, *([1] * (a.dim() - 2)))
-        z = a * w_pos.view(view) + b_pos.view(view)
-        return a.unsqueeze(1) * w_pos.view(view) * R / ops.stabilize(z, cfg.eps).unsqueeze(1)
+    def batchnorm(self, layer: BatchNormLayer, R: Tensor, cfg: RuleConfig) -> Tensor:
+        return ops.reference_batchnorm_zplus(R, layer.a, layer.gamma, layer.beta, layer.mean, layer.invstd,
+                                             cfg.eps, layer.live)
 
     def residual(self, R: Tensor, x: Tensor, f: Tensor, y: Tensor | None, cfg: RuleConfig) -> tuple[Tensor, Tensor]:
+        """``R_x = x+ R / stab(x+ + f+)``, ``R_f = f+ R / stab(x+ + f+)``; ``x+ = max(x, 0)``, ``f+ = max(f, 0)``."""
         x, f = x.clamp(min=0), f.clamp(min=0)
         return ops.residual_split(R, x, f, x + f, eps=cfg.eps, prims=cfg.prims)
 
-    def all_logits(self, a: Tensor, z: Tensor, w: Tensor, b: Tensor | None, cfg: RuleConfig) -> Tensor:
-        w = w.clamp(min=0)
-        z = F.linear(a, w, None if b is None else b.clamp(min=0))
-        return ops.all_logits_output(a, z, w, cfg.eps)
+    def all_logits(self, layer: FoldedLayer, cfg: RuleConfig) -> Tensor:
+        """``R_out = z+ = W'+ a + b'+`` (the positive layer's logits), then epsilon through ``W'+``."""
+        w = layer.w.clamp(min=0)
+        z = F.linear(layer.a, w, None if layer.b is None else layer.b.clamp(min=0))
+        return ops.all_logits_output(layer.a, z, w, cfg.eps)
 
 
 class ZBox(Rule):
@@ -101,12 +123,26 @@ class ZBox(Rule):
 
     name = "zb"
 
-    def linear(self, step: LinearBlock, R: Tensor, saved: Any, cfg: RuleConfig) -> Tensor:
-        a = saved[0]
-        z, w, b = step.folded(saved, cfg)
+    def linear(self, layer: FoldedLayer, R: Tensor, cfg: RuleConfig) -> Tensor:
+        a = layer.a
         low = cfg.low.reshape(1, *a.shape[1:]) if cfg.low.dim() > 0 else cfg.low
         high = cfg.high.reshape(1, *a.shape[1:]) if cfg.high.dim() > 0 else cfg.high
-        return ops.zbox(R, a, z, w, b, low, high, step.geom, cfg.eps, cfg.prims)
+        return ops.zbox(R, a, layer.z, layer.w, layer.b, low, high, layer.geom, cfg.eps, cfg.prims)
+
+
+@dataclass
+class RuleConfig:
+    """Run-time settings of a relevance pass: the rule objects and the options of the rules that have them."""
+
+    eps: float
+    first: Rule = field(default_factory=Epsilon)  # the layers reading the input: ZBox or Epsilon
+    hidden: Rule = field(default_factory=Epsilon)  # every other linear layer: Epsilon, or ZPlus (dual ISNet)
+    live_stats: bool = False  # train-mode BatchNorm statistics keep their gradient (ops.batchnorm docstring)
+    product: str = "gate"  # x * gate(...): "gate" (signal takes all) or "uniform" (AttnLRP's half and half)
+    attention: str = "attnlrp"  # "attnlrp" (softmax and matmul rules) or "cp" (attention weights held constant)
+    low: Tensor | None = None  # bounds broadcast to (1, C, H, W) of the input, for Z^B
+    high: Tensor | None = None
+    prims: ops.TorchPrimitives | None = None  # the backend's kernels; None: the autograd reference ops
 
 
 #: The hidden-layer rules by name (``LRP(..., rule=...)``) and the first-layer rules (``first_layer=...``).

@@ -2,15 +2,17 @@
 
 Each step runs its node's forward computation (``forward``), keeps exactly what its rule needs (``saved``,
 references to tensors the forward produced, never copies), and, in the relevance pass, maps the relevance at
-its output, shape (B, M, ...), to relevance at its tensor inputs (``relevance``).
+its output, shape (B, M, ...), to relevance at its tensor inputs (``relevance``). A step whose rule the pass's
+:class:`~isnet_kernels.lrp.rules.RuleConfig` chooses (linear layers, BatchNorms, residual sums) hands the chosen
+rule the values it reads as a record (:class:`~isnet_kernels.lrp.rules.FoldedLayer`, ...): steps import rules,
+rules never import steps.
 """
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -18,22 +20,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..errors import InputError
-from .rules import Epsilon, Rule
-
-
-@dataclass
-class RuleConfig:
-    """Run-time settings of a relevance pass: the rule objects and the options of the rules that have them."""
-
-    eps: float
-    first: Rule = field(default_factory=Epsilon)  # the layers reading the input: ZBox or Epsilon
-    hidden: Rule = field(default_factory=Epsilon)  # every other linear layer: Epsilon, or ZPlus (dual ISNet)
-    live_stats: bool = False  # train-mode BatchNorm statistics keep their gradient (ops.batchnorm docstring)
-    product: str = "gate"  # x * gate(...): "gate" (signal takes all) or "uniform" (AttnLRP's half and half)
-    attention: str = "attnlrp"  # "attnlrp" (softmax and matmul rules) or "cp" (attention weights held constant)
-    low: Tensor | None = None  # bounds broadcast to (1, C, H, W) of the input, for Z^B
-    high: Tensor | None = None
-    prims: ops.TorchPrimitives | None = None  # the backend's kernels; None: the autograd reference ops
+from .rules import BatchNormLayer, FoldedLayer, RuleConfig
 
 
 def like(t: Tensor | None, ref: Tensor) -> Tensor | None:
@@ -95,12 +82,35 @@ def conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
     return _pair(conv.padding)
 
 
+class _LinearFields(NamedTuple):
+    a: Tensor  # the layer input
+    x0: Tensor | None  # the layer output without its bias (None when no gradient will be asked for)
+    mean: Tensor | None  # the BatchNorm's statistics of the forward (None without one)
+    invstd: Tensor | None
+    y: Tensor | None  # the block's output, kept as z when no gradient will be asked for (else None)
+    batch: bool  # the BatchNorm normalised with the batch's statistics
+
+
+class LinearSaved(_LinearFields):
+    """What :class:`LinearBlock`'s forward keeps, by name. Built from its fields (``LinearSaved(a, x0, ...)``) or,
+    as a tuple is, from one iterable of them (``LinearSaved(values)``), so that the engine's walks over saved state
+    (``upcast``, ``_step_bytes``), which rebuild and count tuples, treat it as the tuple it is."""
+
+    __slots__ = ()
+
+    def __new__(cls, *fields: Any) -> LinearSaved:
+        if len(fields) == 1:
+            fields = tuple(fields[0])
+        return super().__new__(cls, *fields)
+
+
 class LinearBlock(Step):
     """A ``Conv2d`` or ``Linear`` with an optional BatchNorm folded into it (the ReLU after it passes relevance).
 
     The forward runs the layer without its bias, adds the bias, then the BatchNorm, as the modules would; it keeps
-    the layer input ``a``, the bias-free output ``x0`` and the normalisation statistics, from which the rule's
-    pre-activation ``z`` (value = the forward's, gradient as the rule defines) is built in the relevance pass.
+    the layer input ``a``, the bias-free output ``x0`` and the normalisation statistics (:class:`LinearSaved`),
+    from which the relevance pass builds the folded layer its rule reads (:meth:`fold`), with the rule's
+    pre-activation ``z`` (value = the forward's, gradient as the rule defines).
     """
 
     def __init__(self, name: str, input_name: str, layer: nn.Conv2d | nn.Linear, bn: nn.Module | None):
@@ -115,7 +125,7 @@ class LinearBlock(Step):
         else:
             self.geom = ops.Geometry(linear=True)
 
-    def forward(self, env: dict[str, Any]) -> tuple[Tensor, Any]:
+    def forward(self, env: dict[str, Any]) -> tuple[Tensor, LinearSaved]:
         a = env[self.inputs[0]]
         layer = self.layer
         if hasattr(layer, "bind"):  # F.conv2d / F.linear with parameters read from the environment
@@ -132,58 +142,58 @@ class LinearBlock(Step):
             batch = uses_batch_stats(self.bn)
             y, mean, invstd = batch_norm_forward(self.bn, x)
         if torch.is_grad_enabled():
-            return y, (a, x0, mean, invstd, None, batch)
-        return y, (a, None, mean, invstd, y, batch)  # no gradient will be asked for: z is the forward's own output
+            return y, LinearSaved(a, x0, mean, invstd, None, batch)
+        return y, LinearSaved(a, None, mean, invstd, y, batch)  # no gradient will be asked for: z is y itself
 
     def _bias_view(self, b: Tensor, x0: Tensor) -> Tensor:
         """The bias shaped to broadcast: over the channel axis of a convolution, the last axis of a linear layer."""
         return b if not self.is_conv else b.view(-1, *([1] * (x0.dim() - 2)))
 
-    def statistics(self, saved: Any, cfg: RuleConfig) -> tuple[Tensor | None, Tensor | None, bool]:
+    def _statistics(self, saved: LinearSaved, cfg: RuleConfig) -> tuple[Tensor | None, Tensor | None, bool]:
         """``(mu, 1 / sigma, live)``: the BatchNorm's statistics as the rule uses them; with ``cfg.live_stats`` and
         batch statistics, recomputed from the live layer output so that they keep their gradient."""
-        _, x0, mean, invstd, _, batch = saved
-        if not (cfg.live_stats and batch and x0 is not None):
-            return mean, invstd, False
+        x0 = saved.x0
+        if not (cfg.live_stats and saved.batch and x0 is not None):
+            return saved.mean, saved.invstd, False
         b = like(self.layer.bias, x0)
         x = x0 if b is None else x0 + b.detach().view(-1, *([1] * (x0.dim() - 2)))
         mean, invstd = ops.batchnorm.batch_statistics(x, self.bn.eps)
         return mean, invstd, True
 
-    def folded(self, saved: Any, cfg: RuleConfig,
-               stats: tuple[Tensor | None, Tensor | None, bool] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(z, W', b')``: the rule pre-activation and the folded weight and (detached) bias; ``stats`` as
-        :meth:`statistics` returns them (computed here when not given)."""
-        a, x0, _, _, y, _ = saved
+    def fold(self, saved: LinearSaved, cfg: RuleConfig) -> FoldedLayer:
+        """The layer as its rule reads it: the rule pre-activation ``z`` and the folded weight and (detached) bias
+        ``W' = W gamma / sigma``, ``b' = gamma (b - mu) / sigma + beta`` (``ops.fold_batchnorm``; ``W``, ``b``
+        without a BatchNorm), with the statistics of :meth:`_statistics`."""
+        a, x0, y = saved.a, saved.x0, saved.y
+        stats = self._statistics(saved, cfg) if self.bn is not None else None
         w, b = like(self.layer.weight, a), like(self.layer.bias, a)
-        if self.bn is None:
+        if stats is None:
             if y is not None:
                 z = y
             else:
                 z = x0 if b is None else x0 + self._bias_view(b.detach(), x0)
-            return z, w, None if b is None else b.detach()
+            return FoldedLayer(a, z, w, None if b is None else b.detach(), self.geom, w)
         gamma, beta = like(self.bn.weight, a), like(self.bn.bias, a)
-        mean, invstd, live = stats if stats is not None else self.statistics(saved, cfg)
+        mean, invstd, live = stats
         z = y if y is not None else ops.rule_preactivation(x0, b, gamma, beta, mean, invstd, live)
-        w, b = ops.fold_batchnorm(w, b, gamma, beta, mean, invstd, live)
-        return z, w, b
+        w_folded, b_folded = ops.fold_batchnorm(w, b, gamma, beta, mean, invstd, live)
+        return FoldedLayer(a, z, w_folded, b_folded, self.geom, w, gamma, invstd, live)
 
-    def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> list[Tensor]:
-        return [(cfg.first if self.first else cfg.hidden).linear(self, R, saved, cfg)]
+    def relevance(self, R: Tensor, saved: LinearSaved, cfg: RuleConfig) -> list[Tensor]:
+        return [(cfg.first if self.first else cfg.hidden).linear(self.fold(saved, cfg), R, cfg)]
 
-    def start(self, saved: Any, targets: Tensor | None, rule: str, cfg: RuleConfig) -> Tensor:
+    def start(self, saved: LinearSaved, targets: Tensor | None, rule: str, cfg: RuleConfig) -> Tensor:
         """Relevance at this (logit-producing, linear) layer's input for the output rule ``rule``.
 
         ``"all"`` explains all logits together (one map, R_out = the logit vector); under the z+ rule the logits
         are those of the positive layer, ``z+ = a W'+^T + b'+``.
         """
-        a = saved[0]
-        z, w, b = self.folded(saved, cfg)
+        layer = self.fold(saved, cfg)
         if rule == "all":
-            return cfg.hidden.all_logits(a, z, w, b, cfg)
+            return cfg.hidden.all_logits(layer, cfg)
         if rule == "selective":
-            return ops.reference_selective_output(a, z, w, targets, cfg.eps)
-        return ops.reference_logit_output(a, z, w, targets, cfg.eps)
+            return ops.reference_selective_output(layer.a, layer.z, layer.w, targets, cfg.eps)
+        return ops.reference_logit_output(layer.a, layer.z, layer.w, targets, cfg.eps)
 
 
 class BatchNormStep(Step):
@@ -204,7 +214,8 @@ class BatchNormStep(Step):
         live = cfg.live_stats and batch and torch.is_grad_enabled()
         if live:
             mean, invstd = ops.batchnorm.batch_statistics(a, self.bn.eps)
-        return [cfg.hidden.batchnorm(self, R, a, mean, invstd, live, cfg)]
+        layer = BatchNormLayer(a, like(self.bn.weight, a), like(self.bn.bias, a), mean, invstd, live)
+        return [cfg.hidden.batchnorm(layer, R, cfg)]
 
 
 class PassStep(Step):

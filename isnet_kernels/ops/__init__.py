@@ -22,7 +22,9 @@ from .batchnorm import (
     batchnorm_epsilon,
     fold_batchnorm,
     reference_batchnorm_epsilon,
+    reference_batchnorm_zplus,
     rule_preactivation,
+    scale_relevance,
 )
 from .concat import reference_concat_split
 from .conv import EpsilonFunction, epsilon, reference_conv_epsilon, reference_linear_epsilon
@@ -30,7 +32,6 @@ from .geometry import Geometry, conv2d_transpose, conv_transpose_output_padding
 from .norm import (
     NormEpsilonFunction,
     NormLayout,
-    channels_norm_forward,
     group_norm_forward,
     layer_norm_forward,
     norm_epsilon,
@@ -63,7 +64,6 @@ __all__ = [
     "NormEpsilonFunction",
     "NormLayout",
     "attention_bias",
-    "channels_norm_forward",
     "group_norm_forward",
     "layer_norm_forward",
     "norm_epsilon",
@@ -102,6 +102,7 @@ __all__ = [
     "reference_adaptive_avgpool",
     "reference_avgpool",
     "reference_batchnorm_epsilon",
+    "reference_batchnorm_zplus",
     "reference_concat_split",
     "reference_conv_epsilon",
     "reference_conv_zbox",
@@ -116,6 +117,7 @@ __all__ = [
     "reference_residual_split",
     "reference_selective_output",
     "rule_preactivation",
+    "scale_relevance",
     "selective_relevance",
     "stabilize",
 ]

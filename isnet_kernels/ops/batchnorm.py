@@ -16,7 +16,8 @@ the statistics keep their gradient too: ``z`` is then the BatchNorm's own functi
 as the classifier is, and its gradient w.r.t. those weights is the true derivative.
 
 A BatchNorm with no linear layer before it (DenseNet's pre-activation norms) is itself a linear layer with
-diagonal weight ``gamma / sigma`` and takes the epsilon rule (:func:`reference_batchnorm_epsilon`).
+diagonal weight ``gamma / sigma`` and takes the epsilon rule (:func:`reference_batchnorm_epsilon`), or under the
+z+ rule its positive diagonal weight and shift (:func:`reference_batchnorm_zplus`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,18 @@ def batchnorm_scale(gamma: Tensor | None, invstd: Tensor, live_stats: bool = Fal
     if not live_stats:
         invstd = invstd.detach()
     return invstd if gamma is None else gamma * invstd
+
+
+def scale_relevance(R: Tensor, gamma: Tensor | None, invstd: Tensor, live_stats: bool = False) -> Tensor:
+    """``R * gamma / sigma`` per output channel (axis 2 of a conv's (B, M, C, H, W) relevance, the last axis of a
+    linear layer's (B, M, C)), with :func:`batchnorm_scale`'s detach semantics.
+
+    The epsilon rule through a folded layer, ``W'^T (R / t)`` with ``W' = W gamma / sigma``, equals ``W^T (R gamma
+    / sigma / t)``: the same value and gradient, and scaling the relevance costs less than folding the weight when
+    the weight is the larger of the two (deep layers with small maps).
+    """
+    scale = batchnorm_scale(gamma, invstd, live_stats)
+    return R * scale.view(-1, *([1] * (R.dim() - 3)))
 
 
 def fold_batchnorm(
@@ -98,6 +111,29 @@ def reference_batchnorm_epsilon(
     """
     scale = _per_channel(batchnorm_scale(gamma, invstd, live_stats), a.dim())
     return (a * scale).unsqueeze(1) * (R / stabilize(z, eps).unsqueeze(1))
+
+
+def reference_batchnorm_zplus(
+    R: Tensor, a: Tensor, gamma: Tensor | None, beta: Tensor | None, mean: Tensor, invstd: Tensor,
+    eps: float = 1e-2, live_stats: bool = False,
+) -> Tensor:
+    """The z+ rule through a standalone BatchNorm: its positive diagonal weight and positive shift,
+
+        w+ = max(gamma / sigma, 0),    b+ = max(beta - mu gamma / sigma, 0),
+        z+ = w+ a + b+,                R_in = a * w+ * R / stab(z+).
+
+    ``R`` (B, M, C, ...); ``a`` the BatchNorm input (B, C, ...). ``gamma / sigma`` keeps :func:`batchnorm_scale`'s
+    gradient (``gamma`` live, the statistics with ``live_stats``); the shift is detached throughout (``mu``,
+    ``beta`` and the scale inside it).
+    """
+    scale = batchnorm_scale(gamma, invstd, live_stats)
+    shift = -mean.detach() * scale.detach()
+    if beta is not None:
+        shift = shift + beta.detach()
+    w_pos, b_pos = scale.clamp(min=0), shift.clamp(min=0)
+    view = (-1, *([1] * (a.dim() - 2)))
+    z = a * w_pos.view(view) + b_pos.view(view)
+    return a.unsqueeze(1) * w_pos.view(view) * R / stabilize(z, eps).unsqueeze(1)
 
 
 def batchnorm_epsilon(R: Tensor, a: Tensor, z: Tensor, gamma: Tensor | None, invstd: Tensor, eps: float = 1e-2,

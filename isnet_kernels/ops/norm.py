@@ -18,7 +18,7 @@ centring). In the rule ``sigma`` (``invstd = 1 / sigma``) and ``beta`` are detac
 z_j`` for every group.
 
 Which elements form a group is a :class:`NormLayout`: the last ``k`` axes (``nn.LayerNorm``, ViT's and ConvNeXt's
-channels-last norm), the channel axis at each position (a channels-first ``LayerNorm2d``), or ``G`` groups of
+channels-last norm; a channels-first ``LayerNorm2d`` is traced as permute, layer_norm, permute), or ``G`` groups of
 ``C / G`` channels with everything after them (``nn.GroupNorm``, ``gamma`` per channel).
 """
 
@@ -36,10 +36,10 @@ from ..errors import InputError
 from .primitives import TorchPrimitives
 from .stabilize import stabilize
 
-__all__ = ["NormEpsilonFunction", "NormLayout", "channels_norm_forward", "group_norm_forward",
-           "layer_norm_forward", "norm_epsilon", "reference_norm_epsilon", "rule_norm_preactivation"]
+__all__ = ["NormEpsilonFunction", "NormLayout", "group_norm_forward", "layer_norm_forward", "norm_epsilon",
+           "reference_norm_epsilon", "rule_norm_preactivation"]
 
-_KINDS = ("last", "channels", "groups")
+_KINDS = ("last", "groups")
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,6 @@ class NormLayout:
 
     - ``NormLayout.layer_norm(k)`` (``kind="last"``, ``size=k``): each group is the last ``k`` axes;
       ``gamma`` and ``beta`` have the shape of those axes (``nn.LayerNorm(S[-k:])``).
-    - ``NormLayout.channels_first()`` (``kind="channels"``): each group is the channel axis 1 at one position of
-      a ``(B, C, ...)`` activation; ``gamma`` is ``(C,)``.
     - ``NormLayout.group_norm(G)`` (``kind="groups"``, ``size=G``): ``(B, C, ...)`` viewed as ``(B, G, C / G,
       ...)``, each group ``(C / G, ...)``; ``gamma`` is ``(C,)``.
 
@@ -58,7 +56,7 @@ class NormLayout:
     ``(B, G)``.
     """
 
-    kind: Literal["last", "channels", "groups"]
+    kind: Literal["last", "groups"]
     size: int = 1
 
     def __post_init__(self) -> None:
@@ -73,18 +71,13 @@ class NormLayout:
         return cls("last", normalized_ndim)
 
     @classmethod
-    def channels_first(cls) -> NormLayout:
-        """Normalise over the channel axis 1 at every position (a channels-first ``LayerNorm2d``)."""
-        return cls("channels", 1)
-
-    @classmethod
     def group_norm(cls, num_groups: int) -> NormLayout:
         """Normalise ``num_groups`` groups of consecutive channels with their positions (``nn.GroupNorm``)."""
         return cls("groups", num_groups)
 
     def grouped_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
-        """The shape in which every group is a set of trailing (``last``, ``groups``) or one (``channels``) axes:
-        ``(B, G, C / G, ...)`` for ``groups``, the activation's own shape otherwise."""
+        """The shape in which every group is a set of trailing axes: ``(B, G, C / G, ...)`` for ``groups``, the
+        activation's own shape for ``last``."""
         shape = tuple(shape)
         need = self.size + 1 if self.kind == "last" else 2
         if len(shape) < need:
@@ -102,8 +95,6 @@ class NormLayout:
         """The axes of a group, counted from the end, so that they hold with or without a map axis after B."""
         if self.kind == "last":
             return tuple(range(-self.size, 0))
-        if self.kind == "channels":
-            return (1 - grouped_ndim,)
         return tuple(range(2 - grouped_ndim, 0))
 
     def stat_view(self, stat: Tensor, shape: Sequence[int]) -> Tensor:
@@ -127,15 +118,11 @@ class NormLayout:
                              f"shape {want}, got shape {tuple(param.shape)}")
         if self.kind == "last":
             return param.reshape(want)
-        if self.kind == "channels":
-            return param.reshape(shape[1], *([1] * (len(shape) - 2)))
         return param.reshape(grouped[1], grouped[2], *([1] * (len(shape) - 2)))
 
     def describe(self) -> str:
         if self.kind == "last":
             return f"LayerNorm over the last {self.size} axes"
-        if self.kind == "channels":
-            return "channels-first LayerNorm"
         return f"GroupNorm with {self.size} groups"
 
 
@@ -154,15 +141,6 @@ def layer_norm_forward(x: Tensor, normalized_shape: Sequence[int], weight: Tenso
     """``F.layer_norm`` (bit-identical: the same ATen kernel) returning ``(y, mean, invstd)``; the statistics are
     ``(B, *S[:-k], 1, ..., 1)``, one per group, without gradient."""
     return torch.native_layer_norm(x, list(normalized_shape), weight, bias, eps)
-
-
-def channels_norm_forward(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None,
-                          eps: float = 1e-6) -> tuple[Tensor, Tensor, Tensor]:
-    """A channels-first LayerNorm of ``x`` (B, C, ...) over axis 1, computed as ConvNeXt's ``LayerNorm2d`` does
-    (channels last, ``F.layer_norm`` over C, back): ``(y, mean, invstd)``, statistics ``(B, 1, ...)``."""
-    last = x.movedim(1, -1)
-    y, mean, invstd = torch.native_layer_norm(last, [x.shape[1]], weight, bias, eps)
-    return y.movedim(-1, 1), mean.movedim(-1, 1), invstd.movedim(-1, 1)
 
 
 def group_norm_forward(x: Tensor, num_groups: int, weight: Tensor | None = None, bias: Tensor | None = None,

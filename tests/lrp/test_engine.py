@@ -224,6 +224,30 @@ def test_saved_activations_are_the_forward_tensors():
             assert saved[step.name][0] is expected
 
 
+def test_linear_saved_state_is_named_and_walked_as_a_tuple():
+    """A ``LinearBlock`` keeps a ``LinearSaved``: its fields by name (the layer input, no copy), rebuilt by the
+    engine's ``upcast`` with its type kept and half-precision tensors cast, and weighed by ``_step_bytes`` as the
+    tuple it is (the segments of ``memory="low"`` are cut by these weights)."""
+    model = ModuleForm().train()
+    randomize_bn(model)
+    lrp = ik.LRP(model)
+    program = get_program(model)
+    x = torch.rand(2, 3, 8, 8)
+    _, state = lrp.forward(x)
+    blocks = [s for s in program.steps if isinstance(s, S.LinearBlock)]
+    assert blocks
+    for step in blocks:
+        saved = state.saved[step.name]
+        assert isinstance(saved, S.LinearSaved) and isinstance(saved, tuple)
+        assert saved.a is saved[0] and saved.batch is saved[5]
+        assert (saved.x0 is None) == (saved.y is not None)
+        half = S.LinearSaved(t.half() if isinstance(t, torch.Tensor) else t for t in saved)
+        up = engine.upcast(half, torch.float32)
+        assert type(up) is S.LinearSaved and up.a.dtype == torch.float32 and up.batch == saved.batch
+        tensors = [t for t in saved if isinstance(t, torch.Tensor)]
+        assert engine._step_bytes(saved) == sum(t.numel() * t.element_size() for t in tensors) > 0
+
+
 # --- errors ------------------------------------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import isnet_kernels as ik
 from isnet_kernels import ops
 from isnet_kernels.lrp import swin_layers as SW
-from isnet_kernels.lrp.steps import RuleConfig
+from isnet_kernels.lrp.rules import RuleConfig
 
 DT = torch.float64
 

@@ -1,12 +1,21 @@
 """BatchNorm under the rules (docs/rules.md): folding into the layer before it, the rule pre-activation with its
-restricted gradient, and the epsilon rule through a standalone BatchNorm (a diagonal linear layer)."""
+restricted gradient, the relevance scaled in place of the weight folded, and the epsilon and z+ rules through a
+standalone BatchNorm (a diagonal linear layer)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.autograd.functional import jacobian
 
-from isnet_kernels.ops import fold_batchnorm, reference_batchnorm_epsilon, rule_preactivation
+from isnet_kernels.ops import (
+    fold_batchnorm,
+    reference_batchnorm_epsilon,
+    reference_batchnorm_zplus,
+    reference_conv_epsilon,
+    reference_linear_epsilon,
+    rule_preactivation,
+    scale_relevance,
+)
 
 BN_EPS = 1e-5
 
@@ -229,3 +238,73 @@ def test_batchnorm_epsilon_gradcheck_and_invstd_detached():
     assert torch.autograd.gradcheck(fn, args)
     (g_inv,) = torch.autograd.grad(fn(*args).sum(), invstd, allow_unused=True)
     assert g_inv is None
+
+
+# ------------------------------------------------------------------------------------- relevance scaled, not W
+
+
+@pytest.mark.parametrize("conv", [True, False])
+def test_scale_relevance_equals_the_folded_weight(conv):
+    """``W'^T (R / t) = W^T (R gamma / sigma / t)``: the epsilon rule through the folded weight equals the rule
+    through the layer's own weight with the relevance scaled, in value and in the gradient of every input."""
+    gamma, beta, mean, var = make_bn(4, seed=11)
+    invstd = (var + BN_EPS).rsqrt()
+    torch.manual_seed(11)
+    if conv:
+        a, W = torch.randn(2, 3, 6, 6, dtype=torch.float64), torch.randn(4, 3, 3, 3, dtype=torch.float64)
+        R = torch.randn(2, 3, 4, 4, 4, dtype=torch.float64)
+        z = torch.randn(2, 4, 4, 4, dtype=torch.float64)
+    else:
+        a, W = torch.randn(2, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+        R, z = torch.randn(2, 3, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    a, W, R, g = (t.requires_grad_() for t in (a, W, R, gamma.clone()))
+
+    def rule(R, weight):
+        return reference_conv_epsilon(R, a, z, weight) if conv else reference_linear_epsilon(R, a, z, weight)
+
+    folded, _ = fold_batchnorm(W, None, g, beta, mean, invstd)
+    expected = rule(R, folded)
+    got = rule(scale_relevance(R, g, invstd), W)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    G = torch.randn_like(got)
+    for x, y in zip(torch.autograd.grad(got, (a, W, R, g), G), torch.autograd.grad(expected, (a, W, R, g), G)):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------ standalone z+
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 3), (4,)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batchnorm_zplus_matches_positive_diagonal_oracle(shape, affine):
+    """``R_in = a w+ R / stab(w+ a + b+)`` with ``w+ = max(gamma / sigma, 0)``, ``b+ = max(beta - mu gamma / sigma,
+    0)``, written channel by channel."""
+    gamma, beta, mean, var = make_bn(shape[0], seed=12, affine=affine)
+    invstd = (var + BN_EPS).rsqrt()
+    a = torch.rand(2, *shape, dtype=torch.float64)
+    R = torch.randn(2, 3, *shape, dtype=torch.float64)
+    got = reference_batchnorm_zplus(R, a, gamma, beta, mean, invstd, eps=1e-2)
+    expected = torch.empty_like(R)
+    for c in range(shape[0]):
+        scale = invstd[c] if gamma is None else gamma[c] * invstd[c]
+        shift = -mean[c] * scale + (0.0 if beta is None else beta[c])
+        w_pos, b_pos = max(float(scale), 0.0), max(float(shift), 0.0)
+        z = w_pos * a[:, c] + b_pos
+        expected[:, :, c] = (a[:, c] * w_pos).unsqueeze(1) * R[:, :, c] / stab(z, 1e-2).unsqueeze(1)
+    assert got.shape == R.shape
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_batchnorm_zplus_gradients(live):
+    """``gamma`` keeps its gradient, the statistics only with ``live_stats``, ``beta`` never (the shift is
+    detached)."""
+    gamma, beta, mean, var = make_bn(3, seed=13)
+    g, b, m, inv = (t.clone().requires_grad_() for t in (gamma.abs(), beta, mean, (var + BN_EPS).rsqrt()))
+    a = torch.rand(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    R = torch.randn(2, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    out = reference_batchnorm_zplus(R, a, g, b, m, inv, eps=0.1, live_stats=live)
+    grads = torch.autograd.grad(out.sum(), (R, a, g, b, m, inv), allow_unused=True)
+    assert all(x is not None for x in grads[:3])
+    assert grads[3] is None and grads[4] is None
+    assert (grads[5] is not None) == live

@@ -16,7 +16,6 @@ from isnet_kernels import dispatch
 from isnet_kernels.ops.norm import (
     NormEpsilonFunction,
     NormLayout,
-    channels_norm_forward,
     group_norm_forward,
     layer_norm_forward,
     norm_epsilon,
@@ -33,7 +32,6 @@ CASES = {
     "ln_last1_channels_last": (NormLayout.layer_norm(1), (3, 4, 6)),
     "ln_last2": (NormLayout.layer_norm(2), (3, 4, 5)),
     "ln_last1_vector": (NormLayout.layer_norm(1), (9,)),
-    "channels_first": (NormLayout.channels_first(), (5, 3, 4)),
     "gn_3groups_2ch": (NormLayout.group_norm(3), (6, 3, 2)),
     "gn_1group": (NormLayout.group_norm(1), (4, 3, 3)),
     "gn_per_channel": (NormLayout.group_norm(4), (4, 2, 5)),
@@ -63,19 +61,14 @@ def forward(layout, x, gamma, beta):
     S = x.shape[1:]
     if layout.kind == "last":
         return layer_norm_forward(x, S[-layout.size:], gamma, beta, NORM_EPS)
-    if layout.kind == "channels":
-        return channels_norm_forward(x, gamma, beta, NORM_EPS)
     return group_norm_forward(x, layout.size, gamma, beta, NORM_EPS)
 
 
 def functional(layout, x, gamma, beta):
-    """The same normalisation through torch.nn.functional only (the channels-first norm as LayerNorm2d does it)."""
+    """The same normalisation through torch.nn.functional only."""
     S = x.shape[1:]
     if layout.kind == "last":
         return F.layer_norm(x, S[-layout.size:], gamma, beta, NORM_EPS)
-    if layout.kind == "channels":
-        return F.layer_norm(x.permute(0, *range(2, x.dim()), 1), (S[0],), gamma, beta, NORM_EPS).permute(
-            0, x.dim() - 1, *range(1, x.dim() - 1))
     return F.group_norm(x, layout.size, gamma, beta, NORM_EPS)
 
 
@@ -88,8 +81,6 @@ def group_index(layout, S):
         return flat // inner, flat % inner
     spatial = math.prod(S[1:])
     channel = flat // spatial
-    if layout.kind == "channels":
-        return flat % spatial, channel
     return channel // (S[0] // layout.size), channel
 
 
@@ -203,7 +194,7 @@ def test_reference_matches_matrix_oracle(name, B, M, affine):
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["ln_last2", "channels_first", "gn_3groups_2ch"])
+@pytest.mark.parametrize("name", ["ln_last2", "gn_3groups_2ch"])
 def test_reference_float32_against_float64_oracle(name):
     layout, S = CASES[name]
     x = torch.randn(2, *S)
@@ -253,7 +244,7 @@ def test_reference_gradcheck_and_invstd_detached():
     assert g_inv is None
 
 
-@pytest.mark.parametrize("name", ["ln_last1_tokens", "ln_last2", "channels_first"])
+@pytest.mark.parametrize("name", ["ln_last1_tokens", "ln_last2", "gn_3groups_2ch"])
 def test_heatmap_gradcheck_through_rule_preactivation(name):
     """The rule as the engine composes it (z from the pre-activation helper) is differentiable in a and gamma.
 
@@ -314,7 +305,7 @@ def test_function_matches_reference_values_and_gradients(backend, name, M, affin
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", ["ln_last1_tokens", "ln_last2", "channels_first", "gn_3groups_2ch"])
+@pytest.mark.parametrize("name", ["ln_last1_tokens", "ln_last2", "gn_3groups_2ch"])
 def test_function_float32(backend, name, monkeypatch):
     monkeypatch.setenv("ISNET_KERNELS_POISON", "1")
     layout, R, x, z, gamma, invstd = _function_inputs(name, 2, 3, True, seed=4)
@@ -329,7 +320,7 @@ def test_function_float32(backend, name, monkeypatch):
     torch.testing.assert_close(dg, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 
-@pytest.mark.parametrize("name", ["ln_last2", "channels_first", "gn_3groups_2ch", "gn_per_channel"])
+@pytest.mark.parametrize("name", ["ln_last2", "gn_3groups_2ch", "gn_per_channel"])
 @pytest.mark.parametrize("affine", [True, False])
 def test_function_gradcheck(name, affine):
     layout, R, x, z, gamma, invstd = _function_inputs(name, 2, 2, affine, seed=2)
@@ -361,7 +352,7 @@ def test_bad_input_errors_name_the_problem():
     with pytest.raises(ValueError, match="affine parameter"):
         NormLayout.layer_norm(1).affine_view(torch.ones(5), (2, 3, 4))
     with pytest.raises(ValueError, match="statistics"):
-        NormLayout.channels_first().stat_view(torch.ones(2, 3), (2, 4, 3, 3))
+        NormLayout.group_norm(2).stat_view(torch.ones(2, 3), (2, 4, 3, 3))
     with pytest.raises(ValueError, match="at least 3 axes"):
         NormLayout.layer_norm(2).grouped_shape((2, 5))
     with pytest.raises(ValueError, match="kind"):
