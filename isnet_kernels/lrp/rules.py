@@ -27,7 +27,9 @@ class FoldedLayer:
     """A ``Conv2d`` or ``Linear`` with its BatchNorm folded in, as a rule reads it (built by the step, see
     docs/rules.md#folded-batchnorm).
 
-    ``z`` is the rule's pre-activation (the forward's output in value, the rule's gradient), ``w`` and ``b`` the
+    ``pre`` is the rule's pre-activation ``z`` given by its parts (:class:`~isnet_kernels.ops.Preactivation`: the
+    bias-free output ``x0`` and the per-channel scale and shift; ``z`` the forward's output in value, with the rule's
+    gradient), so that the epsilon op keeps ``x0`` rather than a ``z`` of its own; ``w`` and ``b`` the
     folded weight and (detached) bias ``W' = W gamma / sigma``, ``b' = gamma (b - mu) / sigma + beta`` (``W`` and
     ``b`` themselves without a BatchNorm). ``weight`` is the layer's own ``W``; ``gamma``, ``invstd`` (``1 /
     sigma``) and ``live`` (statistics keep their gradient) are the BatchNorm's, ``invstd`` None without one.
@@ -35,7 +37,7 @@ class FoldedLayer:
     """
 
     a: Tensor  # the layer input (B, ...)
-    z: Tensor  # the rule's pre-activation (B, ...)
+    pre: ops.Preactivation  # the rule's pre-activation z (B, ...), by its parts
     w: Tensor  # W'
     b: Tensor | None  # b', detached
     geom: ops.Geometry
@@ -43,6 +45,11 @@ class FoldedLayer:
     gamma: Tensor | None = None
     invstd: Tensor | None = None
     live: bool = False
+
+    @property
+    def z(self) -> Tensor:
+        """The rule's pre-activation, built from its parts."""
+        return self.pre.value()
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,7 @@ class Rule:
         w = layer.w
         if cfg.prims is not None and layer.invstd is not None and layer.weight.numel() > R.numel():
             R, w = ops.scale_relevance(R, layer.gamma, layer.invstd, layer.live), layer.weight
-        return ops.epsilon(R, layer.a, layer.z, w, layer.geom, cfg.eps, cfg.prims)
+        return ops.epsilon(R, layer.a, layer.pre, w, layer.geom, cfg.eps, cfg.prims)  # z rebuilt, not kept
 
     def batchnorm(self, layer: BatchNormLayer, R: Tensor, cfg: RuleConfig) -> Tensor:
         """Epsilon through a BatchNorm on its own: diagonal weight ``gamma / sigma``."""

@@ -169,15 +169,16 @@ class LinearBlock(Step):
         w, b = like(self.layer.weight, a), like(self.layer.bias, a)
         if stats is None:
             if y is not None:
-                z = y
-            else:
-                z = x0 if b is None else x0 + self._bias_view(b.detach(), x0)
-            return FoldedLayer(a, z, w, None if b is None else b.detach(), self.geom, w)
+                pre = ops.Preactivation(y)
+            else:  # z = x0 + b
+                pre = ops.Preactivation(x0, None, None if b is None else self._bias_view(b.detach(), x0))
+            return FoldedLayer(a, pre, w, None if b is None else b.detach(), self.geom, w)
         gamma, beta = like(self.bn.weight, a), like(self.bn.bias, a)
         mean, invstd, live = stats
-        z = y if y is not None else ops.rule_preactivation(x0, b, gamma, beta, mean, invstd, live)
+        pre = (ops.Preactivation(y) if y is not None
+               else ops.rule_preactivation(x0, b, gamma, beta, mean, invstd, live, parts=True))
         w_folded, b_folded = ops.fold_batchnorm(w, b, gamma, beta, mean, invstd, live)
-        return FoldedLayer(a, z, w_folded, b_folded, self.geom, w, gamma, invstd, live)
+        return FoldedLayer(a, pre, w_folded, b_folded, self.geom, w, gamma, invstd, live)
 
     def relevance(self, R: Tensor, saved: LinearSaved, cfg: RuleConfig) -> list[Tensor]:
         return [(cfg.first if self.first else cfg.hidden).linear(self.fold(saved, cfg), R, cfg)]

@@ -53,6 +53,7 @@ from .pool import (
     reference_mean,
     reference_sum,
 )
+from .preactivation import Preactivation
 from .primitives import TorchPrimitives
 from .products import reference_affine_constant, reference_product_gate, reference_product_uniform
 from .residual import ResidualFunction, reference_residual_split, residual_split
@@ -116,6 +117,7 @@ __all__ = [
     "reference_sum",
     "reference_residual_split",
     "reference_selective_output",
+    "Preactivation",
     "rule_preactivation",
     "scale_relevance",
     "selective_relevance",

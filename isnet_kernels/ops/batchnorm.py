@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .preactivation import Preactivation
 from .primitives import TorchPrimitives
 from .stabilize import stabilize
 
@@ -79,16 +80,21 @@ def fold_batchnorm(
 
 def rule_preactivation(
     x0: Tensor, bias: Tensor | None, gamma: Tensor | None = None, beta: Tensor | None = None,
-    mean: Tensor | None = None, invstd: Tensor | None = None, live_stats: bool = False,
-) -> Tensor:
-    """The pre-activation ``z`` the rules divide by, with the rule's gradient.
+    mean: Tensor | None = None, invstd: Tensor | None = None, live_stats: bool = False, parts: bool = False,
+) -> Tensor | Preactivation:
+    """The pre-activation ``z`` the rules divide by, with the rule's gradient; with ``parts``, given by its parts
+    (:class:`~isnet_kernels.ops.preactivation.Preactivation`: ``x0``, the per-channel scale and shift), for an op that
+    rebuilds ``z`` instead of keeping it.
 
     ``x0`` is the linear layer's output without its bias (live). Without BatchNorm, ``z = x0 + b`` with ``b``
     detached; with it, ``z = gamma * (x0 + b - mu) / sigma + beta`` with only ``x0`` and ``gamma`` live (and
     ``mu``, ``sigma`` with ``live_stats``). Its value is the forward pass's BatchNorm output.
     """
     if mean is None:
-        return x0 if bias is None else x0 + _per_channel(bias.detach(), x0.dim())
+        if bias is None:
+            return Preactivation(x0) if parts else x0
+        pre = Preactivation(x0, None, _per_channel(bias.detach(), x0.dim()))
+        return pre if parts else pre.value()
     mean = mean if live_stats else mean.detach()
     shift = -mean if bias is None else bias.detach() - mean
     scale = batchnorm_scale(gamma, invstd, live_stats)
@@ -97,7 +103,8 @@ def rule_preactivation(
     offset = shift * scale
     if beta is not None:
         offset = offset + beta.detach()
-    return x0 * _per_channel(scale, x0.dim()) + _per_channel(offset, x0.dim())
+    pre = Preactivation(x0, _per_channel(scale, x0.dim()), _per_channel(offset, x0.dim()))
+    return pre if parts else pre.value()
 
 
 def reference_batchnorm_epsilon(

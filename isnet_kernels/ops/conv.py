@@ -9,6 +9,10 @@ relevance ``R`` of shape (B, M, ...), the epsilon rule is
 where ``W^T`` is the adjoint of the layer's linear map: ``conv_transpose2d`` with the same stride, padding,
 dilation and groups, its ``output_padding`` computed exactly from the input size, or ``s @ W`` for ``Linear``.
 The map axis M is folded into the batch for the transposed convolution; ``a`` and ``z`` are broadcast over it.
+
+``z`` may be given by its parts, :class:`Preactivation` ``z = x0 * scale + shift`` (a BatchNorm folded, or a bias
+added, per channel): the op then keeps ``x0``, which the forward pass keeps anyway, and the two (C,) vectors, and
+rebuilds ``z`` in its backward (one elementwise pass) instead of keeping an activation-sized ``z`` of its own.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .geometry import Geometry, Pair, conv2d_transpose, conv_transpose_output_padding
+from .preactivation import Preactivation, affine, affine_backward
 from .primitives import TorchPrimitives
 from .stabilize import stabilize
 
@@ -60,15 +65,20 @@ class EpsilonFunction(torch.autograd.Function):
     ``G = dL/dR_in``: ``U = G * a``, ``dL/da = sum_M G * c``; ``V = W U``; ``dL/dW = weight_grad(U, s)``;
     ``dL/dR = V / t``, ``dL/dz = -sum_M V * s / t``. Every elementwise step is one primitive of the backend
     (one pass over memory); the contractions are the backend's (ATen for ``cpp``). ``s`` is recomputed in the
-    backward from ``R`` and ``z`` (one cheap pass) instead of being stored.
+    backward from ``R`` and ``z`` (one cheap pass) instead of being stored. With ``scale``/``shift`` given
+    (:class:`Preactivation`), the third argument is ``x0`` and ``z = x0 * scale + shift`` is rebuilt in the
+    backward too; ``dL/dx0``, ``dL/dscale``, ``dL/dshift`` follow from ``dL/dz``.
     """
 
     @staticmethod
     def forward(ctx: Any, R: Tensor, a: Tensor, z: Tensor, weight: Tensor, geom: Geometry, eps: float,
-                prims: TorchPrimitives) -> Tensor:
+                prims: TorchPrimitives, scale: Tensor | None = None, shift: Tensor | None = None,
+                parts: bool = False) -> Tensor:
         B, M = R.shape[:2]
         need_c = ctx.needs_input_grad[1]
-        R_, z_, a_ = R.contiguous(), z.contiguous(), a.contiguous()
+        x0 = z.contiguous()
+        R_, a_ = R.contiguous(), a.contiguous()
+        z_ = affine(x0, scale, shift).contiguous() if parts else x0
         fused = getattr(prims, "conv_epsilon_forward", None)
         if fused is not None and not geom.linear:
             R_in, c = fused(R_, a_, z_, weight, tuple(a.shape[-2:]), geom, eps, need_c)
@@ -76,14 +86,15 @@ class EpsilonFunction(torch.autograd.Function):
             s = prims.stab_divide(R_.view(B, M, -1), z_.view(B, -1), eps)
             c = prims.transpose(s.view(B * M, *z.shape[1:]), weight, tuple(a.shape[2:]), geom)
             R_in = prims.mul_activation(c.view(B, M, -1), a_.view(B, -1)).view(B, M, *a.shape[1:])
-        ctx.save_for_backward(R_, a_, z_, weight, c if need_c else None)
-        ctx.geom, ctx.eps, ctx.prims = geom, eps, prims
+        ctx.save_for_backward(R_, a_, x0, weight, c if need_c else None, scale, shift)
+        ctx.geom, ctx.eps, ctx.prims, ctx.parts = geom, eps, prims, parts
         return R_in
 
     @staticmethod
     def backward(ctx: Any, G: Tensor) -> tuple[Tensor | None, ...]:
-        R, a, z, weight, c = ctx.saved_tensors
-        geom, eps, prims = ctx.geom, ctx.eps, ctx.prims
+        R, a, x0, weight, c, scale, shift = ctx.saved_tensors
+        geom, eps, prims, parts = ctx.geom, ctx.eps, ctx.prims, ctx.parts
+        z = affine(x0, scale, shift).contiguous() if parts else x0
         B, M = R.shape[:2]
         s = prims.stab_divide(R.view(B, M, -1), z.view(B, -1), eps)
         U, dA = prims.epsilon_backward_input(G.contiguous().view(B, M, -1), a.view(B, -1),
@@ -91,7 +102,8 @@ class EpsilonFunction(torch.autograd.Function):
         U = U.view(B * M, *a.shape[1:])
         dW = prims.weight_grad(U, s.view(B * M, *z.shape[1:]), weight, geom) if ctx.needs_input_grad[3] else None
         dR = dZ = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
+        need_z = ctx.needs_input_grad[2] or (parts and any(ctx.needs_input_grad[7:9]))
+        if ctx.needs_input_grad[0] or need_z:
             fused = getattr(prims, "conv_epsilon_backward", None)
             if fused is not None and not geom.linear:  # V = W U with dR, dZ in the convolution's epilogue
                 dR, dZ = fused(U.view(B, M, *a.shape[1:]), weight, s.view(R.shape), z, geom, eps)
@@ -99,13 +111,23 @@ class EpsilonFunction(torch.autograd.Function):
                 V = prims.forward_map(U, weight, geom)
                 dR, dZ = prims.epsilon_backward_stab(V.view(B, M, -1), s, z.view(B, -1), eps)
                 dR, dZ = dR.view(R.shape), dZ.view(z.shape)
-        return dR, None if dA is None else dA.view(a.shape), dZ, dW, None, None, None
+        dA = None if dA is None else dA.view(a.shape)
+        if not parts:
+            return dR, dA, dZ, dW, None, None, None, None, None, None
+        needs = (ctx.needs_input_grad[2], ctx.needs_input_grad[7], ctx.needs_input_grad[8])
+        dx0, dscale, dshift = (None, None, None) if dZ is None else affine_backward(dZ, x0, scale, shift, needs)
+        return dR, dA, dx0, dW, None, None, None, dscale, dshift, None
 
 
-def epsilon(R: Tensor, a: Tensor, z: Tensor, weight: Tensor, geom: Geometry, eps: float,
+def epsilon(R: Tensor, a: Tensor, z: Tensor | Preactivation, weight: Tensor, geom: Geometry, eps: float,
             prims: TorchPrimitives | None = None) -> Tensor:
     """Epsilon rule through a conv (``geom.linear`` False) or linear layer, on a backend's primitives
-    (``prims``), or on the autograd reference when ``prims`` is None."""
+    (``prims``), or on the autograd reference when ``prims`` is None. ``z`` given by its parts
+    (:class:`Preactivation`) is rebuilt in the backend op's backward instead of kept."""
+    if isinstance(z, Preactivation):
+        if prims is not None and (z.scale is not None or z.shift is not None):
+            return EpsilonFunction.apply(R, a, z.x0, weight, geom, eps, prims, z.scale, z.shift, True)
+        z = z.value()
     if prims is None:
         if geom.linear:
             return reference_linear_epsilon(R, a, z, weight, eps)
