@@ -18,26 +18,29 @@ inside; :class:`~isnet_kernels.ops.pool.AvgPoolFunction` uses them.
 Each element's arithmetic is a function of ``csrc/common/relevance_math.h``, which the CUDA kernels of
 :mod:`isnet_kernels.cuda` (registered for the same operators' CUDA key) call too.
 
-This module registers a fake (meta) kernel for every operator, so ``torch.compile`` can trace them, and provides
-:class:`CppPrimitives`; the contractions (convolutions, matmuls) stay ATen's. :func:`available` says whether the
-extension is built, and how to build it when it is not.
+The operators and their fake (meta) kernels are the fused ops' records (:mod:`isnet_kernels.ops.fused`): this module
+registers every fake kernel, so ``torch.compile`` can trace the operators, and generates :class:`CppPrimitives`'
+methods from the records, each calling its operator with contiguous tensors; the contractions (convolutions,
+matmuls) stay ATen's. :func:`available` says whether the extension is built, and how to build it when it is not.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
-from torch import Tensor
 
 from .errors import BackendUnavailableError
-from .ops.pool import AvgPoolWindows
+from .ops.fused import FUSED_OPS, OPERATORS, FusedReference
 from .ops.primitives import TorchPrimitives
+from .ops.records import FusedOp, install
 
 __all__ = ["OPS", "CppPrimitives", "available"]
 
-#: The operators of ``torch.ops.isnet_kernels`` (schemas in ``csrc/cpu/isnet_kernels.cpp``).
-OPS = ("stab_divide", "mul_activation", "epsilon_backward_input", "epsilon_backward_stab", "residual_forward",
-       "residual_backward", "maxpool_forward", "maxpool_backward", "avgpool_forward", "avgpool_backward",
-       "adaptive_avgpool_forward", "adaptive_avgpool_backward")
+#: The operators of ``torch.ops.isnet_kernels``, from the fused ops' records (schemas: the elementwise ops' structs
+#: in ``csrc/common/relevance_math.h``, the others in ``csrc/cpu/isnet_kernels.cpp``).
+OPS = tuple(operator.name for operator in OPERATORS)
 
 _BUILD_HINT = ("run `pip install --no-build-isolation -e .` in the source tree with a C++ compiler (g++ or clang++) "
                "and without ISNET_KERNELS_NO_EXT=1")
@@ -74,82 +77,49 @@ def _register_fakes() -> None:
     if _fakes_registered:
         return
     _fakes_registered = True
+    for operator in OPERATORS:
+        torch.library.register_fake(f"isnet_kernels::{operator.name}")(operator.fake)
 
-    def activation_like(map_: Tensor) -> tuple[int, ...]:
-        torch._check(map_.dim() >= 2, lambda: f"expected a map tensor (B, M, *S), got shape {tuple(map_.shape)}")
-        return (map_.shape[0], *map_.shape[2:])
 
-    @torch.library.register_fake("isnet_kernels::stab_divide")
-    def _(R: Tensor, z: Tensor, eps: float) -> Tensor:
-        return R.new_empty(R.shape)
+def _cast(type_name: str) -> Callable[[Any], Any]:
+    """What an argument of schema type ``type_name`` is made before the call: contiguous tensors, exact numbers."""
+    return {"Tensor": lambda t: t.contiguous(), "float": float, "int": int, "bool": bool}.get(type_name, lambda v: v)
 
-    @torch.library.register_fake("isnet_kernels::mul_activation")
-    def _(c: Tensor, a: Tensor) -> Tensor:
-        return c.new_empty(c.shape)
 
-    @torch.library.register_fake("isnet_kernels::epsilon_backward_input")
-    def _(G: Tensor, a: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        return G.new_empty(G.shape), G.new_empty(activation_like(G))
+_casts: dict[str, tuple[Callable[[Any], Any], ...]] = {}
 
-    @torch.library.register_fake("isnet_kernels::epsilon_backward_stab")
-    def _(V: Tensor, s: Tensor, z: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-        return V.new_empty(V.shape), V.new_empty(activation_like(V))
 
-    @torch.library.register_fake("isnet_kernels::residual_forward")
-    def _(R: Tensor, x: Tensor, f: Tensor, y: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-        return R.new_empty(R.shape), R.new_empty(R.shape)
+def call_operator(name: str, *args: Any) -> Any:
+    """``torch.ops.isnet_kernels.<name>(*args)`` with each argument made what the operator's schema asks."""
+    operator = getattr(torch.ops.isnet_kernels, name)
+    casts = _casts.get(name)
+    if casts is None:
+        casts = _casts[name] = tuple(_cast(str(arg.type)) for arg in operator.default._schema.arguments)
+    return operator(*(cast(arg) for cast, arg in zip(casts, args, strict=True)))
 
-    @torch.library.register_fake("isnet_kernels::residual_backward")
-    def _(Gx: Tensor, Gf: Tensor, R: Tensor, x: Tensor, f: Tensor, y: Tensor,
-          eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        shape = activation_like(R)
-        return R.new_empty(R.shape), R.new_empty(shape), R.new_empty(shape), R.new_empty(shape)
 
-    @torch.library.register_fake("isnet_kernels::maxpool_forward")
-    def _(R: Tensor, z: Tensor, indices: Tensor, length: int, eps: float) -> Tensor:
-        torch._check(R.dim() == 4, lambda: f"R must have shape (B, M, C, Lo), got {tuple(R.shape)}")
-        return R.new_empty((R.shape[0], R.shape[1], R.shape[2], length))
+def _method(op: FusedOp) -> Callable[..., Any]:
+    """The primitive ``op.name`` on the C++ operators: its adapter, or its one operator with the same arguments."""
+    if op.cpp is None:
+        name = op.operators[0].name
 
-    @torch.library.register_fake("isnet_kernels::maxpool_backward")
-    def _(G: Tensor, R: Tensor, z: Tensor, indices: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-        torch._check(R.dim() == 4, lambda: f"R must have shape (B, M, C, Lo), got {tuple(R.shape)}")
-        return R.new_empty(R.shape), R.new_empty((R.shape[0], R.shape[2], R.shape[3]))
+        def method(self: CppPrimitives, *args: Any) -> Any:
+            return call_operator(name, *args)
+    else:
+        adapter = op.cpp
 
-    def relevance_in(R: Tensor, a: Tensor) -> tuple[int, ...]:
-        torch._check(R.dim() == 5, lambda: f"R must have shape (B, M, C, Ho, Wo), got {tuple(R.shape)}")
-        torch._check(a.dim() == 4, lambda: f"a must have shape (B, C, H, W), got {tuple(a.shape)}")
-        return (R.shape[0], R.shape[1], R.shape[2], a.shape[2], a.shape[3])
-
-    def pool_grads(R: Tensor, a: Tensor, z: Tensor, compute_da: bool) -> tuple[Tensor, Tensor, Tensor]:
-        relevance_in(R, a)
-        return R.new_empty(R.shape), z.new_empty(z.shape), a.new_empty(a.shape if compute_da else (0,))
-
-    @torch.library.register_fake("isnet_kernels::avgpool_forward")
-    def _(R: Tensor, a: Tensor, z: Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
-          ceil_mode: bool, count_include_pad: bool, divisor_override: int | None, eps: float) -> Tensor:
-        return R.new_empty(relevance_in(R, a))
-
-    @torch.library.register_fake("isnet_kernels::avgpool_backward")
-    def _(G: Tensor, R: Tensor, a: Tensor, z: Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
-          ceil_mode: bool, count_include_pad: bool, divisor_override: int | None, eps: float,
-          compute_da: bool) -> tuple[Tensor, Tensor, Tensor]:
-        return pool_grads(R, a, z, compute_da)
-
-    @torch.library.register_fake("isnet_kernels::adaptive_avgpool_forward")
-    def _(R: Tensor, a: Tensor, z: Tensor, eps: float) -> Tensor:
-        return R.new_empty(relevance_in(R, a))
-
-    @torch.library.register_fake("isnet_kernels::adaptive_avgpool_backward")
-    def _(G: Tensor, R: Tensor, a: Tensor, z: Tensor, eps: float, compute_da: bool) -> tuple[Tensor, Tensor, Tensor]:
-        return pool_grads(R, a, z, compute_da)
+        def method(self: CppPrimitives, *args: Any) -> Any:
+            return adapter(call_operator, self, *args)
+    return method
 
 
 class CppPrimitives(TorchPrimitives):
     """Primitives on the compiled CPU kernels; the contractions stay PyTorch's (inherited).
 
-    Inputs must be CPU tensors of one floating dtype (float32, float64, float16, bfloat16); non-contiguous inputs
-    are made contiguous first. Raises :class:`~isnet_kernels.errors.BackendUnavailableError` when the extension
-    is not built.
+    One method per fused op of :data:`isnet_kernels.ops.fused.FUSED_OPS` with C++ operators (generated from its
+    record, with the reference's signature and docstring). Inputs must be CPU tensors of one floating dtype
+    (float32, float64, float16, bfloat16); non-contiguous inputs are made contiguous first. Raises
+    :class:`~isnet_kernels.errors.BackendUnavailableError` when the extension is not built.
     """
 
     name = "cpp"
@@ -159,62 +129,5 @@ class CppPrimitives(TorchPrimitives):
         if not ok:
             raise BackendUnavailableError(f"backend 'cpp' is not available: {why}")
 
-    def stab_divide(self, R: Tensor, z: Tensor, eps: float) -> Tensor:
-        return torch.ops.isnet_kernels.stab_divide(R.contiguous(), z.contiguous(), float(eps))
 
-    def mul_activation(self, c: Tensor, a: Tensor) -> Tensor:
-        return torch.ops.isnet_kernels.mul_activation(c.contiguous(), a.contiguous())
-
-    def epsilon_backward_input(self, G: Tensor, a: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        if c is None:  # U = G * a alone
-            return self.mul_activation(G, a), None
-        U, dA = torch.ops.isnet_kernels.epsilon_backward_input(G.contiguous(), a.contiguous(), c.contiguous())
-        return U, dA
-
-    def epsilon_backward_stab(self, V: Tensor, s: Tensor, z: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-        dR, dZ = torch.ops.isnet_kernels.epsilon_backward_stab(V.contiguous(), s.contiguous(), z.contiguous(),
-                                                               float(eps))
-        return dR, dZ
-
-    def residual_forward(self, R: Tensor, x: Tensor, f: Tensor, y: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-        Rx, Rf = torch.ops.isnet_kernels.residual_forward(R.contiguous(), x.contiguous(), f.contiguous(),
-                                                          y.contiguous(), float(eps))
-        return Rx, Rf
-
-    def residual_backward(self, Gx: Tensor, Gf: Tensor, R: Tensor, x: Tensor, f: Tensor, y: Tensor,
-                          eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        dR, dx, df, dy = torch.ops.isnet_kernels.residual_backward(
-            Gx.contiguous(), Gf.contiguous(), R.contiguous(), x.contiguous(), f.contiguous(), y.contiguous(),
-            float(eps))
-        return dR, dx, df, dy
-
-    def maxpool_forward(self, R: Tensor, z: Tensor, indices: Tensor, length: int, eps: float) -> Tensor:
-        return torch.ops.isnet_kernels.maxpool_forward(R.contiguous(), z.contiguous(), indices.contiguous(),
-                                                       int(length), float(eps))
-
-    def maxpool_backward(self, G: Tensor, R: Tensor, z: Tensor, indices: Tensor,
-                         eps: float) -> tuple[Tensor, Tensor]:
-        dR, dz = torch.ops.isnet_kernels.maxpool_backward(G.contiguous(), R.contiguous(), z.contiguous(),
-                                                          indices.contiguous(), float(eps))
-        return dR, dz
-
-    # --- average pooling, epsilon: one pass each way (used by ops.pool.AvgPoolFunction) ---------------------------
-    def avgpool_forward(self, R: Tensor, a: Tensor, z: Tensor, windows: AvgPoolWindows | None, eps: float) -> Tensor:
-        """``R_in = a * P^T (R / t)``: R (B, M, C, Ho, Wo), a (B, C, H, W), z (B, C, Ho, Wo) -> (B, M, C, H, W).
-        ``windows`` are avg_pool2d's, or None for adaptive_avg_pool2d to (Ho, Wo)."""
-        if windows is None:
-            return torch.ops.isnet_kernels.adaptive_avgpool_forward(R.contiguous(), a.contiguous(), z.contiguous(),
-                                                                    float(eps))
-        return torch.ops.isnet_kernels.avgpool_forward(R.contiguous(), a.contiguous(), z.contiguous(), *windows,
-                                                       float(eps))
-
-    def avgpool_backward(self, G: Tensor, R: Tensor, a: Tensor, z: Tensor, windows: AvgPoolWindows | None,
-                         eps: float, compute_da: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``V = P (G a)``; ``dR = V / t``, ``dz = -sum_M V s / t``, ``da = sum_M G P^T s`` (None unless
-        ``compute_da``), with ``s = R / t``."""
-        args = (G.contiguous(), R.contiguous(), a.contiguous(), z.contiguous())
-        if windows is None:
-            dR, dz, da = torch.ops.isnet_kernels.adaptive_avgpool_backward(*args, float(eps), bool(compute_da))
-        else:
-            dR, dz, da = torch.ops.isnet_kernels.avgpool_backward(*args, *windows, float(eps), bool(compute_da))
-        return dR, dz, da if compute_da else None
+install(CppPrimitives, tuple(op for op in FUSED_OPS if op.operators), _method, FusedReference)

@@ -5,15 +5,20 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
 #include <c10/util/Exception.h>
 
+#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <optional>
+#include <string>
+#include <utility>
 #include <vector>
 
-#include "../cpu/kernels.h"  // MapSizes, PoolSizes, PoolAxis, AvgPoolPlan
+#include "../cpu/kernels.h"  // MapSizes, PoolSizes, PoolAxis, AvgPoolPlan, and the elementwise ops (relevance_math.h)
 
 namespace isnet_kernels {
 
@@ -264,6 +269,76 @@ inline AvgPoolPlan adaptive_avgpool_plan(c10::DeviceType device, const char* op,
   plan.w = adaptive_axis(W, Wo, dw);
   set_weights(plan, dh, dw, std::nullopt);
   return plan;
+}
+
+// ---- the elementwise ops (math::ISNET_ELEMENTWISE_OPS) -------------------------------------------------------
+
+// The operator's name, "stab_divide", from Op::kSchema.
+template <typename Op>
+const std::string& op_name() {
+  static const std::string name(Op::kSchema, std::strchr(Op::kSchema, '('));
+  return name;
+}
+
+// One call of an elementwise op: its tensor arguments and eps (0 when it takes none), the flattened sizes, and its
+// outputs, each in schema order.
+template <typename Op>
+struct ElementwiseCall {
+  const char* op = nullptr;
+  std::array<at::Tensor, math::Arity<Op>::kIn> in;
+  std::array<at::Tensor, math::Arity<Op>::kOut> out;
+  MapSizes n;
+  double eps = 0.0;
+};
+
+// Takes an elementwise op's arguments off the dispatcher's stack (a boxed kernel's), checks them and allocates its
+// outputs (NaN-filled when poisoning). `check(op, name, tensor, first)` checks each tensor argument against the
+// first one (device and dtype); then the map Op::kShapeOf against the first activation (check_map_activation), the
+// other maps against it and the other activations against the first one (check_same_shape). Maps out have the maps'
+// shape, sums over M the activations'.
+template <typename Op, typename Check>
+ElementwiseCall<Op> elementwise_call(const c10::OperatorHandle& handle, torch::jit::Stack* stack, const Check& check) {
+  using A = math::Arity<Op>;
+  const std::vector<c10::Argument>& arguments = handle.schema().arguments();
+  ElementwiseCall<Op> call;
+  call.op = op_name<Op>().c_str();
+  {
+    auto args = torch::jit::last(*stack, arguments.size());
+    for (int i = 0; i < A::kIn; ++i) {
+      call.in[i] = args[i].toTensor();
+    }
+    if (arguments.size() > static_cast<size_t>(A::kIn)) {
+      call.eps = args[A::kIn].toDouble();
+    }
+  }
+  torch::jit::drop(*stack, arguments.size());
+  const auto name = [&](int i) { return arguments[i].name().c_str(); };
+  for (int i = 0; i < A::kIn; ++i) {
+    check(call.op, name(i), call.in[i], call.in[0]);
+  }
+  constexpr int map = Op::kShapeOf;
+  constexpr int act = math::index_of(Op::kInputs, 'a', 0);
+  call.n = check_map_activation(call.op, name(map), call.in[map], name(act), call.in[act]);
+  for (int i = 0; i < A::kIn; ++i) {
+    if (i != map && i != act) {
+      const int ref = Op::kInputs[i] == 'm' ? map : act;
+      check_same_shape(call.op, name(i), call.in[i], name(ref), call.in[ref]);
+    }
+  }
+  const bool poison = poisoning();
+  for (int i = 0; i < A::kOut; ++i) {
+    const at::Tensor& like = call.in[Op::kOutputs[i] == 'm' ? map : act];
+    call.out[i] = new_output(like.sizes(), like, poison);
+  }
+  return call;
+}
+
+// Pushes a call's outputs onto the dispatcher's stack.
+template <typename Op>
+void push_outputs(ElementwiseCall<Op>& call, torch::jit::Stack* stack) {
+  for (at::Tensor& t : call.out) {
+    torch::jit::push(*stack, std::move(t));
+  }
 }
 
 }  // namespace isnet_kernels

@@ -6,6 +6,10 @@
 // T is the arithmetic type (at::opmath_type on the CPU, float for half and bfloat16 on the GPU). A step that adds to
 // a sum over the M maps takes that sum by reference and returns the map's own output element.
 //
+// The elementwise ops (the end of this file) are whole: each is a struct of its schema and its per-element maths, and
+// one line of ISNET_ELEMENTWISE_OPS; the generic loops of the CPU (csrc/cpu/kernels.inc) and CUDA
+// (csrc/cuda/elementwise.cu) kernels and the operators of both extensions are instantiated from that list.
+//
 // Self-contained: no includes, nothing of torch or CUDA. ISNET_HD is `__host__ __device__` under nvcc and an
 // always-inlined function otherwise (the CPU loops must see the arithmetic to vectorise it; GCC inlines these
 // baseline functions into the AVX2 loop nests, whose target is a superset).
@@ -139,6 +143,157 @@ ISNET_HD T avgpool_backward_step(T V, T w, T t, T s, T& dz) {
   dz -= r * s;
   return r;
 }
+
+// ---- the elementwise ops ------------------------------------------------------------------------------------
+//
+// An elementwise op reads map tensors (B, M, N) and activation tensors (B, N), shared by the M maps, and writes map
+// tensors and sums over the M maps (B, N). Its struct holds:
+//   kSchema    the operator torch.ops.isnet_kernels.<name>: its tensor arguments, then `float eps` if it takes one;
+//   kInputs    one letter per tensor argument: 'm' a map, 'a' an activation;
+//   kOutputs   one letter per output: 'm' a map (the maps' shape), 's' a sum over the M maps (the activations');
+//   kShapeOf   the tensor argument (an index) whose shape the other maps must have; the activations must have the
+//              first activation's;
+//   prepare(a, eps)        once per element for all maps: the activations' values a (in argument order), in place;
+//   step(m, a, out, sum)   one map's element: the maps' values m and the prepared a give the map outputs out, and add
+//                          to the sums sum (which start at zero), all in argument and output order.
+// A new elementwise op is its struct here and one line in ISNET_ELEMENTWISE_OPS (and its record in
+// isnet_kernels/ops/fused.py, docs/extending.md).
+
+// How many of `kinds` are `kind`, and the index of the j-th of them (-1 when there is none).
+constexpr int count_of(const char* kinds, char kind) {
+  int n = 0;
+  for (int i = 0; kinds[i] != '\0'; ++i) {
+    n += kinds[i] == kind;
+  }
+  return n;
+}
+
+constexpr int index_of(const char* kinds, char kind, int j) {
+  for (int i = 0; kinds[i] != '\0'; ++i) {
+    if (kinds[i] == kind && j-- == 0) {
+      return i;
+    }
+  }
+  return -1;
+}
+
+// The counts the loops size their arrays by (at least 1: C++ has no empty arrays).
+template <typename Op>
+struct Arity {
+  static constexpr int kIn = count_of(Op::kInputs, 'm') + count_of(Op::kInputs, 'a');
+  static constexpr int kMaps = count_of(Op::kInputs, 'm');
+  static constexpr int kActs = count_of(Op::kInputs, 'a');
+  static constexpr int kOut = count_of(Op::kOutputs, 'm') + count_of(Op::kOutputs, 's');
+  static constexpr int kMapOuts = count_of(Op::kOutputs, 'm');
+  static constexpr int kSums = count_of(Op::kOutputs, 's');
+  static constexpr int size(int n) { return n > 0 ? n : 1; }
+};
+
+// s = R / t.  R, s (B, M, N); z (B, N).
+struct StabDivide {
+  static constexpr const char* kSchema = "stab_divide(Tensor R, Tensor z, float eps) -> Tensor";
+  static constexpr const char* kInputs = "ma";
+  static constexpr const char* kOutputs = "m";
+  static constexpr int kShapeOf = 0;
+  template <typename T>
+  ISNET_HD static void prepare(T* a, T eps) {
+    a[0] = stab(a[0], eps);
+  }
+  template <typename T>
+  ISNET_HD static void step(const T* m, const T* a, T* out, T*) {
+    out[0] = epsilon_divide(m[0], a[0]);
+  }
+};
+
+// out = c * a.  c, out (B, M, N); a (B, N).
+struct MulActivation {
+  static constexpr const char* kSchema = "mul_activation(Tensor c, Tensor a) -> Tensor";
+  static constexpr const char* kInputs = "ma";
+  static constexpr const char* kOutputs = "m";
+  static constexpr int kShapeOf = 0;
+  template <typename T>
+  ISNET_HD static void prepare(T*, T) {}
+  template <typename T>
+  ISNET_HD static void step(const T* m, const T* a, T* out, T*) {
+    out[0] = relevance_input(a[0], m[0]);
+  }
+};
+
+// U = G * a, dA = sum_M G * c.  G, c, U (B, M, N); a, dA (B, N).
+struct EpsilonBackwardInput {
+  static constexpr const char* kSchema = "epsilon_backward_input(Tensor G, Tensor a, Tensor c) -> (Tensor, Tensor)";
+  static constexpr const char* kInputs = "mam";
+  static constexpr const char* kOutputs = "ms";
+  static constexpr int kShapeOf = 0;
+  template <typename T>
+  ISNET_HD static void prepare(T*, T) {}
+  template <typename T>
+  ISNET_HD static void step(const T* m, const T* a, T* out, T* sum) {
+    out[0] = epsilon_input_step(m[0], a[0], m[1], sum[0]);
+  }
+};
+
+// dR = V / t, dZ = -sum_M V * s / t.  V, s, dR (B, M, N); z, dZ (B, N).
+struct EpsilonBackwardStab {
+  static constexpr const char* kSchema =
+      "epsilon_backward_stab(Tensor V, Tensor s, Tensor z, float eps) -> (Tensor, Tensor)";
+  static constexpr const char* kInputs = "mma";
+  static constexpr const char* kOutputs = "ms";
+  static constexpr int kShapeOf = 0;
+  template <typename T>
+  ISNET_HD static void prepare(T* a, T eps) {
+    a[0] = stab(a[0], eps);
+  }
+  template <typename T>
+  ISNET_HD static void step(const T* m, const T* a, T* out, T* sum) {
+    out[0] = epsilon_stab_step(m[0], m[1], a[0], sum[0]);
+  }
+};
+
+// T = R / stab(y); R_x = x * T, R_f = f * T.  R, Rx, Rf (B, M, N); x, f, y (B, N).
+struct ResidualForward {
+  static constexpr const char* kSchema =
+      "residual_forward(Tensor R, Tensor x, Tensor f, Tensor y, float eps) -> (Tensor, Tensor)";
+  static constexpr const char* kInputs = "maaa";
+  static constexpr const char* kOutputs = "mm";
+  static constexpr int kShapeOf = 0;
+  template <typename T>
+  ISNET_HD static void prepare(T* a, T eps) {
+    a[2] = stab(a[2], eps);
+  }
+  template <typename T>
+  ISNET_HD static void step(const T* m, const T* a, T* out, T*) {
+    residual_shares(m[0], a[0], a[1], a[2], out[0], out[1]);
+  }
+};
+
+// Q = Gx x + Gf f, dR = Q / t; dx = sum_M Gx T, df = sum_M Gf T, dy = -sum_M dR T (T = R / t).
+// Gx, Gf, R, dR (B, M, N); x, f, y, dx, df, dy (B, N).
+struct ResidualBackward {
+  static constexpr const char* kSchema =
+      "residual_backward(Tensor Gx, Tensor Gf, Tensor R, Tensor x, Tensor f, Tensor y, float eps) "
+      "-> (Tensor, Tensor, Tensor, Tensor)";
+  static constexpr const char* kInputs = "mmmaaa";
+  static constexpr const char* kOutputs = "msss";
+  static constexpr int kShapeOf = 2;
+  template <typename T>
+  ISNET_HD static void prepare(T* a, T eps) {
+    a[2] = stab(a[2], eps);
+  }
+  template <typename T>
+  ISNET_HD static void step(const T* m, const T* a, T* out, T* sum) {
+    out[0] = residual_backward_step(m[0], m[1], m[2], a[0], a[1], a[2], sum[0], sum[1], sum[2]);
+  }
+};
+
+// Every elementwise op, X(struct): the loops, the operators and their registrations are instantiated from this list.
+#define ISNET_ELEMENTWISE_OPS(X) \
+  X(StabDivide)                  \
+  X(MulActivation)               \
+  X(EpsilonBackwardInput)        \
+  X(EpsilonBackwardStab)         \
+  X(ResidualForward)             \
+  X(ResidualBackward)
 
 }  // namespace math
 }  // namespace isnet_kernels

@@ -5,7 +5,9 @@
 // The Python module has no functions: importing it loads this library, whose static initialisers register the
 // schemas (TORCH_LIBRARY) and the CPU kernels (TORCH_LIBRARY_IMPL). Each operator below checks its arguments,
 // allocates its outputs (NaN-filled when ISNET_KERNELS_POISON=1) and runs one fused loop nest of kernels.inc for
-// its dtype (float, double, half, bfloat16) and the best instruction set this CPU has.
+// its dtype (float, double, half, bfloat16) and the best instruction set this CPU has. The elementwise operators are
+// one boxed kernel, elementwise_operator<Op>, registered with its schema for every op of ISNET_ELEMENTWISE_OPS
+// (../common/relevance_math.h); the pooling operators are written out below.
 //
 // Build time: torch's headers cost about ten seconds per translation unit, so only this file includes the heavy
 // ones (torch/library.h, at::Tensor); the loop nests compile in kernels.cpp and kernels_avx2.cpp against light
@@ -16,6 +18,7 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -94,126 +97,36 @@ void check_tensor(const char* op, const char* name, const at::Tensor& t, at::Sca
 #define ISNET_DISPATCH(dtype, op, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, op, __VA_ARGS__)
 
-// ---- epsilon rule ------------------------------------------------------------------------------------------
+// ---- the elementwise ops (../common/relevance_math.h) -----------------------------------------------------
 
-at::Tensor stab_divide(const at::Tensor& R, const at::Tensor& z, double eps) {
-  constexpr const char* op = "stab_divide";
-  check_tensor(op, "R", R, R.scalar_type());
-  check_tensor(op, "z", z, R.scalar_type());
-  const MapSizes n = check_map_activation(op, "R", R, "z", z);
-  at::Tensor s = new_output(R.sizes(), R, poisoning());
-  ISNET_DISPATCH(R.scalar_type(), op, [&] {
-    ISNET_RUN_KERNEL(stab_divide_kernel<scalar_t>, R.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(),
-                     s.mutable_data_ptr<scalar_t>(), n, eps);
+// The CPU operator of an elementwise op, a boxed kernel: its arguments checked and outputs allocated by
+// elementwise_call, then elementwise_kernel<Op> of kernels.inc for the dtype and the best instruction set.
+template <typename Op>
+void elementwise_operator(const c10::OperatorHandle& handle, torch::jit::Stack* stack) {
+  using A = math::Arity<Op>;
+  ElementwiseCall<Op> call = elementwise_call<Op>(
+      handle, stack, [](const char* op, const char* name, const at::Tensor& t, const at::Tensor& first) {
+        check_tensor(op, name, t, first.scalar_type());
+      });
+  // (check_tensor has accepted the dtype: the dispatch's own message, which needs a constant name, cannot show)
+  ISNET_DISPATCH(call.in[0].scalar_type(), "isnet_kernels elementwise operator", [&] {
+    std::array<const scalar_t*, A::kIn> in;
+    std::array<scalar_t*, A::kOut> out;
+    for (int i = 0; i < A::kIn; ++i) {
+      in[i] = call.in[i].template const_data_ptr<scalar_t>();
+    }
+    for (int i = 0; i < A::kOut; ++i) {
+      out[i] = call.out[i].template mutable_data_ptr<scalar_t>();
+    }
+#if ISNET_KERNELS_AVX2
+    if (use_avx2()) {
+      avx2::elementwise_kernel<Op, scalar_t>(in.data(), out.data(), call.n, call.eps);
+      return;
+    }
+#endif
+    base::elementwise_kernel<Op, scalar_t>(in.data(), out.data(), call.n, call.eps);
   });
-  return s;
-}
-
-at::Tensor mul_activation(const at::Tensor& c, const at::Tensor& a) {
-  constexpr const char* op = "mul_activation";
-  check_tensor(op, "c", c, c.scalar_type());
-  check_tensor(op, "a", a, c.scalar_type());
-  const MapSizes n = check_map_activation(op, "c", c, "a", a);
-  at::Tensor out = new_output(c.sizes(), c, poisoning());
-  ISNET_DISPATCH(c.scalar_type(), op, [&] {
-    ISNET_RUN_KERNEL(mul_activation_kernel<scalar_t>, c.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(),
-                     out.mutable_data_ptr<scalar_t>(), n);
-  });
-  return out;
-}
-
-std::tuple<at::Tensor, at::Tensor> epsilon_backward_input(const at::Tensor& G, const at::Tensor& a,
-                                                          const at::Tensor& c) {
-  constexpr const char* op = "epsilon_backward_input";
-  check_tensor(op, "G", G, G.scalar_type());
-  check_tensor(op, "a", a, G.scalar_type());
-  check_tensor(op, "c", c, G.scalar_type());
-  const MapSizes n = check_map_activation(op, "G", G, "a", a);
-  check_same_shape(op, "c", c, "G", G);
-  const bool poison = poisoning();
-  at::Tensor U = new_output(G.sizes(), G, poison);
-  at::Tensor dA = new_output(a.sizes(), a, poison);
-  if (n.N > 0 && (n.M == 0 || G.numel() == 0)) {
-    dA.zero_();  // a sum over no maps
-  }
-  ISNET_DISPATCH(G.scalar_type(), op, [&] {
-    ISNET_RUN_KERNEL(epsilon_backward_input_kernel<scalar_t>, G.const_data_ptr<scalar_t>(),
-                     a.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(), U.mutable_data_ptr<scalar_t>(),
-                     dA.mutable_data_ptr<scalar_t>(), n);
-  });
-  return {U, dA};
-}
-
-std::tuple<at::Tensor, at::Tensor> epsilon_backward_stab(const at::Tensor& V, const at::Tensor& s,
-                                                         const at::Tensor& z, double eps) {
-  constexpr const char* op = "epsilon_backward_stab";
-  check_tensor(op, "V", V, V.scalar_type());
-  check_tensor(op, "s", s, V.scalar_type());
-  check_tensor(op, "z", z, V.scalar_type());
-  const MapSizes n = check_map_activation(op, "V", V, "z", z);
-  check_same_shape(op, "s", s, "V", V);
-  const bool poison = poisoning();
-  at::Tensor dR = new_output(V.sizes(), V, poison);
-  at::Tensor dZ = new_output(z.sizes(), z, poison);
-  ISNET_DISPATCH(V.scalar_type(), op, [&] {
-    ISNET_RUN_KERNEL(epsilon_backward_stab_kernel<scalar_t>, V.const_data_ptr<scalar_t>(),
-                     s.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), dR.mutable_data_ptr<scalar_t>(),
-                     dZ.mutable_data_ptr<scalar_t>(), n, eps);
-  });
-  return {dR, dZ};
-}
-
-// ---- residual add y = x + f ------------------------------------------------------------------------------
-
-std::tuple<at::Tensor, at::Tensor> residual_forward(const at::Tensor& R, const at::Tensor& x, const at::Tensor& f,
-                                                    const at::Tensor& y, double eps) {
-  constexpr const char* op = "residual_forward";
-  check_tensor(op, "R", R, R.scalar_type());
-  check_tensor(op, "x", x, R.scalar_type());
-  check_tensor(op, "f", f, R.scalar_type());
-  check_tensor(op, "y", y, R.scalar_type());
-  const MapSizes n = check_map_activation(op, "R", R, "x", x);
-  check_same_shape(op, "f", f, "x", x);
-  check_same_shape(op, "y", y, "x", x);
-  const bool poison = poisoning();
-  at::Tensor Rx = new_output(R.sizes(), R, poison);
-  at::Tensor Rf = new_output(R.sizes(), R, poison);
-  ISNET_DISPATCH(R.scalar_type(), op, [&] {
-    ISNET_RUN_KERNEL(residual_forward_kernel<scalar_t>, R.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                     f.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), Rx.mutable_data_ptr<scalar_t>(),
-                     Rf.mutable_data_ptr<scalar_t>(), n, eps);
-  });
-  return {Rx, Rf};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_backward(
-    const at::Tensor& Gx, const at::Tensor& Gf, const at::Tensor& R, const at::Tensor& x, const at::Tensor& f,
-    const at::Tensor& y, double eps) {
-  constexpr const char* op = "residual_backward";
-  check_tensor(op, "Gx", Gx, Gx.scalar_type());
-  check_tensor(op, "Gf", Gf, Gx.scalar_type());
-  check_tensor(op, "R", R, Gx.scalar_type());
-  check_tensor(op, "x", x, Gx.scalar_type());
-  check_tensor(op, "f", f, Gx.scalar_type());
-  check_tensor(op, "y", y, Gx.scalar_type());
-  const MapSizes n = check_map_activation(op, "R", R, "x", x);
-  check_same_shape(op, "Gx", Gx, "R", R);
-  check_same_shape(op, "Gf", Gf, "R", R);
-  check_same_shape(op, "f", f, "x", x);
-  check_same_shape(op, "y", y, "x", x);
-  const bool poison = poisoning();
-  at::Tensor dR = new_output(R.sizes(), R, poison);
-  at::Tensor dx = new_output(x.sizes(), x, poison);
-  at::Tensor df = new_output(x.sizes(), x, poison);
-  at::Tensor dy = new_output(x.sizes(), x, poison);
-  ISNET_DISPATCH(R.scalar_type(), op, [&] {
-    ISNET_RUN_KERNEL(residual_backward_kernel<scalar_t>, Gx.const_data_ptr<scalar_t>(),
-                     Gf.const_data_ptr<scalar_t>(), R.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                     f.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(), dR.mutable_data_ptr<scalar_t>(),
-                     dx.mutable_data_ptr<scalar_t>(), df.mutable_data_ptr<scalar_t>(), dy.mutable_data_ptr<scalar_t>(),
-                     n, eps);
-  });
-  return {dR, dx, df, dy};
+  push_outputs(call, stack);
 }
 
 // ---- max-pool, winner-take-all ----------------------------------------------------------------------------
@@ -323,15 +236,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_avgpool_backward(const a
 }  // namespace
 }  // namespace isnet_kernels
 
+// An elementwise op's schema (its struct's kSchema), and its CPU operator.
+#define ISNET_DEFINE_ELEMENTWISE(Op) m.def(isnet_kernels::math::Op::kSchema);
+#define ISNET_IMPL_ELEMENTWISE(Op)                                           \
+  m.impl(isnet_kernels::op_name<isnet_kernels::math::Op>().c_str(),         \
+         torch::CppFunction::makeFromBoxedFunction<                         \
+             &isnet_kernels::elementwise_operator<isnet_kernels::math::Op>>());
+
 TORCH_LIBRARY(isnet_kernels, m) {
-  m.def("stab_divide(Tensor R, Tensor z, float eps) -> Tensor");
-  m.def("mul_activation(Tensor c, Tensor a) -> Tensor");
-  m.def("epsilon_backward_input(Tensor G, Tensor a, Tensor c) -> (Tensor, Tensor)");
-  m.def("epsilon_backward_stab(Tensor V, Tensor s, Tensor z, float eps) -> (Tensor, Tensor)");
-  m.def("residual_forward(Tensor R, Tensor x, Tensor f, Tensor y, float eps) -> (Tensor, Tensor)");
-  m.def(
-      "residual_backward(Tensor Gx, Tensor Gf, Tensor R, Tensor x, Tensor f, Tensor y, float eps) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+  ISNET_ELEMENTWISE_OPS(ISNET_DEFINE_ELEMENTWISE)
   m.def("maxpool_forward(Tensor R, Tensor z, Tensor indices, int length, float eps) -> Tensor");
   m.def("maxpool_backward(Tensor G, Tensor R, Tensor z, Tensor indices, float eps) -> (Tensor, Tensor)");
   m.def(
@@ -348,12 +261,7 @@ TORCH_LIBRARY(isnet_kernels, m) {
 }
 
 TORCH_LIBRARY_IMPL(isnet_kernels, CPU, m) {
-  m.impl("stab_divide", &isnet_kernels::stab_divide);
-  m.impl("mul_activation", &isnet_kernels::mul_activation);
-  m.impl("epsilon_backward_input", &isnet_kernels::epsilon_backward_input);
-  m.impl("epsilon_backward_stab", &isnet_kernels::epsilon_backward_stab);
-  m.impl("residual_forward", &isnet_kernels::residual_forward);
-  m.impl("residual_backward", &isnet_kernels::residual_backward);
+  ISNET_ELEMENTWISE_OPS(ISNET_IMPL_ELEMENTWISE)
   m.impl("maxpool_forward", &isnet_kernels::maxpool_forward);
   m.impl("maxpool_backward", &isnet_kernels::maxpool_backward);
   m.impl("avgpool_forward", &isnet_kernels::avgpool_forward);

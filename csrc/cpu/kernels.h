@@ -69,25 +69,11 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, c10::function_ref<v
 // Raises for the first of `count` indices outside [0, length) (defined in isnet_kernels.cpp).
 [[noreturn]] void bad_index(const char* op, const int64_t* indices, int64_t count, int64_t length);
 
-// The loop nests of kernels.inc; arguments as the operators of isnet_kernels.cpp.
+// The loop nests of kernels.inc; arguments as the operators of isnet_kernels.cpp. elementwise_kernel<Op> runs an
+// elementwise op of ../common/relevance_math.h: `in` its tensor arguments and `out` its outputs, in schema order.
 #define ISNET_DECLARE_KERNELS                                                                                      \
-  template <typename scalar_t>                                                                                     \
-  void stab_divide_kernel(const scalar_t* R, const scalar_t* z, scalar_t* s, MapSizes n, double eps);              \
-  template <typename scalar_t>                                                                                     \
-  void mul_activation_kernel(const scalar_t* c, const scalar_t* a, scalar_t* out, MapSizes n);                     \
-  template <typename scalar_t>                                                                                     \
-  void epsilon_backward_input_kernel(const scalar_t* G, const scalar_t* a, const scalar_t* c, scalar_t* U,         \
-                                     scalar_t* dA, MapSizes n);                                                    \
-  template <typename scalar_t>                                                                                     \
-  void epsilon_backward_stab_kernel(const scalar_t* V, const scalar_t* s, const scalar_t* z, scalar_t* dR,         \
-                                    scalar_t* dZ, MapSizes n, double eps);                                         \
-  template <typename scalar_t>                                                                                     \
-  void residual_forward_kernel(const scalar_t* R, const scalar_t* x, const scalar_t* f, const scalar_t* y,         \
-                               scalar_t* Rx, scalar_t* Rf, MapSizes n, double eps);                                \
-  template <typename scalar_t>                                                                                     \
-  void residual_backward_kernel(const scalar_t* Gx, const scalar_t* Gf, const scalar_t* R, const scalar_t* x,      \
-                                const scalar_t* f, const scalar_t* y, scalar_t* dR, scalar_t* dx, scalar_t* df,    \
-                                scalar_t* dy, MapSizes n, double eps);                                             \
+  template <typename Op, typename scalar_t>                                                                        \
+  void elementwise_kernel(const scalar_t* const* in, scalar_t* const* out, MapSizes n, double eps);                \
   template <typename scalar_t>                                                                                     \
   void maxpool_forward_kernel(const scalar_t* R, const scalar_t* z, const int64_t* indices, scalar_t* out,         \
                               PoolSizes p, double eps);                                                            \
@@ -103,23 +89,26 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, c10::function_ref<v
 
 // Explicit instantiations of every loop nest for element type T (in the kernel translation units).
 #define ISNET_INSTANTIATE_KERNELS(T)                                                                               \
-  template void stab_divide_kernel<T>(const T*, const T*, T*, MapSizes, double);                                   \
-  template void mul_activation_kernel<T>(const T*, const T*, T*, MapSizes);                                        \
-  template void epsilon_backward_input_kernel<T>(const T*, const T*, const T*, T*, T*, MapSizes);                  \
-  template void epsilon_backward_stab_kernel<T>(const T*, const T*, const T*, T*, T*, MapSizes, double);           \
-  template void residual_forward_kernel<T>(const T*, const T*, const T*, const T*, T*, T*, MapSizes, double);      \
-  template void residual_backward_kernel<T>(const T*, const T*, const T*, const T*, const T*, const T*, T*, T*, T*, \
-                                            T*, MapSizes, double);                                                 \
   template void maxpool_forward_kernel<T>(const T*, const T*, const int64_t*, T*, PoolSizes, double);              \
   template void maxpool_backward_kernel<T>(const T*, const T*, const T*, const int64_t*, T*, T*, PoolSizes, double); \
   template void avgpool_forward_kernel<T>(const T*, const T*, const T*, T*, const AvgPoolPlan&, double);           \
   template void avgpool_backward_kernel<T>(const T*, const T*, const T*, const T*, T*, T*, T*, const AvgPoolPlan&, \
                                            double);
 
-#define ISNET_INSTANTIATE_ALL_KERNELS \
-  ISNET_INSTANTIATE_KERNELS(float)    \
-  ISNET_INSTANTIATE_KERNELS(double)   \
-  ISNET_INSTANTIATE_KERNELS(c10::Half) \
+// The generic elementwise loop for one op of math::ISNET_ELEMENTWISE_OPS, in every dtype.
+#define ISNET_INSTANTIATE_ELEMENTWISE(Op)                                                                          \
+  template void elementwise_kernel<math::Op, float>(const float* const*, float* const*, MapSizes, double);          \
+  template void elementwise_kernel<math::Op, double>(const double* const*, double* const*, MapSizes, double);       \
+  template void elementwise_kernel<math::Op, c10::Half>(const c10::Half* const*, c10::Half* const*, MapSizes,       \
+                                                        double);                                                   \
+  template void elementwise_kernel<math::Op, c10::BFloat16>(const c10::BFloat16* const*, c10::BFloat16* const*,    \
+                                                            MapSizes, double);
+
+#define ISNET_INSTANTIATE_ALL_KERNELS                   \
+  ISNET_ELEMENTWISE_OPS(ISNET_INSTANTIATE_ELEMENTWISE)  \
+  ISNET_INSTANTIATE_KERNELS(float)                      \
+  ISNET_INSTANTIATE_KERNELS(double)                     \
+  ISNET_INSTANTIATE_KERNELS(c10::Half)                  \
   ISNET_INSTANTIATE_KERNELS(c10::BFloat16)
 
 namespace base {

@@ -14,6 +14,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <array>
 #include <cstring>
 #include <optional>
 #include <tuple>
@@ -53,116 +54,29 @@ cudaStream_t stream() {
   return c10::cuda::getCurrentCUDAStream().stream();
 }
 
-// ---- epsilon rule ------------------------------------------------------------------------------------------
+// ---- the elementwise ops (../common/relevance_math.h) -----------------------------------------------------
 
-at::Tensor stab_divide(const at::Tensor& R, const at::Tensor& z, double eps) {
-  constexpr const char* op = "stab_divide";
-  check_tensor(op, "R", R, R);
-  check_tensor(op, "z", z, R);
-  const MapSizes n = check_map_activation(op, "R", R, "z", z);
-  const c10::cuda::CUDAGuard guard(R.device());
-  at::Tensor s = new_output(R.sizes(), R, poisoning());
-  C10_CUDA_CHECK(cuda::stab_divide(dtype_of(R.scalar_type()), R.const_data_ptr(), z.const_data_ptr(),
-                                   s.mutable_data_ptr(), n, eps, stream()));
-  return s;
-}
-
-at::Tensor mul_activation(const at::Tensor& c, const at::Tensor& a) {
-  constexpr const char* op = "mul_activation";
-  check_tensor(op, "c", c, c);
-  check_tensor(op, "a", a, c);
-  const MapSizes n = check_map_activation(op, "c", c, "a", a);
-  const c10::cuda::CUDAGuard guard(c.device());
-  at::Tensor out = new_output(c.sizes(), c, poisoning());
-  C10_CUDA_CHECK(cuda::mul_activation(dtype_of(c.scalar_type()), c.const_data_ptr(), a.const_data_ptr(),
-                                      out.mutable_data_ptr(), n, stream()));
-  return out;
-}
-
-std::tuple<at::Tensor, at::Tensor> epsilon_backward_input(const at::Tensor& G, const at::Tensor& a,
-                                                          const at::Tensor& c) {
-  constexpr const char* op = "epsilon_backward_input";
-  check_tensor(op, "G", G, G);
-  check_tensor(op, "a", a, G);
-  check_tensor(op, "c", c, G);
-  const MapSizes n = check_map_activation(op, "G", G, "a", a);
-  check_same_shape(op, "c", c, "G", G);
-  const c10::cuda::CUDAGuard guard(G.device());
-  const bool poison = poisoning();
-  at::Tensor U = new_output(G.sizes(), G, poison);
-  at::Tensor dA = new_output(a.sizes(), a, poison);
-  C10_CUDA_CHECK(cuda::epsilon_backward_input(dtype_of(G.scalar_type()), G.const_data_ptr(), a.const_data_ptr(),
-                                              c.const_data_ptr(), U.mutable_data_ptr(), dA.mutable_data_ptr(), n,
-                                              stream()));
-  return {U, dA};
-}
-
-std::tuple<at::Tensor, at::Tensor> epsilon_backward_stab(const at::Tensor& V, const at::Tensor& s,
-                                                         const at::Tensor& z, double eps) {
-  constexpr const char* op = "epsilon_backward_stab";
-  check_tensor(op, "V", V, V);
-  check_tensor(op, "s", s, V);
-  check_tensor(op, "z", z, V);
-  const MapSizes n = check_map_activation(op, "V", V, "z", z);
-  check_same_shape(op, "s", s, "V", V);
-  const c10::cuda::CUDAGuard guard(V.device());
-  const bool poison = poisoning();
-  at::Tensor dR = new_output(V.sizes(), V, poison);
-  at::Tensor dZ = new_output(z.sizes(), z, poison);
-  C10_CUDA_CHECK(cuda::epsilon_backward_stab(dtype_of(V.scalar_type()), V.const_data_ptr(), s.const_data_ptr(),
-                                             z.const_data_ptr(), dR.mutable_data_ptr(), dZ.mutable_data_ptr(), n, eps,
-                                             stream()));
-  return {dR, dZ};
-}
-
-// ---- residual add y = x + f ------------------------------------------------------------------------------
-
-std::tuple<at::Tensor, at::Tensor> residual_forward(const at::Tensor& R, const at::Tensor& x, const at::Tensor& f,
-                                                    const at::Tensor& y, double eps) {
-  constexpr const char* op = "residual_forward";
-  check_tensor(op, "R", R, R);
-  check_tensor(op, "x", x, R);
-  check_tensor(op, "f", f, R);
-  check_tensor(op, "y", y, R);
-  const MapSizes n = check_map_activation(op, "R", R, "x", x);
-  check_same_shape(op, "f", f, "x", x);
-  check_same_shape(op, "y", y, "x", x);
-  const c10::cuda::CUDAGuard guard(R.device());
-  const bool poison = poisoning();
-  at::Tensor Rx = new_output(R.sizes(), R, poison);
-  at::Tensor Rf = new_output(R.sizes(), R, poison);
-  C10_CUDA_CHECK(cuda::residual_forward(dtype_of(R.scalar_type()), R.const_data_ptr(), x.const_data_ptr(),
-                                        f.const_data_ptr(), y.const_data_ptr(), Rx.mutable_data_ptr(),
-                                        Rf.mutable_data_ptr(), n, eps, stream()));
-  return {Rx, Rf};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_backward(
-    const at::Tensor& Gx, const at::Tensor& Gf, const at::Tensor& R, const at::Tensor& x, const at::Tensor& f,
-    const at::Tensor& y, double eps) {
-  constexpr const char* op = "residual_backward";
-  check_tensor(op, "Gx", Gx, Gx);
-  check_tensor(op, "Gf", Gf, Gx);
-  check_tensor(op, "R", R, Gx);
-  check_tensor(op, "x", x, Gx);
-  check_tensor(op, "f", f, Gx);
-  check_tensor(op, "y", y, Gx);
-  const MapSizes n = check_map_activation(op, "R", R, "x", x);
-  check_same_shape(op, "Gx", Gx, "R", R);
-  check_same_shape(op, "Gf", Gf, "R", R);
-  check_same_shape(op, "f", f, "x", x);
-  check_same_shape(op, "y", y, "x", x);
-  const c10::cuda::CUDAGuard guard(R.device());
-  const bool poison = poisoning();
-  at::Tensor dR = new_output(R.sizes(), R, poison);
-  at::Tensor dx = new_output(x.sizes(), x, poison);
-  at::Tensor df = new_output(x.sizes(), x, poison);
-  at::Tensor dy = new_output(x.sizes(), x, poison);
-  C10_CUDA_CHECK(cuda::residual_backward(dtype_of(R.scalar_type()), Gx.const_data_ptr(), Gf.const_data_ptr(),
-                                         R.const_data_ptr(), x.const_data_ptr(), f.const_data_ptr(),
-                                         y.const_data_ptr(), dR.mutable_data_ptr(), dx.mutable_data_ptr(),
-                                         df.mutable_data_ptr(), dy.mutable_data_ptr(), n, eps, stream()));
-  return {dR, dx, df, dy};
+// The CUDA operator of an elementwise op, a boxed kernel: its arguments checked and outputs allocated by
+// elementwise_call (the CPU operator's checks, plus one device), then cuda::elementwise<Op> on the current stream.
+template <typename Op>
+void elementwise_operator(const c10::OperatorHandle& handle, torch::jit::Stack* stack) {
+  using A = math::Arity<Op>;
+  ElementwiseCall<Op> call = elementwise_call<Op>(
+      handle, stack, [](const char* op, const char* name, const at::Tensor& t, const at::Tensor& first) {
+        check_tensor(op, name, t, first);
+      });
+  const c10::cuda::CUDAGuard guard(call.in[0].device());
+  std::array<const void*, A::kIn> in;
+  std::array<void*, A::kOut> out;
+  for (int i = 0; i < A::kIn; ++i) {
+    in[i] = call.in[i].const_data_ptr();
+  }
+  for (int i = 0; i < A::kOut; ++i) {
+    out[i] = call.out[i].mutable_data_ptr();
+  }
+  C10_CUDA_CHECK(
+      cuda::elementwise<Op>(dtype_of(call.in[0].scalar_type()), in.data(), out.data(), call.n, call.eps, stream()));
+  push_outputs(call, stack);
 }
 
 // ---- max-pool, winner-take-all ----------------------------------------------------------------------------
@@ -327,13 +241,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_avgpool_backward(const a
 
 // The schemas are isnet_kernels._C's (TORCH_LIBRARY in csrc/cpu/isnet_kernels.cpp); isnet_kernels.cuda imports
 // that library first.
+// An elementwise op's CUDA operator.
+#define ISNET_IMPL_ELEMENTWISE(Op)                                           \
+  m.impl(isnet_kernels::op_name<isnet_kernels::math::Op>().c_str(),         \
+         torch::CppFunction::makeFromBoxedFunction<                         \
+             &isnet_kernels::elementwise_operator<isnet_kernels::math::Op>>());
+
 TORCH_LIBRARY_IMPL(isnet_kernels, CUDA, m) {
-  m.impl("stab_divide", &isnet_kernels::stab_divide);
-  m.impl("mul_activation", &isnet_kernels::mul_activation);
-  m.impl("epsilon_backward_input", &isnet_kernels::epsilon_backward_input);
-  m.impl("epsilon_backward_stab", &isnet_kernels::epsilon_backward_stab);
-  m.impl("residual_forward", &isnet_kernels::residual_forward);
-  m.impl("residual_backward", &isnet_kernels::residual_backward);
+  ISNET_ELEMENTWISE_OPS(ISNET_IMPL_ELEMENTWISE)
   m.impl("maxpool_forward", &isnet_kernels::maxpool_forward);
   m.impl("maxpool_backward", &isnet_kernels::maxpool_backward);
   m.impl("avgpool_forward", &isnet_kernels::avgpool_forward);

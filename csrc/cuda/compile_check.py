@@ -72,12 +72,12 @@ def find_cuda_include() -> str | None:
 
 
 def short_name(mangled: str) -> str:
-    """``stab_divide_kernel<float, 4>`` from a mangled kernel name (demangled with c++filt when present)."""
+    """``elementwise_kernel<StabDivide, float, 4>`` from a mangled kernel name (demangled with c++filt when present)."""
     name = mangled
     if shutil.which("c++filt"):
         name = subprocess.run(["c++filt", mangled], capture_output=True, text=True).stdout.strip() or mangled
     name = re.sub(r"^void ", "", name)
-    name = re.sub(r"isnet_kernels::cuda::(\(anonymous namespace\)::)?", "", name)
+    name = re.sub(r"isnet_kernels::(cuda::|math::)(\(anonymous namespace\)::)?", "", name)
     depth, end = 0, len(name)
     for i, ch in enumerate(name):  # cut the parameter list: the first '(' outside template brackets
         depth += ch == "<"
@@ -152,8 +152,9 @@ def write_report(out: Path, kernels: list[Kernel], timings: dict[str, float], bi
              "The small spills (a few 4- to 8-byte values: indices, loop bounds) are values ptxas keeps on the stack "
              "across subroutine calls: 64-bit integer division (index decomposition, loop trip counts) and the slow "
              "path of IEEE division (denormal, huge or zero divisors; the fast path is an inline reciprocal and "
-             "Newton step). Inspected in the SASS of `stab_divide_kernel<float, 1>`, `residual_forward_kernel<float, "
-             "4>` and `mul_activation_kernel<float, 4>` (sm_90) and `avgpool_backward_window_kernel<double>` (sm_80): "
+             "Newton step). Inspected in the SASS of the float kernels of the stabilised division (unpacked), the "
+             "residual split and the activation product (packed) (sm_90) and `avgpool_backward_window_kernel<double>` "
+             "(sm_80): "
              "the local stores and loads sit outside the innermost loops (once per activation group, image or map), "
              "none in the arithmetic over the maps or a window. The kernels keep IEEE division: they divide as the "
              "CPU kernels and TorchPrimitives do.", "",

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 
+#include "../common/relevance_math.h"  // the elementwise ops
 #include "../common/sizes.h"
 
 namespace isnet_kernels {
@@ -31,29 +32,12 @@ struct AvgPoolTables {
   const double* weight;
 };
 
-// s = R / t.  R, s (B, M, N); z (B, N).
-cudaError_t stab_divide(DType dtype, const void* R, const void* z, void* s, MapSizes n, double eps,
+// An elementwise op of csrc/common/relevance_math.h (Op: its struct, listed in ISNET_ELEMENTWISE_OPS): `in` its
+// tensor arguments, maps (B, M, N) and activations (B, N), `out` its outputs, maps and sums over the M maps (B, N),
+// each in schema order. Instantiated in elementwise.cu for every op of the list.
+template <typename Op>
+cudaError_t elementwise(DType dtype, const void* const* in, void* const* out, MapSizes n, double eps,
                         cudaStream_t stream);
-
-// out = c * a.  c, out (B, M, N); a (B, N).
-cudaError_t mul_activation(DType dtype, const void* c, const void* a, void* out, MapSizes n, cudaStream_t stream);
-
-// U = G * a, dA = sum_M G * c.  G, c, U (B, M, N); a, dA (B, N).
-cudaError_t epsilon_backward_input(DType dtype, const void* G, const void* a, const void* c, void* U, void* dA,
-                                   MapSizes n, cudaStream_t stream);
-
-// dR = V / t, dZ = -sum_M V * s / t.  V, s, dR (B, M, N); z, dZ (B, N).
-cudaError_t epsilon_backward_stab(DType dtype, const void* V, const void* s, const void* z, void* dR, void* dZ,
-                                  MapSizes n, double eps, cudaStream_t stream);
-
-// T = R / stab(y); Rx = x * T, Rf = f * T.  R, Rx, Rf (B, M, N); x, f, y (B, N).
-cudaError_t residual_forward(DType dtype, const void* R, const void* x, const void* f, const void* y, void* Rx,
-                             void* Rf, MapSizes n, double eps, cudaStream_t stream);
-
-// Q = Gx x + Gf f, dR = Q / t; dx = sum_M Gx T, df = sum_M Gf T, dy = -sum_M dR T.
-cudaError_t residual_backward(DType dtype, const void* Gx, const void* Gf, const void* R, const void* x,
-                              const void* f, const void* y, void* dR, void* dx, void* df, void* dy, MapSizes n,
-                              double eps, cudaStream_t stream);
 
 // out[b, m, c, indices[b, c, l]] += R[b, m, c, l] * z / t, zero elsewhere: R (B, M, C, Lo) -> (B, M, C, length).
 // Collisions (overlapping windows) add atomically, in float for half and bfloat16: `workspace` is a float buffer of

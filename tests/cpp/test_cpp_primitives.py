@@ -18,6 +18,7 @@ tests start); a built extension that fails to load fails here.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from collections.abc import Callable
 
 import pytest
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 
 from isnet_kernels import cpp, ops
 from isnet_kernels.ops import pool
+from isnet_kernels.ops.fused import FUSED_OPS, FusedReference
 from isnet_kernels.ops.primitives import TorchPrimitives
 
 pytestmark = pytest.mark.skipif(
@@ -39,8 +41,9 @@ RTOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 # (B, M, N): a single element; one map; 5 maps over 3 blocks with a ragged tail; N just under the vector width
 SHAPES = [(1, 1, 1), (2, 3, 37), (1, 5, 1031), (3, 1, 515), (2, 3, 7)]
-ELEMENTWISE = ["stab_divide", "mul_activation", "epsilon_backward_input", "epsilon_backward_stab",
-               "residual_forward", "residual_backward"]
+#: The elementwise ops (those whose record lists map and activation inputs), every one covered by the tests below.
+ELEMENTWISE = [op.name for op in FUSED_OPS if op.inputs]
+RECORDS = {op.name: op for op in FUSED_OPS}
 
 
 @pytest.fixture(scope="module")
@@ -134,17 +137,12 @@ def assert_matches(out: object, name: str, inputs: list, dtype: torch.dtype) -> 
 
 
 def _elementwise_inputs(name: str, B: int, M: int, N: int, dtype: torch.dtype) -> list:
-    eps = _eps(dtype)
-    m = lambda: _randn(B, M, N, dtype=dtype)  # noqa: E731
-    a = lambda: _randn(B, N, dtype=dtype)  # noqa: E731
-    return {
-        "stab_divide": lambda: [m(), _z(B, N, dtype=dtype), eps],
-        "mul_activation": lambda: [m(), a()],
-        "epsilon_backward_input": lambda: [m(), a(), m()],
-        "epsilon_backward_stab": lambda: [m(), m(), _z(B, N, dtype=dtype), eps],
-        "residual_forward": lambda: [m(), a(), a(), _z(B, N, dtype=dtype), eps],
-        "residual_backward": lambda: [m(), m(), m(), a(), a(), _z(B, N, dtype=dtype), eps],
-    }[name]()
+    """The op's tensors by its record, maps (B, M, N) and activations (B, N) with exact zeros (stab(0) = +eps),
+    then eps when the op takes one."""
+    op = RECORDS[name]
+    tensors = [_randn(B, M, N, dtype=dtype) if kind == "m" else _z(B, N, dtype=dtype) for kind in op.inputs]
+    takes_eps = "eps" in inspect.signature(getattr(FusedReference, name)).parameters
+    return [*tensors, *([_eps(dtype)] if takes_eps else [])]
 
 
 def _pool_inputs(B: int, M: int, C: int, H: int, W: int, dtype: torch.dtype) -> tuple[list, int]:

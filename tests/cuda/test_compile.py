@@ -23,11 +23,12 @@ _spec.loader.exec_module(compile_check)
 
 needs_nvcc = pytest.mark.skipif(compile_check.find_nvcc() is None,
                                 reason="nvcc not found (set CUDA_HOME or put nvcc on PATH)")
-KERNELS = ["stab_divide_kernel", "mul_activation_kernel", "epsilon_backward_input_kernel",
-           "epsilon_backward_stab_kernel", "residual_forward_kernel", "residual_backward_kernel",
-           "maxpool_forward_kernel", "maxpool_backward_kernel", "avgpool_forward_kernel",
+#: The elementwise ops (ISNET_ELEMENTWISE_OPS of csrc/common/relevance_math.h): one generic kernel each.
+ELEMENTWISE_OPS = ["StabDivide", "MulActivation", "EpsilonBackwardInput", "EpsilonBackwardStab", "ResidualForward",
+                   "ResidualBackward"]
+ELEMENTWISE = [f"elementwise_kernel<{op}" for op in ELEMENTWISE_OPS]  # each in a packed and a scalar version
+KERNELS = [*ELEMENTWISE, "maxpool_forward_kernel", "maxpool_backward_kernel", "avgpool_forward_kernel",
            "avgpool_backward_window_kernel", "avgpool_backward_input_kernel"]
-ELEMENTWISE = KERNELS[:6]  # each in a packed and a scalar version
 DTYPES = ["float", "double", "half", "bf16"]
 PACKED = {"float": 4, "double": 2, "half": 8, "bf16": 8}  # elements per 16-byte access
 
@@ -42,7 +43,7 @@ def test_every_kernel_compiles_for_both_architectures(tmp_path: Path) -> None:
         for kernel in KERNELS:
             for dtype in DTYPES:
                 if kernel in ELEMENTWISE:
-                    wanted = [f"{kernel}<{dtype}, {PACKED[dtype]}>", f"{kernel}<{dtype}, 1>"]
+                    wanted = [f"{kernel}, {dtype}, {PACKED[dtype]}>", f"{kernel}, {dtype}, 1>"]
                 elif kernel == "maxpool_forward_kernel":
                     wanted = [f"{kernel}<{dtype}, {'double' if dtype == 'double' else 'float'}>"]
                 else:
@@ -52,7 +53,7 @@ def test_every_kernel_compiles_for_both_architectures(tmp_path: Path) -> None:
     for k in report["kernels"]:
         assert 0 < k["registers"] <= 255, k
     markdown = (tmp_path / "cuda.md").read_text()
-    assert "| elementwise.cu | `stab_divide_kernel<float, 4>` | sm_90 |" in markdown
+    assert "| elementwise.cu | `elementwise_kernel<StabDivide, float, 4>` | sm_90 |" in markdown
 
 
 @needs_nvcc

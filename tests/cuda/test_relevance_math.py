@@ -217,17 +217,24 @@ def _functions(header: str) -> list[str]:
 
 
 def test_both_backends_use_every_shared_function() -> None:
-    """Every function of relevance_math.h is called by the CPU loop nests and by the CUDA kernels (directly or
-    through another shared function), both include the header, and neither computes a stabiliser of its own."""
+    """Every function of relevance_math.h is called by the CPU loop nests and by the CUDA kernels (directly, through
+    another shared function, or through an elementwise op's struct, whose Op::prepare and Op::step both backends'
+    generic loops call for every op of ISNET_ELEMENTWISE_OPS), both include the header, and neither computes a
+    stabiliser of its own."""
     header = (CSRC / "common" / "relevance_math.h").read_text()
     functions = _functions(header)
     assert len(functions) >= 14, functions
     bodies = {name: header.split(f" {name}(", 1)[1].split("\n}\n", 1)[0] for name in functions}
+    op_structs = header.split("---- the elementwise ops", 1)[1]
+    listed = re.findall(r"^  X\((\w+)\)", op_structs, flags=re.MULTILINE)
+    assert len(listed) >= 6 and all(f"struct {op} {{" in op_structs for op in listed), listed
     sources = {"cpu": (CSRC / "cpu" / "kernels.inc").read_text() + (CSRC / "cpu" / "kernels.h").read_text(),
                "cuda": "".join(p.read_text() for p in sorted((CSRC / "cuda").glob("*.cu*")))}
     assert '#include "../common/relevance_math.h"' in sources["cpu"]
     assert '#include "../common/relevance_math.h"' in sources["cuda"]
     for backend, text in sources.items():
+        assert "Op::prepare(" in text and "Op::step(" in text and "ISNET_ELEMENTWISE_OPS(" in text, backend
+        text += op_structs  # the generic loop instantiated for every listed op calls the ops' maths
         called = {name for name in functions if re.search(rf"\b(math::)?{name}\(", text.replace("using math::", ""))}
         for _ in functions:  # add the functions the called ones call
             called |= {name for name in functions for caller in list(called)

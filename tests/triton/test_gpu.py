@@ -2,7 +2,7 @@
 
 Each fused primitive of the triton backend, and its plain-PyTorch composition (the ``torch`` backend's), is run
 on CUDA in fp32 at IEEE and at TF32 precision, bf16 and fp16, and compared with the float64 composition
-(:class:`isnet_kernels.triton.reference.FusedReference`) normwise: ``max |out - ref| / max |ref|``. The triton
+(:class:`isnet_kernels.ops.fused.FusedReference`) normwise: ``max |out - ref| / max |ref|``. The triton
 kernel must be at most twice as far from float64 as the torch backend in the same dtype, plus a floor for the
 dtype (the kernels accumulate in float32 where torch may not). The short-K case (an RGB and a grayscale first
 layer, the CUDA-core path of the epsilon backward) is checked on its own: a term counted twice or eight times shows
@@ -21,9 +21,9 @@ import torch.nn.functional as F
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
                                 reason="needs a CUDA device and compiled kernels (TRITON_INTERPRET unset or 0)")
 
+from isnet_kernels.ops.fused import FusedReference  # noqa: E402
 from isnet_kernels.ops.primitives import Geometry  # noqa: E402
 from isnet_kernels.triton import TritonPrimitives  # noqa: E402
-from isnet_kernels.triton.reference import FusedReference  # noqa: E402
 
 #: (label, dtype, float32 precision)
 PRECISIONS = [("fp32", torch.float32, "ieee"), ("tf32", torch.float32, "tf32"), ("bf16", torch.bfloat16, "ieee"),
