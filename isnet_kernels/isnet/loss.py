@@ -53,6 +53,7 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +84,50 @@ def gwrp(v: Tensor, d: float) -> Tensor:
     n = v.shape[-1]
     ranked = v.sort(dim=-1, descending=True).values
     return ranked @ _gwrp_weights(n, float(d), v.dtype, v.device)
+
+
+class BackgroundScore(torch.autograd.Function):
+    """``S = GWRP_d(|H| (1 - m) / s)`` over the spatial axes of heatmaps ``H`` (B, M, C, h, w), masks ``m``
+    (B, 1, 1, h, w) and per-map scales ``s`` (B, M), keeping for the backward one value per element.
+
+    With ``v = |H| (1 - m) / s`` and ``g_j = d^rank(j) / sum_i d^i`` (the GWRP weight of ``v_j``'s rank),
+    ``S = sum_j g_j v_j``, so ``dS/dH_j = g_j sign(H_j) (1 - m_j) / s`` and ``dS/ds = -S / s``. The forward
+    computes ``S`` exactly as :func:`gwrp` does (the same operations, the same values) and keeps ``g`` (one value
+    per element); the autograd graph of the same expression keeps ``|H|`` and the sort's int64 indices (three
+    values' worth per element).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, heatmaps: Tensor, mask: Tensor, scale: Tensor, d: float) -> Tensor:
+        Hn = heatmaps.abs() / scale[..., None, None, None]
+        v = (Hn * (1 - mask)).flatten(-2)
+        del Hn
+        ranked, order = v.sort(dim=-1, descending=True)
+        weights = _gwrp_weights(v.shape[-1], float(d), v.dtype, v.device)
+        S = ranked @ weights
+        del ranked
+        g = torch.empty_like(v).scatter_(-1, order, weights.expand_as(v))  # g_j: the weight of v_j's rank
+        ctx.save_for_backward(heatmaps, mask, scale, S, g)
+        return S
+
+    @staticmethod
+    def backward(ctx: Any, dS: Tensor) -> tuple[Tensor | None, ...]:
+        heatmaps, mask, scale, S, g = ctx.saved_tensors
+        dH = ds = None
+        if ctx.needs_input_grad[0]:
+            dH = (dS[..., None] * g).view(heatmaps.shape) * (1 - mask)
+            dH = dH / scale[..., None, None, None] * heatmaps.sgn()
+        if ctx.needs_input_grad[2]:
+            ds = -(dS * S).sum(-1) / scale
+        return dH, None, ds, None
+
+
+def background_score(heatmaps: Tensor, mask: Tensor, scale: Tensor, d: float) -> Tensor:
+    """``GWRP_d(|H| (1 - m) / s)`` per (B, M, C) (:class:`BackgroundScore`): the value of ``gwrp((|H| / s * (1 -
+    m)).flatten(-2), d)`` with the same gradient, keeping less for the backward."""
+    if not 0 <= d <= 1:
+        raise InputError(f"the GWRP decay d must be in [0, 1] (0: max, 1: mean), got {d}")
+    return BackgroundScore.apply(heatmaps, mask, scale, d)
 
 
 def prepare_mask(masks: Tensor, batch: int, size: tuple[int, int], dtype: torch.dtype, device: torch.device,
@@ -299,8 +344,7 @@ def heatmap_loss(heatmaps: Tensor, masks: Tensor, *, d: float = 0.9, E: float = 
     fg = (absH * mask).sum((2, 3, 4))  # (B, M): F, the raw foreground relevance
     count = mask.sum((2, 3, 4)) * C  # foreground elements of one map
     scale = fg / count.clamp(min=1) + NORM_EPS
-    Hn = absH / scale[..., None, None, None]
-    S = gwrp((Hn * (1 - mask)).flatten(-2), d)  # (B, M, C)
+    S = background_score(heatmaps, mask, scale, d)  # (B, M, C): GWRP of |H| / scale over the background
     bkg_all = -torch.log1p(-(S / (S + E)).clamp(max=SATURATION))  # (B, M, C)
     if mass:
         out = (absH * (1 - mask)).sum((2, 3, 4))  # (B, M): the background's relevance mass
