@@ -29,14 +29,14 @@ from .registry import REGISTRY, NodeContext, is_leaf, module_path, node_kind
 from .steps import Kind, TupleNode
 
 _SHAPE_METHODS = {"size", "dim"}
-#: The rule of Conv2d and Linear as the package registers it: a layer taking it (a subclass that keeps its base's
-#: forward) folds the BatchNorm after it.
+#: The registry entry (the builder) of Conv2d and Linear as the package registers it: a layer taking it (a subclass
+#: that keeps its base's forward) folds the BatchNorm after it.
 _LINEAR_ENTRY = REGISTRY.modules[nn.Conv2d]
 _SHAPE_ATTRS = {"shape", "ndim", "device", "dtype", "is_cuda"}  # x.device: where the model puts a tensor it makes
 
 
 def supported() -> str:
-    """The supported layers and operations, one line per registered rule (generated from the registry)."""
+    """The supported layers and operations, one line per registered builder (generated from the registry)."""
     return "\n".join(f"- {group}: {description}" for group, description in REGISTRY.table())
 
 

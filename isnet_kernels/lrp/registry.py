@@ -1,4 +1,4 @@
-"""The rule registry: which relevance step each traced operation becomes.
+"""The registry of builders (:class:`RuleRegistry`): which relevance step each traced operation becomes.
 
 A traced node is a module call (``call_module``), a function call (``call_function``) or a tensor method
 (``call_method``). The registry maps each to a *builder*: a function that receives the node's
@@ -8,7 +8,7 @@ one module per layer family. Module types are looked up along the class hierarch
 ``forward`` (a ``Conv2d`` subclass that only adds attributes) takes the base's rule, while a subclass with a
 ``forward`` of its own is traced through (what it computes decides its rules; see :func:`is_leaf`).
 
-Users add or override rules without editing the package::
+Users add or override builders without editing the package (:func:`register_rule`)::
 
     from isnet_kernels.lrp import CallStep, identity_relevance, register_rule
 
@@ -147,9 +147,10 @@ REGISTRY = RuleRegistry()
 
 def register_rule(*keys: Key, group: str = "user rules", description: str | None = None,
                   registry: RuleRegistry | None = None) -> Callable[[Builder], Builder]:
-    """Register a relevance rule for module types, functions or tensor-method names (module docstring).
+    """Decorator registering a builder (a function returning the step that implements a layer's LRP rule) for
+    module types, functions or tensor-method names (module docstring).
 
-    ``builder(ctx)`` receives a :class:`NodeContext` and returns a step. After registering a rule for a model that
+    ``builder(ctx)`` receives a :class:`NodeContext` and returns a step. After registering a builder for a model that
     was already compiled, call :func:`isnet_kernels.lrp.clear_cache`.
     """
     names = ", ".join(k.__name__ if hasattr(k, "__name__") else repr(k) for k in keys)
