@@ -2,8 +2,10 @@
 
 The compiler walks the traced graph, folds each BatchNorm into the ``Conv2d``/``Linear`` right before it, marks
 the layers that read the input (Z^B rule) and the one that produces the logits (the output rule), and turns
-every node into a :class:`~isnet_kernels.lrp.steps.Step` with the builder the rule registry
-(:mod:`isnet_kernels.lrp.registry`) holds for it. Nodes that compute sizes, parameters or tensors from
+every node into a :class:`~isnet_kernels.lrp.steps.Step` with the builder the registry
+(:mod:`isnet_kernels.lrp.registry`) holds for it; the package's builders are registered by importing
+:mod:`isnet_kernels.lrp.layers`, which this module does. What a step is, the compiler reads from one property, its
+:class:`~isnet_kernels.lrp.steps.Kind` (:func:`step_kind`). Nodes that compute sizes, parameters or tensors from
 parameters alone (``x.size(0)``, a class token's ``expand``) are evaluated as they are and carry no relevance.
 Nodes without a rule raise one :class:`~isnet_kernels.errors.UnsupportedLayerError` here, before any data flows,
 listing every one of them with its module path and type.
@@ -22,19 +24,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError, UnsupportedLayerError
-from . import layers as _layers  # noqa: F401  (registers the package's rules)
-from . import steps as S
+from . import layers  # the package's layer families: importing them registers their builders
 from .registry import REGISTRY, NodeContext, is_leaf, module_path, node_kind
+from .steps import Kind, TupleNode
 
 _SHAPE_METHODS = {"size", "dim"}
-#: The rule of Conv2d and Linear as the package registers it: a layer taking it (a subclass that keeps its base's
-#: forward) folds the BatchNorm after it.
+#: The registry entry (the builder) of Conv2d and Linear as the package registers it: a layer taking it (a subclass
+#: that keeps its base's forward) folds the BatchNorm after it.
 _LINEAR_ENTRY = REGISTRY.modules[nn.Conv2d]
 _SHAPE_ATTRS = {"shape", "ndim", "device", "dtype", "is_cuda"}  # x.device: where the model puts a tensor it makes
 
 
 def supported() -> str:
-    """The supported layers and operations, one line per registered rule (generated from the registry)."""
+    """The supported layers and operations, one line per registered builder (generated from the registry)."""
     return "\n".join(f"- {group}: {description}" for group, description in REGISTRY.table())
 
 
@@ -52,9 +54,9 @@ class Program:
     graph_module: fx.GraphModule
     input_name: str
     output_name: str  # the node whose value the model returns
-    logits_step: S.LinearBlock | None  # the layer whose output rule starts the relevance pass
+    logits_step: layers.linear.LinearBlock | None  # the layer whose output rule starts the relevance pass
     logits_index: int  # the relevance pass walks ``steps[:logits_index]``
-    steps: list[Any]  # S.Step or _ShapeNode, forward order
+    steps: list[Any]  # Step or _ShapeNode, forward order
     frees: list[list[str]] = field(default_factory=list)  # per step: the values no later step reads
 
 
@@ -165,9 +167,8 @@ def _unmerge_token_batchnorms(graph: fx.Graph, modules: dict[str, nn.Module]) ->
     """Rewrite ``bn(x.flatten(0, 1)).reshape_as(x)`` (a BatchNorm1d over tokens with the batch axis merged into
     the token axis, timm's LeViT) into ``bn(tokens_channels_first(x)).transpose(1, 2)``: the same function (the
     statistics of each channel over the B*N tokens, the running statistics updated alike) with the batch axis
-    kept, which the relevance rules need (:func:`~isnet_kernels.lrp.movement.tokens_channels_first`)."""
-    from .movement import tokens_channels_first
-
+    kept, which the relevance rules need (:func:`~isnet_kernels.lrp.layers.movement.tokens_channels_first`)."""
+    tokens_channels_first = layers.movement.tokens_channels_first
     for bn in list(graph.nodes):
         if bn.op != "call_module" or not isinstance(modules.get(str(bn.target)), nn.BatchNorm1d) \
                 or len(bn.args) != 1 or bn.kwargs or not isinstance(bn.args[0], fx.Node):
@@ -315,7 +316,7 @@ def compile_model(model: nn.Module) -> Program:
         except UnsupportedLayerError as exc:
             failures.append((node, str(exc).split(": ", 1)[-1]))
             continue
-        if isinstance(step, S.TupleNode):
+        if isinstance(step, TupleNode):
             ctx_shared.producers[node.name] = step.part
             continue
         softmax = _is_softmax(node, modules)
@@ -334,7 +335,7 @@ def compile_model(model: nn.Module) -> Program:
         raise UnsupportedLayerError(f"{type(model).__name__}.forward returns node '{out_arg.name}', which carries no "
                                     "relevance (it does not depend on the input)")
     for step in steps:
-        if isinstance(step, S.LinearBlock) and _reads_input(step.inputs[0], by_name, input_name):
+        if step_kind(step) is Kind.LINEAR and _reads_input(step.inputs[0], by_name, input_name):
             step.first = True
     index = steps.index(logits_step) if logits_step is not None else len(steps)
     program = Program(gm, input_name, out_arg.name, logits_step, index, steps)
@@ -367,18 +368,27 @@ def _frees(nodes: list[fx.Node], steps: list[Any], folded: dict[str, fx.Node]) -
     return frees
 
 
-def _is_gate(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    from .layers import GATES
+def step_kind(step: Any) -> Kind:
+    """What ``step`` is (:class:`~isnet_kernels.lrp.steps.Kind`): its ``kind``; ``Kind.COMPUTE`` for a step of a user's
+    own class that does not say. The one question the compiler asks a step."""
+    return getattr(step, "kind", Kind.COMPUTE)
 
+
+def _moves(step: Any) -> bool:
+    """Whether ``step`` only moves the elements of its one input (``Kind.MOVE`` or ``Kind.PASS``: a reshape, view,
+    permutation, slice, identity, dropout): the model input or a gate seen through it is still one."""
+    return step is not None and step_kind(step) in (Kind.MOVE, Kind.PASS) and len(step.inputs) == 1
+
+
+def _is_gate(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     key = type(modules[node.target]) if node.op == "call_module" else node.target
-    return any(key is g or key == g for g in GATES)
+    return any(key is g or key == g for g in layers.activation.GATES)
 
 
 def _moves_gate(step: Any, gates: set[str]) -> bool:
-    """Whether ``step`` only moves the elements of a gate (a reshape, view, permutation, slice of one): its
-    output is a gate too (ResNeSt's ``x * softmax(...).view(B, -1, 1, 1).reshape(...)``)."""
-    moves = isinstance(step, (S.PassStep, S.ReshapeStep)) or getattr(step, "passes_input", False)
-    return moves and not getattr(step, "is_relu", False) and len(step.inputs) == 1 and step.inputs[0] in gates
+    """Whether ``step`` only moves the elements of a gate (:func:`_moves`): its output is a gate too (ResNeSt's
+    ``x * softmax(...).view(B, -1, 1, 1).reshape(...)``)."""
+    return _moves(step) and step.inputs[0] in gates
 
 
 def _is_softmax(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -407,27 +417,29 @@ def _unsupported_error(model: nn.Module, failures: list[tuple[fx.Node, str]],
 
 
 def _reads_input(name: str, by_name: dict[str, Any], input_name: str) -> bool:
-    """Whether ``name`` is the model input seen through views, dropout, identity or data movement only."""
+    """Whether ``name`` is the model input seen through views, dropout, identity or data movement only
+    (:func:`_moves`)."""
     while name != input_name:
         step = by_name.get(name)
-        moves = isinstance(step, (S.PassStep, S.ReshapeStep)) or getattr(step, "passes_input", False)
-        if step is None or not moves or getattr(step, "is_relu", False) or len(step.inputs) != 1:
+        if not _moves(step):
             return False
         name = step.inputs[0]
     return True
 
 
-def _find_logits_step(node: fx.Node, by_name: dict[str, Any]) -> S.LinearBlock | None:
-    """The ``Linear`` producing the logits, seen back from the output through dropout (a ``PassStep`` that is not a
-    ReLU) and ``nn.Flatten`` (a ``ReshapeStep``) only. The walk stops at any other step, ``nn.Identity``, ``view``,
-    ``reshape`` and ``.float()`` included (a ``CallStep``): then, as for a head that is not one ``Linear``, it
-    returns None and relevance starts at the logits themselves (:func:`~isnet_kernels.lrp.engine.logits_relevance`)."""
+def _find_logits_step(node: fx.Node, by_name: dict[str, Any]) -> layers.linear.LinearBlock | None:
+    """The ``Linear`` producing the logits (a ``Kind.LINEAR`` step that is not a convolution), seen back from the
+    output through steps of ``Kind.PASS`` (dropout, ``nn.Flatten``) only. The walk stops at any other step,
+    ``nn.Identity``, ``view``, ``reshape`` and ``.float()`` included (``Kind.MOVE``): then, as for a head that is not
+    one ``Linear``, it returns None and relevance starts at the logits themselves
+    (:func:`~isnet_kernels.lrp.engine.logits_relevance`)."""
     name = node.name
     while True:
         step = by_name.get(name)
-        if isinstance(step, S.LinearBlock) and not step.is_conv:
+        kind = step_kind(step)
+        if kind is Kind.LINEAR and not step.is_conv:
             return step
-        if isinstance(step, (S.PassStep, S.ReshapeStep)) and not getattr(step, "is_relu", False):
+        if kind is Kind.PASS:
             name = step.inputs[0]
             continue
         return None

@@ -1,19 +1,20 @@
-"""The rule registry: which relevance step each traced operation becomes.
+"""The registry of builders (:class:`RuleRegistry`): which relevance step each traced operation becomes.
 
 A traced node is a module call (``call_module``), a function call (``call_function``) or a tensor method
 (``call_method``). The registry maps each to a *builder*: a function that receives the node's
 :class:`NodeContext` and returns the :class:`~isnet_kernels.lrp.steps.Step` that runs the node's forward and
-implements its rule. Module types are looked up along the class hierarchy, so a subclass that keeps its base's
+implements its layer's LRP rule. The package's builders live beside their steps in :mod:`isnet_kernels.lrp.layers`,
+one module per layer family. Module types are looked up along the class hierarchy, so a subclass that keeps its base's
 ``forward`` (a ``Conv2d`` subclass that only adds attributes) takes the base's rule, while a subclass with a
 ``forward`` of its own is traced through (what it computes decides its rules; see :func:`is_leaf`).
 
-Users add or override rules without editing the package::
+Users add or override builders without editing the package (:func:`register_rule`)::
 
-    from isnet_kernels.lrp import movement, register_rule
+    from isnet_kernels.lrp import CallStep, identity_relevance, register_rule
 
     @register_rule(MyScale, description="MyScale: relevance passes unchanged (identity rule)")
     def _my_scale(ctx):
-        return movement.CallStep(ctx.name, [ctx.single()], ctx.call(), movement.identity_rule)
+        return CallStep(ctx.name, [ctx.single()], ctx.call(), identity_relevance)
 
 The list of supported layers in error messages, :data:`isnet_kernels.lrp.SUPPORTED` and the table of docs/layers.md are
 generated from the registered descriptions (:meth:`RuleRegistry.table`).
@@ -140,15 +141,16 @@ def _same_forward(cls: type, base: type) -> bool:
     return inspect.getattr_static(cls, "forward", None) is inspect.getattr_static(base, "forward", None)
 
 
-#: The package's rules (populated by :mod:`isnet_kernels.lrp.layers` and the modules it imports).
+#: The package's builders (registered by the layer families of :mod:`isnet_kernels.lrp.layers`, when imported).
 REGISTRY = RuleRegistry()
 
 
 def register_rule(*keys: Key, group: str = "user rules", description: str | None = None,
                   registry: RuleRegistry | None = None) -> Callable[[Builder], Builder]:
-    """Register a relevance rule for module types, functions or tensor-method names (module docstring).
+    """Decorator registering a builder (a function returning the step that implements a layer's LRP rule) for
+    module types, functions or tensor-method names (module docstring).
 
-    ``builder(ctx)`` receives a :class:`NodeContext` and returns a step. After registering a rule for a model that
+    ``builder(ctx)`` receives a :class:`NodeContext` and returns a step. After registering a builder for a model that
     was already compiled, call :func:`isnet_kernels.lrp.clear_cache`.
     """
     names = ", ".join(k.__name__ if hasattr(k, "__name__") else repr(k) for k in keys)

@@ -1,4 +1,4 @@
-"""The einsum rule (isnet_kernels/lrp/einsum_layers.py): against an explicit loop over every index assignment,
+"""The einsum rule (isnet_kernels/lrp/layers/einsum.py): against an explicit loop over every index assignment,
 conservation as eps -> 0, gradcheck, the engine on einsum attention and on a small torchvision MaxViT."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import isnet_kernels as ik
-from isnet_kernels.lrp import einsum_layers as EL
+from isnet_kernels.lrp.layers import einsum as EL
 from isnet_kernels.ops import stabilize
 
 EQUATIONS = [  # (equation, shape of A, shape of B)

@@ -12,7 +12,8 @@ from torch import nn
 
 import isnet_kernels as ik
 from isnet_kernels.lrp import engine, get_program
-from isnet_kernels.lrp import steps as S
+from isnet_kernels.lrp.layers import linear as S
+from isnet_kernels.lrp.steps import Record
 
 from .models import EveryLayer, FunctionalForm, MethodForm, ModuleForm, randomize_bn
 
@@ -202,7 +203,7 @@ def test_saved_activations_are_the_forward_tensors():
     x = torch.rand(2, 3, 8, 8)
     outputs: dict[str, torch.Tensor] = {}
     for step in program.steps:
-        if isinstance(step, S.Step):
+        if isinstance(step, ik.lrp.Step):
             real = step.forward
 
             def wrapped(env, real=real, name=step.name):
@@ -246,6 +247,29 @@ def test_linear_saved_state_is_named_and_walked_as_a_tuple():
         assert type(up) is S.LinearSaved and up.a.dtype == torch.float32 and up.batch == saved.batch
         tensors = [t for t in saved if isinstance(t, torch.Tensor)]
         assert engine._step_bytes(saved) == sum(t.numel() * t.element_size() for t in tensors) > 0
+
+
+@pytest.mark.parametrize("model_cls", [EveryLayer, ModuleForm])
+def test_every_step_keeps_a_named_record(model_cls) -> None:
+    """Every step keeps its saved state as a named record (``Record``: a tuple with fields), or keeps nothing
+    (ReLU, dropout), a ``torch.Size`` (``nn.Flatten``) or a list of sizes; ``upcast`` rebuilds a record with its type
+    and fields, half-precision tensors cast."""
+    model = model_cls().train()
+    lrp = ik.LRP(model)
+    _, state = lrp.forward(torch.rand(2, 3, 16, 16))
+    records = 0
+    for step in state.program.steps:
+        if not isinstance(step, ik.lrp.Step):
+            continue
+        saved = state.saved[step.name]
+        if saved is None or isinstance(saved, torch.Size):
+            continue
+        assert isinstance(saved, Record) and isinstance(saved, tuple), (step.name, type(saved))
+        half = type(saved)(v.half() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for v in saved)
+        up = engine.upcast(half, torch.float32)
+        assert type(up) is type(saved) and up._fields == saved._fields
+        records += 1
+    assert records > 5
 
 
 # --- errors ------------------------------------------------------------------------------------------------------

@@ -736,7 +736,7 @@ class Modern(nn.Module):
 def _frozen_sigma():
     """Within the block, LayerNorm/GroupNorm statistics the rule uses are those of the first call (the rule holds
     sigma constant: finite differences must see the same function whose gradient the rule defines)."""
-    from isnet_kernels.lrp import norm_layers as NL
+    from isnet_kernels.lrp.layers import norm as NL
 
     real_ln, real_gn = NL.ops.layer_norm_forward, NL.ops.group_norm_forward
     fixed: dict[tuple, Tensor] = {}

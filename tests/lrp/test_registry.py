@@ -18,8 +18,8 @@ from torch import nn
 import isnet_kernels as ik
 from isnet_kernels.errors import UnsupportedLayerError
 from isnet_kernels.lrp import REGISTRY, RuleRegistry, clear_cache, get_program, register_rule, supported
-from isnet_kernels.lrp import movement as MV
-from isnet_kernels.lrp import steps as S
+from isnet_kernels.lrp import steps as MV
+from isnet_kernels.lrp.layers import linear as S
 from isnet_kernels.ops import stabilize
 
 DT = torch.float64
@@ -84,7 +84,7 @@ class GainNet(nn.Module):
         return self.fc(self.gain(self.conv(x)).flatten(1))
 
 
-def _gain_rule(R, inputs, out, cfg):
+def _gain_relevance(R, inputs, out, cfg):
     """The user's rule: diagonal epsilon ``R_x = x c R / stab(c x)``."""
     return [R * (out / stabilize(out, cfg.eps)).unsqueeze(1)]
 
@@ -100,7 +100,7 @@ def test_user_rule_for_own_module_is_used(registry_snapshot):
     @register_rule(Gain, description="Gain: user's diagonal epsilon")
     def _gain(ctx):
         assert ctx.module is model.gain
-        return MV.CallStep(ctx.name, [ctx.single()], ctx.call(), _gain_rule)
+        return MV.CallStep(ctx.name, [ctx.single()], ctx.call(), _gain_relevance)
 
     assert "Gain: user's diagonal epsilon" in supported()
     eps = 1e-2
@@ -112,7 +112,7 @@ def test_user_rule_for_own_module_is_used(registry_snapshot):
     expected = _conv_epsilon(x, model.conv, R_u, eps)
     torch.testing.assert_close(heat, expected, rtol=1e-10, atol=1e-12)
     step = next(s for s in get_program(model).steps if getattr(s, "name", "") == "gain")
-    assert isinstance(step, MV.CallStep) and step.rule is _gain_rule
+    assert isinstance(step, MV.CallStep) and step.relevance_fn is _gain_relevance
 
 
 # --- overriding a built-in rule --------------------------------------------------------------------------------
@@ -179,6 +179,30 @@ def _conv_net(conv_cls, lin_cls=nn.Linear) -> nn.Module:
     return nn.Sequential(conv_cls(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), lin_cls(4 * 5 * 5, 3))
 
 
+def test_the_compiler_reads_what_a_step_is_from_its_kind():
+    """ReLU computes; dropout and ``nn.Flatten`` pass (the logits search looks through them); a view moves data (the
+    search stops there, the Z^B rule does not); Conv2d/Linear are ``Kind.LINEAR``; a user's step of its own class
+    that does not say is ``Kind.COMPUTE``."""
+    from isnet_kernels.lrp import Kind
+    from isnet_kernels.lrp.graph import step_kind
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.relu, self.drop = nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Dropout(0.0)
+            self.flat, self.fc = nn.Flatten(), nn.Linear(4 * 4 * 4, 3)
+
+        def forward(self, x):
+            return self.fc(self.drop(self.flat(self.relu(self.conv(x.view(x.shape[0], 3, 6, 6))))))
+
+    program = get_program(Head().eval())
+    kinds = {s.name: step_kind(s) for s in program.steps if isinstance(s, MV.Step)}
+    assert kinds == {"view": Kind.MOVE, "conv": Kind.LINEAR, "relu": Kind.COMPUTE, "flat": Kind.PASS,
+                     "drop": Kind.PASS, "fc": Kind.LINEAR}
+    assert program.logits_step.name == "fc" and next(s for s in program.steps if s.name == "conv").first
+    assert step_kind(object()) is Kind.COMPUTE
+
+
 def test_subclass_keeping_forward_takes_the_base_rule():
     torch.manual_seed(2)
     plain = _conv_net(nn.Conv2d).to(DT)
@@ -240,7 +264,7 @@ def test_batchnorm_subclass_with_own_forward_is_traced_and_recognised():
     plain, timm = _bn_nets()
     x = torch.rand(3, 3, 5, 5, dtype=DT)
     program = get_program(timm.eval())
-    assert any(isinstance(s, S.Step) and type(s).__name__ == "FunctionalBatchNormStep" for s in program.steps)
+    assert any(isinstance(s, MV.Step) and type(s).__name__ == "FunctionalBatchNormStep" for s in program.steps)
     plain.eval()
     errs = []
     for eps in (1e-3, 1e-5, 1e-7):
@@ -350,7 +374,7 @@ def test_dotted_name_registration(registry_snapshot):
     with pytest.raises(UnsupportedLayerError):
         ik.LRP(model)
     register_rule(name, description="Opaque")(lambda ctx: MV.CallStep(ctx.name, [ctx.single()], ctx.call(),
-                                                                       _gain_rule))
+                                                                       _gain_relevance))
     assert name in REGISTRY.by_name and REGISTRY.module_entry(model[1]) is REGISTRY.by_name[name]
     x = torch.rand(2, 3, 5, 5, dtype=DT)
     eps = 1e-2
@@ -366,7 +390,7 @@ def test_dotted_name_registration(registry_snapshot):
     with pytest.raises(UnsupportedLayerError, match="_negate_twice"):
         ik.LRP(net)
     register_rule(fn_name, description="negate twice")(lambda ctx: MV.CallStep(ctx.name, [ctx.single()],
-                                                                               ctx.call(), MV.identity_rule))
+                                                                               ctx.call(), MV.identity_relevance))
     plain = nn.Sequential(net.conv, nn.Flatten(), net.fc)
     torch.testing.assert_close(_heat(net, x, target=1), _heat(plain, x, target=1), rtol=0, atol=0)
 
@@ -413,7 +437,7 @@ def test_unsupported_error_lists_every_node_and_how_to_register():
 def test_copy_of_registered_module_type_keeps_the_rule(registry_snapshot):
     """Registration is by type: a deep copy of a model with a user module still finds the rule."""
     register_rule(Gain, description="Gain copy")(lambda ctx: MV.CallStep(ctx.name, [ctx.single()], ctx.call(),
-                                                                         _gain_rule))
+                                                                         _gain_relevance))
     model = GainNet().to(DT)
     other = copy.deepcopy(model)
     x = torch.rand(1, 3, 5, 5, dtype=DT)

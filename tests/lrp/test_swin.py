@@ -1,4 +1,4 @@
-"""Swin's rules (isnet_kernels/lrp/swin_layers.py): the forward equals torchvision's function, the relevance equals
+"""Swin's rules (isnet_kernels/lrp/layers/swin.py): the forward equals torchvision's function, the relevance equals
 a composition of the reference ops with the data movement's adjoints taken by autograd, CP-LRP conserves, gradcheck,
 ``_patch_merging_pad``'s adjoint, and Swin V1/V2 models explain and train as selective ISNets."""
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import isnet_kernels as ik
 from isnet_kernels import ops
-from isnet_kernels.lrp import swin_layers as SW
+from isnet_kernels.lrp.layers import swin as SW
 from isnet_kernels.lrp.rules import RuleConfig
 
 DT = torch.float64
@@ -225,11 +225,11 @@ def test_patch_merging_pad_adjoint(shape):
     x = torch.randn(shape, generator=g, dtype=DT)
     out, pullback = torch.func.vjp(swin._patch_merging_pad, x)
     R = torch.randn(out.shape[0], 2, *out.shape[1:], generator=g, dtype=DT)
-    (got,) = SW.patch_merging_pad_rule(R, [x], out, RuleConfig(eps=0.0))
+    (got,) = SW.patch_merging_pad_relevance(R, [x], out, RuleConfig(eps=0.0))
     expected = torch.stack([pullback(R[:, m])[0] for m in range(2)], 1)
     assert torch.equal(got, expected)
     R = R * out.unsqueeze(1)  # relevance of the padding's zeros is zero: then it is conserved
-    (got,) = SW.patch_merging_pad_rule(R, [x], out, RuleConfig(eps=0.0))
+    (got,) = SW.patch_merging_pad_relevance(R, [x], out, RuleConfig(eps=0.0))
     torch.testing.assert_close(got.flatten(2).sum(-1), R.flatten(2).sum(-1))
 
 

@@ -4,19 +4,47 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import ops
-from .registry import REGISTRY, NodeContext
-from .rules import RuleConfig
-from .steps import Step
+from ... import ops
+from ..registry import REGISTRY, NodeContext
+from ..rules import RuleConfig
+from ..steps import Env, Record, Step
 
-Env = dict[str, Any]
+
+class _NormFields(NamedTuple):
+    x: Tensor  # the input
+    y: Tensor  # the output
+    mean: Tensor  # the statistics it normalised with
+    invstd: Tensor
+    gamma: Tensor | None  # the affine parameters (None without)
+    beta: Tensor | None
+
+
+class NormSaved(Record, _NormFields):
+    """What :class:`NormStep`'s forward keeps."""
+
+    __slots__ = ()
+
+
+class _FunctionalBatchNormFields(NamedTuple):
+    a: Tensor  # the input
+    mean: Tensor  # the statistics it normalised with
+    invstd: Tensor
+    batch: bool  # they were the batch's
+    gamma: Tensor | None  # the affine parameters (None without)
+    beta: Tensor | None
+
+
+class FunctionalBatchNormSaved(Record, _FunctionalBatchNormFields):
+    """What :class:`FunctionalBatchNormStep`'s forward keeps."""
+
+    __slots__ = ()
 
 
 class NormStep(Step):
@@ -31,9 +59,9 @@ class NormStep(Step):
         x = env[self.inputs[0]]
         y, mean, invstd = self.run(x, env)
         gamma, beta = self.affine(env)
-        return y, (x, y, mean, invstd, gamma, beta)
+        return y, NormSaved(x, y, mean, invstd, gamma, beta)
 
-    def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> list[Tensor]:
+    def relevance(self, R: Tensor, saved: NormSaved, cfg: RuleConfig) -> list[Tensor]:
         x, y, mean, invstd, gamma, beta = saved
         z = ops.rule_norm_preactivation(x, gamma, beta, mean, invstd, self.layout) if torch.is_grad_enabled() else y
         return [ops.norm_epsilon(R, x, z, gamma, invstd, self.layout, cfg.eps, cfg.prims)]
@@ -107,9 +135,9 @@ class FunctionalBatchNormStep(Step):
             mean, invstd = ops.batch_statistics(a.detach(), self.bn_eps)
         else:
             invstd = torch.rsqrt(var + self.bn_eps)
-        return y, (a, mean, invstd, batch, self.weight(env), self.bias(env))
+        return y, FunctionalBatchNormSaved(a, mean, invstd, batch, self.weight(env), self.bias(env))
 
-    def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> list[Tensor]:
+    def relevance(self, R: Tensor, saved: FunctionalBatchNormSaved, cfg: RuleConfig) -> list[Tensor]:
         a, mean, invstd, batch, gamma, beta = saved
         live = cfg.live_stats and batch and torch.is_grad_enabled()
         if live:

@@ -30,20 +30,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import ops
-from ..errors import InputError
-from . import movement as MV
-from .registry import REGISTRY, NodeContext
-from .steps import RuleConfig, Step
-
-Env = dict[str, Any]
+from ... import ops
+from ...errors import InputError
+from ..registry import REGISTRY, NodeContext
+from ..rules import RuleConfig
+from ..steps import CallStep, Env, Kind, Record, Step
 
 _SWA_ARGS = ["input", "qkv_weight", "proj_weight", "relative_position_bias", "window_size", "num_heads",
              "shift_size", "attention_dropout", "dropout", "qkv_bias", "proj_bias", "logit_scale", "training"]
@@ -72,6 +70,64 @@ def shift_mask(pad_H: int, pad_W: int, window: list[int], shift: list[int], like
 def _live_bias(z: Tensor, bias: Tensor | None) -> Tensor:
     """``z`` with ``bias`` (added into it) entering detached: same value, no gradient through the bias."""
     return z if bias is None or not bias.requires_grad else z - (bias - bias.detach())
+
+
+class _WindowGeometryFields(NamedTuple):
+    B: int  # batch size
+    H: int  # the input's height, width and channels
+    W: int
+    C: int
+    pad_H: int  # the height and width padded to whole windows
+    pad_W: int
+    window: list[int]  # the window size
+    shift: list[int]  # the cyclic shift (0 along an axis one window covers)
+    shifted: bool  # any shift at all
+    nW: int  # windows per image
+    N: int  # tokens per window
+    heads: int
+    d: int  # channels per head
+
+
+class WindowGeometry(Record, _WindowGeometryFields):
+    """The sizes of one ``shifted_window_attention`` call, as its forward found them."""
+
+    __slots__ = ()
+
+
+class _WindowTensorsFields(NamedTuple):
+    xw: Tensor  # the windows' tokens (B * nW, N, C): the qkv projection's input
+    qkv: Tensor  # the qkv projection's output
+    qkv_bias: Tensor | None  # its bias (V2: the key's part zeroed)
+    q: Tensor  # queries (V1: scaled by d^-1/2), keys, values (B * nW, heads, N, d)
+    k: Tensor
+    v: Tensor
+    q_op: Tensor | None  # V1: the scaled queries of the score product; V2: None
+    tau: Tensor | None  # V2: the logit scale exp(min(logit_scale, log 100)); V1: None
+    rpb: Tensor  # the relative position bias
+    mask: Tensor | None  # the shift mask (None without a shift)
+    scores: Tensor  # the attention scores, biases included
+    p: Tensor  # the attention weights
+    out: Tensor  # p @ v
+    o: Tensor  # the heads merged: the output projection's input
+    y: Tensor  # the output projection's output
+
+
+class WindowTensors(Record, _WindowTensorsFields):
+    """The tensors of one ``shifted_window_attention`` call that its relevance reads."""
+
+    __slots__ = ()
+
+
+class _ShiftedWindowFields(NamedTuple):
+    geometry: WindowGeometry
+    tensors: WindowTensors
+    arguments: dict[str, Any]  # the call's arguments by name
+
+
+class ShiftedWindowSaved(Record, _ShiftedWindowFields):
+    """What :class:`ShiftedWindowAttentionStep`'s forward keeps."""
+
+    __slots__ = ()
 
 
 class ShiftedWindowAttentionStep(Step):
@@ -145,11 +201,11 @@ class ShiftedWindowAttentionStep(Step):
         if shifted:
             r = torch.roll(r, shifts=(shift[0], shift[1]), dims=(1, 2))
         result = r[:, :H, :W, :].contiguous()
-        geometry = (B, H, W, C, pad_H, pad_W, window, shift, shifted, nW, N, heads, d)
-        tensors = (xw, qkv, qkv_bias, q, k, v, q_op, tau, rpb, mask, attn, p, out, o, y)
-        return result, (geometry, tensors, a)
+        geometry = WindowGeometry(B, H, W, C, pad_H, pad_W, window, shift, shifted, nW, N, heads, d)
+        tensors = WindowTensors(xw, qkv, qkv_bias, q, k, v, q_op, tau, rpb, mask, attn, p, out, o, y)
+        return result, ShiftedWindowSaved(geometry, tensors, a)
 
-    def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> list[Tensor]:
+    def relevance(self, R: Tensor, saved: ShiftedWindowSaved, cfg: RuleConfig) -> list[Tensor]:
         (B, H, W, C, pad_H, pad_W, window, shift, shifted, nW, N, heads, d), tensors, a = saved
         xw, qkv, qkv_bias, q, k, v, q_op, tau, rpb, mask, scores, p, out, o, y = tensors
         M = R.shape[1]
@@ -219,7 +275,7 @@ def _shifted_window_attention(ctx: NodeContext):
     return ShiftedWindowAttentionStep(ctx.name, ctx.single(), arguments)
 
 
-def patch_merging_pad_rule(R: Tensor, inputs: list[Tensor], out: Tensor, cfg: RuleConfig) -> list[Tensor]:
+def patch_merging_pad_relevance(R: Tensor, inputs: list[Tensor], out: Tensor, cfg: RuleConfig) -> list[Tensor]:
     """Adjoint of ``_patch_merging_pad``: ``x`` (..., H, W, C) padded to even H, W, the four slices ``x[0::2,
     0::2]``, ``x[1::2, 0::2]``, ``x[0::2, 1::2]``, ``x[1::2, 1::2]`` concatenated along the channels; the
     relevance's four channel blocks are scattered back to those positions and the padding is cut off."""
@@ -235,4 +291,4 @@ def patch_merging_pad_rule(R: Tensor, inputs: list[Tensor], out: Tensor, cfg: Ru
 @REGISTRY.register("torchvision.models.swin_transformer._patch_merging_pad", group="data movement",
                    description="torchvision's `_patch_merging_pad` (Swin's patch merging): its adjoint")
 def _patch_merging_pad(ctx: NodeContext):
-    return MV.CallStep(ctx.name, [ctx.single()], ctx.call(), patch_merging_pad_rule, passes_input=True)
+    return CallStep(ctx.name, [ctx.single()], ctx.call(), patch_merging_pad_relevance, kind=Kind.MOVE)

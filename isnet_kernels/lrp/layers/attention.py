@@ -9,24 +9,64 @@ AttnLRP (Achtibat et al., ICML 2024) by default: the uniform epsilon rule on eac
 from __future__ import annotations
 
 import operator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import ops
-from ..errors import InputError
-from .registry import REGISTRY, NodeContext
-from .steps import RuleConfig, Step
-
-Env = dict[str, Any]
+from ... import ops
+from ...errors import InputError
+from ..registry import REGISTRY, NodeContext
+from ..rules import RuleConfig
+from ..steps import Env, Record, Step
+from .arithmetic import ProductSaved
 
 
 def _linear_epsilon(R: Tensor, a: Tensor, z: Tensor, weight: Tensor, cfg: RuleConfig) -> Tensor:
     """Epsilon through ``z = a W^T + b`` on token tensors: ``R_a = a * ((R / stab(z)) @ W)``."""
     return ops.epsilon(R, a, z, weight, ops.Geometry(linear=True), cfg.eps, cfg.prims)
+
+
+class _MultiheadAttentionFields(NamedTuple):
+    inputs: tuple[Tensor, Tensor, Tensor]  # the query, key and value inputs (B, L, E)
+    projections: tuple[Tensor, Tensor, Tensor]  # q, k, v after the in-projection
+    heads: list[Tensor]  # q, k, v split into heads (B, H, L, E / H)
+    attention: tuple  # what ops.sdpa_forward returned: the heads' output, the attention weights, the scores
+    o: Tensor  # the heads merged: the out-projection's input
+    out: Tensor  # the out-projection's output
+
+
+class MultiheadAttentionSaved(Record, _MultiheadAttentionFields):
+    """What :class:`MultiheadAttentionStep`'s forward keeps."""
+
+    __slots__ = ()
+
+
+class _SDPAFields(NamedTuple):
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    mask: Any  # the attention mask (a tensor, or None)
+    attention: tuple  # what ops.sdpa_forward returned
+
+
+class SDPASaved(Record, _SDPAFields):
+    """What :class:`SDPAStep`'s forward keeps."""
+
+    __slots__ = ()
+
+
+class _SoftmaxFields(NamedTuple):
+    x: Tensor  # the input
+    s: Tensor  # the softmax
+
+
+class SoftmaxSaved(Record, _SoftmaxFields):
+    """What :class:`SoftmaxStep`'s forward keeps."""
+
+    __slots__ = ()
 
 
 class MultiheadAttentionStep(Step):
@@ -56,9 +96,10 @@ class MultiheadAttentionStep(Step):
         out = m.out_proj(o)
         result = out if m.batch_first else out.transpose(0, 1)
         del S
-        return (result, None), ((q_in, k_in, v_in), (q, k, v), heads, (out_h, p, scores), o, out)
+        return (result, None), MultiheadAttentionSaved((q_in, k_in, v_in), (q, k, v), heads, (out_h, p, scores), o,
+                                                       out)
 
-    def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> list[Tensor | None]:
+    def relevance(self, R: Tensor, saved: MultiheadAttentionSaved, cfg: RuleConfig) -> list[Tensor | None]:
         m = self.module
         (q_in, k_in, v_in), (q, k, v), heads, sdpa_saved, o, out = saved
         if not m.batch_first:
@@ -157,9 +198,9 @@ class SDPAStep(Step):
         q, k, v = (env[n] for n in self.names)
         mask = env[self.mask] if isinstance(self.mask, str) else self.mask
         saved = ops.sdpa_forward(q, k, v, mask, self.scale, self.is_causal)
-        return saved[0], (q, k, v, mask, saved)
+        return saved[0], SDPASaved(q, k, v, mask, saved)
 
-    def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> list[Tensor | None]:
+    def relevance(self, R: Tensor, saved: SDPASaved, cfg: RuleConfig) -> list[Tensor | None]:
         q, k, v, mask, sdpa_saved = saved
         parts = ops.reference_sdpa_relevance(R, q, k, v, mask, self.scale, cfg.attention, cfg.eps,
                                              is_causal=self.is_causal, saved=sdpa_saved)
@@ -180,9 +221,9 @@ class MatmulStep(Step):
     def forward(self, env: Env) -> tuple[Tensor, Any]:
         A, B = (env[o] if isinstance(o, str) else o for o in self.operands)
         y = A @ B
-        return y, (A, B, y)
+        return y, ProductSaved(A, B, y)
 
-    def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> list[Tensor | None]:
+    def relevance(self, R: Tensor, saved: ProductSaved, cfg: RuleConfig) -> list[Tensor | None]:
         A, B, y = saved
         carrying = [isinstance(o, str) and o in self.inputs for o in self.operands]
         if all(carrying):
@@ -224,9 +265,9 @@ class SoftmaxStep(Step):
     def forward(self, env: Env) -> tuple[Tensor, Any]:
         x = env[self.inputs[0]]
         s = torch.softmax(x, self.dim)
-        return s, (x, s)
+        return s, SoftmaxSaved(x, s)
 
-    def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> list[Tensor]:
+    def relevance(self, R: Tensor, saved: SoftmaxSaved, cfg: RuleConfig) -> list[Tensor]:
         x, s = saved
         return [ops.reference_softmax(R, x, s, self.dim)]
 

@@ -22,18 +22,17 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.fx as fx
 from torch import Tensor
 
-from .. import ops
-from ..errors import InputError
-from .registry import REGISTRY, NodeContext
-from .steps import RuleConfig, Step
-
-Env = dict[str, Any]
+from ... import ops
+from ...errors import InputError
+from ..registry import REGISTRY, NodeContext
+from ..rules import RuleConfig
+from ..steps import Env, Record, Step
 
 
 @dataclass(frozen=True)
@@ -139,6 +138,18 @@ def reference_einsum_relevance(R: Tensor, eq: Equation, operands: list[Tensor], 
             for i, (x, carry) in enumerate(zip(operands, carrying))]
 
 
+class _EinsumFields(NamedTuple):
+    operands: list[Any]  # the operands' values
+    y: Tensor  # the output
+    eq: Equation  # the parsed equation
+
+
+class EinsumSaved(Record, _EinsumFields):
+    """What :class:`EinsumStep`'s forward keeps."""
+
+    __slots__ = ()
+
+
 class EinsumStep(Step):
     """``torch.einsum(equation, *operands)`` of one or two operands (module docstring)."""
 
@@ -167,9 +178,9 @@ class EinsumStep(Step):
         eq = self.parse(tuple(x.dim() for x in xs))
         if y.dim() == 0 or y.shape[0] != next(x for x, c in zip(xs, self.carrying) if c).shape[0]:
             raise InputError(f"node '{self.name}': the einsum's output lost the batch axis")
-        return y, (xs, y, eq)
+        return y, EinsumSaved(xs, y, eq)
 
-    def relevance(self, R: Tensor, saved: Any, cfg: RuleConfig) -> list[Tensor | None]:
+    def relevance(self, R: Tensor, saved: EinsumSaved, cfg: RuleConfig) -> list[Tensor | None]:
         xs, y, eq = saved
         constant = None
         if cfg.attention == "cp" and all(self.carrying) and len(xs) == 2 and any(self.softmax):
