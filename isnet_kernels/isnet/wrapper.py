@@ -197,7 +197,8 @@ class ISNet(nn.Module):
     select : the selective variant's class: the ``"label"`` (default; ``isnet(x, labels)``), the ``"lowest"``
         logit (paper) or the ``"highest"``.
     generator : a ``torch.Generator`` for the stochastic variant's draws.
-    backend : the relevance backend (``None``/"auto", "reference", "cpp", "triton"; see :mod:`isnet_kernels.dispatch`).
+    backend : the relevance backend (``None``/"auto", "reference", "torch", "cpp", "triton", "cuda"; see
+        :mod:`isnet_kernels.dispatch`).
     batch_stats : ``"live"`` (default: train-mode BatchNorm statistics keep their gradient in the heatmap's graph,
         as in the classifier's forward; :class:`LRP`) or ``"detached"`` (paper: they are constants there).
         With ``"detached"`` the heatmap loss has a gradient along the weights before a BatchNorm that the

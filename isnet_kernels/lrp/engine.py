@@ -343,8 +343,8 @@ class LRP:
     check_input : check the input for NaN/Inf and, for Z^B, the bounds (one host synchronisation per call; without
         it the bounds are checked for CPU inputs only). The input's dtype must be the model's (outside autocast),
         the batch not empty, and the model's output (B, K) logits: checked always, without synchronisation.
-    backend : ``"auto"`` (default; or ``$ISNET_KERNELS_BACKEND``), ``"reference"``, ``"cpp"`` or ``"triton"``:
-        which kernels compute the relevance ops (see :mod:`isnet_kernels.dispatch`).
+    backend : ``"auto"`` (default; or ``$ISNET_KERNELS_BACKEND``), ``"reference"``, ``"torch"``, ``"cpp"``,
+        ``"triton"`` or ``"cuda"``: which kernels compute the relevance ops (see :mod:`isnet_kernels.dispatch`).
     batch_stats : how train-mode BatchNorm statistics enter the heatmap's gradient: ``"detached"`` (default, the
         reference semantics of docs/rules.md#batch_stats: constants) or ``"live"`` (functions of the weights and
         the batch, as in the classifier's own forward; see :mod:`isnet_kernels.ops.batchnorm`). The heatmap's
