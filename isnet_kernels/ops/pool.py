@@ -9,9 +9,9 @@ adaptive pooling that adjoint covers the uneven windows PyTorch uses when the in
 the output size; where it is (global pooling included) this equals a pool with ``stride = in // out`` and
 ``kernel = in - (out - 1) * stride``.
 
-Backends whose primitives have ``avgpool_forward`` and ``avgpool_backward`` (``cpp``, ``cuda``) run average pooling, adaptive
-pooling and a spatial mean through :class:`AvgPoolFunction`: one fused kernel each way. The others run
-:class:`LinearPoolFunction`: ATen's pooling (or its adjoint) between two fused elementwise passes.
+Backends whose primitives have ``avgpool_forward`` and ``avgpool_backward`` (``cpp``, ``cuda``) run average
+pooling, adaptive pooling and a spatial mean through :class:`AvgPoolFunction`: one fused kernel each way. The others
+run :class:`LinearPoolFunction`: ATen's pooling (or its adjoint) between two fused elementwise passes.
 """
 
 from __future__ import annotations
