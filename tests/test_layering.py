@@ -52,17 +52,21 @@ def _modules() -> list[tuple[str, pathlib.Path]]:
     return out
 
 
+def _from_target(node: ast.ImportFrom, package: str) -> str:
+    """The module a ``from ... import`` statement of a module of ``package`` reads, relative imports resolved."""
+    if not node.level:
+        return node.module or ""
+    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def _imports(module: str, path: pathlib.Path) -> set[str]:
     """Every ``isnet_kernels`` module or name imported by ``module`` (relative imports resolved)."""
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
+            target = _from_target(node, package)
             if target == "isnet_kernels":  # from isnet_kernels import x / from . import x at the root
                 found.update(f"{target}.{a.name}" for a in node.names)
             elif target.startswith("isnet_kernels."):
@@ -96,11 +100,7 @@ def _module_graph(root: pathlib.Path = ROOT) -> dict[str, set[str]]:
         found: set[str] = set()
         for node in _module_level(ast.parse(path.read_text(), filename=str(path)).body):
             if isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    target = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    target = node.module or ""
+                target = _from_target(node, package)
                 found.update(f"{target}.{a.name}" if f"{target}.{a.name}" in modules else target for a in node.names)
             else:
                 found.update(a.name for a in node.names)
