@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from .. import ops
@@ -115,14 +114,11 @@ class ZPlus(Rule):
 
     def residual(self, R: Tensor, x: Tensor, f: Tensor, y: Tensor | None, cfg: RuleConfig) -> tuple[Tensor, Tensor]:
         """``R_x = x+ R / stab(x+ + f+)``, ``R_f = f+ R / stab(x+ + f+)``; ``x+ = max(x, 0)``, ``f+ = max(f, 0)``."""
-        x, f = x.clamp(min=0), f.clamp(min=0)
-        return ops.residual_split(R, x, f, x + f, eps=cfg.eps, prims=cfg.prims)
+        return ops.zplus_residual_split(R, x, f, eps=cfg.eps, prims=cfg.prims)
 
     def all_logits(self, layer: FoldedLayer, cfg: RuleConfig) -> Tensor:
         """``R_out = z+ = W'+ a + b'+`` (the positive layer's logits), then epsilon through ``W'+``."""
-        w = layer.w.clamp(min=0)
-        z = F.linear(layer.a, w, None if layer.b is None else layer.b.clamp(min=0))
-        return ops.all_logits_output(layer.a, z, w, cfg.eps)
+        return ops.zplus_all_logits(layer.a, layer.w, layer.b, cfg.eps)
 
 
 class ZBox(Rule):

@@ -59,7 +59,7 @@ from .products import reference_affine_constant, reference_product_gate, referen
 from .residual import ResidualFunction, reference_residual_split, residual_split
 from .stabilize import stabilize
 from .zbox import ZBoxFunction, reference_conv_zbox, reference_linear_zbox, zbox
-from .zplus import reference_conv_zplus, reference_linear_zplus, zplus
+from .zplus import reference_conv_zplus, reference_linear_zplus, zplus, zplus_all_logits, zplus_residual_split
 
 __all__ = [
     "NormEpsilonFunction",
@@ -97,6 +97,8 @@ __all__ = [
     "residual_split",
     "zbox",
     "zplus",
+    "zplus_all_logits",
+    "zplus_residual_split",
     "conv2d_transpose",
     "conv_transpose_output_padding",
     "fold_batchnorm",

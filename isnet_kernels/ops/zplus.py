@@ -14,7 +14,9 @@ from torch import Tensor
 
 from .conv import EpsilonFunction
 from .geometry import Geometry, Pair, conv2d_transpose
+from .output import all_logits_output
 from .primitives import TorchPrimitives
+from .residual import residual_split
 from .stabilize import stabilize
 
 
@@ -59,3 +61,20 @@ def zplus(R: Tensor, a: Tensor, weight: Tensor, bias: Tensor | None, geom: Geome
     if b_pos is not None:
         z = z + b_pos.view(-1, *([1] * (z.dim() - 2)))
     return EpsilonFunction.apply(R, a, z, w_pos, geom, eps, prims)
+
+
+def zplus_residual_split(R: Tensor, x: Tensor, f: Tensor, eps: float = 1e-2,
+                         prims: TorchPrimitives | None = None) -> tuple[Tensor, Tensor]:
+    """z+ through a residual sum ``y = x + f``: ``R_x = x+ R / stab(x+ + f+)``, ``R_f = f+ R / stab(x+ + f+)`` with
+    ``x+ = max(x, 0)``, ``f+ = max(f, 0)`` (:func:`~isnet_kernels.ops.residual.residual_split` of the positive
+    parts)."""
+    x, f = x.clamp(min=0), f.clamp(min=0)
+    return residual_split(R, x, f, x + f, eps=eps, prims=prims)
+
+
+def zplus_all_logits(a: Tensor, weight: Tensor, bias: Tensor | None, eps: float = 1e-2) -> Tensor:
+    """All logits of the positive last layer explained together: ``R_out = z+ = W+ a + b+``, then epsilon through
+    ``W+`` (:func:`~isnet_kernels.ops.output.all_logits_output`)."""
+    w = weight.clamp(min=0)
+    z = F.linear(a, w, None if bias is None else bias.clamp(min=0))
+    return all_logits_output(a, z, w, eps)
