@@ -129,11 +129,11 @@ cuda-compile: venv
 # Every Triton kernel x config x dtype compiled for sm_80 and sm_90 over ResNet-18/50 and ViT-B shapes; fails on a
 # compile error, shared memory over the limit, a spill or a short-K dot. Results cached by content hash.
 aot-check: venv
-	$(PY) -m isnet_kernels.triton.aot --jobs 2
+	$(PY) -m isnet_kernels.backends.triton.aot --jobs 2
 
 # The same check with the GPU machines' compiler (triton 3.6.0), for sm_90 (H100, H200): same gates, own table.
 aot-check-mirror: mirror-venv
-	PYTHONPATH=$(CURDIR) $(MPY) -m isnet_kernels.triton.aot --jobs 2 --targets 90 --out benchmarks/results/aot/triton-3.6.0
+	PYTHONPATH=$(CURDIR) $(MPY) -m isnet_kernels.backends.triton.aot --jobs 2 --targets 90 --out benchmarks/results/aot/triton-3.6.0
 
 # On a GPU machine, offline: PYTHON (default python3) must have torch with CUDA; results in GPU_RESULTS.
 gpu-check:

@@ -3,14 +3,14 @@ works; the CUDA backend (``csrc/cuda``) when torch is a CUDA build and nvcc is p
 without either.
 
 The extension ``isnet_kernels._C`` (``csrc/cpu/*.cpp``) registers the ``isnet_kernels::*`` operators and their
-CPU kernels with PyTorch's dispatcher; ``isnet_kernels.cpp`` uses it. The extension ``isnet_kernels._C_cuda``
-(``csrc/cuda/*.cu`` and ``csrc/cuda/binding.cpp``) registers CUDA kernels for the same operators;
-``isnet_kernels.cuda`` uses it. Build in place with ``pip install --no-build-isolation -e .`` (the extensions
-compile against the installed torch, so build isolation must be off). See DEVELOPERS.md.
+CPU kernels with PyTorch's dispatcher; ``isnet_kernels.backends.cpp`` uses it. The extension
+``isnet_kernels._C_cuda`` (``csrc/cuda/*.cu`` and ``csrc/cuda/binding.cpp``) registers CUDA kernels for the same
+operators; ``isnet_kernels.backends.cuda`` uses it. Build in place with ``pip install --no-build-isolation -e .``
+(the extensions compile against the installed torch, so build isolation must be off). See DEVELOPERS.md.
 
 Outside continuous integration both are optional: a failed build prints a warning and installs the package
-without it (``isnet_kernels.cpp.available()`` then says why), and ``ISNET_KERNELS_NO_EXT=1`` skips them. Under
-``CI=true`` the CPU extension is required: a failed build fails the install with the compiler's message, and
+without it (``isnet_kernels.backends.cpp.available()`` then says why), and ``ISNET_KERNELS_NO_EXT=1`` skips them.
+Under ``CI=true`` the CPU extension is required: a failed build fails the install with the compiler's message, and
 ``ISNET_KERNELS_NO_EXT=1`` is an error (CI must not pass without the backend it tests). The CUDA extension is
 built only where it can be (a CUDA torch and nvcc); where it is attempted, under ``CI=true`` its failure fails the
 install too.
@@ -139,7 +139,7 @@ def _extension_build() -> dict:
                 if CI:
                     raise SystemExit(f"isnet-kernels: error: building {ext.name} failed under CI=true "
                                      f"({type(exc).__name__}: {exc}); the compiler's message is above") from exc
-                module = "isnet_kernels.cuda" if ext.name.endswith("_cuda") else "isnet_kernels.cpp"
+                module = "isnet_kernels.backends.cuda" if ext.name.endswith("_cuda") else "isnet_kernels.backends.cpp"
                 _warn(f"building the optional extension {ext.name} failed ({type(exc).__name__}: {exc}); "
                       f"installing without it. {module}.available() reports it as not built")
 

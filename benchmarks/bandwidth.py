@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from isnet_kernels import dispatch
+from isnet_kernels.backends import dispatch
 
 ROUNDS = 20
 EPS = 1e-2

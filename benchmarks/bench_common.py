@@ -50,7 +50,7 @@ FUSED = {"cpu": "cpp", "cuda": "triton"}  # the device's compiled backend
 
 def backend_available(name: str, device: torch.device = DEVICE) -> bool:
     """Whether ``isnet_kernels`` backend ``name`` can run tensors on ``device``."""
-    from isnet_kernels import dispatch
+    from isnet_kernels.backends import dispatch
 
     try:
         dispatch.resolve(name, device)

@@ -50,7 +50,7 @@ def pytest_benchmark_update_machine_info(config, machine_info) -> None:
             zennit_version = None
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     try:
-        from isnet_kernels import dispatch
+        from isnet_kernels.backends import dispatch
 
         backend_status = {name: ok for name, (ok, _) in dispatch.backend_status().items()}
     except Exception:

@@ -20,12 +20,12 @@ if ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() el
     exit 2
 fi
 "$PYTHON" -m isnet_kernels.info
-if ! "$PYTHON" -c 'import sys, torch; from isnet_kernels import dispatch; dispatch.resolve("triton", torch.device("cuda"))' 2>/dev/null; then
+if ! "$PYTHON" -c 'import sys, torch; from isnet_kernels.backends import dispatch; dispatch.resolve("triton", torch.device("cuda"))' 2>/dev/null; then
     echo "run_gpu.sh: warning: the triton backend cannot run here; only 'reference' (and 'torch') will be timed" >&2
 fi
 
 export BENCH_DEVICE=cuda
-cuda_ok=$("$PYTHON" -c 'from isnet_kernels import dispatch; print(int(dispatch.cuda_status()[0]))' 2>/dev/null || echo 0)
+cuda_ok=$("$PYTHON" -c 'from isnet_kernels.backends import dispatch; print(int(dispatch.cuda_status()[0]))' 2>/dev/null || echo 0)
 extra=""; [[ "$cuda_ok" == 1 ]] && extra=",cuda"
 export BENCH_BACKENDS="${BENCH_BACKENDS:-reference,triton$extra}"
 export BENCH_OP_BACKENDS="${BENCH_OP_BACKENDS:-reference,torch,triton$extra}"

@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from isnet_kernels import dispatch, ops
+from isnet_kernels import ops
+from isnet_kernels.backends import dispatch
 from isnet_kernels.ops import Geometry
 
 B, M = bc.BATCH, 1

@@ -7,7 +7,8 @@ import platform
 
 import torch
 
-from . import __version__, dispatch
+from . import __version__
+from .backends import dispatch
 
 
 def report() -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from isnet_kernels import dispatch
+from isnet_kernels.backends import dispatch
 
 #: The backends that run the hand-written Functions (``reference`` runs plain autograd).
 FUNCTION_BACKENDS = ("torch", "cpp", "triton")

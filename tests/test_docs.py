@@ -56,7 +56,7 @@ GENERATED = {
     "latest.md": "benchmarks/report.py for results/latest.json",
     "latest-targets.md": "benchmarks/report.py for results/latest.json",
     "gpu-targets.md": "benchmarks/run_gpu.sh",
-    "compile.md": "python -m isnet_kernels.triton.aot (make aot-check), into benchmarks/results/aot/",
+    "compile.md": "python -m isnet_kernels.backends.triton.aot (make aot-check), into benchmarks/results/aot/",
     "cuda.md": "csrc/cuda/compile_check.py (make cuda-compile), into benchmarks/results/aot/",
     "env.md": "benchmarks/gpu_env.py (make gpu-check), into benchmarks/results/gpu/",
     "bandwidth.md": "benchmarks/bandwidth.py (make gpu-check), into benchmarks/results/gpu/",

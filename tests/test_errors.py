@@ -20,7 +20,7 @@ BUILTIN_EXCEPTIONS = {name for name, value in vars(builtins).items()
 ALLOWED = {
     ("lrp/steps.py", "NotImplementedError"),  # the abstract methods of Step
     ("train/trainer.py", "KeyboardInterrupt"),  # a second Ctrl-C stops at once, as Python's own handler does
-    ("triton/aot/__main__.py", "SystemExit"),  # a command-line entry point's exit status
+    ("backends/triton/aot/__main__.py", "SystemExit"),  # a command-line entry point's exit status
     ("train/backbone.py", "AttributeError"),  # __getattr__ of a wrapper: the protocol of attribute lookup
 }
 #: Classes deriving from built-in exceptions alone: the base itself, and control flow that is no error.

@@ -1,6 +1,6 @@
-"""The package's layering: data flows one way (errors -> ops -> backends -> dispatch -> lrp -> isnet -> models, data
--> train -> cli), so no module imports from a layer above its own; no two modules import each other, directly or
-through others; and every module of the package imports.
+"""The package's layering: data flows one way (errors -> ops -> backends (cpp, triton -> cuda -> dispatch) -> lrp ->
+isnet -> models, data -> train -> cli), so no module imports from a layer above its own; no two modules import each
+other, directly or through others; and every module of the package imports.
 
 The import graph is read from the source (every ``import`` and ``from ... import`` statement, also those inside
 functions), so a lazy import upward is caught as well as a module-level one. The cycle check reads the module-level
@@ -21,14 +21,16 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "isnet_kernels"
 
-# The rank of each top-level unit of the package (a subpackage or a module); a unit may import only from units of a
-# lower rank. ``__version__`` (package metadata, imported as ``from . import __version__``) is allowed everywhere.
+# The rank of each unit of the package: a top-level subpackage or module, and inside ``backends`` each backend module
+# or subpackage (``backends.cpp``, ...; ``backends`` itself is its ``__init__``, which imports nothing); a unit may
+# import only from units of a lower rank. ``__version__`` (package metadata, imported as
+# ``from . import __version__``) is allowed everywhere.
 RANKS: dict[str, int] = {
     "errors": 0,
     "ops": 1, "_C": 1, "_C_cuda": 1,
-    "cpp": 2, "triton": 2,
-    "cuda": 3,
-    "dispatch": 4,
+    "backends": 2, "backends.cpp": 2, "backends.triton": 2,
+    "backends.cuda": 3,
+    "backends.dispatch": 4,
     "lrp": 5,
     "isnet": 6,
     "models": 7, "data": 7, "plot": 7,
@@ -39,8 +41,14 @@ RANKS: dict[str, int] = {
 }
 
 
+#: The subpackages whose modules and subpackages are units of their own.
+SPLIT = ("backends",)
+
+
 def _unit(module: str) -> str:
     parts = module.split(".")
+    if len(parts) > 2 and parts[1] in SPLIT:
+        return ".".join(parts[1:3])
     return parts[1] if len(parts) > 1 else "__init__"
 
 
@@ -67,7 +75,8 @@ def _imports(module: str, path: pathlib.Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.ImportFrom):
             target = _from_target(node, package)
-            if target == "isnet_kernels":  # from isnet_kernels import x / from . import x at the root
+            if target in ("isnet_kernels", *(f"isnet_kernels.{p}" for p in SPLIT)):
+                # from isnet_kernels import x / from . import x at the root, from .backends import dispatch
                 found.update(f"{target}.{a.name}" for a in node.names)
             elif target.startswith("isnet_kernels."):
                 found.add(target)
@@ -196,6 +205,21 @@ def test_the_scan_sees_an_upward_import(tmp_path):
     bad = ops / "bad.py"
     bad.write_text("def f():\n    from ..train import trainer\n    return trainer\n")
     assert _imports("isnet_kernels.ops.bad", bad) == {"isnet_kernels.train"}
+
+
+def test_the_scan_sees_backend_units(tmp_path):
+    """The scanner itself: ``from ..backends import dispatch`` is an import of the unit ``backends.dispatch``, and a
+    backend importing the table above it is found."""
+    backends = tmp_path / "isnet_kernels" / "backends"
+    backends.mkdir(parents=True)
+    (backends / "cpp.py").write_text("def f():\n    from . import dispatch\n    return dispatch\n")
+    lrp = tmp_path / "isnet_kernels" / "lrp.py"
+    lrp.write_text("from .backends import dispatch\nfrom .backends.triton import selfcheck\n")
+    found = _imports("isnet_kernels.lrp", lrp)
+    assert found == {"isnet_kernels.backends.dispatch", "isnet_kernels.backends.triton"}
+    assert {_unit(m) for m in found} == {"backends.dispatch", "backends.triton"}
+    assert _imports("isnet_kernels.backends.cpp", backends / "cpp.py") == {"isnet_kernels.backends.dispatch"}
+    assert RANKS[_unit("isnet_kernels.backends.dispatch")] >= RANKS[_unit("isnet_kernels.backends.cpp")]
 
 
 def _optional_packages() -> set[str]:

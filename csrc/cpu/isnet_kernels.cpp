@@ -1,6 +1,6 @@
 // isnet_kernels._C: CPU kernels of the elementwise relevance primitives (docs/kernels.md), registered with PyTorch's
 // dispatcher as torch.ops.isnet_kernels.*. Semantics and argument order are TorchPrimitives'
-// (isnet_kernels/ops/primitives.py); isnet_kernels/cpp.py registers the fake (meta) kernels and wraps them.
+// (isnet_kernels/ops/primitives.py); isnet_kernels/backends/cpp.py registers the fake (meta) kernels and wraps them.
 //
 // The Python module has no functions: importing it loads this library, whose static initialisers register the
 // schemas (TORCH_LIBRARY) and the CPU kernels (TORCH_LIBRARY_IMPL). Each operator below checks its arguments,

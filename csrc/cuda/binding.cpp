@@ -239,8 +239,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_avgpool_backward(const a
 }  // namespace
 }  // namespace isnet_kernels
 
-// The schemas are isnet_kernels._C's (TORCH_LIBRARY in csrc/cpu/isnet_kernels.cpp); isnet_kernels.cuda imports
-// that library first.
+// The schemas are isnet_kernels._C's (TORCH_LIBRARY in csrc/cpu/isnet_kernels.cpp); isnet_kernels.backends.cuda
+// imports that library first.
 // An elementwise op's CUDA operator.
 #define ISNET_IMPL_ELEMENTWISE(Op)                                           \
   m.impl(isnet_kernels::op_name<isnet_kernels::math::Op>().c_str(),         \

@@ -198,7 +198,7 @@ class ISNet(nn.Module):
         logit (paper) or the ``"highest"``.
     generator : a ``torch.Generator`` for the stochastic variant's draws.
     backend : the relevance backend (``None``/"auto", "reference", "torch", "cpp", "triton", "cuda"; see
-        :mod:`isnet_kernels.dispatch`).
+        :mod:`isnet_kernels.backends.dispatch`).
     batch_stats : ``"live"`` (default: train-mode BatchNorm statistics keep their gradient in the heatmap's graph,
         as in the classifier's forward; :class:`LRP`) or ``"detached"`` (paper: they are constants there).
         With ``"detached"`` the heatmap loss has a gradient along the weights before a BatchNorm that the

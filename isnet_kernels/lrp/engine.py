@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .. import dispatch
+from ..backends import dispatch
 from ..errors import InputError, InputTypeError, TargetError
 from . import steps as S
 from .chunking import auto_map_chunk, bytes_per_map, check_map_chunk, chunked_relevance
@@ -344,7 +344,8 @@ class LRP:
         it the bounds are checked for CPU inputs only). The input's dtype must be the model's (outside autocast),
         the batch not empty, and the model's output (B, K) logits: checked always, without synchronisation.
     backend : ``"auto"`` (default; or ``$ISNET_KERNELS_BACKEND``), ``"reference"``, ``"torch"``, ``"cpp"``,
-        ``"triton"`` or ``"cuda"``: which kernels compute the relevance ops (see :mod:`isnet_kernels.dispatch`).
+        ``"triton"`` or ``"cuda"``: which kernels compute the relevance ops (see
+        :mod:`isnet_kernels.backends.dispatch`).
     batch_stats : how train-mode BatchNorm statistics enter the heatmap's gradient: ``"detached"`` (default, the
         reference semantics of docs/rules.md#batch_stats: constants) or ``"live"`` (functions of the weights and
         the batch, as in the classifier's own forward; see :mod:`isnet_kernels.ops.batchnorm`). The heatmap's

@@ -6,17 +6,17 @@ memory. Its record (:class:`~isnet_kernels.ops.records.FusedOp`) decorates its r
 ``torch`` backend runs) or of :class:`FusedReference` (the rest); :data:`FUSED_OPS` collects them all:
 
 - the reference, in plain PyTorch: what the kernels are tested and self-checked against
-  (:mod:`isnet_kernels.triton.selfcheck`);
+  (:mod:`isnet_kernels.backends.triton.selfcheck`);
 - its C++ operators ``torch.ops.isnet_kernels.<name>`` with their fake kernels (the outputs' shapes and dtypes
   without computing them, for ``torch.compile``), run by the ``cpp`` backend on CPU tensors (``csrc/cpu``) and the
   ``cuda`` backend on CUDA tensors (``csrc/cuda``), with the per-element maths of ``csrc/common/relevance_math.h``
   shared by both; the schemas are the C++ sources';
-- its Triton launcher, ``"<module>.<function>"`` of :mod:`isnet_kernels.triton`.
+- its Triton launcher, ``"<module>.<function>"`` of :mod:`isnet_kernels.backends.triton`.
 
-:mod:`isnet_kernels.cpp` and :mod:`isnet_kernels.triton` generate their primitives' methods from the table
-(:func:`~isnet_kernels.ops.records.install`), and :mod:`isnet_kernels.cpp` registers the fake kernel of every
-:data:`OPERATORS` entry: a new fused elementwise op is its maths in the C++ header, its Triton kernel, its
-reference with its record, its test and its benchmark (docs/extending.md).
+:mod:`isnet_kernels.backends.cpp` and :mod:`isnet_kernels.backends.triton` generate their primitives' methods from
+the table (:func:`~isnet_kernels.ops.records.install`), and :mod:`isnet_kernels.backends.cpp` registers the fake
+kernel of every :data:`OPERATORS` entry: a new fused elementwise op is its maths in the C++ header, its Triton
+kernel, its reference with its record, its test and its benchmark (docs/extending.md).
 
 :class:`FusedReference` adds to :class:`~isnet_kernels.ops.primitives.TorchPrimitives` the primitives only fused
 backends provide, each the composition the unfused path of the op computes:

@@ -8,9 +8,9 @@ the op's name, so the specification and what implements it sit together::
     @elementwise(inputs="ma", outputs="m")
     def stab_divide(self, R, z, eps): ...
 
-:mod:`isnet_kernels.ops.fused` collects the records into its table, from which :mod:`isnet_kernels.cpp` and
-:mod:`isnet_kernels.triton` generate their primitives' methods (:func:`install`) and the cpp backend registers the
-operators' fake kernels. Shapes: a *map* tensor is (B, M, N...), an *activation* tensor (B, N...), as in
+:mod:`isnet_kernels.ops.fused` collects the records into its table, from which :mod:`isnet_kernels.backends.cpp`
+and :mod:`isnet_kernels.backends.triton` generate their primitives' methods (:func:`install`) and the cpp backend
+registers the operators' fake kernels. Shapes: a *map* tensor is (B, M, N...), an *activation* tensor (B, N...), as in
 :mod:`~isnet_kernels.ops.primitives`.
 """
 
@@ -48,7 +48,7 @@ class FusedOp:
     ``name``: the primitives' method; ``operators``: its C++ operators, run by the ``cpp`` backend on CPU tensors
     and the ``cuda`` backend on CUDA tensors (none: neither has a kernel); ``cpp``: how the primitive calls them
     (None: the one operator, with the primitive's arguments as they are); ``triton``: ``"<module>.<function>"``
-    of :mod:`isnet_kernels.triton` (None: no Triton kernel); ``inputs``: for an elementwise op, one letter per
+    of :mod:`isnet_kernels.backends.triton` (None: no Triton kernel); ``inputs``: for an elementwise op, one letter per
     tensor argument, ``m`` a map and ``a`` an activation (empty for other ops).
     """
 
@@ -90,7 +90,7 @@ def elementwise(inputs: str, outputs: str, cpp: CppAdapter | None = None) -> Cal
     """The record of an elementwise op (its per-element maths and loops in ``csrc/common/relevance_math.h``): one
     C++ operator of the method's name, whose tensor arguments are ``inputs`` (``m`` a map, ``a`` an activation)
     and whose outputs are ``outputs`` (``m`` a map, ``s`` a sum over the M maps), as the C++ struct declares them;
-    its Triton launcher is the function of that name in ``triton/elementwise.py``."""
+    its Triton launcher is the function of that name in ``backends/triton/elementwise.py``."""
     def mark(method: F) -> F:
         name = method.__name__
         return fused(Operator(name, elementwise_fake(inputs, outputs)), cpp=cpp, triton=f"elementwise.{name}",

@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
+from ..backends.dispatch import BACKENDS
 from ..data.augment import AUGMENTATIONS
 from ..data.masks import DEFAULT_MAX_SHARE, MaskConvention
-from ..dispatch import BACKENDS
 from ..errors import ISNetError
 from ..isnet.baselines import DEFAULT_LAMBDA
 from ..isnet.loss import FOREGROUND_RULES, NONFINITE_POLICIES, check_band, check_cut

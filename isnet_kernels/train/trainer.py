@@ -58,7 +58,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .. import dispatch
+from ..backends import dispatch
 from ..errors import InputTypeError, ISNetError
 from ..isnet import ISNetLossOutput, ISNetOutput, RRRLoss, tune_cut
 from . import backbone

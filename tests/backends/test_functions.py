@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from isnet_kernels import dispatch, ops
+from isnet_kernels import ops
+from isnet_kernels.backends import dispatch
 
 from ..backend_params import backend_params
 

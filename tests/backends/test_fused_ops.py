@@ -12,7 +12,7 @@ import inspect
 import pytest
 import torch
 
-from isnet_kernels import cpp, dispatch
+from isnet_kernels.backends import cpp, dispatch
 from isnet_kernels.ops.fused import FUSED_OPS, OPERATORS, FusedReference
 from isnet_kernels.ops.records import FusedOp
 
@@ -62,7 +62,8 @@ def test_triton_launchers_exist() -> None:
     for op in FUSED_OPS:
         if op.triton is not None:
             module, function = op.triton.split(".")
-            assert callable(getattr(importlib.import_module(f"isnet_kernels.triton.{module}"), function)), op.triton
+            launcher = getattr(importlib.import_module(f"isnet_kernels.backends.triton.{module}"), function)
+            assert callable(launcher), op.triton
 
 
 def _inputs(op: FusedOp, B: int, M: int, N: int, dtype: torch.dtype, device: str) -> list[torch.Tensor]:

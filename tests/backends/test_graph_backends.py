@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import isnet_kernels as ik
-from isnet_kernels import dispatch
+from isnet_kernels.backends import dispatch
 
 from ..backend_params import FUNCTION_BACKENDS, backend_cases, backend_params
 from ..lrp.models import EveryLayer

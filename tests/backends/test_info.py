@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from isnet_kernels import dispatch
+from isnet_kernels.backends import dispatch
 
 
 def _info(**env: str) -> str:

@@ -25,7 +25,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from isnet_kernels import cpp, ops
+from isnet_kernels import ops
+from isnet_kernels.backends import cpp
 from isnet_kernels.ops import pool
 from isnet_kernels.ops.fused import FUSED_OPS, FusedReference
 from isnet_kernels.ops.primitives import TorchPrimitives
@@ -590,7 +591,7 @@ def test_unavailable_reason_says_how_to_build(monkeypatch: pytest.MonkeyPatch) -
     real_import = builtins.__import__
 
     def no_extension(name, globals=None, locals=None, fromlist=(), level=0):
-        if fromlist and "_C" in fromlist and globals and globals.get("__name__") == "isnet_kernels.cpp":
+        if fromlist and "_C" in fromlist and globals and globals.get("__name__") == "isnet_kernels.backends.cpp":
             raise ModuleNotFoundError("No module named 'isnet_kernels._C'")
         return real_import(name, globals, locals, fromlist, level)
 

@@ -1,4 +1,4 @@
-"""The CUDA kernels (``isnet_kernels._C_cuda``, through :class:`~isnet_kernels.cuda.CudaPrimitives`) on a CUDA
+"""The CUDA kernels (``isnet_kernels._C_cuda``, through :class:`~isnet_kernels.backends.cuda.CudaPrimitives`) on a CUDA
 device: every operator against :class:`TorchPrimitives` on the same device and against the CPU kernels, the
 registration (``torch.library.opcheck`` on CUDA tensors), the autograd Functions on them (gradcheck), streams,
 devices and the edges of the launch (grid-stride wrap-around, unaligned buffers, empty tensors).
@@ -23,7 +23,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from isnet_kernels import cpp, cuda, ops
+from isnet_kernels import ops
+from isnet_kernels.backends import cpp, cuda
 from isnet_kernels.ops import pool
 from isnet_kernels.ops.fused import FUSED_OPS, FusedReference
 from isnet_kernels.ops.primitives import TorchPrimitives

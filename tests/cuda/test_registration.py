@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from isnet_kernels import cpp, cuda
+from isnet_kernels.backends import cpp, cuda
 
 from ..optional import required
 

@@ -37,7 +37,7 @@ def poison(monkeypatch: pytest.MonkeyPatch) -> None:
 def extension() -> None:
     if NOT_BUILT:
         return
-    from isnet_kernels import cpp
+    from isnet_kernels.backends import cpp
 
     ok, why = cpp.available()
     assert ok, f"isnet_kernels._C is built but does not load: {why}"

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import isnet_kernels as ik
-from isnet_kernels import dispatch
+from isnet_kernels.backends import dispatch
 from isnet_kernels.models import build_model
 
 from ..tv_models import tiny_densenet

@@ -136,7 +136,7 @@ def test_memory_is_checked() -> None:
 @pytest.mark.parametrize("backend", backend_params())
 def test_residual_split_recomputes_the_sum(backend: str) -> None:
     """``y`` None (recomputed from ``x + f``, not kept) gives the values and gradients of the kept sum."""
-    from isnet_kernels import dispatch
+    from isnet_kernels.backends import dispatch
 
     prims = dispatch.primitives(backend)
     gen = torch.Generator().manual_seed(3)

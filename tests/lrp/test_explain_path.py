@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import isnet_kernels as ik
-from isnet_kernels import cpp
+from isnet_kernels.backends import cpp
 
 from ..backend_params import unavailable
 from ..tv_models import tiny_densenet, tiny_resnet

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import isnet_kernels as ik
-from isnet_kernels import dispatch
+from isnet_kernels.backends import dispatch
 from isnet_kernels.ops import stabilize
 from isnet_kernels.ops.output import SELECTIVE_SOFTMAX_EPS
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from isnet_kernels import dispatch
+from isnet_kernels.backends import dispatch
 from isnet_kernels.ops.norm import (
     NormEpsilonFunction,
     NormLayout,

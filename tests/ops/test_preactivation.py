@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from isnet_kernels import dispatch, ops
+from isnet_kernels import ops
+from isnet_kernels.backends import dispatch
 
 from ..backend_params import backend_params
 

@@ -96,7 +96,7 @@ def test_a_backend_that_cannot_run_is_reported_before_any_data_is_read(tmp_path:
 
 
 def test_trainer_checks_the_backend_before_the_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from isnet_kernels import dispatch
+    from isnet_kernels.backends import dispatch
     from isnet_kernels.train import Trainer
 
     monkeypatch.setattr(dispatch, "cpp_status", lambda: (False, "not built: test"))

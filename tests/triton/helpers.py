@@ -15,8 +15,8 @@ import torch
 
 pytest.importorskip("triton")
 
+from isnet_kernels.backends.triton import TritonPrimitives  # noqa: E402
 from isnet_kernels.ops.primitives import TorchPrimitives  # noqa: E402
-from isnet_kernels.triton import TritonPrimitives  # noqa: E402
 
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 DTYPES = [torch.float64, torch.float32, torch.float16]

@@ -1,5 +1,5 @@
-"""The ahead-of-time compile check (isnet_kernels.triton.aot) on a small slice, and the short-K evidence from the
-compiler's IR: the CUDA-core convolution path holds no ``tt.dot`` (so no short-K dot) once compiled for sm_90.
+"""The ahead-of-time compile check (isnet_kernels.backends.triton.aot) on a small slice, and the short-K evidence from
+the compiler's IR: the CUDA-core convolution path holds no ``tt.dot`` (so no short-K dot) once compiled for sm_90.
 
 The compile runs in a subprocess: the kernels must be defined with ``TRITON_INTERPRET`` unset, which the rest of
 the suite sets. No GPU is needed (a stand-in driver reports the target).
@@ -35,11 +35,11 @@ def test_first_layer_backward_has_no_dot_on_sm90(tmp_path: Path) -> None:
     launcher makes, compiled for sm_90, hold no tt.dot in TTIR and no mma/wgmma in PTX (rank-1 FMA updates)."""
     code = """
 import json
-from isnet_kernels.triton.aot import build, capture
+from isnet_kernels.backends.triton.aot import build, capture
 import torch
 rec = capture.Recorder(90); rec.install()
 from isnet_kernels.ops.geometry import Geometry
-from isnet_kernels.triton import conv
+from isnet_kernels.backends.triton import conv
 for Ci, Co, k, s, p, H in ((3, 64, 7, 2, 3, 32), (1, 16, 3, 1, 1, 28)):
     w = torch.empty(Co, Ci, k, k)
     Ho = (H + 2 * p - k) // s + 1
@@ -65,7 +65,7 @@ def test_compile_check_slice_writes_its_table(tmp_path: Path) -> None:
     out, cache = tmp_path / "aot", tmp_path / "cache"
     args = ["--targets", "90", "--models", "resnet18", "--dtypes", "fp32", "--kernel", "_stab_divide_kernel",
             "--limit", "1", "--jobs", "1", "--cache", str(cache), "--out", str(out)]
-    code = f"import sys; from isnet_kernels.triton.aot.__main__ import main; sys.exit(main({args!r}))"
+    code = f"import sys; from isnet_kernels.backends.triton.aot.__main__ import main; sys.exit(main({args!r}))"
     log = _run(code, tmp_path)
     assert "1 variants, 0 failing" in log
     data = json.loads((out / "compile.json").read_text())

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
                                 reason="needs a CUDA device and compiled kernels (TRITON_INTERPRET unset or 0)")
 
+from isnet_kernels.backends.triton import TritonPrimitives  # noqa: E402
 from isnet_kernels.ops.fused import FusedReference  # noqa: E402
 from isnet_kernels.ops.primitives import Geometry  # noqa: E402
-from isnet_kernels.triton import TritonPrimitives  # noqa: E402
 
 #: (label, dtype, float32 precision)
 PRECISIONS = [("fp32", torch.float32, "ieee"), ("tf32", torch.float32, "tf32"), ("bf16", torch.bfloat16, "ieee"),
@@ -92,7 +92,7 @@ def test_fused_convolutions_on_cuda(precision, conv: str) -> None:
 @pytest.mark.parametrize("conv", ["rgb-7x7/2", "gray-3x3"])
 def test_first_layer_backward_counts_each_term_once(dtype: torch.dtype, conv: str) -> None:
     """The short-K case: dR of the epsilon backward through an RGB / grayscale first layer against float64."""
-    from isnet_kernels.triton import conv as conv_kernels
+    from isnet_kernels.backends.triton import conv as conv_kernels
 
     a, w, z, R, U, geom = _conv_case(*CONVS[conv])
     s = R / (z + EPS * torch.where(z >= 0, 1.0, -1.0)).unsqueeze(1)
@@ -149,7 +149,7 @@ def test_launch_follows_the_tensor_device() -> None:
     """A tensor on the last GPU while the first is current launches there (the device guard)."""
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two CUDA devices")
-    from isnet_kernels.triton import elementwise
+    from isnet_kernels.backends.triton import elementwise
 
     dev = torch.device("cuda", torch.cuda.device_count() - 1)
     R, z = torch.randn(2, 3, 100, device=dev), torch.rand(2, 100, device=dev) + 1

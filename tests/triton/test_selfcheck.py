@@ -8,11 +8,11 @@ import warnings
 import pytest
 import torch
 
-from isnet_kernels import dispatch
+from isnet_kernels.backends import dispatch
+from isnet_kernels.backends.triton import TritonPrimitives, available, elementwise, selfcheck
 from isnet_kernels.errors import BackendUnavailableError
 from isnet_kernels.ops import fused
 from isnet_kernels.ops.primitives import Geometry
-from isnet_kernels.triton import TritonPrimitives, available, elementwise, selfcheck
 
 from .helpers import EPS
 

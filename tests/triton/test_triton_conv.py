@@ -1,8 +1,8 @@
 """Triton implicit-GEMM convolution kernels against the plain-PyTorch primitives and reference ops.
 
-Three kernels (isnet_kernels/triton/conv.py): the epsilon rule's forward (transposed convolution, stab prologue,
-activation epilogue), the Z^B rule's forward (the same with W+ and W- and two accumulators), and the epsilon
-rule's backward (forward convolution with the ``dR``, ``dZ`` epilogue). Each is compared with its composition
+Three kernels (isnet_kernels/backends/triton/conv.py): the epsilon rule's forward (transposed convolution, stab
+prologue, activation epilogue), the Z^B rule's forward (the same with W+ and W- and two accumulators), and the
+epsilon rule's backward (forward convolution with the ``dR``, ``dZ`` epilogue). Each is compared with its composition
 of plain-PyTorch primitives across odd sizes, stride 2 with output_padding, dilation 2, groups, depthwise, 1x1
 and 7x7 kernels, batch 1 and several maps, on both the tensor-core (``tl.dot``) and CUDA-core paths; then the
 autograd Functions that call them are checked against autograd of the reference ops and by ``gradcheck``.
@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from isnet_kernels import ops
+from isnet_kernels.backends.triton import TritonPrimitives, available
 from isnet_kernels.errors import InputError
 from isnet_kernels.ops import reference_conv_epsilon
 from isnet_kernels.ops.primitives import Geometry
-from isnet_kernels.triton import TritonPrimitives, available
 
 from .helpers import DEVICE, EPS, TORCH, TRITON, assert_matches, randn
 
@@ -254,7 +254,7 @@ def test_conv_epsilon_backward_rejects_mismatched_inputs() -> None:
 
 def test_dot_tiles_are_pruned_to_the_problem(monkeypatch: pytest.MonkeyPatch) -> None:
     """The GPU configurations (not the interpreter's single one) shrink to the channels and the pixel bucket."""
-    from isnet_kernels.triton import conv
+    from isnet_kernels.backends.triton import conv
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     tile_sets = (*conv.TRANSPOSE_TILES.values(), *conv.BACKWARD_TILES.values(), *conv.ZBOX_TILES.values())
@@ -283,7 +283,7 @@ def test_dot_tiles_are_pruned_to_the_problem(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_tile_set_follows_dtype_and_precision() -> None:
-    from isnet_kernels.triton import conv
+    from isnet_kernels.backends.triton import conv
 
     assert conv.tile_set(torch.bfloat16, "ieee") == conv.tile_set(torch.float16, "ieee") == "tensor_core"
     assert conv.tile_set(torch.float32, "tf32") == "tensor_core"
@@ -291,7 +291,7 @@ def test_tile_set_follows_dtype_and_precision() -> None:
 
 
 def test_interpreter_uses_one_small_tile() -> None:
-    from isnet_kernels.triton import conv
+    from isnet_kernels.backends.triton import conv
 
     if DEVICE != "cpu":
         pytest.skip("interpreter only")

@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from isnet_kernels.backends.triton import available
 from isnet_kernels.ops.primitives import TorchPrimitives
-from isnet_kernels.triton import available
 
 from .helpers import DEVICE, DTYPES, TORCH, TRITON, assert_matches, randn, stab_eps, z_like
 

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from isnet_kernels import ops
+from isnet_kernels.backends.triton import TritonPrimitives, available
 from isnet_kernels.ops import pool
 from isnet_kernels.ops.pool import AvgPoolWindows
-from isnet_kernels.triton import TritonPrimitives, available
 
 from .helpers import DEVICE, TRITON, assert_matches, stab_eps
 

@@ -99,8 +99,8 @@ def write(rows: list[dict], out_dir: Path, meta: dict) -> tuple[Path, Path]:
     json_path, md_path = out_dir / "compile.json", out_dir / "compile.md"
     json_path.write_text(json.dumps(dict(meta=meta, summary=stats, rows=rows), indent=1, default=str) + "\n")
     lines = ["# Ahead-of-time compile of the Triton kernels", "",
-             f"`python -m isnet_kernels.triton.aot` (triton {meta['triton']}, torch {meta['torch']}): every kernel x "
-             "every configuration its launcher can pick x dtype, over the layer shapes of "
+             f"`python -m isnet_kernels.backends.triton.aot` (triton {meta['triton']}, torch {meta['torch']}): every "
+             "kernel x every configuration its launcher can pick x dtype, over the layer shapes of "
              f"{', '.join(meta['models'])} at 224x224, batch {meta['batch']}, for {', '.join(stats)}. "
              "Registers, spills and stack from `ptxas -v`, shared memory from the kernel's metadata, the tensor-core "
              "instruction from the PTX, the `tt.dot` reduction lengths (K) from the TTIR. A variant fails on a "

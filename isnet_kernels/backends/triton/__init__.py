@@ -28,9 +28,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ..ops.fused import FUSED_OPS, FusedReference
-from ..ops.primitives import TorchPrimitives
-from ..ops.records import FusedOp, install
+from ...ops.fused import FUSED_OPS, FusedReference
+from ...ops.primitives import TorchPrimitives
+from ...ops.records import FusedOp, install
 
 _INSTALL_HINT = "triton is not installed: pip install triton==3.8.0"
 

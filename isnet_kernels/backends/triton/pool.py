@@ -19,9 +19,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..errors import InputError, InputTypeError
-from ..ops.pool import AvgPoolWindows
-from ..ops.primitives import new_output
+from ...errors import InputError, InputTypeError
+from ...ops.pool import AvgPoolWindows
+from ...ops.primitives import new_output
 from .utils import (
     calculate_settings,
     check_floating,

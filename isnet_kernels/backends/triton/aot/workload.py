@@ -87,7 +87,7 @@ class Launch:
 
 
 def _conv_launches(model: str, layer: Conv, dtype_name: str, dtype: torch.dtype, M: int) -> Iterator[Launch]:
-    from ...ops.geometry import Geometry
+    from ....ops.geometry import Geometry
     from .. import conv, elementwise
 
     geom = Geometry(stride=(layer.stride,) * 2, padding=(layer.pad,) * 2)
@@ -132,7 +132,7 @@ def _linear_launches(model: str, layer: Linear, dtype_name: str, dtype: torch.dt
 
 def _resnet_extras(model: str, dtype_name: str, dtype: torch.dtype, M: int, final: int) -> Iterator[Launch]:
     """Residual sums, the stem's max-pool (3x3/2 on 64x112x112) and the head's adaptive average pooling."""
-    from ...ops.pool import AvgPoolWindows
+    from ....ops.pool import AvgPoolWindows
     from .. import elementwise, pool
 
     for N in (64 * 56 * 56, final * 7 * 7):

@@ -1,5 +1,6 @@
-"""``python -m isnet_kernels.triton.aot``: compile every Triton kernel for sm_80 and sm_90 without a GPU, write the
-table to ``benchmarks/results/aot/`` and exit non-zero when a variant fails (see :mod:`isnet_kernels.triton.aot`).
+"""``python -m isnet_kernels.backends.triton.aot``: compile every Triton kernel for sm_80 and sm_90 without a GPU,
+write the table to ``benchmarks/results/aot/`` and exit non-zero when a variant fails (see
+:mod:`isnet_kernels.backends.triton.aot`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from . import build, capture, report, workload  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m isnet_kernels.triton.aot", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m isnet_kernels.backends.triton.aot", description=__doc__)
     p.add_argument("--targets", default="80,90", help="compute capabilities, comma-separated (default 80,90)")
     p.add_argument("--models", default=",".join(workload.MODELS), help="models whose layer shapes drive the launchers")
     p.add_argument("--dtypes", default=",".join(workload.DTYPES), help="dtype labels: " + ", ".join(workload.DTYPES))

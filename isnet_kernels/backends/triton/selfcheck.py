@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..errors import BackendUnavailableError
+from ...errors import BackendUnavailableError
 from .utils import input_precision
 
 

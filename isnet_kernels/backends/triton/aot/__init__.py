@@ -1,6 +1,6 @@
 """Ahead-of-time compile check of every Triton kernel of the package, for CUDA targets, on a machine without a GPU.
 
-How it works (``python -m isnet_kernels.triton.aot``, see :mod:`.__main__`):
+How it works (``python -m isnet_kernels.backends.triton.aot``, see :mod:`.__main__`):
 
 1. :mod:`.capture` installs a stand-in Triton driver that reports a CUDA target (sm_80 or sm_90) and a
    pre-compile hook (``triton.knobs.runtime.jit_cache_hook``) that records each compile request and skips the

@@ -52,9 +52,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..errors import InputError
-from ..ops.conv import conv_transpose_output_padding
-from ..ops.primitives import Geometry, new_output
+from ...errors import InputError
+from ...ops.conv import conv_transpose_output_padding
+from ...ops.primitives import Geometry, new_output
 from .utils import (
     check_floating,
     compute_dtype,
@@ -274,8 +274,8 @@ def _conv_epsilon_backward_kernel(
 # Tiles, (BLOCK_P, BLOCK_N, BLOCK_K, num_warps, num_stages), per kernel and tile set: "tensor_core" for bf16, fp16
 # and fp32 at TF32 precision; "fma" for tl.dot without tensor cores (fp32 at IEEE precision, which Triton lowers to
 # FMAs with both operands staged through shared memory, and fp64, on DMMA). Chosen from the compiler's figures
-# (``python -m isnet_kernels.triton.aot``, benchmarks/results/aot/): the tiles that fit the shared memory of sm_80
-# and sm_90 and spill no registers on either, for every dtype of their set. Rejected there, each spilling on at
+# (``python -m isnet_kernels.backends.triton.aot``, benchmarks/results/aot/): the tiles that fit the shared memory of
+# sm_80 and sm_90 and spill no registers on either, for every dtype of their set. Rejected there, each spilling on at
 # least one target and dtype: 128 x 64 and larger; 4-warp tensor-core tiles over 32 x 32 outputs or more (for the
 # backward); 64 x 64 x 32 with 8 warps (bf16 on sm_80); 32 x 32 x 16 (bf16 / TF32 backward); with triton 3.8.0 on
 # sm_80, 64 x 64 x 16 FMA (IEEE fp32, 8 bytes) and the Z^B form's 64 x 32 x 16 FMA (fp64, 4 bytes).

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import BackendUnavailableError
 from . import cpp
-from .errors import BackendUnavailableError
 
 __all__ = ["OPS", "CudaPrimitives", "available", "built"]
 
@@ -59,7 +59,7 @@ def _load() -> tuple[bool, str]:
     if not ok:  # _C defines the operators that _C_cuda implements
         return False, f"the CUDA kernels need isnet_kernels._C, which defines the operators: {why}"
     try:
-        from . import _C_cuda  # noqa: F401  (loading the library registers the CUDA kernels)
+        from .. import _C_cuda  # noqa: F401  (loading the library registers the CUDA kernels)
     except ModuleNotFoundError:
         return False, f"the CUDA extension isnet_kernels._C_cuda is not built: {_BUILD_HINT}"
     except ImportError as exc:  # built against another torch or CUDA, or a missing shared library
@@ -76,9 +76,10 @@ def _load() -> tuple[bool, str]:
 class CudaPrimitives(cpp.CppPrimitives):
     """Primitives on the CUDA kernels; the contractions stay ATen's (cuDNN for the convolutions).
 
-    The methods are :class:`~isnet_kernels.cpp.CppPrimitives`': the operators dispatch on the tensors' device, so
-    CUDA tensors run the CUDA kernels (on the current stream and device). Inputs must be on one CUDA device, of
-    one floating dtype (float32, float64, float16, bfloat16); non-contiguous inputs are made contiguous first.
+    The methods are :class:`~isnet_kernels.backends.cpp.CppPrimitives`': the operators dispatch on the tensors'
+    device, so CUDA tensors run the CUDA kernels (on the current stream and device). Inputs must be on one CUDA
+    device, of one floating dtype (float32, float64, float16, bfloat16); non-contiguous inputs are made contiguous
+    first.
     Raises :class:`~isnet_kernels.errors.BackendUnavailableError` when the backend cannot run here.
     """
 

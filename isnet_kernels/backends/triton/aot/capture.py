@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...errors import StateError
+from ....errors import StateError
 
 #: Shared memory a block may use (the opt-in maximum), by compute capability: A100 (sm_80) 163 KiB, H100 227 KiB.
 SHARED_MEMORY_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
@@ -21,10 +21,10 @@ def ensure_compiled_mode() -> None:
     import triton
 
     triton.knobs.runtime.interpret = False
-    utils = sys.modules.get("isnet_kernels.triton.utils")
+    utils = sys.modules.get("isnet_kernels.backends.triton.utils")
     if utils is not None and not isinstance(utils.stabilize, triton.runtime.jit.JITFunction):
-        raise StateError("isnet_kernels.triton was imported with TRITON_INTERPRET=1; run the compile check in a "
-                         "fresh process without it")
+        raise StateError("isnet_kernels.backends.triton was imported with TRITON_INTERPRET=1; run the compile check "
+                         "in a fresh process without it")
 
 
 @dataclass

@@ -15,8 +15,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..errors import InputError
-from ..ops.primitives import new_output
+from ...errors import InputError
+from ...ops.primitives import new_output
 from .utils import (
     calculate_settings,
     check_floating,

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..errors import InputTypeError
+from ...errors import InputTypeError
 
 
 def interpreting() -> bool:

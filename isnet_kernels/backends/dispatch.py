@@ -14,8 +14,8 @@ tensors when Triton imports, ``cpp`` for CPU tensors when the compiled extension
 
 Triton chosen by ``auto`` resolves to :data:`AUTO_TRITON` (``"triton-auto"``), by name to ``"triton"``: both run
 the kernels with a first-call check of each specialisation against the torch primitive
-(:mod:`isnet_kernels.triton.selfcheck`); a kernel that fails it warns and falls back to the torch primitive for
-that case under ``auto``, and raises :class:`~isnet_kernels.triton.selfcheck.KernelSelfCheckError` when asked
+(:mod:`isnet_kernels.backends.triton.selfcheck`); a kernel that fails it warns and falls back to the torch primitive for
+that case under ``auto``, and raises :class:`~isnet_kernels.backends.triton.selfcheck.KernelSelfCheckError` when asked
 for by name.
 """
 
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import BackendUnavailableError, InputError
-from .ops.primitives import TorchPrimitives
+from ..errors import BackendUnavailableError, InputError
+from ..ops.primitives import TorchPrimitives
 
 ENV_VAR = "ISNET_KERNELS_BACKEND"
 #: The resolved name of the triton backend when ``auto`` chose it (self-check failures fall back to torch).
@@ -38,11 +38,11 @@ AUTO_TRITON = "triton-auto"
 
 
 def _module_status(module: str) -> tuple[bool, str]:
-    """``isnet_kernels.<module>.available()``, or why the module failed to import."""
+    """``isnet_kernels.backends.<module>.available()``, or why the module failed to import."""
     try:
         return importlib.import_module(f"{__package__}.{module}").available()
     except Exception as exc:
-        return False, f"isnet_kernels.{module} failed: {type(exc).__name__}: {exc}"
+        return False, f"{__package__}.{module} failed: {type(exc).__name__}: {exc}"
 
 
 def cpp_status() -> tuple[bool, str]:
@@ -80,7 +80,7 @@ def _cuda_device(device: torch.device) -> str | None:
 
 
 def _kernel_set(module: str, cls: str) -> type[TorchPrimitives]:
-    """A compiled backend's kernel-set class ``isnet_kernels.<module>.<cls>``, imported on first use."""
+    """A compiled backend's kernel-set class ``isnet_kernels.backends.<module>.<cls>``, imported on first use."""
     return getattr(importlib.import_module(f"{__package__}.{module}"), cls)
 
 

@@ -16,7 +16,7 @@ kernels beyond TorchPrimitives' set: ``avgpool_forward`` computes ``R_in = a * P
 inside; :class:`~isnet_kernels.ops.pool.AvgPoolFunction` uses them.
 
 Each element's arithmetic is a function of ``csrc/common/relevance_math.h``, which the CUDA kernels of
-:mod:`isnet_kernels.cuda` (registered for the same operators' CUDA key) call too.
+:mod:`isnet_kernels.backends.cuda` (registered for the same operators' CUDA key) call too.
 
 The operators and their fake (meta) kernels are the fused ops' records (:mod:`isnet_kernels.ops.fused`): this module
 registers every fake kernel, so ``torch.compile`` can trace the operators, and generates :class:`CppPrimitives`'
@@ -31,10 +31,10 @@ from typing import Any
 
 import torch
 
-from .errors import BackendUnavailableError
-from .ops.fused import FUSED_OPS, OPERATORS, FusedReference
-from .ops.primitives import TorchPrimitives
-from .ops.records import FusedOp, install
+from ..errors import BackendUnavailableError
+from ..ops.fused import FUSED_OPS, OPERATORS, FusedReference
+from ..ops.primitives import TorchPrimitives
+from ..ops.records import FusedOp, install
 
 __all__ = ["OPS", "CppPrimitives", "available"]
 
@@ -58,7 +58,7 @@ def available() -> tuple[bool, str]:
 
 def _load() -> tuple[bool, str]:
     try:
-        from . import _C  # noqa: F401  (loading the library registers the operators)
+        from .. import _C  # noqa: F401  (loading the library registers the operators)
     except ModuleNotFoundError:
         return False, f"the compiled extension isnet_kernels._C is not built: {_BUILD_HINT}"
     except ImportError as exc:  # built, but for another torch or Python, or a missing shared library
