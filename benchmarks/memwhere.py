@@ -122,7 +122,7 @@ def analyse(model_name: str, batch: int, memory: str) -> dict[str, dict[str, flo
     def forward_tracked(inp):
         phase[0] = "forward"
         logits, state = lrp_forward(inp)
-        from isnet_kernels.isnet.chunking import _tensors
+        from isnet_kernels.lrp.chunking import _tensors
 
         for t in _tensors(state.saved):
             k = key(t)

@@ -22,7 +22,7 @@ about (3 + 3M)F against 3F for the plain step: 2.0x at M = 1, 3.0x at M = 2, 11x
 
 The original variant explains every logit (M = K): unchunked, its relevance tensors at K = 1000 would need about
 30 GiB for the backward at batch 16 (docs/performance.md). ``ISNet`` runs its relevance pass in checkpointed chunks of
-the map axis (``map_chunk``, chosen from the memory available; :mod:`isnet_kernels.isnet.chunking`), so it runs at
+the map axis (``map_chunk``, chosen from the memory available; :mod:`isnet_kernels.lrp.chunking`), so it runs at
 K = 1000 within the machine's memory; ``map_chunk`` in the JSON is the chunk the step used (M: not chunked).
 
 Peak memory (``BENCH_MEMORY=0`` skips it): after the timing, one fresh subprocess per variant and K (this file run
