@@ -77,57 +77,61 @@ def _gwrp_weights(n: int, d: float, dtype: torch.dtype, device: torch.device) ->
     return (w / w.sum()).to(dtype=dtype, device=device)
 
 
-def gwrp(v: Tensor, d: float) -> Tensor:
-    """Global weighted ranked pooling over the last axis: ``sum_i d^i v_(i) / sum_i d^i``, v sorted descending."""
+def check_decay(d: float) -> None:
+    """The GWRP decay must be in [0, 1] (0: max, 1: mean)."""
     if not 0 <= d <= 1:
         raise InputError(f"the GWRP decay d must be in [0, 1] (0: max, 1: mean), got {d}")
+
+
+def gwrp(v: Tensor, d: float) -> Tensor:
+    """Global weighted ranked pooling over the last axis: ``sum_i d^i v_(i) / sum_i d^i``, v sorted descending."""
+    check_decay(d)
     n = v.shape[-1]
     ranked = v.sort(dim=-1, descending=True).values
     return ranked @ _gwrp_weights(n, float(d), v.dtype, v.device)
 
 
 class BackgroundScore(torch.autograd.Function):
-    """``S = GWRP_d(|H| (1 - m) / s)`` over the spatial axes of heatmaps ``H`` (B, M, C, h, w), masks ``m``
-    (B, 1, 1, h, w) and per-map scales ``s`` (B, M), keeping for the backward one value per element.
+    """``S = GWRP_d(A (1 - m) / s)`` over the spatial axes of heatmap magnitudes ``A = |H|`` (B, M, C, h, w), masks
+    ``m`` (B, 1, 1, h, w) and per-map scales ``s`` (B, M), keeping for the backward one value per element.
 
-    With ``v = |H| (1 - m) / s`` and ``g_j = d^rank(j) / sum_i d^i`` (the GWRP weight of ``v_j``'s rank),
-    ``S = sum_j g_j v_j``, so ``dS/dH_j = g_j sign(H_j) (1 - m_j) / s`` and ``dS/ds = -S / s``. The forward
-    computes ``S`` exactly as :func:`gwrp` does (the same operations, the same values) and keeps ``g`` (one value
-    per element); the autograd graph of the same expression keeps ``|H|`` and the sort's int64 indices (three
-    values' worth per element).
+    With ``v = A (1 - m) / s`` and ``g_j = d^rank(j) / sum_i d^i`` (the GWRP weight of ``v_j``'s rank),
+    ``S = sum_j g_j v_j``, so ``dS/dA_j = g_j (1 - m_j) / s`` and ``dS/ds = -S / s``. The forward computes ``S``
+    exactly as :func:`gwrp` does (the same operations, the same values) and keeps ``g`` (one value per element);
+    the autograd graph of the same expression keeps ``A`` and the sort's int64 indices (three values' worth per
+    element). ``A`` itself is not kept: the caller's ``|H|`` (whose own backward keeps ``H``) takes the gradient.
     """
 
     @staticmethod
-    def forward(ctx: Any, heatmaps: Tensor, mask: Tensor, scale: Tensor, d: float) -> Tensor:
-        Hn = heatmaps.abs() / scale[..., None, None, None]
-        v = (Hn * (1 - mask)).flatten(-2)
-        del Hn
+    def forward(ctx: Any, magnitudes: Tensor, mask: Tensor, scale: Tensor, d: float) -> Tensor:
+        v = (magnitudes / scale[..., None, None, None] * (1 - mask)).flatten(-2)
         ranked, order = v.sort(dim=-1, descending=True)
         weights = _gwrp_weights(v.shape[-1], float(d), v.dtype, v.device)
         S = ranked @ weights
         del ranked
         g = torch.empty_like(v).scatter_(-1, order, weights.expand_as(v))  # g_j: the weight of v_j's rank
-        ctx.save_for_backward(heatmaps, mask, scale, S, g)
+        ctx.save_for_backward(mask, scale, S, g)
         return S
 
     @staticmethod
     def backward(ctx: Any, dS: Tensor) -> tuple[Tensor | None, ...]:
-        heatmaps, mask, scale, S, g = ctx.saved_tensors
-        dH = ds = None
+        mask, scale, S, g = ctx.saved_tensors
+        dA = ds = None
         if ctx.needs_input_grad[0]:
-            dH = (dS[..., None] * g).view(heatmaps.shape) * (1 - mask)
-            dH = dH / scale[..., None, None, None] * heatmaps.sgn()
+            dA = (dS[..., None] * g).view(*g.shape[:-1], *mask.shape[-2:]) * (1 - mask)
+            dA = dA / scale[..., None, None, None]
         if ctx.needs_input_grad[2]:
             ds = -(dS * S).sum(-1) / scale
-        return dH, None, ds, None
+        return dA, None, ds, None
 
 
-def background_score(heatmaps: Tensor, mask: Tensor, scale: Tensor, d: float) -> Tensor:
+def background_score(heatmaps: Tensor, mask: Tensor, scale: Tensor, d: float, *,
+                     magnitudes: Tensor | None = None) -> Tensor:
     """``GWRP_d(|H| (1 - m) / s)`` per (B, M, C) (:class:`BackgroundScore`): the value of ``gwrp((|H| / s * (1 -
-    m)).flatten(-2), d)`` with the same gradient, keeping less for the backward."""
-    if not 0 <= d <= 1:
-        raise InputError(f"the GWRP decay d must be in [0, 1] (0: max, 1: mean), got {d}")
-    return BackgroundScore.apply(heatmaps, mask, scale, d)
+    m)).flatten(-2), d)`` with the same gradient, keeping less for the backward. ``magnitudes``: ``|H|`` when the
+    caller has it already (it is not computed again)."""
+    check_decay(d)
+    return BackgroundScore.apply(heatmaps.abs() if magnitudes is None else magnitudes, mask, scale, d)
 
 
 def prepare_mask(masks: Tensor, batch: int, size: tuple[int, int], dtype: torch.dtype, device: torch.device,
@@ -344,7 +348,7 @@ def heatmap_loss(heatmaps: Tensor, masks: Tensor, *, d: float = 0.9, E: float = 
     fg = (absH * mask).sum((2, 3, 4))  # (B, M): F, the raw foreground relevance
     count = mask.sum((2, 3, 4)) * C  # foreground elements of one map
     scale = fg / count.clamp(min=1) + NORM_EPS
-    S = background_score(heatmaps, mask, scale, d)  # (B, M, C): GWRP of |H| / scale over the background
+    S = background_score(heatmaps, mask, scale, d, magnitudes=absH)  # (B, M, C): GWRP of |H| / scale outside
     bkg_all = -torch.log1p(-(S / (S + E)).clamp(max=SATURATION))  # (B, M, C)
     if mass:
         out = (absH * (1 - mask)).sum((2, 3, 4))  # (B, M): the background's relevance mass
