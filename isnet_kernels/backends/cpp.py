@@ -86,15 +86,17 @@ def _cast(type_name: str) -> Callable[[Any], Any]:
     return {"Tensor": lambda t: t.contiguous(), "float": float, "int": int, "bool": bool}.get(type_name, lambda v: v)
 
 
-_casts: dict[str, tuple[Callable[[Any], Any], ...]] = {}
+#: Per operator name: the operator and the casts of its arguments, looked up once.
+_calls: dict[str, tuple[Any, tuple[Callable[[Any], Any], ...]]] = {}
 
 
 def call_operator(name: str, *args: Any) -> Any:
     """``torch.ops.isnet_kernels.<name>(*args)`` with each argument made what the operator's schema asks."""
-    operator = getattr(torch.ops.isnet_kernels, name)
-    casts = _casts.get(name)
-    if casts is None:
-        casts = _casts[name] = tuple(_cast(str(arg.type)) for arg in operator.default._schema.arguments)
+    found = _calls.get(name)
+    if found is None:
+        operator = getattr(torch.ops.isnet_kernels, name)
+        found = _calls[name] = (operator, tuple(_cast(str(arg.type)) for arg in operator.default._schema.arguments))
+    operator, casts = found
     return operator(*(cast(arg) for cast, arg in zip(casts, args, strict=True)))
 
 
