@@ -65,36 +65,35 @@ class EpsilonFunction(torch.autograd.Function):
     ``G = dL/dR_in``: ``U = G * a``, ``dL/da = sum_M G * c``; ``V = W U``; ``dL/dW = weight_grad(U, s)``;
     ``dL/dR = V / t``, ``dL/dz = -sum_M V * s / t``. Every elementwise step is one primitive of the backend
     (one pass over memory); the contractions are the backend's (ATen for ``cpp``). ``s`` is recomputed in the
-    backward from ``R`` and ``z`` (one cheap pass) instead of being stored. With ``scale``/``shift`` given
-    (:class:`Preactivation`), the third argument is ``x0`` and ``z = x0 * scale + shift`` is rebuilt in the
+    backward from ``R`` and ``z`` (one cheap pass) instead of being stored. The third argument is ``x0`` and
+    ``z = x0 * scale + shift`` (:class:`Preactivation`; ``z = x0`` without ``scale`` and ``shift``), rebuilt in the
     backward too; ``dL/dx0``, ``dL/dscale``, ``dL/dshift`` follow from ``dL/dz``.
     """
 
     @staticmethod
-    def forward(ctx: Any, R: Tensor, a: Tensor, z: Tensor, weight: Tensor, geom: Geometry, eps: float,
-                prims: TorchPrimitives, scale: Tensor | None = None, shift: Tensor | None = None,
-                parts: bool = False) -> Tensor:
+    def forward(ctx: Any, R: Tensor, a: Tensor, x0: Tensor, weight: Tensor, geom: Geometry, eps: float,
+                prims: TorchPrimitives, scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
         B, M = R.shape[:2]
         need_c = ctx.needs_input_grad[1]
-        x0 = z.contiguous()
+        x0 = x0.contiguous()
         R_, a_ = R.contiguous(), a.contiguous()
-        z_ = affine(x0, scale, shift).contiguous() if parts else x0
+        z = affine(x0, scale, shift).contiguous()  # x0 itself without scale and shift
         fused = getattr(prims, "conv_epsilon_forward", None)
         if fused is not None and not geom.linear:
-            R_in, c = fused(R_, a_, z_, weight, tuple(a.shape[-2:]), geom, eps, need_c)
+            R_in, c = fused(R_, a_, z, weight, tuple(a.shape[-2:]), geom, eps, need_c)
         else:
-            s = prims.stab_divide(R_.view(B, M, -1), z_.view(B, -1), eps)
+            s = prims.stab_divide(R_.view(B, M, -1), z.view(B, -1), eps)
             c = prims.transpose(s.view(B * M, *z.shape[1:]), weight, tuple(a.shape[2:]), geom)
             R_in = prims.mul_activation(c.view(B, M, -1), a_.view(B, -1)).view(B, M, *a.shape[1:])
         ctx.save_for_backward(R_, a_, x0, weight, c if need_c else None, scale, shift)
-        ctx.geom, ctx.eps, ctx.prims, ctx.parts = geom, eps, prims, parts
+        ctx.geom, ctx.eps, ctx.prims = geom, eps, prims
         return R_in
 
     @staticmethod
     def backward(ctx: Any, G: Tensor) -> tuple[Tensor | None, ...]:
         R, a, x0, weight, c, scale, shift = ctx.saved_tensors
-        geom, eps, prims, parts = ctx.geom, ctx.eps, ctx.prims, ctx.parts
-        z = affine(x0, scale, shift).contiguous() if parts else x0
+        geom, eps, prims = ctx.geom, ctx.eps, ctx.prims
+        z = affine(x0, scale, shift).contiguous()
         B, M = R.shape[:2]
         s = prims.stab_divide(R.view(B, M, -1), z.view(B, -1), eps)
         U, dA = prims.epsilon_backward_input(G.contiguous().view(B, M, -1), a.view(B, -1),
@@ -102,8 +101,8 @@ class EpsilonFunction(torch.autograd.Function):
         U = U.view(B * M, *a.shape[1:])
         dW = prims.weight_grad(U, s.view(B * M, *z.shape[1:]), weight, geom) if ctx.needs_input_grad[3] else None
         dR = dZ = None
-        need_z = ctx.needs_input_grad[2] or (parts and any(ctx.needs_input_grad[7:9]))
-        if ctx.needs_input_grad[0] or need_z:
+        needs = (ctx.needs_input_grad[2], ctx.needs_input_grad[7], ctx.needs_input_grad[8])
+        if ctx.needs_input_grad[0] or any(needs):
             fused = getattr(prims, "conv_epsilon_backward", None)
             if fused is not None and not geom.linear:  # V = W U with dR, dZ in the convolution's epilogue
                 dR, dZ = fused(U.view(B, M, *a.shape[1:]), weight, s.view(R.shape), z, geom, eps)
@@ -112,11 +111,8 @@ class EpsilonFunction(torch.autograd.Function):
                 dR, dZ = prims.epsilon_backward_stab(V.view(B, M, -1), s, z.view(B, -1), eps)
                 dR, dZ = dR.view(R.shape), dZ.view(z.shape)
         dA = None if dA is None else dA.view(a.shape)
-        if not parts:
-            return dR, dA, dZ, dW, None, None, None, None, None, None
-        needs = (ctx.needs_input_grad[2], ctx.needs_input_grad[7], ctx.needs_input_grad[8])
         dx0, dscale, dshift = (None, None, None) if dZ is None else affine_backward(dZ, x0, scale, shift, needs)
-        return dR, dA, dx0, dW, None, None, None, dscale, dshift, None
+        return dR, dA, dx0, dW, None, None, None, dscale, dshift
 
 
 def epsilon(R: Tensor, a: Tensor, z: Tensor | Preactivation, weight: Tensor, geom: Geometry, eps: float,
@@ -124,12 +120,11 @@ def epsilon(R: Tensor, a: Tensor, z: Tensor | Preactivation, weight: Tensor, geo
     """Epsilon rule through a conv (``geom.linear`` False) or linear layer, on a backend's primitives
     (``prims``), or on the autograd reference when ``prims`` is None. ``z`` given by its parts
     (:class:`Preactivation`) is rebuilt in the backend op's backward instead of kept."""
+    if prims is not None:
+        pre = z if isinstance(z, Preactivation) else Preactivation(z)
+        return EpsilonFunction.apply(R, a, pre.x0, weight, geom, eps, prims, pre.scale, pre.shift)
     if isinstance(z, Preactivation):
-        if prims is not None and (z.scale is not None or z.shift is not None):
-            return EpsilonFunction.apply(R, a, z.x0, weight, geom, eps, prims, z.scale, z.shift, True)
         z = z.value()
-    if prims is None:
-        if geom.linear:
-            return reference_linear_epsilon(R, a, z, weight, eps)
-        return reference_conv_epsilon(R, a, z, weight, geom.stride, geom.padding, geom.dilation, geom.groups, eps)
-    return EpsilonFunction.apply(R, a, z, weight, geom, eps, prims)
+    if geom.linear:
+        return reference_linear_epsilon(R, a, z, weight, eps)
+    return reference_conv_epsilon(R, a, z, weight, geom.stride, geom.padding, geom.dilation, geom.groups, eps)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .conv import EpsilonFunction
+from .conv import epsilon
 from .geometry import Geometry, Pair, conv2d_transpose
 from .output import all_logits_output
 from .primitives import TorchPrimitives
@@ -60,7 +60,7 @@ def zplus(R: Tensor, a: Tensor, weight: Tensor, bias: Tensor | None, geom: Geome
     z = prims.forward_map(a, w_pos, geom)
     if b_pos is not None:
         z = z + b_pos.view(-1, *([1] * (z.dim() - 2)))
-    return EpsilonFunction.apply(R, a, z, w_pos, geom, eps, prims)
+    return epsilon(R, a, z, w_pos, geom, eps, prims)
 
 
 def zplus_residual_split(R: Tensor, x: Tensor, f: Tensor, eps: float = 1e-2,
